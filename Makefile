@@ -1,0 +1,27 @@
+# cowstore: `make demo` runs the main job, `make test` the test suite; both install first.
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install test demo bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml scripts/install-system-packages.sh
+	bash scripts/install-system-packages.sh
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test,bench]'
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest tests
+
+demo: install
+	$(VENV)/bin/cowstore demo
+
+bench: install
+	$(VENV)/bin/cowstore bench --quick
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info

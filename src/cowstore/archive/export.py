@@ -1,0 +1,185 @@
+"""Write changeset tars the way Docker's archive package writes them.
+
+PAX format, mtimes in whole seconds, no user/group names, only the
+`security.capability` xattr, and hard links as link entries to the first name seen.
+Whiteouts are written in the OCI form whatever the driver stores on disk: overlay's
+0:0 character devices and opaque xattr are converted, aufs' `.wh.` files kept.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tarfile
+import time
+from collections.abc import Iterable
+from typing import BinaryIO
+
+from cowstore.archive.apply import META_PREFIX, OPAQUE_MARKER, OVERLAY_OPAQUE_XATTR, WHITEOUT_PREFIX
+
+CAPABILITY_XATTR = "security.capability"
+_COPY_CHUNK = 1024 * 1024
+
+
+def _is_overlay_whiteout(st: os.stat_result) -> bool:
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+def _is_opaque(path: str) -> bool:
+    try:
+        return os.getxattr(path, OVERLAY_OPAQUE_XATTR, follow_symlinks=False) == b"y"
+    except OSError:
+        return False
+
+
+class TarWriter:
+    """Adds files of a directory tree to a tar, tracking hard-link groups."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self._tar = tarfile.open(
+            fileobj=out, mode="w|", format=tarfile.PAX_FORMAT, encoding="utf-8", errors="surrogateescape"
+        )
+        self._inodes: dict[tuple[int, int], str] = {}
+
+    def close(self) -> None:
+        self._tar.close()
+
+    def add_whiteout(self, rel: str, mode: int = 0o600, uid: int = 0, gid: int = 0) -> None:
+        """A `.wh.<name>` (or opaque marker) entry: an empty regular file."""
+        info = tarfile.TarInfo(rel)
+        info.mode, info.uid, info.gid = mode, uid, gid
+        info.mtime = int(time.time())
+        self._tar.addfile(info)
+
+    def add(self, root: str, rel: str, st: os.stat_result | None = None) -> None:
+        """Add `root/rel` under the name `rel`; sockets are skipped like Docker does."""
+        path = os.path.join(root, rel)
+        st = st or os.lstat(path)
+        info = tarfile.TarInfo(rel)
+        info.mode = stat.S_IMODE(st.st_mode)
+        info.uid, info.gid = st.st_uid, st.st_gid
+        info.uname = info.gname = ""
+        info.mtime = int(st.st_mtime)
+        fmt = stat.S_IFMT(st.st_mode)
+        if fmt == stat.S_IFSOCK:
+            return
+        if fmt != stat.S_IFDIR and st.st_nlink > 1:
+            key = (st.st_dev, st.st_ino)
+            first = self._inodes.get(key)
+            if first is not None:
+                info.type = tarfile.LNKTYPE
+                info.linkname = first
+                self._tar.addfile(info)
+                return
+            self._inodes[key] = rel
+        if fmt == stat.S_IFREG:
+            info.type = tarfile.REGTYPE
+            info.size = st.st_size
+        elif fmt == stat.S_IFDIR:
+            info.type = tarfile.DIRTYPE
+        elif fmt == stat.S_IFLNK:
+            info.type = tarfile.SYMTYPE
+            info.linkname = os.readlink(path)
+        elif fmt in (stat.S_IFCHR, stat.S_IFBLK):
+            info.type = tarfile.CHRTYPE if fmt == stat.S_IFCHR else tarfile.BLKTYPE
+            info.devmajor, info.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
+        elif fmt == stat.S_IFIFO:
+            info.type = tarfile.FIFOTYPE
+        if fmt != stat.S_IFLNK:
+            try:
+                cap = os.getxattr(path, CAPABILITY_XATTR, follow_symlinks=False)
+            except OSError:
+                cap = None
+            if cap is not None:
+                info.pax_headers = {f"SCHILY.xattr.{CAPABILITY_XATTR}": cap.decode("utf-8", "surrogateescape")}
+        if info.type == tarfile.REGTYPE and info.size:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            with os.fdopen(fd, "rb") as fh:
+                self._tar.addfile(info, _ExactReader(fh, info.size))
+        else:
+            self._tar.addfile(info)
+
+
+class _ExactReader:
+    """Gives tarfile exactly `size` bytes even if the file grew or shrank meanwhile."""
+
+    def __init__(self, fh: BinaryIO, size: int) -> None:
+        self._fh = fh
+        self._left = size
+
+    def read(self, n: int = -1) -> bytes:
+        if self._left <= 0:
+            return b""
+        n = self._left if n < 0 else min(n, self._left)
+        data = self._fh.read(n)
+        if len(data) < n:
+            data += bytes(n - len(data))
+        self._left -= len(data)
+        return data
+
+
+def tar_directory(root: str | os.PathLike, out: BinaryIO, *, whiteouts: str = "none") -> None:
+    """Tar every entry below `root` (not root itself) into `out`.
+
+    `whiteouts="overlay"`: `root` is an overlay upper dir; convert its markers to OCI.
+    `whiteouts="aufs"`: `root` is an aufs branch; drop aufs bookkeeping entries.
+    """
+    root = os.fspath(root)
+    writer = TarWriter(out)
+    try:
+        for rel, st in walk_tree(root):
+            base = os.path.basename(rel)
+            if whiteouts == "overlay" and _is_overlay_whiteout(st):
+                parent = os.path.dirname(rel)
+                name = f"{parent}/{WHITEOUT_PREFIX}{base}" if parent else f"{WHITEOUT_PREFIX}{base}"
+                writer.add_whiteout(name, 0o600, st.st_uid, st.st_gid)
+                continue
+            if whiteouts == "aufs" and base.startswith(META_PREFIX) and base != OPAQUE_MARKER:
+                continue
+            writer.add(root, rel, st)
+            if whiteouts == "overlay" and stat.S_ISDIR(st.st_mode) and _is_opaque(os.path.join(root, rel)):
+                writer.add_whiteout(f"{rel}/{OPAQUE_MARKER}", stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
+    finally:
+        writer.close()
+
+
+def walk_tree(root: str) -> Iterable[tuple[str, os.stat_result]]:
+    """Pre-order walk (a directory, then its contents) in lexical order, iteratively."""
+    stack: list[list[str]] = [[""]]
+    first = True
+    while stack:
+        level = stack[-1]
+        if not level:
+            stack.pop()
+            continue
+        rel_dir = level.pop(0)
+        if first:
+            first = False
+        else:
+            st = os.lstat(os.path.join(root, rel_dir))
+            yield rel_dir, st
+            if not stat.S_ISDIR(st.st_mode):
+                continue
+        names = sorted(os.listdir(os.path.join(root, rel_dir) if rel_dir else root))
+        children = [f"{rel_dir}/{n}" if rel_dir else n for n in names]
+        if children:
+            stack.append(children)
+
+
+def export_changes(root: str | os.PathLike, changes: Iterable, out: BinaryIO) -> None:
+    """Tar the given changes of the tree at `root`: deletions become `.wh.` entries."""
+    root = os.fspath(root)
+    writer = TarWriter(out)
+    try:
+        for change in sorted(changes, key=lambda c: c.path):
+            rel = change.path.lstrip("/")
+            if change.kind == "D":
+                parent, base = os.path.split(rel)
+                writer.add_whiteout(os.path.join(parent, WHITEOUT_PREFIX + base))
+                continue
+            try:
+                writer.add(root, rel)
+            except FileNotFoundError:
+                continue  # the container may still be changing; Docker skips such files too
+    finally:
+        writer.close()

@@ -1,0 +1,113 @@
+"""The store's SQLite database (layers, images, containers): schema, migrations, transactions.
+
+One database per store root, in WAL mode with foreign keys on, so that readers never
+block the writer and a parent layer can never be deleted while a child names it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import pathlib
+import sqlite3
+from collections.abc import Iterator
+
+from cowstore.errors import StoreCorrupt
+
+# Each entry migrates from version index to index+1. Never edit a released entry: add one.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE layers (
+        cache_id   TEXT PRIMARY KEY,
+        chain_id   TEXT UNIQUE,
+        diff_id    TEXT,
+        parent     TEXT REFERENCES layers(chain_id),
+        size       INTEGER NOT NULL DEFAULT 0,
+        depth      INTEGER NOT NULL DEFAULT 1,
+        refcount   INTEGER NOT NULL DEFAULT 0,
+        state      TEXT NOT NULL CHECK (state IN ('creating', 'ready', 'removing')),
+        tar_split  BLOB,
+        created    REAL NOT NULL
+    );
+    CREATE INDEX layers_parent ON layers(parent);
+    CREATE TABLE mounts (
+        name        TEXT PRIMARY KEY,
+        mount_id    TEXT NOT NULL UNIQUE,
+        init_id     TEXT,
+        parent      TEXT REFERENCES layers(chain_id),
+        state       TEXT NOT NULL CHECK (state IN ('creating', 'ready', 'removing')),
+        mount_count INTEGER NOT NULL DEFAULT 0,
+        created     REAL NOT NULL
+    );
+    CREATE INDEX mounts_parent ON mounts(parent);
+    """,
+    """
+    CREATE TABLE settings (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    CREATE TABLE images (
+        id         TEXT PRIMARY KEY,
+        config     BLOB NOT NULL,
+        top_layer  TEXT,
+        created    REAL NOT NULL
+    );
+    CREATE TABLE tags (
+        ref        TEXT PRIMARY KEY,
+        image_id   TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE
+    );
+    CREATE INDEX tags_image ON tags(image_id);
+    CREATE TABLE containers (
+        id         TEXT PRIMARY KEY,
+        name       TEXT NOT NULL UNIQUE,
+        image_id   TEXT NOT NULL,
+        image_ref  TEXT NOT NULL,
+        created    REAL NOT NULL
+    );
+    """,
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class Database:
+    """A connection to `<root>/cowstore.db`, migrated to the current schema on open."""
+
+    def __init__(self, path: pathlib.Path, *, durable: bool = True) -> None:
+        self.path = path
+        self.conn = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
+        self.conn.row_factory = sqlite3.Row
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA foreign_keys=ON")
+        self.conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def migrate(self) -> None:
+        version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreCorrupt(
+                f"store schema version {version} is newer than this cowstore ({SCHEMA_VERSION}); upgrade cowstore"
+            )
+        for index in range(version, SCHEMA_VERSION):
+            with self.transaction():
+                for statement in _statements(MIGRATIONS[index]):
+                    self.conn.execute(statement)
+                self.conn.execute(f"PRAGMA user_version={index + 1}")
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    def query(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
+        return self.conn.execute(sql, params).fetchall()
+
+
+def _statements(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]

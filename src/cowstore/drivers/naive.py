@@ -1,0 +1,64 @@
+"""Changesets for drivers that cannot compute them natively (Docker's NaiveDiffDriver).
+
+Mount the layer (and its parent), compare the two trees, and write or apply the
+difference as a tar. Correct for every driver, and the reference that native fast
+paths are tested against; slow in proportion to the size of the whole tree.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from typing import BinaryIO
+
+from cowstore.archive import apply_layer, changes_dirs, changes_size, export_changes, tar_directory
+from cowstore.drivers import Change, Driver
+
+_SPOOL_BYTES = 32 * 1024 * 1024
+
+
+class NaiveDiffDriver(Driver):
+    """A Driver whose diff, changes, apply_diff and diff_size compare mounted trees."""
+
+    def _spool(self) -> BinaryIO:
+        return tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES, dir=self.home)  # type: ignore[return-value]
+
+    def diff(self, id: str, parent: str | None = None) -> BinaryIO:
+        out = self._spool()
+        path = self.get(id)
+        try:
+            if parent is None:
+                tar_directory(path, out)
+            else:
+                export_changes(path, self.changes(id, parent), out)
+        finally:
+            self.put(id)
+        out.seek(0)
+        return out
+
+    def changes(self, id: str, parent: str | None = None) -> list[Change]:
+        path = self.get(id)
+        try:
+            if parent is None:
+                return changes_dirs(path, None)
+            parent_path = self.get(parent)
+            try:
+                return changes_dirs(path, parent_path)
+            finally:
+                self.put(parent)
+        finally:
+            self.put(id)
+
+    def apply_diff(self, id: str, parent: str | None, stream: BinaryIO) -> int:
+        path = self.get(id)
+        try:
+            return apply_layer(stream, path, whiteouts="oci")
+        finally:
+            self.put(id)
+
+    def diff_size(self, id: str, parent: str | None = None) -> int:
+        changes = self.changes(id, parent)
+        path = self.get(id)
+        try:
+            return changes_size(path, changes)
+        finally:
+            self.put(id)

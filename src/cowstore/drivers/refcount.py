@@ -1,0 +1,75 @@
+"""Mount reference counts shared by every process that uses one driver home.
+
+Docker keeps these counts in the daemon's memory; cowstore has no daemon, so each
+layer's count lives in a small file that doubles as the per-id lock (flock). A count
+is checked against reality on every change: a mount that exists with no count (left
+by a crashed process) counts as one user, and a count whose mount is gone (reboot,
+manual umount) starts again from zero.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import pathlib
+from collections.abc import Iterator
+
+
+class RefCount:
+    """The locked count of one id; valid only inside `MountRefs.locked`."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def value(self) -> int:
+        raw = os.pread(self._fd, 32, 0).strip()
+        return int(raw) if raw.isdigit() else 0
+
+    def _store(self, value: int) -> int:
+        data = str(value).encode()
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, data, 0)
+        return value
+
+    def increment(self, mounted: bool) -> int:
+        """Add a user; returns the new count (1 means the caller must mount)."""
+        current = self.value()
+        if current == 0 and mounted:
+            current = 1
+        elif current > 0 and not mounted:
+            current = 0
+        return self._store(current + 1)
+
+    def decrement(self, mounted: bool) -> int:
+        """Drop a user; returns the new count (0 means the caller must unmount)."""
+        current = self.value() if mounted else 0
+        if mounted and current == 0:
+            current = 1
+        return self._store(max(current - 1, 0))
+
+    def reset(self) -> None:
+        self._store(0)
+
+
+class MountRefs:
+    """Per-id locks and mount counts under `<home>/mountpoints/`."""
+
+    def __init__(self, home: pathlib.Path) -> None:
+        self.dir = home / "mountpoints"
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    @contextlib.contextmanager
+    def locked(self, id: str) -> Iterator[RefCount]:
+        """Serialise operations on `id` across threads and processes."""
+        fd = os.open(self.dir / id, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield RefCount(fd)
+        finally:
+            os.close(fd)
+
+    def forget(self, id: str) -> None:
+        """Drop the count file of a removed layer."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.dir / id)

@@ -1,0 +1,90 @@
+"""vfs: every layer is a complete, independent copy of its parent (no copy-on-write).
+
+Needs no kernel feature at all, which is why it is the driver to port first and the
+fallback of last resort. Layout as Docker's: `vfs/dir/<id>/`.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import secrets
+from collections.abc import Mapping
+
+from cowstore import fsutil
+from cowstore.dircopy import copy_tree
+from cowstore.drivers.ids import check_id
+from cowstore.drivers.naive import NaiveDiffDriver
+from cowstore.errors import InvalidOption, LayerExists, LayerNotFound, NotSupported, QuotaNotSupported
+
+
+class VfsDriver(NaiveDiffDriver):
+    name = "vfs"
+
+    def __init__(self, home: pathlib.Path, options: Mapping[str, str]) -> None:
+        super().__init__(home, options)
+        for key in self.options:
+            if key != "size":
+                raise InvalidOption(f"unknown option {key} for vfs")
+        self.dir = home / "dir"
+        self.dir.mkdir(mode=0o710, parents=True, exist_ok=True)
+        if "size" in self.options:
+            raise QuotaNotSupported(self._quota_reason())
+
+    def _quota_reason(self) -> str:
+        return (
+            "the size option needs project quotas (xfs mounted with pquota); "
+            f"the backing filesystem here is {fsutil.backing_fs(self.home)}"
+        )
+
+    def _path(self, id: str) -> pathlib.Path:
+        return self.dir / check_id(id)
+
+    def create(self, id: str, parent: str | None, *, storage_opts: Mapping[str, str] | None = None) -> None:
+        if storage_opts:
+            raise NotSupported("--storage-opt is not supported for vfs on read-only layers")
+        self._create(id, parent)
+
+    def create_rw(self, id: str, parent: str | None, *, storage_opts: Mapping[str, str] | None = None) -> None:
+        for key in storage_opts or {}:
+            if key == "size":
+                raise QuotaNotSupported(self._quota_reason())
+            raise InvalidOption(f"storage opt {key} not supported")
+        self._create(id, parent)
+
+    def _create(self, id: str, parent: str | None) -> None:
+        target = self._path(id)
+        if target.exists():
+            raise LayerExists(f"layer {id} already exists")
+        if parent is not None and not self.exists(parent):
+            raise LayerNotFound(f"parent layer {parent} does not exist")
+        # Build under a temporary name so a crash never leaves a half-copied layer
+        # under the real id.
+        staging = self.dir / f".{id}-{secrets.token_hex(4)}-creating"
+        staging.mkdir(mode=0o755)
+        try:
+            if parent is not None:
+                copy_tree(self._path(parent), staging)
+            os.rename(staging, target)
+        except BaseException:
+            fsutil.remove_tree(staging)
+            raise
+
+    def remove(self, id: str) -> None:
+        fsutil.remove_tree(self._path(id))
+
+    def get(self, id: str) -> pathlib.Path:
+        path = self._path(id)
+        if not path.is_dir():
+            raise LayerNotFound(f"layer {id} does not exist")
+        return path
+
+    def put(self, id: str) -> None:
+        if not self.exists(id):
+            raise LayerNotFound(f"layer {id} does not exist")
+
+    def exists(self, id: str) -> bool:
+        return self._path(id).is_dir()
+
+    def metadata(self, id: str) -> dict[str, str]:
+        return {"SourceDir": str(self.get(id))}

@@ -1,0 +1,120 @@
+"""Reassemble a layer's original tar byte for byte from its extracted files.
+
+Drivers store files, not tars, yet a layer's DiffID is the digest of its exact tar, and
+`save`/`push` must reproduce it. Like vbatts/tar-split, we keep every byte of the tar
+that is not file payload (headers, padding, end marker) plus, for each payload, the
+entry name, size and a CRC; re-export streams the payloads back from the layer's files.
+Payloads that the layer no longer holds as files (an entry later overwritten by a
+duplicate name) are kept inline.
+
+Format: gzip of a sequence of records, each a 1-byte tag and a length-prefixed body:
+`S` raw segment bytes; `F` file: size (8 bytes), crc32 (4 bytes), name bytes.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import struct
+import zlib
+from collections.abc import Callable, Iterator
+from typing import BinaryIO
+
+from cowstore.archive.apply import clean_name
+from cowstore.archive.tarstream import REGULAR, Limits, TarReader
+from cowstore.errors import ArchiveError, CowstoreError
+from cowstore.safepath import Root
+
+_SEGMENT = b"S"
+_FILE = b"F"
+
+
+class TarSplitError(CowstoreError):
+    """The stored layer no longer matches its recorded tar (files changed on disk)."""
+
+
+def _record(out: BinaryIO, tag: bytes, body: bytes) -> None:
+    out.write(tag + struct.pack("<Q", len(body)) + body)
+
+
+def disassemble(spool: BinaryIO, limits: Limits | None = None) -> bytes:
+    """Parse the tar in the seekable `spool` and return its gzip'ed tar-split record.
+
+    Validates the tar with the same strict reader that extraction uses.
+    """
+    items: list[tuple[str, object]] = []
+    pending = bytearray()
+
+    def on_segment(raw: bytes) -> None:
+        pending.extend(raw)
+
+    reader = TarReader(spool, limits, on_segment=on_segment)
+    last_index: dict[tuple[str, ...], int] = {}
+    for entry in reader:
+        if pending:
+            items.append(("S", bytes(pending)))
+            pending.clear()
+        key = tuple(clean_name(entry.name, entry.name))
+        if entry.kind == REGULAR and entry.size:
+            offset = spool.tell()
+            crc = 0
+            for chunk in reader.read_payload():
+                crc = zlib.crc32(chunk, crc)
+            items.append(("F", (entry.name, entry.size, crc, offset)))
+        last_index[key] = len(items) - 1
+    if pending:
+        items.append(("S", bytes(pending)))
+    keep_as_file = set(last_index.values())
+    buf = io.BytesIO()
+    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as out:
+        for index, (kind, value) in enumerate(items):
+            if kind == "S":
+                _record(out, _SEGMENT, value)  # type: ignore[arg-type]
+                continue
+            name, size, crc, offset = value  # type: ignore[misc]
+            if index in keep_as_file:
+                _record(out, _FILE, struct.pack("<QI", size, crc) + os.fsencode(name))
+            else:
+                spool.seek(offset)
+                _record(out, _SEGMENT, spool.read(size))
+    return buf.getvalue()
+
+
+def _records(data: bytes) -> Iterator[tuple[bytes, bytes]]:
+    stream = gzip.GzipFile(fileobj=io.BytesIO(data), mode="rb")
+    while True:
+        head = stream.read(9)
+        if not head:
+            return
+        if len(head) != 9:
+            raise TarSplitError("corrupt tar-split record")
+        body = stream.read(struct.unpack("<Q", head[1:])[0])
+        yield head[:1], body
+
+
+def assemble(data: bytes, root: str | os.PathLike, out_write: Callable[[bytes], object]) -> None:
+    """Write the original tar to `out_write`, reading payloads from the layer at `root`."""
+    with Root(root) as fs:
+        for tag, body in _records(data):
+            if tag == _SEGMENT:
+                out_write(body)
+                continue
+            size, crc = struct.unpack("<QI", body[:12])
+            name = os.fsdecode(body[12:])
+            try:
+                rel = "/".join(clean_name(name, name))
+                fd = fs.open(rel, os.O_RDONLY | os.O_NOFOLLOW)
+            except (OSError, ArchiveError) as exc:
+                raise TarSplitError(f"layer file {name} is missing: {exc}") from None
+            with os.fdopen(fd, "rb") as fh:
+                left, actual = size, 0
+                while left:
+                    chunk = fh.read(min(left, 1024 * 1024))
+                    if not chunk:
+                        break
+                    actual = zlib.crc32(chunk, actual)
+                    left -= len(chunk)
+                    out_write(chunk)
+            if left or actual != crc:
+                raise TarSplitError(f"file integrity checksum failed for {name}")

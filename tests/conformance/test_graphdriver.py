@@ -1,0 +1,197 @@
+"""moby's graphtest cases (reference §5.2), run against every driver."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+import pytest
+
+from cowstore import mounts
+from cowstore.drivers import Driver
+from cowstore.errors import NotSupported
+
+from .helpers import (
+    add_file,
+    add_many_files,
+    add_many_layers,
+    change_many_files,
+    check_file,
+    check_many_files,
+    check_many_layers,
+    create_base,
+    mounted,
+    new_id,
+    read_dir,
+    verify_base,
+)
+
+
+def test_create_empty(driver: Driver) -> None:
+    id = new_id()
+    driver.create(id, None)
+    assert driver.exists(id)
+    with mounted(driver, id) as root:
+        st = os.stat(root)
+        assert stat.S_ISDIR(st.st_mode)
+        assert stat.S_IMODE(st.st_mode) == 0o755
+        assert (st.st_uid, st.st_gid) == (0, 0)
+        assert read_dir(root) == []
+    driver.remove(id)
+    assert not driver.exists(id)
+
+
+def test_create_base(driver: Driver) -> None:
+    id = new_id()
+    create_base(driver, id)
+    verify_base(driver, id)
+    driver.remove(id)
+
+
+def test_create_snap(driver: Driver) -> None:
+    base, snap = new_id(), new_id()
+    create_base(driver, base)
+    driver.create(snap, base)
+    verify_base(driver, snap)
+    driver.remove(snap)
+    driver.remove(base)
+
+
+def test_create_with_missing_parent_fails(driver: Driver) -> None:
+    with pytest.raises(Exception):
+        driver.create(new_id(), "does-not-exist")
+
+
+def test_deep_layer_read_128(driver: Driver) -> None:
+    base = new_id()
+    driver.create(base, None)
+    add_file(driver, base, "testfile.txt", b"test content")
+    top, created = add_many_layers(driver, base, 128)
+    try:
+        check_many_layers(driver, top, 128)
+        check_file(driver, top, "testfile.txt", b"test content")
+    finally:
+        for layer in reversed(created):
+            driver.remove(layer)
+        driver.remove(base)
+
+
+def test_diff_apply(driver: Driver) -> None:
+    count = 10
+    base, upper, target = new_id(), new_id(), new_id()
+    driver.create(base, None)
+    add_many_files(driver, base, count, 3)
+    add_file(driver, base, "file-remove.txt", b"This file should get removed in upper!")
+    with mounted(driver, base) as root:
+        (root / "var" / "lib").mkdir(parents=True)
+    driver.create(upper, base)
+    add_many_files(driver, upper, count, 6)
+    with mounted(driver, upper) as root:
+        (root / "file-remove.txt").unlink()
+        (root / "var" / "lib").rmdir()
+    diff_size = driver.diff_size(upper, None)
+    driver.create(target, base)
+    check_many_files(driver, target, count, 3)
+    check_file(driver, target, "file-remove.txt", b"This file should get removed in upper!")
+    with driver.diff(upper, base) as arch:
+        size = driver.apply_diff(target, base, arch)
+    assert size == count * 64
+    check_many_files(driver, target, count, 6)
+    with mounted(driver, target) as root:
+        assert not (root / "file-remove.txt").exists()
+        assert not (root / "var" / "lib").exists()
+        assert (root / "var").is_dir()
+    assert diff_size >= size
+    for layer in (target, upper, base):
+        driver.remove(layer)
+
+
+def test_changes(driver: Driver) -> None:
+    base, upper = new_id(), new_id()
+    driver.create(base, None)
+    add_many_files(driver, base, 20, 3)
+    driver.create(upper, base)
+    expected = change_many_files(driver, upper, 20, 6)
+    actual = driver.changes(upper, base)
+    assert len(actual) == 21
+    assert sorted(actual) == sorted(expected)
+    driver.remove(upper)
+    driver.remove(base)
+
+
+def test_diff_size_counts_only_changes(driver: Driver) -> None:
+    base, upper = new_id(), new_id()
+    driver.create(base, None)
+    add_file(driver, base, "file1", b"x" * 1024)
+    driver.create(upper, base)
+    assert driver.diff_size(upper, base) == 0
+    add_file(driver, upper, "file2", b"Mutable contents")
+    assert driver.diff_size(upper, base) == 16
+    assert driver.diff_size(base, None) == 1024
+    driver.remove(upper)
+    driver.remove(base)
+
+
+def test_set_quota(driver: Driver) -> None:
+    base, layer = new_id(), new_id()
+    create_base(driver, base)
+    try:
+        driver.create_rw(layer, base, storage_opts={"size": "50M"})
+    except NotSupported as exc:
+        driver.remove(base)
+        pytest.skip(f"quota not supported: {exc}")
+    try:
+        with mounted(driver, layer) as root:
+            (root / "smallfile").write_bytes(b"\0" * (25 * 1024 * 1024))
+            with pytest.raises(OSError) as info:
+                with open(root / "bigfile", "wb") as fh:
+                    for _ in range(50):
+                        fh.write(os.urandom(1024 * 1024))
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            assert info.value.errno in (errno.EDQUOT, errno.ENOSPC)
+    finally:
+        driver.remove(layer)
+        driver.remove(base)
+
+
+def test_two_gets_need_two_puts(driver: Driver) -> None:
+    base, layer = new_id(), new_id()
+    driver.create(base, None)
+    add_file(driver, base, "hello", b"world")
+    driver.create_rw(layer, base)
+    first = driver.get(layer)
+    second = driver.get(layer)
+    assert first == second
+    was_mount = mounts.is_mountpoint(first)
+    driver.put(layer)
+    assert (first / "hello").read_bytes() == b"world"
+    if was_mount:
+        assert mounts.is_mountpoint(first)
+    driver.put(layer)
+    if was_mount:
+        assert not mounts.is_mountpoint(first)
+    driver.remove(layer)
+    driver.remove(base)
+
+
+def test_remove_while_mounted(driver: Driver) -> None:
+    base, layer = new_id(), new_id()
+    driver.create(base, None)
+    driver.create_rw(layer, base)
+    path = driver.get(layer)
+    driver.remove(layer)
+    assert not driver.exists(layer)
+    assert not mounts.is_mountpoint(path)
+    driver.remove(base)
+
+
+def test_status_and_metadata_are_strings(driver: Driver) -> None:
+    layer = new_id()
+    driver.create(layer, None)
+    for key, value in driver.status():
+        assert isinstance(key, str) and isinstance(value, str)
+    for key, value in driver.metadata(layer).items():
+        assert isinstance(key, str) and isinstance(value, str)
+    driver.remove(layer)
