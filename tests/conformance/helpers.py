@@ -183,4 +183,10 @@ def snapshot_tree(root: pathlib.Path) -> dict[str, tuple]:
                         xattrs[key] = os.getxattr(full, key, follow_symlinks=False)
             result[rel] = (st.st_mode, st.st_uid, st.st_gid, data, link_group, tuple(sorted(xattrs.items())))
         dirnames[:] = [d for d in dirnames if not (d == "lost+found" and pathlib.Path(dirpath) == root)]
-    return result
+    # Only links *within* the tree are content: a file hard-linked to another layer's
+    # copy (legacy overlay shares inodes between image layers) is still a single file.
+    members: dict[str, int] = {}
+    for entry in result.values():
+        if entry[4] is not None:
+            members[entry[4]] = members.get(entry[4], 0) + 1
+    return {rel: e if e[4] is None or members[e[4]] > 1 else (*e[:4], None, e[5]) for rel, e in result.items()}

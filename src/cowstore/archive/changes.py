@@ -57,7 +57,8 @@ def _same_mtime(new: str, nst: os.stat_result, old: str, ost: os.stat_result) ->
     return True
 
 
-def _modified(new: str, nst: os.stat_result, old: str, ost: os.stat_result) -> bool:
+def entry_modified(new: str, nst: os.stat_result, old: str, ost: os.stat_result) -> bool:
+    """Docker's rule for whether an entry present in both trees changed."""
     if (nst.st_mode, nst.st_uid, nst.st_gid, nst.st_rdev) != (ost.st_mode, ost.st_uid, ost.st_gid, ost.st_rdev):
         return True
     if not stat.S_ISDIR(nst.st_mode):
@@ -68,7 +69,8 @@ def _modified(new: str, nst: os.stat_result, old: str, ost: os.stat_result) -> b
     return _capability(new, nst) != _capability(old, ost)
 
 
-def _listdir(path: str) -> dict[str, os.stat_result]:
+def list_entries(path: str) -> dict[str, os.stat_result]:
+    """Name -> lstat of the entries of directory `path`."""
     entries = {}
     with os.scandir(path) as it:
         for entry in it:
@@ -86,8 +88,8 @@ def changes_dirs(new: str | os.PathLike, old: str | os.PathLike | None) -> list[
     stack: list[tuple[str, bool]] = [("", old_root is not None)]
     while stack:
         rel, in_old = stack.pop()
-        new_entries = _listdir(os.path.join(new_root, rel))
-        old_entries = _listdir(os.path.join(old_root, rel)) if in_old and old_root is not None else {}
+        new_entries = list_entries(os.path.join(new_root, rel))
+        old_entries = list_entries(os.path.join(old_root, rel)) if in_old and old_root is not None else {}
         for name, nst in new_entries.items():
             path = f"{rel}/{name}" if rel else name
             ost = old_entries.get(name)
@@ -99,7 +101,7 @@ def changes_dirs(new: str | os.PathLike, old: str | os.PathLike | None) -> list[
             if (nst.st_dev, nst.st_ino) == (ost.st_dev, ost.st_ino):
                 continue  # the same lower inode seen through a union mount
             assert old_root is not None
-            if _modified(os.path.join(new_root, path), nst, os.path.join(old_root, path), ost):
+            if entry_modified(os.path.join(new_root, path), nst, os.path.join(old_root, path), ost):
                 found["/" + path] = "C"
             if stat.S_ISDIR(nst.st_mode):
                 stack.append((path, stat.S_ISDIR(ost.st_mode)))

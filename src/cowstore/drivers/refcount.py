@@ -27,9 +27,8 @@ class RefCount:
         return int(raw) if raw.isdigit() else 0
 
     def _store(self, value: int) -> int:
-        data = str(value).encode()
-        os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, data, 0)
+        # Fixed width instead of truncate+write: one syscall on the hot get/put path.
+        os.pwrite(self._fd, f"{value:<20}".encode(), 0)
         return value
 
     def increment(self, mounted: bool) -> int:

@@ -15,7 +15,9 @@ from cowstore import fsutil
 from cowstore.dircopy import copy_tree
 from cowstore.drivers.ids import check_id
 from cowstore.drivers.naive import NaiveDiffDriver
-from cowstore.errors import InvalidOption, LayerExists, LayerNotFound, NotSupported, QuotaNotSupported
+from cowstore.errors import InvalidOption, LayerExists, LayerNotFound, NotSupported
+from cowstore.quota import ProjectQuota
+from cowstore.units import parse_size
 
 
 class VfsDriver(NaiveDiffDriver):
@@ -28,14 +30,16 @@ class VfsDriver(NaiveDiffDriver):
                 raise InvalidOption(f"unknown option {key} for vfs")
         self.dir = home / "dir"
         self.dir.mkdir(mode=0o710, parents=True, exist_ok=True)
-        if "size" in self.options:
-            raise QuotaNotSupported(self._quota_reason())
+        self._quota: ProjectQuota | None = None
+        self.default_size = parse_size(self.options["size"]) if "size" in self.options else None
+        if self.default_size is not None:
+            self._quota = ProjectQuota(self.home)
 
-    def _quota_reason(self) -> str:
-        return (
-            "the size option needs project quotas (xfs mounted with pquota); "
-            f"the backing filesystem here is {fsutil.backing_fs(self.home)}"
-        )
+    def _quota_for(self, size: int | None) -> ProjectQuota | None:
+        """Project quotas are probed only when a size is asked for (QuotaNotSupported if absent)."""
+        if size is not None and self._quota is None:
+            self._quota = ProjectQuota(self.home)
+        return self._quota if size is not None else None
 
     def _path(self, id: str) -> pathlib.Path:
         return self.dir / check_id(id)
@@ -46,13 +50,14 @@ class VfsDriver(NaiveDiffDriver):
         self._create(id, parent)
 
     def create_rw(self, id: str, parent: str | None, *, storage_opts: Mapping[str, str] | None = None) -> None:
-        for key in storage_opts or {}:
-            if key == "size":
-                raise QuotaNotSupported(self._quota_reason())
-            raise InvalidOption(f"storage opt {key} not supported")
-        self._create(id, parent)
+        opts = dict(storage_opts or {})
+        for key in opts:
+            if key != "size":
+                raise InvalidOption(f"storage opt {key} not supported")
+        size = parse_size(opts["size"]) if "size" in opts else self.default_size
+        self._create(id, parent, size)
 
-    def _create(self, id: str, parent: str | None) -> None:
+    def _create(self, id: str, parent: str | None, size: int | None = None) -> None:
         target = self._path(id)
         if target.exists():
             raise LayerExists(f"layer {id} already exists")
@@ -63,6 +68,9 @@ class VfsDriver(NaiveDiffDriver):
         staging = self.dir / f".{id}-{secrets.token_hex(4)}-creating"
         staging.mkdir(mode=0o755)
         try:
+            quota = self._quota_for(size)
+            if quota is not None and size is not None:
+                quota.set(staging, size)
             if parent is not None:
                 copy_tree(self._path(parent), staging)
             os.rename(staging, target)
