@@ -1,0 +1,91 @@
+"""devicemapper driver specifics: Docker's layout, names, status, transactions, dump."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from cowstore.drivers import open_driver
+from cowstore.errors import NotSupported
+
+OPTIONS = {"dm.loopdatasize": "1G", "dm.loopmetadatasize": "64M", "dm.basesize": "256M", "dm.fs": "ext4",
+           "dm.server_cgroup": ""}
+
+
+@pytest.fixture
+def driver(tmp_path):
+    try:
+        drv = open_driver("devicemapper", tmp_path / "devicemapper", OPTIONS)
+    except NotSupported as exc:
+        pytest.skip(str(exc))
+    try:
+        yield drv
+    finally:
+        drv.cleanup()
+
+
+def test_layout_names_and_metadata(driver):
+    home = driver.home
+    assert (home / "devicemapper" / "data").stat().st_size == 1 << 30
+    assert (home / "devicemapper" / "metadata").stat().st_size == 64 << 20
+    base = json.loads((home / "metadata" / "base").read_text())
+    assert base["initialized"] is True and base["size"] == 256 << 20
+    assert json.loads((home / "metadata" / "deviceset-metadata").read_text())["BaseDeviceFilesystem"] == "ext4"
+    driver.create("img", None)
+    root = driver.get("img")
+    try:
+        assert root == home / "mnt" / "img" / "rootfs"
+        (root / "f").write_text("x")
+        assert (home / "mnt" / "img" / "id").read_text() == "img"
+    finally:
+        driver.put("img")
+    meta = driver.metadata("img")
+    assert meta["DeviceName"].startswith("cowstore-") and meta["DeviceName"].endswith("-img")
+    info = json.loads((home / "metadata" / "img").read_text())
+    assert info["device_id"] == int(meta["DeviceId"]) and info["initialized"] is True
+    assert not (home / "metadata" / "transaction-metadata").exists()
+    driver.remove("img")
+    assert not driver.exists("img")
+    driver.remove("img")  # unknown id: success, like Docker
+
+
+def test_status_fields(driver):
+    keys = [key for key, _ in driver.status()]
+    for key in ("Pool Name", "Pool Blocksize", "Base Device Size", "Backing Filesystem", "Data file",
+                "Metadata file", "Data Space Used", "Data Space Total", "Data Space Available",
+                "Metadata Space Used", "Metadata Space Total", "Metadata Space Available",
+                "Thin Pool Minimum Free Space", "Deferred Removal Enabled", "Data loop file"):
+        assert key in keys
+    status = dict(driver.status())
+    assert status["Pool Blocksize"] == "65.54kB"
+    assert status["Base Device Size"] == "268.4MB"
+    assert status["Data Space Total"] == "1.074GB"
+    assert "loopback" in driver.warnings()[0]
+
+
+def test_rollback_of_unfinished_transaction(driver, tmp_path):
+    driver.create("a", None)
+    device_id = json.loads((driver.home / "metadata" / "a").read_text())["device_id"]
+    current = driver.client.call("status")["transaction_id"]
+    (driver.home / "metadata" / "transaction-metadata").write_text(
+        json.dumps({"open_transaction_id": current + 1, "device_hash": "a", "device_id": device_id}))
+    driver._rollback_transaction()
+    assert not driver.exists("a")
+    assert device_id not in [d["id"] for d in driver.client.call("list")]
+
+
+@pytest.mark.skipif(shutil.which("thin_check") is None, reason="thin-provisioning-tools not installed")
+def test_dump_passes_thin_check(driver, tmp_path):
+    driver.create("a", None)
+    driver.create_rw("b", "a")
+    xml = tmp_path / "pool.xml"
+    xml.write_text(driver.dump())
+    meta = tmp_path / "tmeta"
+    meta.write_bytes(b"")
+    subprocess.run(["truncate", "-s", "16M", str(meta)], check=True)
+    subprocess.run(["thin_restore", "-i", str(xml), "-o", str(meta)], check=True, capture_output=True)
+    subprocess.run(["thin_check", str(meta)], check=True, capture_output=True)
+    assert len(driver.list_devices()) == 3

@@ -1,0 +1,329 @@
+"""The thin pool engine without any mount: mapping, CoW, refcounts, discard, commits."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from cowstore.thinpool import (
+    BadMetadata,
+    DeviceExists,
+    DeviceNotFound,
+    MinFreeSpace,
+    OutOfRange,
+    PoolError,
+    PoolFull,
+    ThinPool,
+)
+
+from .conftest import MiB, make_files
+
+BS = 64 * 1024
+
+
+def allocated(path) -> int:
+    return os.stat(path).st_blocks * 512
+
+
+def test_unwritten_blocks_read_zero_and_take_no_space(pool, files):
+    pool.create_thin(1, 8 * MiB)
+    assert pool.read(1, 0, 3 * BS) == bytes(3 * BS)
+    assert pool.status().used_data_blocks == 0
+    pool.write(1, 5 * BS + 100, b"abc")
+    assert pool.read(1, 5 * BS, BS) == bytes(100) + b"abc" + bytes(BS - 103)
+    assert pool.status().used_data_blocks == 1
+    pool.flush()
+    assert allocated(files[1]) <= 2 * BS
+
+
+def test_snapshot_shares_then_copies_on_write(pool):
+    pool.create_thin(1, 4 * MiB)
+    pool.write(1, 0, b"A" * (2 * BS))
+    pool.create_snap(2, 1)
+    assert pool.status().used_data_blocks == 2
+    pool.write(1, 10, b"B")
+    assert pool.read(2, 0, 2 * BS) == b"A" * (2 * BS)
+    assert pool.read(1, 0, 12) == b"A" * 10 + b"BA"
+    assert pool.status().used_data_blocks == 3  # only the written block was copied
+    pool.write(2, BS, b"C" * BS)
+    assert pool.read(1, BS, BS) == b"A" * BS
+    assert pool.status().used_data_blocks == 4
+    assert pool.check() == []
+
+
+def test_snapshot_of_snapshot_and_delete_origin(pool):
+    pool.create_thin(1, 2 * MiB)
+    pool.write(1, 0, b"x" * BS)
+    pool.create_snap(2, 1)
+    pool.create_snap(3, 2)
+    pool.delete(1)
+    pool.delete(2)
+    assert pool.read(3, 0, BS) == b"x" * BS
+    assert pool.status().used_data_blocks == 1
+    pool.delete(3)
+    pool.flush()
+    assert pool.status().used_data_blocks == 0
+    assert pool.check() == []
+
+
+def test_random_operations_match_a_model(pool):
+    """Writes, snapshots, discards and deletes against an in-memory model of every device."""
+    rng = random.Random(7)
+    size = 24 * BS
+    model: dict[int, bytearray] = {1: bytearray(size)}
+    pool.create_thin(1, size)
+    next_id = 2
+    for step in range(600):
+        op = rng.random()
+        dev = rng.choice(list(model))
+        if op < 0.55:
+            offset = rng.randrange(size - 1)
+            data = bytes([rng.randrange(256)]) * min(rng.choice([1, 4096, BS, 2 * BS + 5]), size - offset)
+            pool.write(dev, offset, data)
+            model[dev][offset:offset + len(data)] = data
+        elif op < 0.7:
+            offset = rng.randrange(size - 1)
+            length = min(rng.randrange(1, 4 * BS), size - offset)
+            pool.discard(dev, offset, length)
+            model[dev][offset:offset + length] = bytes(length)
+        elif op < 0.8:
+            pool.create_snap(next_id, dev)
+            model[next_id] = bytearray(model[dev])
+            next_id += 1
+        elif op < 0.87 and len(model) > 1:
+            pool.delete(dev)
+            del model[dev]
+        elif op < 0.9:
+            pool.flush()
+        if step % 50 == 0:
+            assert pool.check() == []
+    for dev, content in model.items():
+        assert pool.read(dev, 0, size) == bytes(content), dev
+    assert pool.check() == []
+    pool.close()
+
+
+def test_discard_unmaps_and_punches_holes(pool, files):
+    pool.create_thin(1, 8 * MiB)
+    pool.write(1, 0, b"z" * (8 * BS))
+    pool.flush()
+    before = allocated(files[1])
+    assert before >= 8 * BS
+    pool.discard(1, 0, 8 * BS)
+    assert pool.read(1, 0, 8 * BS) == bytes(8 * BS)
+    pool.flush()
+    assert pool.status().used_data_blocks == 0
+    assert pool.device(1).mapped == 0
+    assert allocated(files[1]) < before - 7 * BS
+
+
+def test_discard_of_shared_block_keeps_the_other_owner(pool):
+    pool.create_thin(1, MiB)
+    pool.write(1, 0, b"s" * BS)
+    pool.create_snap(2, 1)
+    pool.discard(1, 0, BS)
+    pool.write(2, 0, b"t")  # must not write into a block the committed state still shares
+    assert pool.read(2, 0, 2) == b"ts"
+    assert pool.read(1, 0, 2) == bytes(2)
+    assert pool.check() == []
+
+
+def test_partial_discard_zeroes_only_the_range(pool):
+    pool.create_thin(1, MiB)
+    pool.write(1, 0, b"q" * BS)
+    pool.discard(1, 100, 200)
+    assert pool.read(1, 0, BS) == b"q" * 100 + bytes(200) + b"q" * (BS - 300)
+
+
+def test_reopen_sees_committed_state(files):
+    with ThinPool.open(*files, min_free_pct=0) as pool:
+        pool.create_thin(5, 3 * MiB)
+        pool.write(5, BS - 1, b"hello")
+        pool.create_snap(6, 5)
+        pool.set_transaction_id(0, 9)
+    with ThinPool.open(*files, min_free_pct=0) as pool:
+        assert [d.dev_id for d in pool.devices()] == [5, 6]
+        assert pool.read(6, BS - 1, 5) == b"hello"
+        assert pool.status().transaction_id == 9
+        assert pool.check() == []
+
+
+def test_crash_without_commit_returns_to_last_commit(files):
+    pool = ThinPool.open(*files, min_free_pct=0)
+    pool.create_thin(1, MiB)
+    pool.write(1, 0, b"committed")
+    pool.flush()
+    pool.write(1, 2 * BS, b"lost")  # a new mapping, never committed
+    pool.discard(1, 0, BS)  # an unmap, never committed
+    pool.abandon()
+    with ThinPool.open(*files, min_free_pct=0) as pool:
+        assert pool.read(1, 0, 9) == b"committed"
+        assert pool.read(1, 2 * BS, 4) == bytes(4)
+        assert pool.status().used_data_blocks == 1
+        assert pool.check() == []
+
+
+def test_torn_superblock_falls_back_to_previous_slot(files):
+    with ThinPool.open(*files, min_free_pct=0) as pool:
+        pool.create_thin(1, MiB)
+        pool.create_thin(2, MiB)
+        seq = pool.superblock().seq
+    with open(files[0], "r+b") as f:
+        f.seek((seq % 2) * 4096 + 20)
+        f.write(b"\xff\xff")
+    with ThinPool.open(*files, min_free_pct=0) as pool:
+        assert [d.dev_id for d in pool.devices()] == [1]
+        assert pool.check() == []
+
+
+def test_not_a_pool(tmp_path):
+    meta, data = tmp_path / "m", tmp_path / "d"
+    meta.write_bytes(bytes(1 << 20))
+    data.write_bytes(b"")
+    with pytest.raises(BadMetadata):
+        ThinPool.open(meta, data)
+
+
+def test_format_refuses_existing_pool(files):
+    with pytest.raises(PoolError, match="already holds"):
+        ThinPool.format(*files)
+
+
+def test_device_errors(pool):
+    pool.create_thin(1, MiB)
+    with pytest.raises(DeviceExists):
+        pool.create_thin(1, MiB)
+    with pytest.raises(DeviceNotFound):
+        pool.create_snap(2, 99)
+    with pytest.raises(DeviceNotFound):
+        pool.delete(99)
+    with pytest.raises(OutOfRange):
+        pool.write(1, MiB - 1, b"ab")
+    with pytest.raises(PoolError):
+        pool.create_thin(0x1000000, MiB)
+    with pytest.raises(PoolError):
+        ThinPool.format("/nonexistent-meta", "/nonexistent-data", block_size=65536 + 512)
+
+
+def test_pool_full_error_policy(tmp_path):
+    files = make_files(tmp_path, data_size=8 * BS)
+    with ThinPool.open(*files, min_free_pct=0, no_space_policy="error") as pool:
+        pool.create_thin(1, MiB)
+        pool.write(1, 0, b"f" * (8 * BS))
+        with pytest.raises(PoolFull) as info:
+            pool.write(1, 8 * BS, b"!")
+        assert info.value.errno == 28
+        pool.discard(1, 0, BS)
+        pool.write(1, 8 * BS, b"!")  # the freed block is usable after the implicit commit
+        assert pool.check() == []
+
+
+def test_pool_full_queue_waits_for_growth(tmp_path):
+    meta, data = make_files(tmp_path, data_size=2 * BS)
+    with ThinPool.open(meta, data, min_free_pct=0, no_space_policy="queue", queue_timeout=30) as pool:
+        pool.create_thin(1, MiB)
+        pool.write(1, 0, b"f" * (2 * BS))
+        grower = threading.Timer(0.3, lambda: os.truncate(data, 4 * BS))
+        grower.start()
+        try:
+            pool.write(1, 2 * BS, b"queued")
+        finally:
+            grower.join()
+        assert pool.read(1, 2 * BS, 6) == b"queued"
+        assert pool.status().total_data_blocks == 4
+
+
+def test_pool_full_queue_times_out(tmp_path):
+    files = make_files(tmp_path, data_size=BS)
+    with ThinPool.open(*files, min_free_pct=0, no_space_policy="queue", queue_timeout=0.3) as pool:
+        pool.create_thin(1, MiB)
+        pool.write(1, 0, b"f")
+        with pytest.raises(PoolFull, match="queue"):
+            pool.write(1, BS, b"g")
+
+
+def test_min_free_space_refuses_new_devices(tmp_path):
+    files = make_files(tmp_path, data_size=10 * BS)
+    with ThinPool.open(*files, min_free_pct=20) as pool:
+        pool.create_thin(1, MiB)
+        pool.write(1, 0, b"m" * (9 * BS))
+        with pytest.raises(MinFreeSpace, match="Thin Pool has 1 free data blocks which is less than minimum required 2"):
+            pool.create_snap(2, 1)
+
+
+def test_grow_data_and_device(pool, files):
+    total = pool.status().total_data_blocks
+    pool.resize_data(os.path.getsize(files[1]) + 16 * BS)
+    assert pool.status().total_data_blocks == total + 16
+    pool.create_thin(1, BS)
+    pool.write(1, 0, b"a")
+    pool.set_device_size(1, 1024 * BS)  # adds a radix level above the existing root
+    pool.write(1, 700 * BS, b"b")
+    assert pool.read(1, 0, 1) == b"a" and pool.read(1, 700 * BS, 1) == b"b"
+    with pytest.raises(PoolError):
+        pool.set_device_size(1, BS)
+    assert pool.check() == []
+
+
+def test_larger_block_size(tmp_path):
+    meta, data = tmp_path / "m", tmp_path / "d"
+    meta.write_bytes(bytes(1 << 20))
+    data.write_bytes(b"")
+    os.truncate(data, 16 * MiB)
+    ThinPool.format(meta, data, block_size=128 * 1024)
+    with ThinPool.open(meta, data, min_free_pct=0) as pool:
+        pool.create_thin(1, MiB)
+        pool.write(1, 100_000, b"x" * 100_000)
+        assert pool.status().used_data_blocks == 2
+        assert pool.read(1, 100_000, 100_000) == b"x" * 100_000
+
+
+def test_many_mapped_blocks(tmp_path):
+    files = make_files(tmp_path, data_size=4096 * BS, meta_size=8 * MiB)
+    with ThinPool.open(*files, min_free_pct=0) as pool:
+        pool.create_thin(1, 4096 * BS)
+        for vblock in range(0, 3000):
+            pool.write(1, vblock * BS, b"k")
+        pool.create_snap(2, 1)
+        pool.write(2, 2999 * BS, b"l")
+    with ThinPool.open(*files, min_free_pct=0) as pool:
+        assert pool.device(1).mapped == 3000
+        assert pool.read(1, 2999 * BS, 1) == b"k" and pool.read(2, 2999 * BS, 1) == b"l"
+        assert pool.status().used_data_blocks == 3001
+        assert pool.check() == []
+
+
+WORKER = os.path.join(os.path.dirname(__file__), "crash_worker.py")
+
+
+def test_killed_pool_reopens_consistent(tmp_path):
+    """SIGKILL a process mutating the pool at random moments; every reopen must be clean."""
+    files = make_files(tmp_path, data_size=96 * BS)
+    pattern = bytes(range(256)) * (8 * BS // 256)
+    with ThinPool.open(*files, min_free_pct=0) as pool:
+        pool.create_thin(1, 8 * BS)
+        pool.write(1, 0, pattern)
+        pool.create_snap(2, 1)
+    rng = random.Random(1234)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    for round_ in range(12):
+        proc = subprocess.Popen([sys.executable, WORKER, str(files[0]), str(files[1]), str(round_)],
+                                stdout=subprocess.PIPE, env=env)
+        try:
+            assert proc.stdout.readline() == b"ready\n"
+            time.sleep(rng.uniform(0.02, 0.6))
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            proc.stdout.close()
+        with ThinPool.open(*files, min_free_pct=0) as pool:
+            assert pool.check() == [], f"round {round_}"
+            assert pool.read(2, 0, len(pattern)) == pattern
+            assert 1 in [d.dev_id for d in pool.devices()]
