@@ -195,3 +195,18 @@ def test_status_and_metadata_are_strings(driver: Driver) -> None:
     for key, value in driver.metadata(layer).items():
         assert isinstance(key, str) and isinstance(value, str)
     driver.remove(layer)
+
+
+def test_ids_lists_exactly_the_layers(driver: Driver) -> None:
+    base, child = new_id(), new_id()
+    driver.create(base, None)
+    driver.create_rw(child, base)
+    try:
+        listed = set(driver.ids())
+    except NotSupported as exc:
+        pytest.skip(str(exc))
+    finally:
+        driver.remove(child)
+        driver.remove(base)
+    assert {base, child} <= listed
+    assert not {base, child} & set(driver.ids())

@@ -95,6 +95,13 @@ class Driver(abc.ABC):
     def cleanup(self) -> None:
         """Release everything this driver mounted or attached (shutdown)."""
 
+    def ids(self) -> list[str]:
+        """Every layer id the driver holds (containers/storage's ListLayers).
+
+        Only `cowstore check` uses it, to find storage that no record owns.
+        """
+        raise NotSupported(f"{self.name} cannot list its layers")
+
 
 # Public names in Docker 20.10's automatic-selection priority order, with the module
 # and class that implement each. Modules are imported on demand so that a driver whose

@@ -386,6 +386,12 @@ class DeviceMapperDriver(NaiveDiffDriver):
             with contextlib.suppress(OSError):
                 mnt.rmdir()
 
+    def ids(self) -> list[str]:
+        return sorted(
+            p.name for p in (self.home / "metadata").iterdir()
+            if not p.name.startswith(".") and p.name not in (BASE, "deviceset-metadata", "transaction-metadata")
+        )
+
     def exists(self, id: str) -> bool:
         return id != BASE and self._info(check_id(id)) is not None
 

@@ -262,6 +262,12 @@ class Overlay2Driver(NaiveDiffDriver):
         except InvalidOption:
             return False
 
+    def ids(self) -> list[str]:
+        return sorted(
+            e.name for e in os.scandir(self.home) if e.is_dir(follow_symlinks=False) and not e.name.startswith(".")
+            and e.name not in ("l", "mountpoints")
+        )
+
     # ---------------------------------------------------------- introspection
 
     def status(self) -> list[tuple[str, str]]:

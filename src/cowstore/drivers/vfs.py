@@ -94,5 +94,8 @@ class VfsDriver(NaiveDiffDriver):
     def exists(self, id: str) -> bool:
         return self._path(id).is_dir()
 
+    def ids(self) -> list[str]:
+        return sorted(n for n in os.listdir(self.dir) if not n.startswith("."))
+
     def metadata(self, id: str) -> dict[str, str]:
         return {"SourceDir": str(self.get(id))}

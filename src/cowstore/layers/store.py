@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import os
 import pathlib
+import signal
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -29,6 +30,7 @@ from cowstore.errors import (
     LayerInUse,
     LayerNotFound,
     MaxDepthExceeded,
+    NotSupported,
 )
 from cowstore.layers import tarsplit
 from cowstore.db import Database
@@ -36,6 +38,36 @@ from cowstore.layers.lock import OperationLock, StoreLock
 
 MAX_DEPTH = 1000  # a sanity bound; drivers enforce their own (overlay2: 500 lowers)
 _COPY = 1024 * 1024
+
+# Named points at which the crash tests kill the process (COWSTORE_FAULT=<point>).
+FAULT_POINTS = (
+    "register:after-insert",
+    "register:after-apply",
+    "release:after-mark",
+    "create-rw:after-insert",
+    "create-rw:after-init",
+    "remove-rw:after-mark",
+)
+
+
+def _fault(point: str) -> None:
+    """Die here, as abruptly as a power cut leaves a process, when the test asks for it."""
+    if os.environ.get("COWSTORE_FAULT") == point:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@dataclass
+class Problem:
+    """One inconsistency found by `LayerStore.check`."""
+
+    kind: str
+    subject: str
+    detail: str
+    repaired: bool = False
+
+    def __str__(self) -> str:
+        state = "repaired" if self.repaired else "found"
+        return f"{state}: {self.kind} {self.subject}: {self.detail}"
 
 
 @dataclass(frozen=True)
@@ -192,11 +224,13 @@ class LayerStore:
                         (cache_id, parent, time.time()),
                     )
             try:
+                _fault("register:after-insert")
                 parent_cache = parent_layer.cache_id if parent_layer else None
                 self.driver.create(cache_id, parent_cache)
                 size = self.driver.apply_diff(cache_id, parent_cache, spool)
                 if self.sync:
                     _syncfs(self.driver.home)
+                _fault("register:after-apply")
                 return self._publish(cache_id, chain, diff_id, parent_layer, size, split)
             except BaseException:
                 self._abandon_layer(cache_id)
@@ -272,6 +306,7 @@ class LayerStore:
             layer = _layer(rows[0])
             with self.db.transaction() as tx:
                 tx.execute("UPDATE layers SET state = 'removing' WHERE cache_id = ?", (layer.cache_id,))
+            _fault("release:after-mark")
             self.driver.remove(layer.cache_id)
             with self.db.transaction() as tx:
                 tx.execute("DELETE FROM layers WHERE cache_id = ?", (layer.cache_id,))
@@ -339,6 +374,7 @@ class LayerStore:
                     (name, mount_id, init_id, parent, time.time()),
                 )
         try:
+            _fault("create-rw:after-insert")
             parent_cache = parent_layer.cache_id if parent_layer else None
             if init is not None and init_id is not None:
                 self.driver.create_rw(init_id, parent_cache, storage_opts=storage_opts)
@@ -348,6 +384,7 @@ class LayerStore:
                 finally:
                     self.driver.put(init_id)
                 parent_cache = init_id
+                _fault("create-rw:after-init")
             self.driver.create_rw(mount_id, parent_cache, storage_opts=storage_opts)
             with self.lock.exclusive(), self.db.transaction() as tx:
                 tx.execute("UPDATE mounts SET state = 'ready' WHERE name = ?", (name,))
@@ -410,11 +447,99 @@ class LayerStore:
                 raise LayerInUse(f"mount still active: {name} is mounted {rw.mount_count} time(s)")
             with self.db.transaction() as tx:
                 tx.execute("UPDATE mounts SET state = 'removing' WHERE name = ?", (name,))
+            _fault("remove-rw:after-mark")
             self._drop_rw_storage(rw.mount_id, rw.init_id)
             with self.db.transaction() as tx:
                 tx.execute("DELETE FROM mounts WHERE name = ?", (name,))
             return self._collect(rw.parent)
 
+
+
+    # ---- consistency ------------------------------------------------------------------
+
+    def check(
+        self, *, repair: bool = False, verify_content: bool = False, expected_refs: Mapping[str, int] | None = None
+    ) -> list[Problem]:
+        """Find (and with `repair`, fix) what a crash, a bug or a hand edit left inconsistent.
+
+        `expected_refs` maps chain ids to the references their owners (images) hold;
+        when given, every layer's count is compared with it.
+        """
+        problems: list[Problem] = []
+        with self.lock.exclusive():
+            for row in self.db.query("SELECT cache_id AS id FROM layers WHERE state != 'ready' UNION ALL "
+                                     "SELECT mount_id FROM mounts WHERE state != 'ready'"):
+                if OperationLock.abandoned(self.tmp, row["id"]):
+                    problems.append(Problem("unfinished", row["id"], "operation interrupted by a crash"))
+            if repair and problems:
+                self.recover()
+                for problem in problems:
+                    problem.repaired = True
+            problems += self._check_storage(repair)
+            if expected_refs is not None:
+                problems += self._check_refs(expected_refs, repair)
+            if verify_content:
+                for layer in self.layers():
+                    try:
+                        self.tar_stream(layer.chain_id).close()
+                    except CowstoreError as exc:
+                        problems.append(Problem("corrupt", layer.chain_id, str(exc)))
+        return problems
+
+    def _known_ids(self) -> set[str]:
+        known = {r["cache_id"] for r in self.db.query("SELECT cache_id FROM layers")}
+        for row in self.db.query("SELECT mount_id, init_id FROM mounts"):
+            known.add(row["mount_id"])
+            if row["init_id"]:
+                known.add(row["init_id"])
+        return known
+
+    def _check_storage(self, repair: bool) -> list[Problem]:
+        problems: list[Problem] = []
+        try:
+            on_disk = set(self.driver.ids())
+        except NotSupported:
+            on_disk = None
+        if on_disk is not None:
+            for orphan in sorted(on_disk - self._known_ids()):
+                if not OperationLock.abandoned(self.tmp, orphan.removesuffix("-init")):
+                    continue
+                problem = Problem("orphan-storage", orphan, f"{self.driver.name} layer with no record")
+                if repair:
+                    self.driver.remove(orphan)
+                    problem.repaired = True
+                problems.append(problem)
+        for layer in self.layers():
+            if not self.driver.exists(layer.cache_id):
+                problems.append(
+                    Problem("missing-storage", layer.chain_id, f"driver layer {layer.cache_id} is gone; re-import the image")
+                )
+        for rw in self.rw_layers():
+            missing = [i for i in (rw.mount_id, rw.init_id) if i and not self.driver.exists(i)]
+            if missing:
+                problem = Problem("missing-storage", rw.name, f"container layer storage {', '.join(missing)} is gone")
+                if repair:
+                    self.remove_rw(rw.name, force=True)
+                    problem.repaired = True
+                problems.append(problem)
+        return problems
+
+    def _check_refs(self, expected: Mapping[str, int], repair: bool) -> list[Problem]:
+        problems: list[Problem] = []
+        for layer in self.layers():
+            want = expected.get(layer.chain_id, 0)
+            if layer.refcount == want:
+                continue
+            problem = Problem("refcount", layer.chain_id, f"{layer.refcount} references recorded, {want} held")
+            if repair:
+                with self.db.transaction() as tx:
+                    tx.execute("UPDATE layers SET refcount = ? WHERE chain_id = ?", (want, layer.chain_id))
+                problem.repaired = True
+            problems.append(problem)
+        if repair:
+            for layer in self.layers():
+                self._collect(layer.chain_id)
+        return problems
 
 
 class _HashingWriter:

@@ -238,6 +238,9 @@ class BtrfsDriver(NaiveDiffDriver):
     def exists(self, id: str) -> bool:
         return self._path(id).is_dir()
 
+    def ids(self) -> list[str]:
+        return sorted(n for n in os.listdir(self.subvolumes) if not n.startswith("."))
+
     # -- changes --------------------------------------------------------------------
 
     def changes(self, id: str, parent: str | None = None) -> list[Change]:
