@@ -6,7 +6,7 @@ packages=(
   e2fsprogs xfsprogs btrfs-progs util-linux   # mkfs, losetup, fincore, fstrim
   fuse3               # fusermount3 for the aufs and devicemapper FUSE servers
   thin-provisioning-tools  # thin_check / thin_restore interop of the devicemapper pool
-  skopeo umoci        # round-trip tests of image formats with real tools
+  skopeo umoci podman # round-trip tests of image formats with real tools
   attr                # getfattr/setfattr for debugging layers
 )
 missing=()

@@ -10,6 +10,7 @@ import ctypes
 import os
 import pathlib
 import stat
+from collections.abc import Iterable
 
 from cowstore import mounts
 
@@ -169,19 +170,24 @@ def remove_tree(path: str | os.PathLike) -> None:
         pass
 
 
-def tree_size(path: str | os.PathLike) -> int:
-    """Bytes of regular files below `path`, each hard-linked inode counted once."""
+def unique_size(stats: Iterable[os.stat_result]) -> int:
+    """Bytes of the non-directories among `stats`, each hard-linked inode counted once."""
     seen: set[tuple[int, int]] = set()
     total = 0
-    for dirpath, dirnames, filenames in os.walk(path):
-        for name in filenames + dirnames:
-            st = os.lstat(os.path.join(dirpath, name))
-            if stat.S_ISDIR(st.st_mode):
+    for st in stats:
+        if stat.S_ISDIR(st.st_mode):
+            continue
+        if st.st_nlink > 1:
+            key = (st.st_dev, st.st_ino)
+            if key in seen:
                 continue
-            if st.st_nlink > 1:
-                key = (st.st_dev, st.st_ino)
-                if key in seen:
-                    continue
-                seen.add(key)
-            total += st.st_size
+            seen.add(key)
+        total += st.st_size
     return total
+
+
+def tree_size(path: str | os.PathLike) -> int:
+    """Bytes of regular files below `path`, each hard-linked inode counted once."""
+    return unique_size(
+        os.lstat(os.path.join(dirpath, name)) for dirpath, dirnames, filenames in os.walk(path) for name in filenames
+    )

@@ -14,6 +14,7 @@ import os
 import stat
 from collections.abc import Iterable
 
+from cowstore import fsutil
 from cowstore.archive.export import CAPABILITY_XATTR
 from cowstore.drivers import Change
 
@@ -118,21 +119,13 @@ def changes_dirs(new: str | os.PathLike, old: str | os.PathLike | None) -> list[
 def changes_size(root: str | os.PathLike, changes: Iterable[Change]) -> int:
     """Bytes that the additions and modifications occupy (hard links counted once)."""
     root = os.fspath(root)
-    seen: set[tuple[int, int]] = set()
-    total = 0
-    for change in changes:
-        if change.kind == "D":
-            continue
-        try:
-            st = os.lstat(os.path.join(root, change.path.lstrip("/")))
-        except FileNotFoundError:
-            continue
-        if stat.S_ISDIR(st.st_mode):
-            continue
-        if st.st_nlink > 1:
-            key = (st.st_dev, st.st_ino)
-            if key in seen:
-                continue
-            seen.add(key)
-        total += st.st_size
-    return total
+
+    def stats() -> Iterable[os.stat_result]:
+        for change in changes:
+            if change.kind != "D":
+                try:
+                    yield os.lstat(os.path.join(root, change.path.lstrip("/")))
+                except FileNotFoundError:
+                    continue
+
+    return fsutil.unique_size(stats())

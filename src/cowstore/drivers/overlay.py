@@ -138,10 +138,7 @@ class OverlayDriver(NaiveDiffDriver):
             return False
 
     def ids(self) -> list[str]:
-        return sorted(
-            e.name for e in os.scandir(self.home) if e.is_dir(follow_symlinks=False) and not e.name.startswith(".")
-            and e.name not in ("l", "mountpoints")
-        )
+        return ovl.layer_ids(self.home)
 
     def status(self) -> list[tuple[str, str]]:
         return [("Backing Filesystem", self.backing), ("Supports d_type", "true")]

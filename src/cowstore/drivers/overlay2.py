@@ -263,10 +263,7 @@ class Overlay2Driver(NaiveDiffDriver):
             return False
 
     def ids(self) -> list[str]:
-        return sorted(
-            e.name for e in os.scandir(self.home) if e.is_dir(follow_symlinks=False) and not e.name.startswith(".")
-            and e.name not in ("l", "mountpoints")
-        )
+        return ovl.layer_ids(self.home)
 
     # ---------------------------------------------------------- introspection
 

@@ -396,3 +396,12 @@ def drop_needless_whiteouts(upper: pathlib.Path, parent_view: pathlib.Path) -> N
             st = os.lstat(path)
             if is_whiteout(st) and _lstat(os.path.normpath(os.path.join(parent_view, rel, name))) is None:
                 os.unlink(path)
+
+
+def layer_ids(home: pathlib.Path) -> list[str]:
+    """Layer directories of an overlay driver home (not `l/`, counts, or staging dirs)."""
+    return sorted(
+        e.name
+        for e in os.scandir(home)
+        if e.is_dir(follow_symlinks=False) and not e.name.startswith(".") and e.name not in ("l", "mountpoints")
+    )

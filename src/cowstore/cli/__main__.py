@@ -1,0 +1,3 @@
+from cowstore.cli import main
+
+main(prog_name="cowstore")

@@ -1,0 +1,158 @@
+"""`cowstore container ...`: create, ls, mount, umount, diff, commit, export, inspect, rm, prune."""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+
+import click
+
+from cowstore.cli.app import app, parse_opts
+from cowstore.cli.output import FORMATS, ago, emit_json, spinner, table
+from cowstore.errors import CowstoreError
+from cowstore.units import human_size
+
+
+@click.group("container")
+def container_group() -> None:
+    """Manage containers (storage only: nothing runs)."""
+
+
+@container_group.command("create")
+@click.argument("image")
+@click.option("--name", default=None, help="Assign a name to the container.")
+@click.option("--storage-opt", "opts", multiple=True, metavar="KEY=VALUE", help="Per-container storage option (size=...).")
+def container_create(image: str, name: str | None, opts: tuple[str, ...]) -> None:
+    """Create a container's layers from an image; prints its id."""
+    container = app().store.containers.create(image, name=name, storage_opts=parse_opts(opts) or None)
+    click.echo(container.id)
+
+
+@container_group.command("ls")
+@click.option("-q", "--quiet", is_flag=True, help="Only show container IDs.")
+@click.option("-a", "--all", "all_", is_flag=True, help="Accepted for Docker compatibility: every container is listed.")
+@click.option("-s/-S", "--size/--no-size", "with_size", default=True, show_default=True, help="Compute sizes.")
+@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
+def container_ls(quiet: bool, all_: bool, with_size: bool, fmt: str) -> None:
+    """List containers with the bytes each wrote and its virtual size."""
+    store = app().store
+    found = store.containers.containers()
+    if quiet:
+        for container in found:
+            click.echo(container.short_id)
+        return
+    rows = []
+    for container in found:
+        written, virtual = store.containers.size(container) if with_size else (None, None)
+        rows.append((container, store.containers.mount_count(container), written, virtual))
+    if fmt == "json":
+        emit_json(
+            [
+                {"ID": c.id, "Names": c.name, "Image": c.image_ref, "ImageID": c.image_id, "Created": c.created,
+                 "Mounted": count > 0, "SizeRw": written, "SizeRootFs": virtual}
+                for c, count, written, virtual in rows
+            ]
+        )
+        return
+    headers = ["CONTAINER ID", "IMAGE", "CREATED", "MOUNTED"] + (["SIZE"] if with_size else []) + ["NAMES"]
+    lines = []
+    for c, count, written, virtual in rows:
+        size = [f"{human_size(written)} (virtual {human_size(virtual)})"] if with_size else []
+        lines.append([c.short_id, c.image_ref, ago(c.created), "yes" if count else "no", *size, c.name])
+    table(headers, lines)
+
+
+@container_group.command("mount")
+@click.argument("container")
+def container_mount(container: str) -> None:
+    """Mount a container's root filesystem and print its path (stays mounted until umount)."""
+    click.echo(app().store.containers.mount(container))
+
+
+@container_group.command("umount")
+@click.argument("containers", nargs=-1, required=True)
+def container_umount(containers: tuple[str, ...]) -> None:
+    """Release one mount of each container."""
+    for ref in containers:
+        app().store.containers.umount(ref)
+        click.echo(ref)
+
+
+@container_group.command("diff")
+@click.argument("container")
+@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
+def container_diff(container: str, fmt: str) -> None:
+    """Files the container added (A), changed (C) or deleted (D) against its image."""
+    changes = app().store.containers.diff(container)
+    if fmt == "json":
+        emit_json([{"Path": c.path, "Kind": c.kind} for c in changes])
+        return
+    for change in changes:
+        click.echo(f"{change.kind} {change.path}")
+
+
+@container_group.command("commit")
+@click.argument("container")
+@click.argument("reference", required=False)
+@click.option("-m", "--message", default="", help="Commit message.")
+@click.option("-a", "--author", default="", help='Author (e.g. "Jane <jane@example.com>").')
+def container_commit(container: str, reference: str | None, message: str, author: str) -> None:
+    """Create a new image from a container's changes; prints the image id."""
+    with spinner(f"committing {container}"):
+        image = app().store.containers.commit(container, tag=reference, message=message, author=author)
+    click.echo(image.id)
+
+
+@container_group.command("export")
+@click.argument("container")
+@click.option("-o", "--output", default=None, help="Write to a file instead of stdout.")
+def container_export(container: str, output: str | None) -> None:
+    """Export a container's filesystem as one flat tar archive."""
+    store = app().store
+    store.containers.get(container)
+    if output is None:
+        if sys.stdout.isatty():
+            raise CowstoreError("cowstore export refuses to write an archive to a terminal; use -o FILE or redirect")
+        store.containers.export(container, sys.stdout.buffer)
+        return
+    target = pathlib.Path(output)
+    tmp = target.with_name(f".{target.name}.partial")
+    try:
+        with open(tmp, "wb") as out, spinner(f"exporting {container}"):
+            store.containers.export(container, out)
+        tmp.replace(target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@container_group.command("inspect")
+@click.argument("containers", nargs=-1, required=True)
+@click.option("-s", "--size", "with_size", is_flag=True, default=True, help="Include SizeRw and SizeRootFs (default).")
+@click.option("--format", "fmt", type=click.Choice(["json"]), default="json", show_default=True)
+def container_inspect(containers: tuple[str, ...], with_size: bool, fmt: str) -> None:
+    """Show details of containers as JSON, including GraphDriver {Name, Data}."""
+    emit_json([app().store.containers.inspect(ref, with_size=with_size) for ref in containers])
+
+
+@container_group.command("rm")
+@click.argument("containers", nargs=-1, required=True)
+@click.option("-f", "--force", is_flag=True, help="Unmount and remove a mounted container.")
+def container_rm(containers: tuple[str, ...], force: bool) -> None:
+    """Remove containers and their layers."""
+    for ref in containers:
+        app().store.containers.remove(ref, force=force)
+        click.echo(ref)
+
+
+@container_group.command("prune")
+@click.option("-f", "--force", is_flag=True, help="Do not prompt for confirmation.")
+def container_prune(force: bool) -> None:
+    """Remove all containers that are not mounted."""
+    if not force:
+        click.confirm("This will remove all unmounted containers. Are you sure you want to continue?", abort=True)
+    removed, reclaimed = app().store.containers.prune()
+    if removed:
+        click.echo("Deleted Containers:")
+        for container in removed:
+            click.echo(container.id)
+    click.echo(f"Total reclaimed space: {human_size(reclaimed)}")

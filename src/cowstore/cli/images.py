@@ -1,0 +1,250 @@
+"""`cowstore image ...`: ls, import, load, save, inspect, history, rm, tag, prune."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+
+import click
+
+from cowstore import images as imagelib
+from cowstore.cli.app import app
+from cowstore.cli.output import FORMATS, ago, emit_json, progress, table
+from cowstore.errors import CowstoreError
+from cowstore.images.config import parse_time
+from cowstore.units import human_size
+
+
+@click.group("image")
+def image_group() -> None:
+    """Manage images."""
+
+
+def _repo_tag(tag: str) -> tuple[str, str]:
+    name, _, version = tag.rpartition(":")
+    return name, version
+
+
+@image_group.command("ls")
+@click.option("-q", "--quiet", is_flag=True, help="Only show image IDs.")
+@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
+def image_ls(quiet: bool, fmt: str) -> None:
+    """List images."""
+    store = app().store
+    rows = []
+    for image in store.images.images():
+        size = store.images.size(image)
+        for tag in image.tags or ("<none>:<none>",):
+            rows.append((image, tag, size))
+    if quiet:
+        for image_id in dict.fromkeys(image.short_id for image, _, _ in rows):
+            click.echo(image_id)
+        return
+    if fmt == "json":
+        emit_json(
+            [
+                {"Repository": _repo_tag(tag)[0], "Tag": _repo_tag(tag)[1], "ID": image.id, "Created": image.created, "Size": size}
+                for image, tag, size in rows
+            ]
+        )
+        return
+    table(
+        ("REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"),
+        [(*_repo_tag(tag), image.short_id, ago(image.created), human_size(size)) for image, tag, size in rows],
+    )
+
+
+def _open_input(path: str):
+    if path == "-":
+        return sys.stdin.buffer
+    return path
+
+
+@image_group.command("import")
+@click.argument("source")
+@click.argument("reference", required=False)
+@click.option("-m", "--message", default="", help="Commit message for the history entry.")
+@click.option("--cmd", "cmd", default=None, help="Default command, as a JSON list or a shell string.")
+def image_import(source: str, reference: str | None, message: str, cmd: str | None) -> None:
+    """Import a root filesystem tarball (`-` for stdin) as a one-layer image."""
+    store = app().store
+    command = _parse_cmd(cmd)
+    with progress("importing") as update:
+        if update:
+            update(source, 0, 1)
+        if source == "-":
+            image = imagelib.import_rootfs(store.images, sys.stdin.buffer, "stdin", tag=reference, message=message, cmd=command)
+        else:
+            try:
+                handle = open(source, "rb")
+            except OSError as exc:
+                raise CowstoreError(f"cannot open {source}: {exc.strerror}") from None
+            with handle:
+                image = imagelib.import_rootfs(
+                    store.images, handle, pathlib.Path(source).name, tag=reference, message=message, cmd=command
+                )
+    click.echo(image.id)
+
+
+def _parse_cmd(cmd: str | None) -> list[str] | None:
+    if cmd is None:
+        return None
+    if cmd.startswith("["):
+        try:
+            value = json.loads(cmd)
+        except json.JSONDecodeError as exc:
+            raise click.BadParameter(f"not a JSON list: {exc}", param_hint="--cmd") from None
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise click.BadParameter("must be a JSON list of strings", param_hint="--cmd")
+        return value
+    return ["/bin/sh", "-c", cmd]
+
+
+@image_group.command("load")
+@click.option("-i", "--input", "source", default="-", help="Archive or OCI layout directory (default: stdin).")
+@click.option("-q", "--quiet", is_flag=True, help="Only print image IDs.")
+def image_load(source: str, quiet: bool) -> None:
+    """Load images from a docker-save archive or an OCI layout (directory or tar)."""
+    store = app().store
+    with progress("loading") as update:
+        loaded = imagelib.load(store.images, _open_input(source), update)
+    for image in loaded:
+        if quiet:
+            click.echo(image.id)
+            continue
+        for tag in image.tags:
+            click.echo(f"Loaded image: {tag}")
+        if not image.tags:
+            click.echo(f"Loaded image ID: {image.id}")
+
+
+@image_group.command("save")
+@click.argument("images", nargs=-1, required=True)
+@click.option("-o", "--output", default=None, help="Write to this file (OCI directory for oci-dir) instead of stdout.")
+@click.option(
+    "--format", "fmt", type=click.Choice(imagelib.FORMATS), default="docker-archive", show_default=True,
+    help="docker-archive (docker/podman load), oci-archive (OCI layout tar) or oci-dir.",
+)
+def image_save(images: tuple[str, ...], output: str | None, fmt: str) -> None:
+    """Save images to a tar archive (stdout by default) or an OCI layout directory."""
+    store = app().store
+    if fmt == "oci-dir":
+        if not output:
+            raise click.UsageError("--format oci-dir needs -o DIRECTORY")
+        with progress("saving") as update:
+            imagelib.save(store.images, list(images), output, fmt=fmt, progress=update)
+        return
+    if output is None:
+        if sys.stdout.isatty():
+            raise CowstoreError("cowstore save refuses to write an archive to a terminal; use -o FILE or redirect")
+        with progress("saving") as update:
+            imagelib.save(store.images, list(images), sys.stdout.buffer, fmt=fmt, progress=update)
+        return
+    for ref in images:  # fail before creating the file
+        store.images.get(ref)
+    target = pathlib.Path(output)
+    tmp = target.with_name(f".{target.name}.partial")
+    try:
+        with open(tmp, "wb") as out, progress("saving") as update:
+            imagelib.save(store.images, list(images), out, fmt=fmt, progress=update)
+        tmp.replace(target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def image_details(ref: str) -> dict:
+    """`docker image inspect`-shaped facts about one image."""
+    store = app().store
+    image = store.images.get(ref)
+    config = image.config
+    return {
+        "Id": image.id,
+        "RepoTags": list(image.tags),
+        "Created": config.get("created", ""),
+        "Author": config.get("author", ""),
+        "Architecture": config.get("architecture", ""),
+        "Os": config.get("os", ""),
+        "Config": config.get("config") or {},
+        "Size": store.images.size(image),
+        "RootFS": {"Type": "layers", "Layers": image.diff_ids},
+        "TopLayer": image.top_layer,
+        "GraphDriver": {
+            "Name": store.driver.name,
+            "Data": store.driver.metadata(store.layers.get(image.top_layer).cache_id) if image.top_layer else {},
+        },
+    }
+
+
+@image_group.command("inspect")
+@click.argument("images", nargs=-1, required=True)
+@click.option("--format", "fmt", type=click.Choice(["json"]), default="json", show_default=True)
+def image_inspect(images: tuple[str, ...], fmt: str) -> None:
+    """Show details of images as JSON."""
+    emit_json([image_details(ref) for ref in images])
+
+
+@image_group.command("history")
+@click.argument("image")
+@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
+@click.option("--no-trunc", is_flag=True, help="Do not truncate output.")
+def image_history(image: str, fmt: str, no_trunc: bool) -> None:
+    """Show the history of an image, newest first."""
+    store = app().store
+    found = store.images.get(image)
+    chain = list(reversed(store.layers.chain(found.top_layer))) if found.top_layer else []
+    layers = iter(chain)
+    rows = []
+    for entry in found.config.get("history") or []:
+        layer = None if entry.get("empty_layer") else next(layers, None)
+        rows.append(
+            {
+                "Created": entry.get("created", ""),
+                "CreatedBy": entry.get("created_by", ""),
+                "Size": layer.size if layer else 0,
+                "Comment": entry.get("comment", ""),
+                "Layer": layer.diff_id if layer else None,
+            }
+        )
+    rows.reverse()
+    if fmt == "json":
+        emit_json(rows)
+        return
+    ids = [found.short_id] + ["<missing>"] * (len(rows) - 1)
+    created_by = [r["CreatedBy"] if no_trunc or len(r["CreatedBy"]) <= 45 else r["CreatedBy"][:44] + "…" for r in rows]
+    table(
+        ("IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"),
+        [(i, ago(parse_time(r["Created"])), c, human_size(r["Size"]), r["Comment"]) for i, r, c in zip(ids, rows, created_by)],
+    )
+
+
+@image_group.command("rm")
+@click.argument("images", nargs=-1, required=True)
+@click.option("-f", "--force", is_flag=True, help="Remove even if containers use it or it has several tags.")
+def image_rm(images: tuple[str, ...], force: bool) -> None:
+    """Remove images (or just the named tag while others remain)."""
+    store = app().store
+    for ref in images:
+        for line in store.images.remove(ref, force=force):
+            click.echo(line)
+
+
+@image_group.command("tag")
+@click.argument("source")
+@click.argument("target")
+def image_tag(source: str, target: str) -> None:
+    """Create a tag TARGET that refers to SOURCE."""
+    app().store.images.tag(source, target)
+
+
+@image_group.command("prune")
+@click.option("-f", "--force", is_flag=True, help="Do not prompt for confirmation.")
+def image_prune(force: bool) -> None:
+    """Remove untagged images that no container uses."""
+    store = app().store
+    if not force:
+        click.confirm("This will remove all dangling images. Are you sure you want to continue?", abort=True)
+    for image in store.images.images():
+        if not image.tags and not store.containers.users_of(image.id):
+            for line in store.images.remove(image.id):
+                click.echo(line)

@@ -1,0 +1,93 @@
+"""Layer blobs arrive gzip-, zstd-, xz- or bzip2-compressed or plain; detect by magic bytes.
+
+Decompression runs in-process on the stream (never through an external program), and
+every decoder failure becomes a BadImageArchive naming the blob, so a truncated or
+corrupt blob is reported instead of surfacing as a library exception.
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import lzma
+import zlib
+from typing import BinaryIO
+
+import zstandard
+
+from cowstore.images.errors import BadImageArchive
+
+_MAGIC = {
+    b"\x1f\x8b": "gzip",
+    b"\x28\xb5\x2f\xfd": "zstd",
+    b"\xfd7zXZ\x00": "xz",
+    b"BZh": "bzip2",
+}
+
+
+class _Prefixed:
+    """A stream with bytes already read (the magic) put back in front."""
+
+    def __init__(self, head: bytes, stream: BinaryIO) -> None:
+        self._head = head
+        self._stream = stream
+
+    def read(self, n: int = -1) -> bytes:
+        if self._head:
+            if n < 0:
+                data, self._head = self._head + self._stream.read(), b""
+                return data
+            data, self._head = self._head[:n], self._head[n:]
+            if len(data) < n:
+                data += self._stream.read(n - len(data))
+            return data
+        return self._stream.read(n)
+
+    def readable(self) -> bool:
+        return True
+
+
+def detect(head: bytes) -> str:
+    """The compression named by the first bytes of a blob ("plain" when none)."""
+    for magic, name in _MAGIC.items():
+        if head.startswith(magic):
+            return name
+    return "plain"
+
+
+class _Decoding:
+    """Reads the decompressed bytes and turns decoder errors into BadImageArchive."""
+
+    def __init__(self, reader, what: str, kind: str) -> None:
+        self._reader = reader
+        self._what = what
+        self._kind = kind
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            return self._reader.read(n)
+        except (OSError, EOFError, zlib.error, lzma.LZMAError, zstandard.ZstdError, ValueError) as exc:
+            raise BadImageArchive(f"{self._what}: corrupt or truncated {self._kind} data ({exc})") from None
+
+
+def decompressed(stream: BinaryIO, what: str) -> tuple[BinaryIO, str]:
+    """Wrap `stream` so reads yield the uncompressed bytes; returns (stream, compression)."""
+    head = b""
+    while len(head) < 6:
+        chunk = stream.read(6 - len(head))
+        if not chunk:
+            break
+        head += chunk
+    kind = detect(head)
+    source = _Prefixed(head, stream)
+    if kind == "plain":
+        return source, kind  # type: ignore[return-value]
+    if kind == "gzip":
+        reader = gzip.GzipFile(fileobj=source, mode="rb")  # type: ignore[arg-type]
+    elif kind == "zstd":
+        reader = zstandard.ZstdDecompressor().stream_reader(source, read_across_frames=True)
+    elif kind == "xz":
+        reader = lzma.LZMAFile(source, mode="rb")  # type: ignore[arg-type]
+    else:
+        reader = bz2.BZ2File(source, mode="rb")  # type: ignore[arg-type]
+    return _Decoding(reader, what, kind), kind  # type: ignore[return-value]

@@ -1,0 +1,189 @@
+"""Read-only views of an image archive: a tar file or a directory, addressed by member path.
+
+Nothing is ever extracted from an archive to disk: members are looked up by their
+normalised name and streamed, and symlinks (which `docker save` uses for repeated
+layers) are resolved inside the archive's own namespace, refusing any that leave it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+import posixpath
+import shutil
+import stat
+import tarfile
+import tempfile
+from typing import BinaryIO
+
+from cowstore.images.compression import decompressed
+from cowstore.images.config import MAX_JSON
+from cowstore.images.errors import BadImageArchive
+
+_MAX_LINKS = 16
+
+
+class MissingMember(BadImageArchive):
+    """The archive has no member of this name."""
+
+
+def _clean(name: str) -> str:
+    return posixpath.normpath("/" + name).lstrip("/")
+
+
+class TarTree:
+    """Members of a (possibly compressed) tar archive, spooled to a seekable file if needed."""
+
+    def __init__(self, stream: BinaryIO, what: str, spool_dir: pathlib.Path) -> None:
+        self.what = what
+        self._spool = tempfile.TemporaryFile(dir=spool_dir, prefix="spool-")
+        try:
+            plain, _ = decompressed(stream, what)
+            shutil.copyfileobj(plain, self._spool, 1024 * 1024)
+            self._spool.seek(0)
+            self._tar = tarfile.open(fileobj=self._spool, mode="r:")
+            self._members: dict[str, tarfile.TarInfo] = {}
+            for member in self._tar:
+                self._members[_clean(member.name)] = member
+        except (tarfile.TarError, EOFError) as exc:
+            self._spool.close()
+            raise BadImageArchive(f"{what} is truncated or not a valid tar archive: {exc}") from None
+        except BaseException:
+            self._spool.close()
+            raise
+
+    def close(self) -> None:
+        self._tar.close()
+        self._spool.close()
+
+    def names(self) -> list[str]:
+        return list(self._members)
+
+    def exists(self, name: str) -> bool:
+        try:
+            self._resolve(name)
+            return True
+        except MissingMember:
+            return False
+
+    def _resolve(self, name: str) -> tarfile.TarInfo:
+        current = _clean(name)
+        for _ in range(_MAX_LINKS):
+            member = self._members.get(current)
+            if member is None:
+                raise MissingMember(f"{self.what}: {name} is missing from the archive")
+            if member.issym():
+                target = posixpath.normpath(posixpath.join(posixpath.dirname(current), member.linkname))
+                if member.linkname.startswith("/") or target.startswith(".."):
+                    raise BadImageArchive(f"{self.what}: {name} is a link pointing outside the archive")
+                current = target
+                continue
+            if member.islnk():
+                current = _clean(member.linkname)
+                continue
+            if not member.isfile():
+                raise BadImageArchive(f"{self.what}: {name} is not a regular file")
+            return member
+        raise BadImageArchive(f"{self.what}: too many levels of links at {name}")
+
+    def open(self, name: str) -> BinaryIO:
+        member = self._resolve(name)
+        handle = self._tar.extractfile(member)
+        if handle is None:
+            raise BadImageArchive(f"{self.what}: cannot read {name}")
+        return _Checked(handle, member.size, f"{self.what}: {name}")  # type: ignore[return-value]
+
+    def read(self, name: str, limit: int = MAX_JSON) -> bytes:
+        member = self._resolve(name)
+        if member.size > limit:
+            raise BadImageArchive(f"{self.what}: {name} is larger than {limit} bytes")
+        with self.open(name) as handle:
+            return handle.read()
+
+
+class _Checked:
+    """A member stream whose short reads (a truncated archive) raise BadImageArchive."""
+
+    def __init__(self, handle: BinaryIO, size: int, what: str) -> None:
+        self._handle = handle
+        self._left = size
+        self._what = what
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            data = self._handle.read(n)
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            raise BadImageArchive(f"{self._what}: archive is truncated or corrupt ({exc})") from None
+        self._left -= len(data)
+        if not data and self._left > 0:
+            raise BadImageArchive(f"{self._what}: archive is truncated")
+        return data
+
+    def __enter__(self) -> _Checked:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._handle.close()
+
+
+class DirTree:
+    """Files below a directory (an OCI layout), opened without following links out of it."""
+
+    def __init__(self, root: pathlib.Path, what: str) -> None:
+        self.root = root.resolve()
+        self.what = what
+
+    def close(self) -> None:
+        pass
+
+    def _path(self, name: str) -> pathlib.Path:
+        path = (self.root / _clean(name)).resolve()
+        if path != self.root and self.root not in path.parents:
+            raise BadImageArchive(f"{self.what}: {name} is a link pointing outside the layout")
+        return path
+
+    def exists(self, name: str) -> bool:
+        return self._path(name).is_file()
+
+    def open(self, name: str) -> BinaryIO:
+        path = self._path(name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            raise BadImageArchive(f"{self.what}: {name} is missing") from None
+        except OSError as exc:
+            raise BadImageArchive(f"{self.what}: cannot open {name}: {exc.strerror}") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise BadImageArchive(f"{self.what}: {name} is not a regular file")
+        return os.fdopen(fd, "rb")
+
+    def read(self, name: str, limit: int = MAX_JSON) -> bytes:
+        with self.open(name) as handle:
+            data = handle.read(limit + 1)
+        if len(data) > limit:
+            raise BadImageArchive(f"{self.what}: {name} is larger than {limit} bytes")
+        return data
+
+
+@contextlib.contextmanager
+def open_tree(source: str | os.PathLike | BinaryIO, spool_dir: pathlib.Path):
+    """A TarTree or DirTree for a path (directory or tar, `-` is stdin) or an open stream."""
+    if hasattr(source, "read"):
+        tree: TarTree | DirTree = TarTree(source, "input", spool_dir)  # type: ignore[arg-type]
+    else:
+        path = pathlib.Path(source)
+        if path.is_dir():
+            tree = DirTree(path, str(path))
+        else:
+            try:
+                handle = open(path, "rb")
+            except OSError as exc:
+                raise BadImageArchive(f"cannot open {path}: {exc.strerror}") from None
+            with handle:
+                tree = TarTree(handle, str(path), spool_dir)
+    try:
+        yield tree
+    finally:
+        tree.close()

@@ -1,0 +1,188 @@
+"""The top-level store: a root directory, its driver, layers, images and containers.
+
+This is what the CLI and the demo open. Driver selection follows Docker: a driver
+whose directory in the root already holds data wins (several is an error), else btrfs
+when the root is on btrfs, else overlay2 when the kernel can run it, else vfs. The
+driver a root was first used with is recorded, because all layers in the root's one
+database belong to it: opening the root with another driver is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+import sqlite3
+from collections.abc import Mapping
+from typing import Any
+
+from cowstore import fsutil, mounts
+from cowstore.containers import ContainerStore
+from cowstore.drivers import Driver, driver_names, open_driver
+from cowstore.errors import CowstoreError, NotSupported
+from cowstore.images import ImageStore
+from cowstore.layers import LayerStore
+
+DEPRECATED = ("aufs", "devicemapper", "overlay")
+
+
+def default_root() -> pathlib.Path:
+    """`$COWSTORE_ROOT`, else /var/lib/cowstore for root, else `$XDG_DATA_HOME/cowstore`."""
+    env = os.environ.get("COWSTORE_ROOT")
+    if env:
+        return pathlib.Path(env)
+    if os.geteuid() == 0:
+        return pathlib.Path("/var/lib/cowstore")
+    data = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return pathlib.Path(data) / "cowstore"
+
+
+def recorded_driver(root: pathlib.Path) -> str | None:
+    """The driver name stored in the root's database, if it has one."""
+    path = root / "cowstore.db"
+    if not path.exists():
+        return None
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60)
+    try:
+        row = conn.execute("SELECT value FROM settings WHERE key = 'driver'").fetchone()
+    except sqlite3.OperationalError:  # a store from before the settings table
+        return None
+    finally:
+        conn.close()
+    return row[0] if row else None
+
+
+def _prior_drivers(root: pathlib.Path) -> list[str]:
+    found = []
+    for name in driver_names():
+        home = root / name
+        with contextlib.suppress(OSError):
+            if home.is_dir() and any(home.iterdir()):
+                found.append(name)
+    return found
+
+
+def _try_open(name: str, root: pathlib.Path, options: Mapping[str, str]) -> Driver | None:
+    home = root / name
+    existed = home.exists()
+    try:
+        return open_driver(name, home, options)
+    except NotSupported:
+        if not existed:
+            with contextlib.suppress(OSError):
+                home.rmdir()
+        return None
+
+
+def select_driver(root: pathlib.Path, requested: str | None, options: Mapping[str, str]) -> Driver:
+    """Open the requested driver, or choose one the way Docker does (see module docstring)."""
+    recorded = recorded_driver(root)
+    if requested:
+        if recorded and recorded != requested:
+            raise CowstoreError(
+                f"the store at {root} was created with the {recorded} driver; use --driver {recorded} or another --root"
+            )
+        return open_driver(requested, root / requested, options)
+    if recorded:
+        return open_driver(recorded, root / recorded, options)
+    prior = _prior_drivers(root)
+    if len(prior) > 1:
+        raise CowstoreError(
+            f"{root} contains several graphdrivers: {', '.join(prior)}; cleanup or explicitly choose one with --driver"
+        )
+    if prior:
+        return open_driver(prior[0], root / prior[0], options)
+    candidates = (["btrfs"] if fsutil.backing_fs(root) == "btrfs" else []) + ["overlay2", "vfs"]
+    for name in candidates:
+        driver = _try_open(name, root, options)
+        if driver is not None:
+            return driver
+    raise NotSupported(f"no storage driver can run on {root}")
+
+
+class Store:
+    """Everything under one root; close() keeps mounts (like `podman mount`), shutdown() releases them."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike | None = None,
+        driver: str | None = None,
+        storage_opts: Mapping[str, str] | None = None,
+        *,
+        sync: bool = True,
+    ) -> None:
+        self.root = pathlib.Path(root) if root is not None else default_root()
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.driver = select_driver(self.root, driver, dict(storage_opts or {}))
+        try:
+            self.layers = LayerStore(self.root, self.driver, sync=sync)
+        except BaseException:
+            self.driver.cleanup()
+            raise
+        self._record_driver()
+        self.images = ImageStore(self.layers)
+        self.containers = ContainerStore(self.layers, self.images)
+        self.images.container_users = self.containers.users_of
+
+    def _record_driver(self) -> None:
+        with self.layers.lock.exclusive(), self.layers.db.transaction() as tx:
+            tx.execute("INSERT OR IGNORE INTO settings (key, value) VALUES ('driver', ?)", (self.driver.name,))
+
+    def close(self) -> None:
+        self.layers.close()
+
+    def shutdown(self) -> None:
+        """Close and release every mount the driver made (containers are unmounted)."""
+        try:
+            for rw in self.layers.rw_layers():
+                for _ in range(rw.mount_count):
+                    self.layers.unmount(rw.name)
+            self.close()
+        finally:
+            self.driver.cleanup()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def info(self) -> dict[str, Any]:
+        """What `cowstore info` prints: root, driver status, counts, and Docker's warnings."""
+        status = self.driver.status()
+        rws = self.layers.rw_layers()
+        return {
+            "Root": str(self.root),
+            "Driver": self.driver.name,
+            "DriverStatus": [list(pair) for pair in status],
+            "BackingFilesystem": fsutil.backing_fs(self.root),
+            "Images": len(self.images.images()),
+            "Layers": len(self.layers.layers()),
+            "Containers": len(self.containers.containers()),
+            "ContainersMounted": sum(1 for rw in rws if rw.mount_count),
+            "Mounts": len(mounts.mounts_under(self.root)),
+            "Warnings": warnings(self.driver.name, status),
+        }
+
+
+def warnings(driver: str, status: list[tuple[str, str]]) -> list[str]:
+    """The storage warnings `docker info` prints, from the driver's status lines."""
+    pairs = dict(status)
+    found = []
+    if driver in DEPRECATED:
+        found.append(f"WARNING: the {driver} storage-driver is deprecated, and will be removed in a future release.")
+    if "Data loop file" in pairs:
+        found.append(
+            f"WARNING: {driver}: usage of loopback devices is strongly discouraged for production use.\n"
+            "         Use `--storage-opt dm.thinpooldev` to specify a custom block storage device."
+        )
+    elif any("loop" in key.lower() for key in pairs):
+        found.append(f"WARNING: {driver}: the store lives on a loopback device, which is slower than a real block device.")
+    if pairs.get("Supports d_type") == "false":
+        backing = pairs.get("Backing Filesystem", "<unknown>")
+        text = f"WARNING: {driver}: the backing {backing} filesystem is formatted without d_type support, which leads to incorrect behavior."
+        if backing == "xfs":
+            text += "\n         Reformat the filesystem with ftype=1 to enable d_type support."
+        text += "\n         Running without d_type support will not be supported in future releases."
+        found.append(text)
+    return found
