@@ -13,6 +13,7 @@ import contextlib
 import os
 import pathlib
 import sqlite3
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,6 +23,7 @@ from cowstore.drivers import Driver, driver_names, open_driver
 from cowstore.errors import CowstoreError, NotSupported
 from cowstore.images import ImageStore
 from cowstore.layers import LayerStore
+from cowstore.layers.store import Problem
 
 DEPRECATED = ("aufs", "devicemapper", "overlay")
 
@@ -163,6 +165,39 @@ class Store:
             "Mounts": len(mounts.mounts_under(self.root)),
             "Warnings": warnings(self.driver.name, status),
         }
+
+
+    def check(self, *, repair: bool = False, verify_content: bool = False) -> list[Problem]:
+        """`cowstore check`: layers (via the layer store), then images and containers records."""
+        with self.layers.lock.exclusive():
+            images = self.images.images()
+            expected = Counter(image.top_layer for image in images if image.top_layer)
+            problems = self.layers.check(repair=repair, verify_content=verify_content, expected_refs=expected)
+            stored = {layer.chain_id for layer in self.layers.layers()}
+            for image in images:
+                if image.top_layer and image.top_layer not in stored:
+                    problem = Problem("broken-image", image.id, "its layers are gone; remove it and load it again")
+                    if repair:
+                        with self.layers.db.transaction() as tx:
+                            tx.execute("DELETE FROM images WHERE id = ?", (image.id,))
+                        problem.repaired = True
+                    problems.append(problem)
+            rw_names = {rw.name for rw in self.layers.rw_layers()}
+            records = {c.id for c in self.containers.containers()}
+            for missing in sorted(records - rw_names):
+                problem = Problem("missing-storage", missing, "container record without its layers")
+                if repair:
+                    with self.layers.db.transaction() as tx:
+                        tx.execute("DELETE FROM containers WHERE id = ?", (missing,))
+                    problem.repaired = True
+                problems.append(problem)
+            for orphan in sorted(rw_names - records):
+                problem = Problem("orphan-storage", orphan, "container layer with no container record")
+                if repair:
+                    self.layers.remove_rw(orphan, force=True)
+                    problem.repaired = True
+                problems.append(problem)
+        return problems
 
 
 def warnings(driver: str, status: list[tuple[str, str]]) -> list[str]:

@@ -29,6 +29,7 @@ from cowstore.cli.images import (
     image_save,
     image_tag,
 )
+from cowstore.cli.maintenance import btrfs_group, check, devicemapper_group
 from cowstore.cli.system import demo, info, inspect
 from cowstore.errors import CowstoreError
 
@@ -86,5 +87,8 @@ main.add_command(container_rm, "rm")
 main.add_command(inspect)
 main.add_command(info)
 main.add_command(demo)
+main.add_command(check)
+main.add_command(btrfs_group)
+main.add_command(devicemapper_group)
 
 __all__ = ["main"]
