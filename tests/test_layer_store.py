@@ -244,3 +244,15 @@ def test_killed_register_is_cleaned_on_next_open(tmp_path: pathlib.Path) -> None
         assert store.tar_stream(layer.chain_id).read() == data
     finally:
         store.close()
+
+
+def test_store_root_is_private(store: LayerStore) -> None:
+    """Layers carry setuid binaries and devices: other users must not reach them (CVE-2021-41091)."""
+    import stat
+
+    layer = store.register(io.BytesIO(make_tar({"bin/su": (b"#!", 0o4755)}, ("bin",))))
+    assert stat.S_IMODE(os.stat(store.root).st_mode) == 0o700
+    setuid = store.driver.get(layer.cache_id) / "bin" / "su"
+    assert os.stat(setuid).st_mode & stat.S_ISUID
+    denied = subprocess.run(["cat", str(setuid)], user="nobody", capture_output=True)
+    assert denied.returncode != 0 and b"Permission denied" in denied.stderr

@@ -58,11 +58,17 @@ class _Main(click.Group):
     help="Storage driver [default: the root's driver, else btrfs on btrfs, else overlay2, else vfs; env COWSTORE_DRIVER].",
 )
 @click.option("--storage-opt", "opts", multiple=True, metavar="KEY=VALUE", help="Driver option (repeatable).")
+@click.option(
+    "--sync/--no-sync", default=True, show_default=True,
+    help="Make every stored layer durable (syncfs + database fsync) before reporting it stored.",
+)
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @click.pass_context
-def main(ctx: click.Context, root: pathlib.Path | None, driver: str | None, opts: tuple[str, ...], debug: bool) -> None:
+def main(
+    ctx: click.Context, root: pathlib.Path | None, driver: str | None, opts: tuple[str, ...], sync: bool, debug: bool
+) -> None:
     """cowstore: copy-on-write storage for container images and containers."""
-    state = App(root, driver, parse_opts(opts), debug)
+    state = App(root, driver, parse_opts(opts), debug, sync)
     ctx.obj = state
     ctx.call_on_close(state.close)
 

@@ -16,12 +16,13 @@ class App:
     driver: str | None
     storage_opts: dict[str, str]
     debug: bool
+    sync: bool = True
     _store: Store | None = field(default=None, repr=False)
 
     @property
     def store(self) -> Store:
         if self._store is None:
-            self._store = Store(self.root, self.driver, self.storage_opts)
+            self._store = Store(self.root, self.driver, self.storage_opts, sync=self.sync)
         return self._store
 
     def close(self) -> None:

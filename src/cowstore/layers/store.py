@@ -120,6 +120,8 @@ class LayerStore:
     def __init__(self, root: str | os.PathLike, driver: Driver, *, sync: bool = True, limits: Limits | None = None) -> None:
         self.root = pathlib.Path(root)
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Layers hold setuid binaries and device nodes: no other user may reach them.
+        os.chmod(self.root, 0o700)
         self.tmp = self.root / "tmp"
         self.tmp.mkdir(mode=0o700, exist_ok=True)
         self.driver = driver
