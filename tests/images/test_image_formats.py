@@ -9,7 +9,7 @@ import pathlib
 import tarfile
 
 import pytest
-from imagearchives import docker_archive, layer_tar, oci_layout, sha, snapshot, tar_directory
+from .imagearchives import docker_archive, layer_tar, oci_layout, sha, snapshot, tar_directory
 
 from cowstore.errors import CowstoreError, DigestMismatch
 from cowstore.images import BadImageArchive, ImageNotFound, import_rootfs, load, save
@@ -128,7 +128,7 @@ def test_truncated_compressed_layer_changes_nothing(store: Store) -> None:
     members_ = members(archive)
     path = [k for k in members_ if k.endswith("layer.tar")][1]
     members_[path] = members_[path][:-12]
-    from imagearchives import tar_of
+    from .imagearchives import tar_of
 
     with pytest.raises(BadImageArchive, match="truncated|corrupt"):
         load(store.images, io.BytesIO(tar_of(members_)))
@@ -160,7 +160,7 @@ def test_digest_mismatch_changes_nothing(store: Store, tmp_path: pathlib.Path) -
 
 
 def docker_archive_config(layers: list[bytes]) -> bytes:
-    from imagearchives import config_for
+    from .imagearchives import config_for
 
     return config_for(layers)
 
@@ -172,7 +172,7 @@ def test_failed_second_image_undoes_the_first(store: Store) -> None:
     manifest = json.loads(parts["manifest.json"])
     parts.pop(manifest[1]["Layers"][0])
     parts[manifest[1]["Layers"][0]] = b"not a tar at all" * 100
-    from imagearchives import tar_of
+    from .imagearchives import tar_of
 
     with pytest.raises(CowstoreError):
         load(store.images, io.BytesIO(tar_of(parts)))
@@ -187,7 +187,7 @@ def test_neither_format(store: Store, tmp_path: pathlib.Path) -> None:
 
 
 def test_archive_symlink_escape_is_refused(store: Store) -> None:
-    from imagearchives import tar_of
+    from .imagearchives import tar_of
 
     config = docker_archive_config([BASE])
     manifest = [{"Config": "c.json", "RepoTags": ["x:1"], "Layers": ["l/layer.tar"]}]

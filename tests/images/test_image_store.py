@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 
 import pytest
-from imagearchives import docker_archive, layer_tar, snapshot
+from .imagearchives import docker_archive, layer_tar, snapshot
 
 from cowstore.images import ImageInUse, ImageNotFound, InvalidReference, load
 from cowstore.images.reference import fully_qualified, normalize

@@ -10,6 +10,7 @@ import click
 from cowstore.cli.app import App, parse_opts
 from cowstore.cli.containers import (
     container_commit,
+    container_cp,
     container_create,
     container_diff,
     container_export,
@@ -90,6 +91,7 @@ main.add_command(container_diff, "diff")
 main.add_command(container_commit, "commit")
 main.add_command(container_export, "export")
 main.add_command(container_rm, "rm")
+main.add_command(container_cp, "cp")
 main.add_command(inspect)
 main.add_command(info)
 main.add_command(demo)

@@ -125,6 +125,35 @@ def container_export(container: str, output: str | None) -> None:
         tmp.unlink(missing_ok=True)
 
 
+@container_group.command("cp")
+@click.argument("source")
+@click.argument("destination")
+def container_cp(source: str, destination: str) -> None:
+    """Copy between a container and the host: `cp CONTAINER:PATH HOSTPATH` or `cp HOSTPATH CONTAINER:PATH`.
+
+    Container paths resolve inside the container (its symlinks cannot lead to host files).
+    """
+    from cowstore.containercp import copy_in, copy_out
+
+    containers = app().store.containers
+    if ":" in source and not pathlib.Path(source).exists():
+        name, _, path = source.partition(":")
+        root = containers.mount(name)
+        try:
+            copy_out(root, path, pathlib.Path(destination))
+        finally:
+            containers.umount(name)
+    elif ":" in destination:
+        name, _, path = destination.partition(":")
+        root = containers.mount(name)
+        try:
+            copy_in(pathlib.Path(source), root, path)
+        finally:
+            containers.umount(name)
+    else:
+        raise click.UsageError("one of SOURCE and DESTINATION must be CONTAINER:PATH")
+
+
 @container_group.command("inspect")
 @click.argument("containers", nargs=-1, required=True)
 @click.option("-s", "--size", "with_size", is_flag=True, default=True, help="Include SizeRw and SizeRootFs (default).")
