@@ -22,6 +22,7 @@ from cowstore.containers import ContainerStore
 from cowstore.drivers import Driver, driver_names, open_driver
 from cowstore.errors import CowstoreError, NotSupported
 from cowstore.images import ImageStore
+from cowstore.archive import Limits
 from cowstore.layers import LayerStore
 from cowstore.layers.store import Problem
 
@@ -112,12 +113,13 @@ class Store:
         storage_opts: Mapping[str, str] | None = None,
         *,
         sync: bool = True,
+        limits: Limits | None = None,
     ) -> None:
         self.root = pathlib.Path(root) if root is not None else default_root()
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.driver = select_driver(self.root, driver, dict(storage_opts or {}))
         try:
-            self.layers = LayerStore(self.root, self.driver, sync=sync)
+            self.layers = LayerStore(self.root, self.driver, sync=sync, limits=limits)
         except BaseException:
             self.driver.cleanup()
             raise

@@ -52,6 +52,21 @@ class Limits:
     max_path: int = 4096
     max_extended_header: int = 1024 * 1024  # one PAX or GNU long-name payload
     max_xattr_bytes: int = 64 * 1024  # all xattrs of one entry
+    min_free_disk: int = 512 * 1024**2  # staging a layer stops before the disk is this full
+
+    @classmethod
+    def parse(cls, items: dict[str, str]) -> "Limits":
+        """Limits from `--limit key=value` pairs (sizes like 10G; keys with dashes or underscores)."""
+        from cowstore.units import parse_size
+
+        values = {}
+        for key, value in items.items():
+            name = key.replace("-", "_")
+            if name not in cls.__dataclass_fields__:
+                known = ", ".join(k.replace("_", "-") for k in cls.__dataclass_fields__)
+                raise ValueError(f"unknown limit {key!r} (known: {known})")
+            values[name] = parse_size(value)
+        return cls(**values)
 
 
 @dataclass

@@ -7,6 +7,7 @@ import sqlite3
 
 import click
 
+from cowstore.archive import Limits
 from cowstore.cli.app import App, parse_opts
 from cowstore.cli.containers import (
     container_commit,
@@ -63,13 +64,28 @@ class _Main(click.Group):
     "--sync/--no-sync", default=True, show_default=True,
     help="Make every stored layer durable (syncfs + database fsync) before reporting it stored.",
 )
+@click.option(
+    "--limit", "limits", multiple=True, metavar="KEY=VALUE",
+    help="Bound hostile layers: max-bytes, max-entries, max-name, max-path, max-extended-header, "
+    "max-xattr-bytes, min-free-disk (repeatable).",
+)
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @click.pass_context
 def main(
-    ctx: click.Context, root: pathlib.Path | None, driver: str | None, opts: tuple[str, ...], sync: bool, debug: bool
+    ctx: click.Context,
+    root: pathlib.Path | None,
+    driver: str | None,
+    opts: tuple[str, ...],
+    sync: bool,
+    limits: tuple[str, ...],
+    debug: bool,
 ) -> None:
     """cowstore: copy-on-write storage for container images and containers."""
-    state = App(root, driver, parse_opts(opts), debug, sync)
+    try:
+        parsed_limits = Limits.parse(parse_opts(limits, "--limit"))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--limit") from None
+    state = App(root, driver, parse_opts(opts), debug, sync, parsed_limits)
     ctx.obj = state
     ctx.call_on_close(state.close)
 

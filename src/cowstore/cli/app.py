@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import click
 
+from cowstore.archive import Limits
 from cowstore.store import Store
 
 
@@ -17,12 +18,13 @@ class App:
     storage_opts: dict[str, str]
     debug: bool
     sync: bool = True
+    limits: Limits | None = None
     _store: Store | None = field(default=None, repr=False)
 
     @property
     def store(self) -> Store:
         if self._store is None:
-            self._store = Store(self.root, self.driver, self.storage_opts, sync=self.sync)
+            self._store = Store(self.root, self.driver, self.storage_opts, sync=self.sync, limits=self.limits)
         return self._store
 
     def close(self) -> None:
@@ -35,12 +37,12 @@ def app() -> App:
     return click.get_current_context().find_object(App)  # type: ignore[return-value]
 
 
-def parse_opts(values: tuple[str, ...]) -> dict[str, str]:
-    """`KEY=VALUE` pairs of repeated `--storage-opt` options."""
+def parse_opts(values: tuple[str, ...], option: str = "--storage-opt") -> dict[str, str]:
+    """`KEY=VALUE` pairs of a repeated option."""
     result = {}
     for item in values:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--storage-opt")
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint=option)
         result[key.strip()] = value.strip()
     return result

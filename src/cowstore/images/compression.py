@@ -85,7 +85,8 @@ def decompressed(stream: BinaryIO, what: str) -> tuple[BinaryIO, str]:
     if kind == "gzip":
         reader = gzip.GzipFile(fileobj=source, mode="rb")  # type: ignore[arg-type]
     elif kind == "zstd":
-        reader = zstandard.ZstdDecompressor().stream_reader(source, read_across_frames=True)
+        # A frame may declare a window of up to 2 GiB; cap decoder memory at zstd's default 128 MiB.
+        reader = zstandard.ZstdDecompressor(max_window_size=1 << 27).stream_reader(source, read_across_frames=True)
     elif kind == "xz":
         reader = lzma.LZMAFile(source, mode="rb")  # type: ignore[arg-type]
     else:

@@ -190,16 +190,27 @@ class LayerStore:
         """Copy the tar to a private file while hashing it; verify before any extraction."""
         with tempfile.TemporaryFile(dir=self.tmp, prefix="spool-") as spool:
             reader = DigestingReader(stream)
+            next_check = 0
             while chunk := reader.read(_COPY):
                 spool.write(chunk)
                 if reader.count > self.limits.max_bytes + 64 * 1024 * 1024:
-                    raise CowstoreError(f"layer larger than the limit of {self.limits.max_bytes} bytes")
+                    raise CowstoreError(f"layer larger than the limit of {self.limits.max_bytes} bytes (--limit max-bytes)")
+                if reader.count >= next_check:
+                    self._check_free_disk()
+                    next_check = reader.count + 64 * _COPY
             if expected_diff_id is not None:
                 reader.verify(expected_diff_id, "layer")
             spool.seek(0)
             split = tarsplit.disassemble(spool, self.limits)
             spool.seek(0)
             yield spool, reader.digest, split
+
+    def _check_free_disk(self) -> None:
+        fs = os.statvfs(self.tmp)
+        if fs.f_bavail * fs.f_frsize < self.limits.min_free_disk:
+            raise CowstoreError(
+                f"stopped staging a layer: less than {self.limits.min_free_disk} bytes free on {self.tmp} (--limit min-free-disk)"
+            )
 
     def register(self, stream: BinaryIO, parent: str | None = None, *, expected_diff_id: str | None = None) -> Layer:
         """Store an uncompressed layer tar on top of `parent`; returns it with one more reference.

@@ -1,0 +1,135 @@
+"""Experiment 8 — the btrfs chunk trap: "No space left on device" while df shows space.
+
+On a small btrfs of its own (a loop-mounted image, so the run cannot hurt the others):
+fill it with data so every byte of the device belongs to a data chunk, delete every
+other file (chunks half empty, df shows half the disk free), then create small files,
+which need metadata: once the metadata chunks are full no new one can be allocated,
+and creation fails with ENOSPC. A balance of the half-empty data chunks gives space
+back to the device and creation works again. One round: each step depends on the last.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import pathlib
+from typing import Any
+
+from cowstore.bench.experiments.base import Context, Experiment, Metric, Point, Result, Verdict
+from cowstore.bench.experiments.common import MIB
+from cowstore.bench.scratch import syncfs
+from cowstore.bench.subjects import Subject
+from cowstore.drivers import open_driver
+from cowstore.drivers.btrfs import BtrfsDriver, balance
+from cowstore.drivers.btrfs.space import allocation
+
+FILLED = "filled with data"
+THINNED = "every other file deleted"
+TRAPPED = "small files until ENOSPC"
+BALANCED = "after balance -dusage=50"
+RETRIED = "small files again"
+_MAX_SMALL = 400_000
+
+
+def _is_enospc(exc: OSError) -> bool:
+    return exc.errno == errno.ENOSPC
+
+
+def _fill(directory: pathlib.Path, block: bytes) -> int:
+    count = 0
+    try:
+        while True:
+            with open(directory / f"data{count}", "wb") as fh:
+                fh.write(block)
+            count += 1
+    except OSError as exc:
+        if not _is_enospc(exc):
+            raise
+    return count
+
+
+def _small_files(directory: pathlib.Path, prefix: str, limit: int) -> tuple[int, bool]:
+    """Create files of 2 KiB (inlined in metadata) until ENOSPC; (created, hit ENOSPC)."""
+    payload = b"m" * 2048
+    directory.mkdir(exist_ok=True)
+    for i in range(limit):
+        try:
+            with open(directory / f"{prefix}{i}", "wb") as fh:
+                fh.write(payload)
+        except OSError as exc:
+            if not _is_enospc(exc):
+                raise
+            return i, True
+    return limit, False
+
+
+class BtrfsChunks(Experiment):
+    key = "btrfs_chunks"
+    title = "8. btrfs chunk trap"
+    claim = ("btrfs can fail with 'No space left on device' while df shows free space (all chunks "
+             "allocated); a balance (`-dusage`) fixes it.")
+    x_label = "step"
+    metrics = (Metric("df_free_mib", "free space df shows", "MiB"),
+               Metric("unallocated_mib", "device space in no chunk", "MiB"),
+               Metric("files", "small files created in the step", "files"))
+
+    def rounds(self, quick: bool) -> int:
+        return 1
+
+    def points(self, quick: bool) -> list[Point]:
+        return [FILLED, THINNED, TRAPPED, BALANCED, RETRIED]
+
+    def supports(self, subject: Subject) -> str | None:
+        return None if subject.name == "btrfs" else "a btrfs trap"
+
+    def prepare(self, subject: Subject, ctx: Context) -> Any:
+        size = "512M" if ctx.quick else "1G"
+        driver = open_driver("btrfs", ctx.scratch.path("btrfs-trap") / "btrfs", {"btrfs.loopback": size})
+        assert isinstance(driver, BtrfsDriver)
+        try:
+            driver.create("trap", None)
+            root = driver.get("trap")
+        except BaseException:
+            driver.cleanup()
+            raise
+        return {"driver": driver, "root": root, "data": 0, "small": 0}
+
+    def sample(self, subject: Subject, state: Any, point: Point, ctx: Context) -> dict[str, float]:
+        driver, root = state["driver"], state["root"]
+        files = 0
+        if point == FILLED:
+            state["data"] = files = _fill(root, os.urandom(4 * MIB))
+        elif point == THINNED:
+            for i in range(0, state["data"], 2):
+                (root / f"data{i}").unlink()
+        elif point in (TRAPPED, RETRIED):
+            files, _ = _small_files(root / "small", "a" if point == TRAPPED else "b", _MAX_SMALL)
+        elif point == BALANCED:
+            state["balance"] = balance(driver, 50)
+        syncfs(root)
+        st = os.statvfs(root)
+        return {"df_free_mib": st.f_bavail * st.f_frsize / MIB,
+                "unallocated_mib": allocation(root).unallocated / MIB, "files": files}
+
+    def finish(self, subject: Subject, state: Any) -> None:
+        driver = state["driver"]
+        try:
+            driver.put("trap")
+        finally:
+            driver.cleanup()
+
+    def judge(self, result: Result) -> list[Verdict]:
+        verdicts = []
+        for subject in result.subjects():
+            free = result.median(subject, "df_free_mib", TRAPPED)
+            created = result.median(subject, "files", TRAPPED)
+            again = result.median(subject, "files", RETRIED)
+            freed = result.median(subject, "unallocated_mib", BALANCED)
+            if None in (free, created, again, freed):
+                continue
+            trapped = created is not None and created < _MAX_SMALL and (free or 0) > 32
+            fixed = (again or 0) > 0
+            verdicts.append(Verdict(subject, "confirmed" if trapped and fixed else "not confirmed",
+                                    f"ENOSPC after {created:.0f} small files while df showed {free:.0f} MiB free; "
+                                    f"balance left {freed:.0f} MiB unallocated, then {again:.0f} more files fit"))
+        return verdicts

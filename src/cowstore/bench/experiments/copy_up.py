@@ -1,0 +1,86 @@
+"""Experiment 2 — copy-up: the first open-for-write of a lower file of 1 MiB ... 1 GiB."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from cowstore.bench.experiments.base import Context, Experiment, Metric, Point, Result, Verdict
+from cowstore.bench.experiments.common import MIB, Timer, container
+from cowstore.bench.images import BigFile
+from cowstore.bench.subjects import Subject
+
+# Which way the talk says each design goes: file-level union copies the whole file,
+# block-level and snapshotting drivers copy (at most) one block.
+_EXPECTED = {"overlay": "grows", "overlay2": "grows", "aufs": "grows", "podman-overlay": "grows",
+             "btrfs": "flat", "devicemapper": "flat"}
+
+
+def _sizes(quick: bool) -> list[int]:
+    return [1, 32] if quick else [1, 16, 256, 1024]
+
+
+def _open_for_write(path: os.PathLike) -> float:
+    """Open for writing and change the first 4 KiB: what triggers (and waits for) copy-up."""
+    with Timer() as timer:
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.pwrite(fd, b"w" * 4096, 0)
+        finally:
+            os.close(fd)
+    return timer.ms
+
+
+class CopyUp(Experiment):
+    key = "copy_up"
+    title = "2. Copy-up"
+    claim = ("The first open-for-write of a big lower file is slow on aufs/overlay (the whole file "
+             "is copied up); block-level drivers copy one block.")
+    x_label = "size of the lower file (MiB)"
+    metrics = (Metric("open_ms", "first open-for-write + 4 KiB write", "ms"),)
+
+    def points(self, quick: bool) -> list[Point]:
+        return list(_sizes(quick))
+
+    def supports(self, subject: Subject) -> str | None:
+        return None
+
+    def prepare(self, subject: Subject, ctx: Context) -> Any:
+        big = [BigFile(f"big/{size}M", size * MIB) for size in _sizes(ctx.quick)]
+        tar = ctx.images.get("copyup", big=big)
+        if subject.kind == "native":
+            directory = subject.plain_dir() / "copyup"
+            directory.mkdir()
+            for item in big:
+                with open(directory / os.path.basename(item.path), "wb") as fh:
+                    fh.truncate(item.size)
+            return directory
+        return subject.load_image(tar)
+
+    def sample(self, subject: Subject, state: Any, point: Point, ctx: Context) -> dict[str, float]:
+        if subject.kind == "native":
+            return {"open_ms": _open_for_write(state / f"{point}M")}
+        with container(subject, state, "copyup") as (_, root):
+            return {"open_ms": _open_for_write(root / "big" / f"{point}M")}
+
+    def finish(self, subject: Subject, state: Any) -> None:
+        if subject.kind != "native":
+            subject.drop_image(state)
+
+    def judge(self, result: Result) -> list[Verdict]:
+        verdicts = []
+        for subject in result.subjects():
+            points = result.measured_points(subject, "open_ms")
+            if len(points) < 2:
+                continue
+            small, big = (result.median(subject, "open_ms", p) or 0.0 for p in (points[0], points[-1]))
+            growth = big / small if small else float("inf")
+            shape = "grows" if growth > 5 else "flat"
+            detail = f"{small:.2f} ms at {points[0]} MiB, {big:.2f} ms at {points[-1]} MiB ({growth:.1f}x): {shape}"
+            expected = _EXPECTED.get(subject)
+            if expected is None:
+                status = "not claimed"
+            else:
+                status = "confirmed" if shape == expected else "not confirmed"
+            verdicts.append(Verdict(subject, status, detail))
+        return verdicts
