@@ -1,4 +1,5 @@
 # cowstore: `make demo` runs the main job, `make test` the test suite; both install first.
+# `make demo DRIVER=btrfs` runs the demo on another driver.
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
@@ -18,7 +19,7 @@ test: install
 	$(PY) -m pytest tests
 
 demo: install
-	$(VENV)/bin/cowstore demo
+	$(VENV)/bin/cowstore $(if $(DRIVER),--driver $(DRIVER)) demo
 
 bench: install
 	$(VENV)/bin/cowstore bench --quick

@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 import click
 
-from cowstore import mounts
+from cowstore import fsutil, mounts
 from cowstore.cli.output import table
 from cowstore.digest import sha256_bytes
 from cowstore.images import load
@@ -151,6 +151,14 @@ def _verdict(value: float, claim: float) -> str:
     return "yes" if value < claim else "NO"
 
 
+# What the drivers that need a device get when the demo runs on a plain ext4 host: a
+# loop-mounted btrfs image, and a thin pool small enough to set up in seconds.
+HOST_OPTIONS = {
+    "btrfs": {"btrfs.loopback": "4G"},
+    "devicemapper": {"dm.loopdatasize": "8G", "dm.loopmetadatasize": "256M", "dm.basesize": "1G", "dm.fs": "ext4"},
+}
+
+
 def run(
     *, driver: str | None = None, storage_opts: dict[str, str] | None = None, count: int = 100, keep: bool = False,
     root: pathlib.Path | None = None, echo: Callable[[str], None] = click.echo,
@@ -162,7 +170,10 @@ def run(
     parent = root if root is not None else pathlib.Path("/var/tmp")
     parent.mkdir(parents=True, exist_ok=True)
     demo_root = pathlib.Path(tempfile.mkdtemp(prefix="cowstore-demo-", dir=parent))
-    store = Store(demo_root, driver, storage_opts)
+    options = dict(storage_opts or {})
+    if driver in HOST_OPTIONS and not (driver == "btrfs" and fsutil.backing_fs(demo_root) == "btrfs"):
+        options = {**HOST_OPTIONS[driver], **options}
+    store = Store(demo_root, driver, options)
     results: dict = {}
     try:
         echo(f"store: {demo_root}  driver: {store.driver.name}")
@@ -192,26 +203,40 @@ def run(
             shutil.rmtree(demo_root, ignore_errors=True)
 
 
+def _btrfs_used(home: pathlib.Path) -> int:
+    """Bytes btrfs has written for data and metadata: shared extents counted once."""
+    from cowstore.drivers.btrfs.space import allocation
+
+    fsutil.syncfs(home)
+    used = allocation(home)
+    return used.data_used + used.metadata_used
+
+
 def _containers(store: Store, ref: str, count: int, echo: Callable[[str], None]) -> dict:
     home = store.driver.home
     skip = {p for p in mounts.mounts_under(home)}
-    before = _du([home], skip)
+    on_btrfs = store.driver.name == "btrfs"
+    before = _btrfs_used(home) if on_btrfs else _du([home], skip)
     rows, times, costs, names = [], [], [], []
     for number in range(1, count + 1):
+        used_before = _btrfs_used(home) if on_btrfs else 0
         t0 = time.monotonic()
         container = store.containers.create(ref, name=f"demo{number:03d}")
         path = store.containers.mount(container.id)
         elapsed = time.monotonic() - t0
         mount_id = store.layers.get_rw(container.id).mount_id
         skip.add(str(path))
-        cost = _du(_container_paths(home, mount_id), skip)
+        if on_btrfs:
+            cost = _btrfs_used(home) - used_before
+        else:
+            cost = _du(_container_paths(home, mount_id), skip)
         times.append(elapsed)
         costs.append(cost)
         names.append(container.name)
         if number in (1, 2, 3) or number % max(1, count // 10) == 0:
             rows.append((number, container.name, f"{elapsed * 1000:.1f} ms", human_size(cost)))
     skip |= set(mounts.mounts_under(home))
-    after = _du([home], skip)
+    after = _btrfs_used(home) if on_btrfs else _du([home], skip)
     echo("")
     table(("#", "CONTAINER", "CREATE+MOUNT", "DISK COST"), rows)
     echo("")
@@ -223,10 +248,10 @@ def _containers(store: Store, ref: str, count: int, echo: Callable[[str], None])
             ("create+mount time (median)", f"{median_t * 1000:.1f} ms", "< 0.1 s", _verdict(median_t, CLAIM_SECONDS)),
             ("create+mount time (max)", f"{max_t * 1000:.1f} ms", "< 0.1 s", _verdict(max_t, CLAIM_SECONDS)),
             ("disk per container (median)", human_size(statistics.median(costs)), "< 1 MB", _verdict(statistics.median(costs), CLAIM_BYTES)),
-            ("disk per container (store du delta / N)", human_size(average_cost), "< 1 MB", _verdict(average_cost, CLAIM_BYTES)),
+            ("disk per container (store delta / N)", human_size(average_cost), "< 1 MB", _verdict(average_cost, CLAIM_BYTES)),
         ],
     )
-    echo("(disk = allocated blocks of the driver's new files, each inode once; on btrfs shared extents count in full)")
+    echo("(disk = allocated blocks of the driver's new files, each inode once; on btrfs, the filesystem's own used bytes)")
     return {
         "driver": store.driver.name,
         "containers": count,

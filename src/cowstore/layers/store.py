@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from cowstore import mounts
+from cowstore import fsutil
 from cowstore.archive.tarstream import Limits
 from cowstore.digest import DigestingReader, chain_id, check_digest, random_id
 from cowstore.drivers import Change, Driver
@@ -104,14 +104,6 @@ def _layer(row) -> Layer:
 
 def _rw(row) -> RWLayer:
     return RWLayer(row["name"], row["mount_id"], row["init_id"], row["parent"], row["mount_count"], row["created"])
-
-
-def _syncfs(path: pathlib.Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        mounts.libc().syncfs(fd)
-    finally:
-        os.close(fd)
 
 
 class LayerStore:
@@ -242,7 +234,7 @@ class LayerStore:
                 self.driver.create(cache_id, parent_cache)
                 size = self.driver.apply_diff(cache_id, parent_cache, spool)
                 if self.sync:
-                    _syncfs(self.driver.home)
+                    fsutil.syncfs(self.driver.home)
                 _fault("register:after-apply")
                 return self._publish(cache_id, chain, diff_id, parent_layer, size, split)
             except BaseException:
