@@ -6,7 +6,7 @@ import contextlib
 import datetime
 import pathlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import click
 from rich.console import Console
@@ -30,7 +30,7 @@ def _split(values: tuple[str, ...]) -> list[str]:
 
 @contextlib.contextmanager
 def _subjects(scratch: Scratch, drivers: list[str], peers: list[str],
-              unavailable: dict[str, str], log: callable) -> Iterator[list[Subject]]:  # type: ignore[valid-type]
+              unavailable: dict[str, str], log: Callable[[str], None]) -> Iterator[list[Subject]]:
     """Open every subject that can run here; close them all, in reverse, on any exit."""
     opened: list[Subject] = []
     try:

@@ -155,8 +155,8 @@ def markdown(run: dict[str, Any], results: Sequence[Result], plots: dict[str, st
     lines = [
         "# cowstore bench report", "",
         f"- Run: {run['created']} ({'--quick' if run['quick'] else 'full'}), {run['seconds']:.0f} s in all",
-        f"- Host: kernel {host['kernel']}, {host['cpus']} CPUs, {host['memory_gib']} GiB RAM, "
-        f"load average at start {host['load_average']}",
+        (f"- Host: kernel {host['kernel']}, {host['cpus']} CPUs, {host['memory_gib']} GiB RAM, "
+         f"load average at start {host['load_average']}"),
         f"- Backing: {run['backing']}",
         "- Subjects: " + "; ".join(f"**{n}**: {d['description']}" for n, d in run["subjects"].items()),
     ]
@@ -201,12 +201,15 @@ def markdown(run: dict[str, Any], results: Sequence[Result], plots: dict[str, st
 
 
 def print_result(console: Console, result: Result) -> None:
-    table = Table(title=f"{result.title} — {result.claim}", title_justify="left")
-    for header in _HEADERS:
-        table.add_column(header, justify="right" if header in ("median", "n") else "left")
-    for row in _table_rows(result):
-        table.add_row(*row)
-    console.print(table)
+    rows = _table_rows(result)
+    console.print(f"[bold]{result.title}[/] — {result.claim}")
+    if rows:
+        table = Table()
+        for header in _HEADERS:
+            table.add_column(header, justify="right" if header in ("median", "n") else "left")
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
     for v in result.verdicts:
         console.print(f"  {_STATUS_MARK.get(v.status, v.status)} [bold]{v.subject}[/]: {v.detail}")
     for subject, reason in result.skipped.items():

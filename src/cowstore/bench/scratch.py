@@ -18,6 +18,7 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from types import FrameType
+from typing import Self
 
 from cowstore import fsutil, mounts
 from cowstore.errors import CowstoreError
@@ -40,7 +41,7 @@ class Scratch:
         self.backing = "unset"
         self._counter = 0
 
-    def __enter__(self) -> Scratch:
+    def __enter__(self) -> Self:
         self.base = pathlib.Path(tempfile.mkdtemp(prefix="cowstore-bench-", dir=self.parent or "/var/tmp"))
         try:
             self.root = self.base / "backing"

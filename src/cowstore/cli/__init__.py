@@ -8,6 +8,7 @@ import sqlite3
 import click
 
 from cowstore.archive import Limits
+from cowstore.bench import bench_command
 from cowstore.cli.app import App, parse_opts
 from cowstore.cli.containers import (
     container_commit,
@@ -112,6 +113,7 @@ main.add_command(inspect)
 main.add_command(info)
 main.add_command(demo)
 main.add_command(check)
+main.add_command(bench_command)
 main.add_command(btrfs_group)
 main.add_command(devicemapper_group)
 

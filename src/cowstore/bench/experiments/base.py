@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import abc
 from collections import defaultdict
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from cowstore.bench.images import ImageCache

@@ -16,7 +16,7 @@ BIG = "rewritten big file"
 
 def _shape(quick: bool) -> tuple[int, int]:
     """(small files in the image, MiB of its big file)."""
-    return (1000, 32) if quick else (10_000, 256)
+    return (500, 16) if quick else (10_000, 256)
 
 
 class CommitDiff(Experiment):

@@ -8,6 +8,7 @@ import pathlib
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Self
 
 from cowstore.bench.subjects import Subject
 
@@ -23,7 +24,7 @@ def unique(prefix: str) -> str:
 class Timer:
     """Milliseconds elapsed inside a `with` block."""
 
-    def __enter__(self) -> Timer:
+    def __enter__(self) -> Self:
         self.start = time.perf_counter()
         return self
 
@@ -48,8 +49,7 @@ def container(subject: Subject, image: str, prefix: str) -> Iterator[tuple[str, 
 def write_file(path: pathlib.Path, size: int, block: bytes) -> None:
     """Write `size` bytes in blocks of `block` and fsync: a sequential, durable write."""
     with open(path, "wb") as fh:
-        for _ in range(size // len(block)):
-            fh.write(block)
+        fh.writelines(block for _ in range(size // len(block)))
         fh.flush()
         os.fsync(fh.fileno())
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from typing import Any
 
 from cowstore.bench.experiments.base import Context, Experiment, Metric, Point, Result, Verdict
-from cowstore.bench.experiments.common import Timer, unique
+from cowstore.bench.experiments.common import Timer, container
 from cowstore.bench.subjects import Subject
 
 
@@ -19,7 +20,7 @@ class ContainerCost(Experiment):
                Metric("inodes", "inodes per container", "inodes"))
 
     def points(self, quick: bool) -> list[Point]:
-        return [1, 10] if quick else [1, 10, 100, 1000]
+        return [1, 5] if quick else [1, 10, 100, 1000]
 
     def supports(self, subject: Subject) -> str | None:
         return None if subject.kind in ("driver", "peer") else "not a container engine"
@@ -34,18 +35,12 @@ class ContainerCost(Experiment):
 
     def sample(self, subject: Subject, state: Any, point: Point, ctx: Context) -> dict[str, float]:
         assert isinstance(point, int)
-        names = []
-        before = subject.usage()
-        try:
+        with ExitStack() as stack:
+            before = subject.usage()
             with Timer() as timer:
                 for _ in range(point):
-                    names.append(subject.create(state, unique("cost")))
-                    subject.mount(names[-1])
+                    stack.enter_context(container(subject, state, "cost"))
             used = subject.usage() - before
-        finally:
-            for name in names:
-                subject.unmount(name)
-                subject.remove(name)
         values = {"time_ms": timer.ms / point, "disk_kib": used.bytes / point / 1024}
         if used.inodes is not None:
             values["inodes"] = used.inodes / point

@@ -41,9 +41,8 @@ class SeqWrite(Experiment):
                 write_file(target, point * MIB, block)
             target.unlink()
         else:
-            with container(subject, state, "seqwrite") as (_, root):
-                with Timer() as timer:
-                    write_file(root / "tmp" / "seqwrite", point * MIB, block)
+            with container(subject, state, "seqwrite") as (_, root), Timer() as timer:
+                write_file(root / "tmp" / "seqwrite", point * MIB, block)
         return {"mb_s": point * MIB / 1e6 / (timer.ms / 1000)}
 
     def finish(self, subject: Subject, state: Any) -> None:

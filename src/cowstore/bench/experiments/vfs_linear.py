@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from typing import Any
 
 from cowstore.bench.experiments.base import Context, Experiment, Metric, Point, Result, Verdict
-from cowstore.bench.experiments.common import MIB, Timer, unique
+from cowstore.bench.experiments.common import MIB, Timer, container
 from cowstore.bench.images import BigFile
 from cowstore.bench.subjects import Subject
 
@@ -34,15 +35,10 @@ class VfsLinear(Experiment):
 
     def sample(self, subject: Subject, state: Any, point: Point, ctx: Context) -> dict[str, float]:
         before = subject.usage()
-        name = unique("linear")
-        try:
+        with ExitStack() as stack:
             with Timer() as timer:
-                subject.create(state[point], name)
-                subject.mount(name)
+                stack.enter_context(container(subject, state[point], "linear"))
             used = subject.usage() - before
-        finally:
-            subject.unmount(name)
-            subject.remove(name)
         return {"create_ms": timer.ms, "disk_mib": used.bytes / MIB}
 
     def finish(self, subject: Subject, state: Any) -> None:

@@ -1,0 +1,44 @@
+"""`cowstore bench --quick` on vfs and overlay2 writes a well-formed JSON and report (no timings)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import pathlib
+
+import pytest
+from click.testing import CliRunner
+
+from cowstore import mounts
+from cowstore.bench import bench_command
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the bench mounts a loop-backed scratch store: needs root")
+
+
+def test_quick_bench_writes_json_and_report(tmp_path: pathlib.Path) -> None:
+    out = tmp_path / "report"
+    before = set(mounts.mounts_under("/var/tmp"))
+    result = CliRunner().invoke(bench_command, ["--quick", "--driver", "vfs", "--driver", "overlay2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert set(mounts.mounts_under("/var/tmp")) == before, "the bench left mounts behind"
+
+    data = json.loads((out / "report.json").read_text())
+    assert data["quick"] is True
+    assert {"vfs", "native"} <= set(data["subjects"])
+    assert "overlay2" in data["subjects"] or "overlay2" in data["unavailable"]
+    keys = [e["key"] for e in data["experiments"]]
+    assert keys[:2] == ["container_cost", "copy_up"] and "btrfs_chunks" in keys
+    cost = data["experiments"][0]
+    assert not cost["errors"]
+    for point in cost["series"]["vfs"]["time_ms"]:
+        assert point["min"] <= point["median"] <= point["max"] and point["n"] == len(point["samples"])
+    assert any(v["subject"] == "vfs" and v["status"] in ("confirmed", "not confirmed") for v in cost["verdicts"])
+    assert "thin pools are devicemapper's" in data["experiments"][keys.index("thin_pool")]["skipped"]["vfs"]
+
+    report = (out / "report.md").read_text()
+    assert report.startswith("# cowstore bench report")
+    for experiment in data["experiments"]:
+        assert f"## {experiment['title']}" in report
+        if importlib.util.find_spec("matplotlib") is not None and experiment["series"]:
+            assert experiment["plot"] and (out / experiment["plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
