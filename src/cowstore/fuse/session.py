@@ -73,7 +73,7 @@ class SetAttr:
 class Operations:
     """Handler interface; every method not overridden answers ENOSYS."""
 
-    def init(self, session: "Session") -> None:
+    def init(self, session: Session) -> None:
         """Called once INIT is negotiated (session.passthrough is then known)."""
 
     def lookup(self, ctx: Context, parent: int, name: bytes) -> Entry:

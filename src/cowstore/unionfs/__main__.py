@@ -1,15 +1,13 @@
 """`python -m cowstore.unionfs mount MNT --branch DIR=rw --branch DIR=ro+wh ...`
 
-Runs one union mount in the foreground until it is unmounted; the driver starts it
-detached. With --ready-fd the daemon writes "<pid> <connection> <passthrough>" there
-once the kernel has completed INIT, so the starter knows the mount is usable.
+Serves one union mount in the foreground until it is unmounted (the aufs driver forks
+the same server in the background instead, to keep mount latency low).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 
@@ -24,38 +22,12 @@ def _parser() -> argparse.ArgumentParser:
     mount.add_argument("--branch", action="append", required=True, help="DIR=rw|ro|ro+wh, top first")
     mount.add_argument("--timeout", type=float, default=10.0, help="entry/attribute cache seconds")
     mount.add_argument("--no-passthrough", action="store_true", help="serve file data in Python")
-    mount.add_argument("--ready-fd", type=int, help="write the ready line to this fd, then close it")
     mount.add_argument("--source", default="unionfs", help="mount source shown in the mount table")
     return parser
 
 
 def _terminate(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
-
-
-def serve(args: argparse.Namespace) -> None:
-    from cowstore import fuse
-    from cowstore.unionfs.branches import parse_branch
-    from cowstore.unionfs.fs import UnionFS
-
-    os.umask(0)  # modes arrive with the caller's umask already applied by the kernel
-    ops = UnionFS([parse_branch(spec) for spec in args.branch], timeout=args.timeout)
-    fd = fuse.open_device()
-    fuse.mount_fd(fd, args.mountpoint, fstype="unionfs", source=args.source)
-    try:
-        session = fuse.Session(ops, fd, want_passthrough=not args.no_passthrough)
-        session.handshake()
-        if args.ready_fd is not None:
-            conn = fuse.connection_id(args.mountpoint)
-            os.write(args.ready_fd, f"{os.getpid()} {conn} {int(session.passthrough)}\n".encode())
-            os.close(args.ready_fd)
-            devnull = os.open(os.devnull, os.O_RDWR)
-            os.dup2(devnull, 1)
-            os.close(devnull)
-        session.serve()
-    finally:
-        fuse.unmount(args.mountpoint)
-        logging.getLogger("cowstore.unionfs").info("stopped serving %s", args.mountpoint)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,8 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGINT, _terminate)
+    from cowstore.unionfs.server import serve
+
     try:
-        serve(args)
+        serve(
+            args.mountpoint, args.branch, timeout=args.timeout, passthrough=not args.no_passthrough, source=args.source
+        )
     except CowstoreError as exc:
         print(f"cowstore.unionfs: {exc}", file=sys.stderr)
         return 1

@@ -1,29 +1,32 @@
 """Start, find and stop union-filesystem daemons (one process per mount).
 
-The daemon outlives the process that started it (the CLI exits, the mount stays), so
-everything a later process needs is written to a small state file: pid, FUSE
-connection number and branches. A daemon counts as alive only if its pid still runs
-our module for that mount point, so a recycled pid is never mistaken for it.
+The daemon is forked from the caller (no interpreter start-up: a mount costs
+milliseconds) and detached with a double fork and a new session, so it outlives the
+CLI process that started it. Everything a later process needs is in a small state
+file: pid, process start time, FUSE connection number, branches. A daemon counts as
+alive only if that pid still has that start time, so a recycled pid is never taken
+for it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pathlib
 import select
 import signal
-import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from cowstore import fuse, mounts
 from cowstore.errors import MountError
 
-_PACKAGE_ROOT = str(pathlib.Path(__file__).resolve().parents[2])
 FSTYPE = "fuse.unionfs"
+_PR_SET_NAME = 15
 
 
 @dataclass
@@ -31,6 +34,7 @@ class DaemonState:
     """What a later process needs to find a running daemon again."""
 
     pid: int
+    start_time: int
     conn: int
     mountpoint: str
     branches: list[str]
@@ -43,38 +47,36 @@ class DaemonState:
         os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path: pathlib.Path) -> "DaemonState | None":
+    def load(cls, path: pathlib.Path) -> DaemonState | None:
         try:
             return cls(**json.loads(path.read_text()))
         except (FileNotFoundError, ValueError, TypeError):
             return None
 
 
-def _reap(pid: int) -> None:
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-
-
-def pid_alive(pid: int, mountpoint: str) -> bool:
-    """Whether `pid` is a live (not zombie) unionfs daemon serving `mountpoint`."""
-    _reap(pid)
+def _proc_stat(pid: int) -> tuple[bytes, int] | None:
+    """(state letter, start time in clock ticks) of a process, None if it is gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
-            state = fh.read().rsplit(b")", 1)[1].split()[0]
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            argv = fh.read().split(b"\0")
-    except (FileNotFoundError, ProcessLookupError, IndexError):
+            fields = fh.read().rsplit(b")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return fields[0], int(fields[19])
+
+
+def alive(state: DaemonState | None) -> bool:
+    """Whether the recorded daemon process still runs (not a zombie, not a reused pid)."""
+    if state is None:
         return False
-    return state not in (b"Z", b"X") and b"cowstore.unionfs" in argv and os.fsencode(mountpoint) in argv
+    info = _proc_stat(state.pid)
+    return info is not None and info[0] not in (b"Z", b"X") and info[1] == state.start_time
 
 
 def is_serving(state: DaemonState | None) -> bool:
     """Whether a recorded daemon still serves its mount (process alive and mounted)."""
     return (
         state is not None
-        and pid_alive(state.pid, state.mountpoint)
+        and alive(state)
         and any(p == state.mountpoint and t == FSTYPE for p, t, _ in mounts.mount_table())
     )
 
@@ -92,38 +94,77 @@ def start(
 ) -> DaemonState:
     """Start a daemon mounting `branches` (top first, `DIR=MODE`) at `mountpoint`."""
     mnt = os.path.realpath(mountpoint)
-    argv = [sys.executable, "-m", "cowstore.unionfs", "mount", mnt, "--ready-fd", "1", "--source", source]
-    argv += ["--timeout", str(timeout)]
-    for spec in branches:
-        argv += ["--branch", spec]
-    if not passthrough:
-        argv.append("--no-passthrough")
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_ROOT, env.get("PYTHONPATH")]))
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_file, "ab") as log:
-        proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, start_new_session=True, env=env
-        )
-    assert proc.stdout is not None
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        _daemon_child(mnt, list(branches), write_end, log_file, timeout, passthrough, source)
+    os.close(write_end)
     try:
-        line = _read_line(proc, wait)
+        os.waitpid(pid, 0)  # the intermediate child exits at once
+        line = _read_line(read_end, wait)
     finally:
-        proc.stdout.close()
+        os.close(read_end)
     if not line:
-        _kill(proc.pid)
         if mounts.is_mountpoint(mnt):
             fuse.unmount(mnt)
         raise MountError(f"union mount on {mnt} failed: {_tail(log_file)} (log: {log_file})")
-    pid, conn, passthrough_on = line.split()
-    state = DaemonState(int(pid), int(conn), mnt, list(branches), passthrough_on == "1", str(log_file))
+    daemon_pid, conn, passthrough_on = line.split()
+    info = _proc_stat(int(daemon_pid))
+    state = DaemonState(
+        int(daemon_pid), info[1] if info else 0, int(conn), mnt, list(branches), passthrough_on == "1", str(log_file)
+    )
     state.save(state_file)
     return state
 
 
-def _read_line(proc: subprocess.Popen, wait: float) -> str:
+def _daemon_child(
+    mnt: str, branches: list[str], ready_fd: int, log_file: pathlib.Path, timeout: float, passthrough: bool, source: str
+) -> None:
+    """Runs in the forked child; never returns."""
+    code = 1
+    try:
+        os.setsid()
+        if os.fork() != 0:
+            os._exit(0)
+        # Inherited descriptors could hold the caller's locks (flock follows the open
+        # file) or keep its pipes open: keep only stdio and the ready pipe.
+        log_fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        null_fd = os.open(os.devnull, os.O_RDWR)
+        os.dup2(null_fd, 0)
+        os.dup2(null_fd, 1)
+        os.dup2(log_fd, 2)
+        os.set_inheritable(ready_fd, True)
+        os.closerange(3, ready_fd)
+        os.closerange(ready_fd + 1, os.sysconf("SC_OPEN_MAX"))
+        mounts.libc().prctl(_PR_SET_NAME, b"cowstore-union", 0, 0, 0)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, _terminate)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115 - lives as long as the process
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
+        root = logging.getLogger()
+        root.handlers[:] = [handler]  # the caller's handlers write to descriptors closed above
+        root.setLevel(logging.INFO)
+        from cowstore.unionfs.server import serve
+
+        serve(mnt, branches, timeout=timeout, passthrough=passthrough, source=source, ready_fd=ready_fd)
+        code = 0
+    except SystemExit:
+        code = 0  # SIGTERM/SIGINT: the unmount in serve() already ran
+    except BaseException:  # noqa: BLE001 - a forked child must never return into the caller's code
+        os.write(2, f"cowstore.unionfs: daemon for {mnt} failed:\n{traceback.format_exc()}".encode())
+    finally:
+        os._exit(code)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _read_line(fd: int, wait: float) -> str:
     deadline = time.monotonic() + wait
-    fd = proc.stdout.fileno()
     data = b""
     while not data.endswith(b"\n"):
         left = deadline - time.monotonic()
@@ -144,27 +185,21 @@ def _tail(log_file: pathlib.Path) -> str:
     return lines[-1] if lines else "daemon exited without a message"
 
 
-def _kill(pid: int) -> None:
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        return
-    _wait_gone(pid, 2.0)
-
-
-def _wait_gone(pid: int, wait: float) -> bool:
+def _wait_gone(state: DaemonState, wait: float) -> bool:
     deadline = time.monotonic() + wait
-    while time.monotonic() < deadline:
-        _reap(pid)
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as fh:
-                if fh.read().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X"):
-                    _reap(pid)
-                    return True
-        except (FileNotFoundError, ProcessLookupError):
-            return True
+    while alive(state):
+        if time.monotonic() >= deadline:
+            return False
         time.sleep(0.002)
-    return False
+    return True
+
+
+def _signal(state: DaemonState, sig: int) -> None:
+    if alive(state):
+        try:
+            os.kill(state.pid, sig)
+        except ProcessLookupError:
+            pass
 
 
 def stop(mountpoint: str | os.PathLike, state_file: pathlib.Path, *, wait: float = 5.0) -> None:
@@ -172,17 +207,14 @@ def stop(mountpoint: str | os.PathLike, state_file: pathlib.Path, *, wait: float
     mnt = os.path.realpath(mountpoint)
     state = DaemonState.load(state_file)
     if mounts.is_mountpoint(mnt):
-        if state is not None and not pid_alive(state.pid, mnt):
+        if state is not None and not alive(state):
             fuse.abort_connection(state.conn)
         fuse.unmount(mnt)
-    if state is not None and pid_alive(state.pid, mnt):
-        if not _wait_gone(state.pid, wait):
-            try:
-                os.kill(state.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            if not _wait_gone(state.pid, 1.0):
-                _kill(state.pid)
+    if state is not None and not _wait_gone(state, wait):
+        _signal(state, signal.SIGTERM)
+        if not _wait_gone(state, 1.0):
+            _signal(state, signal.SIGKILL)
+            _wait_gone(state, 2.0)
     try:
         state_file.unlink()
     except FileNotFoundError:

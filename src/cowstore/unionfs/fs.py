@@ -23,6 +23,7 @@ import stat
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Self
 
 from cowstore import mounts
 from cowstore.fuse import Context, Entry, Opened, Operations, Session, SetAttr
@@ -34,7 +35,9 @@ log = logging.getLogger("cowstore.unionfs")
 
 ROOT = 1
 _TMP_PREFIX = META_PREFIX + b"tmp."
-_NO_STAT = os.stat_result((0,) * 10, {"st_atime_ns": 0, "st_mtime_ns": 0, "st_ctime_ns": 0, "st_blksize": 0, "st_blocks": 0, "st_rdev": 0})
+_NO_STAT = os.stat_result(
+    (0,) * 10, {"st_atime_ns": 0, "st_mtime_ns": 0, "st_ctime_ns": 0, "st_blksize": 0, "st_blocks": 0, "st_rdev": 0}
+)
 _libc = mounts.libc()
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
 
@@ -59,7 +62,7 @@ class Backing:
 
 
 class Node:
-    __slots__ = ("id", "paths", "nlookup", "backing", "open_fds")
+    __slots__ = ("backing", "id", "nlookup", "open_fds", "paths")
 
     def __init__(self, nid: int, path: bytes) -> None:
         self.id = nid
@@ -293,7 +296,7 @@ class UnionFS(Operations):
 
     # -- copy-up --------------------------------------------------------------------------
 
-    def _keep_times(self, real_dir: bytes) -> "_TimesKeeper":
+    def _keep_times(self, real_dir: bytes) -> _TimesKeeper:
         return _TimesKeeper(real_dir)
 
     def _upper_dir(self, path: bytes) -> bytes:
@@ -778,7 +781,7 @@ class UnionFS(Operations):
             raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
         parent_ino = st.st_ino
         if n.path:
-            ploc, pst = self._lstat_path(_split(n.path)[0])
+            _ploc, pst = self._lstat_path(_split(n.path)[0])
             parent_ino = pst.st_ino
         entries = [(b".", st.st_ino, stat.S_IFDIR >> 12), (b"..", parent_ino, stat.S_IFDIR >> 12)]
         entries += self.list_dir(n.path, loc)
@@ -806,7 +809,7 @@ class _TimesKeeper:
         self.real_dir = real_dir
         self.st = os.lstat(real_dir)
 
-    def __enter__(self) -> "_TimesKeeper":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
