@@ -20,7 +20,7 @@ CONFORMANCE_OPTIONS: dict[str, dict[str, str]] = {
     "devicemapper": {
         "dm.loopdatasize": "2G",
         "dm.loopmetadatasize": "256M",
-        "dm.basesize": "512M",
+        "dm.basesize": "40M",
         "dm.fs": "ext4",
     },
 }

@@ -314,7 +314,7 @@ class DeviceMapperDriver(NaiveDiffDriver):
         loop = self._activate(id, self._info(id)["device_id"])
         try:
             if self.opts["dm.fs"] == "ext4":
-                self._run(["e2fsck", "-f", "-y", "-p", loop])
+                self._run(["e2fsck", "-f", "-p", loop])
                 self._run(["resize2fs", loop])
             else:
                 target = self.home / "mnt" / f".grow-{id}"
