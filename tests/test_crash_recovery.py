@@ -48,8 +48,11 @@ def open_store(root: pathlib.Path, driver: str) -> LayerStore:
     return LayerStore(root, open_driver(driver, root / driver))
 
 
+LAYER_STORE_POINTS = [p for p in FAULT_POINTS if p.split(":")[0] in ("register", "release", "create-rw", "remove-rw")]
+
+
 @pytest.mark.parametrize("driver", ["vfs", "overlay2"])
-@pytest.mark.parametrize("point", FAULT_POINTS)
+@pytest.mark.parametrize("point", LAYER_STORE_POINTS)
 def test_kill_at_fault_point(tmp_path: pathlib.Path, driver: str, point: str) -> None:
     try:
         store = open_store(tmp_path, driver)
@@ -113,3 +116,63 @@ def test_check_detects_tampered_content(tmp_path: pathlib.Path) -> None:
         assert [p.kind for p in problems] == ["corrupt"]
     finally:
         store.close()
+
+
+CLI_CASES = [
+    ("load", "import:after-layer"),
+    ("load", "register:after-apply"),
+    ("commit", "commit:after-register"),
+    ("commit", "register:after-insert"),
+    ("create", "create-rw:after-init"),
+    ("rm", "remove-rw:after-mark"),
+    ("rmi", "release:after-mark"),
+]
+
+
+@pytest.mark.parametrize("command,point", CLI_CASES)
+def test_kill_cli_operations(tmp_path: pathlib.Path, command: str, point: str) -> None:
+    """SIGKILL in the middle of `cowstore load/commit/create/rm/rmi`; `cowstore check` must pass after."""
+    from cowstore.demo import build_image_archive
+
+    root = tmp_path / "root"
+    archive = tmp_path / "image.tar"
+    archive.write_bytes(build_image_archive())
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+
+    def cowstore(*args: str, fault: str | None = None) -> subprocess.CompletedProcess:
+        extra = {"COWSTORE_FAULT": fault} if fault else {}
+        return subprocess.run(
+            [sys.executable, "-m", "cowstore", "--root", str(root), "--driver", "vfs", *args],
+            env={**env, **extra}, capture_output=True,
+        )
+
+    assert cowstore("load", "-i", str(archive)).returncode == 0
+    assert cowstore("create", "--name", "base", "busybox-demo").returncode == 0
+    setup = {
+        "load": ["load", "-i", str(archive)],
+        "commit": ["commit", "base", "committed:1"],
+        "create": ["create", "--name", "second", "busybox-demo"],
+        "rm": ["rm", "base"],
+        "rmi": ["rmi", "-f", "busybox-demo"],
+    }
+    if command == "load":
+        assert cowstore("rmi", "-f", "busybox-demo").returncode == 0
+        assert cowstore("rm", "base").returncode == 0
+    if command == "commit":
+        mount = cowstore("mount", "base").stdout.decode().strip()
+        pathlib.Path(mount, "new-file").write_text("changed")
+        assert cowstore("umount", "base").returncode == 0
+    if command == "rmi":
+        assert cowstore("rm", "base").returncode == 0
+    killed = cowstore(*setup[command], fault=point)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()
+    check = cowstore("check", "--verify")
+    assert check.returncode == 0, check.stdout.decode() + check.stderr.decode()
+    if command in ("rm", "rmi"):
+        # the removal had passed its point of no return: recovery finished it
+        listing = cowstore("ps" if command == "rm" else "images").stdout.decode()
+        assert ("base" if command == "rm" else "busybox-demo") not in listing
+    else:
+        redo = cowstore(*setup[command])
+        assert redo.returncode == 0, redo.stderr.decode()
+    assert cowstore("check", "--verify").returncode == 0

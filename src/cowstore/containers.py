@@ -26,6 +26,7 @@ from cowstore.errors import CowstoreError, LayerNotFound
 from cowstore.images import Image, ImageNotFound, ImageStore
 from cowstore.images.config import committed_config, encode
 from cowstore.layers import LayerStore
+from cowstore.layers.store import fault
 
 ENV_FILE = "/.cowstoreenv"
 # What Docker's setupInitLayer creates (daemon/initlayer), with our own env marker file.
@@ -198,14 +199,12 @@ class ContainerStore:
         container = self.get(ref)
         rw = self.layers.get_rw(container.id)
         base = self._base_config(container)
-        with contextlib.closing(self.layers.rw_diff(container.id)) as stream:
-            layer = self.layers.register(stream, rw.parent)
-        try:
+        with self.layers.lease() as lease:
+            with contextlib.closing(self.layers.rw_diff(container.id)) as stream:
+                layer = self.layers.register(stream, rw.parent, lease=lease)
+            fault("commit:after-register")
             config = committed_config(base, layer.diff_id, container=container.id, comment=message, author=author)
-            return self.images.add(encode(config), layer.chain_id, [tag] if tag else [])
-        except BaseException:
-            self.layers.release(layer.chain_id)
-            raise
+            return self.images.add(encode(config), layer.chain_id, [tag] if tag else [], lease=lease)
 
     def export(self, ref: str, out: BinaryIO) -> None:
         """The container's whole merged filesystem as one flat tar (`docker export`)."""

@@ -64,6 +64,13 @@ MIGRATIONS: list[str] = [
         created    REAL NOT NULL
     );
     """,
+    """
+    CREATE TABLE leases (
+        lease_id   TEXT NOT NULL,
+        chain_id   TEXT NOT NULL REFERENCES layers(chain_id)
+    );
+    CREATE INDEX leases_lease ON leases(lease_id);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -127,6 +127,8 @@ class Store:
         self.images = ImageStore(self.layers)
         self.containers = ContainerStore(self.layers, self.images)
         self.images.container_users = self.containers.users_of
+        with self.layers.lock.exclusive():
+            self._reconcile_containers(repair=True)
 
     def _record_driver(self) -> None:
         with self.layers.lock.exclusive(), self.layers.db.transaction() as tx:
@@ -184,21 +186,31 @@ class Store:
                             tx.execute("DELETE FROM images WHERE id = ?", (image.id,))
                         problem.repaired = True
                     problems.append(problem)
-            rw_names = {rw.name for rw in self.layers.rw_layers()}
-            records = {c.id for c in self.containers.containers()}
-            for missing in sorted(records - rw_names):
-                problem = Problem("missing-storage", missing, "container record without its layers")
-                if repair:
-                    with self.layers.db.transaction() as tx:
-                        tx.execute("DELETE FROM containers WHERE id = ?", (missing,))
-                    problem.repaired = True
-                problems.append(problem)
-            for orphan in sorted(rw_names - records):
-                problem = Problem("orphan-storage", orphan, "container layer with no container record")
-                if repair:
-                    self.layers.remove_rw(orphan, force=True)
-                    problem.repaired = True
-                problems.append(problem)
+            problems += self._reconcile_containers(repair)
+        return problems
+
+    def _reconcile_containers(self, repair: bool) -> list[Problem]:
+        """Container records and container layers must match one to one (store lock held).
+
+        Both are created and removed under the store lock, so a mismatch is what a
+        killed `create` or `rm` left: opening the store finishes the job.
+        """
+        problems = []
+        rw_names = {rw.name for rw in self.layers.rw_layers()}
+        records = {c.id for c in self.containers.containers()}
+        for missing in sorted(records - rw_names):
+            problem = Problem("missing-storage", missing, "container record without its layers")
+            if repair:
+                with self.layers.db.transaction() as tx:
+                    tx.execute("DELETE FROM containers WHERE id = ?", (missing,))
+                problem.repaired = True
+            problems.append(problem)
+        for orphan in sorted(rw_names - records):
+            problem = Problem("orphan-storage", orphan, "container layer with no container record")
+            if repair:
+                self.layers.remove_rw(orphan, force=True)
+                problem.repaired = True
+            problems.append(problem)
         return problems
 
 

@@ -21,6 +21,7 @@ from cowstore.images.compression import decompressed
 from cowstore.images.config import diff_ids, parse_config
 from cowstore.images.errors import BadImageArchive
 from cowstore.images.store import Image, ImageStore
+from cowstore.layers.store import fault
 
 Progress = Callable[[str, int, int], None]  # (what, index, total)
 
@@ -90,7 +91,7 @@ def import_image(images: ImageStore, source: ImageSource, what: str, progress: P
     expected = diff_ids(parse_config(source.raw_config))
     layers = images.layers
     top: str | None = None
-    try:
+    with layers.lease() as lease:
         for index, (blob, diff_id) in enumerate(zip(source.layers, expected)):
             if progress:
                 progress(blob.what, index, len(expected))
@@ -98,20 +99,19 @@ def import_image(images: ImageStore, source: ImageSource, what: str, progress: P
                 raw = DigestingReader(handle)
                 plain, _ = decompressed(raw, blob.what)  # type: ignore[arg-type]
                 try:
-                    layer = layers.register(_VerifyAtEnd(plain, raw, blob.digest, blob.what), top, expected_diff_id=diff_id)  # type: ignore[arg-type]
+                    layer = layers.register(
+                        _VerifyAtEnd(plain, raw, blob.digest, blob.what), top, expected_diff_id=diff_id, lease=lease  # type: ignore[arg-type]
+                    )
                 except DigestMismatch as exc:
                     raise DigestMismatch(f"{blob.what}: {exc}") from None
             if top is not None:
-                layers.release(top)  # the new child keeps its parent alive
+                layers.release(top, lease)  # the new child keeps its parent alive
             top = layer.chain_id
+            fault("import:after-layer")
         if progress:
             progress("done", len(expected), len(expected))
-        image = images.add(source.raw_config, top, tags)
-        top = None
+        image = images.add(source.raw_config, top, tags, lease=lease)
         return dataclasses.replace(image, tags=tuple(tags))
-    finally:
-        if top is not None:
-            layers.release(top)
 
 
 def import_all(images: ImageStore, sources: list[ImageSource], what: str, progress: Progress | None = None) -> list[Image]:

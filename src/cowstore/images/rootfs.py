@@ -16,10 +16,7 @@ def import_rootfs(
     """Register `stream` as the only layer of a new image with a fresh config."""
     tags = [reference.normalize(tag)] if tag else []
     plain, _ = decompressed(stream, what)
-    layer = images.layers.register(plain)
-    try:
+    with images.layers.lease() as lease:
+        layer = images.layers.register(plain, lease=lease)
         config = rootfs_config(layer.diff_id, comment=message, created_by=f"cowstore import {what}", cmd=cmd)
-        return images.add(encode(config), layer.chain_id, tags)
-    except BaseException:
-        images.layers.release(layer.chain_id)
-        raise
+        return images.add(encode(config), layer.chain_id, tags, lease=lease)

@@ -80,11 +80,12 @@ class ImageStore:
         """Bytes of all the image's layers (Docker's image Size)."""
         return self.layers.total_size(image.top_layer) if image.top_layer else 0
 
-    def add(self, raw_config: bytes, top_layer: str | None, tags: list[str]) -> Image:
+    def add(self, raw_config: bytes, top_layer: str | None, tags: list[str], *, lease: str | None = None) -> Image:
         """Publish an image that owns one reference on `top_layer` (consumed here).
 
-        When the same image (same config bytes) is already stored, the extra layer
-        reference is released and only the tags are added.
+        With `lease`, that reference is taken over from the lease in the same
+        transaction that records the image. When the same image (same config bytes) is
+        already stored, the extra layer reference is released and only the tags are added.
         """
         parse_config(raw_config)
         refs = [reference.normalize(t) for t in tags]
@@ -97,10 +98,12 @@ class ImageStore:
                         "INSERT INTO images (id, config, top_layer, created) VALUES (?, ?, ?, ?)",
                         (image_id, raw_config, top_layer, parse_time(json.loads(raw_config).get("created"))),
                     )
+                    if lease is not None and top_layer is not None:
+                        self.layers.hand_over(tx, lease, top_layer)
                 for ref in refs:
                     tx.execute("INSERT OR REPLACE INTO tags (ref, image_id) VALUES (?, ?)", (ref, image_id))
             if exists and top_layer is not None:
-                self.layers.release(top_layer)
+                self.layers.release(top_layer, lease)
         return self.get(image_id)
 
     def tag(self, source: str, target: str) -> Image:

@@ -47,10 +47,12 @@ FAULT_POINTS = (
     "create-rw:after-insert",
     "create-rw:after-init",
     "remove-rw:after-mark",
+    "import:after-layer",  # cowstore.images: between an image's layers
+    "commit:after-register",  # cowstore.containers: layer stored, image not yet
 )
 
 
-def _fault(point: str) -> None:
+def fault(point: str) -> None:
     """Die here, as abruptly as a power cut leaves a process, when the test asks for it."""
     if os.environ.get("COWSTORE_FAULT") == point:
         os.kill(os.getpid(), signal.SIGKILL)
@@ -151,6 +153,10 @@ class LayerStore:
                     done.append(f"removed unfinished layer {row['cache_id']}")
                     if row["parent"]:
                         self._collect(row["parent"])
+            for row in self.db.query("SELECT DISTINCT lease_id FROM leases"):
+                if OperationLock.abandoned(self.tmp, row["lease_id"]):
+                    self._release_lease(row["lease_id"])
+                    done.append(f"released the references of interrupted operation {row['lease_id']}")
             for leftover in self.tmp.glob("spool-*"):
                 with contextlib.suppress(FileNotFoundError):
                     leftover.unlink()
@@ -204,10 +210,13 @@ class LayerStore:
                 f"stopped staging a layer: less than {self.limits.min_free_disk} bytes free on {self.tmp} (--limit min-free-disk)"
             )
 
-    def register(self, stream: BinaryIO, parent: str | None = None, *, expected_diff_id: str | None = None) -> Layer:
+    def register(
+        self, stream: BinaryIO, parent: str | None = None, *, expected_diff_id: str | None = None, lease: str | None = None
+    ) -> Layer:
         """Store an uncompressed layer tar on top of `parent`; returns it with one more reference.
 
-        A layer whose chain id is already stored is not extracted again.
+        A layer whose chain id is already stored is not extracted again. With `lease`,
+        the new reference belongs to that lease until it is handed over (see `lease`).
         """
         if expected_diff_id is not None:
             check_digest(expected_diff_id)
@@ -216,7 +225,7 @@ class LayerStore:
             raise MaxDepthExceeded()
         with self._spooled(stream, expected_diff_id) as (spool, diff_id, split):
             chain = chain_id(parent, diff_id)
-            existing = self._retain_if_present(chain)
+            existing = self._retain_if_present(chain, lease)
             if existing is not None:
                 return existing
             cache_id = random_id()
@@ -229,32 +238,36 @@ class LayerStore:
                         (cache_id, parent, time.time()),
                     )
             try:
-                _fault("register:after-insert")
+                fault("register:after-insert")
                 parent_cache = parent_layer.cache_id if parent_layer else None
                 self.driver.create(cache_id, parent_cache)
                 size = self.driver.apply_diff(cache_id, parent_cache, spool)
                 if self.sync:
                     fsutil.syncfs(self.driver.home)
-                _fault("register:after-apply")
-                return self._publish(cache_id, chain, diff_id, parent_layer, size, split)
+                fault("register:after-apply")
+                return self._publish(cache_id, chain, diff_id, parent_layer, size, split, lease)
             except BaseException:
                 self._abandon_layer(cache_id)
                 raise
             finally:
                 op.release()
 
-    def _retain_if_present(self, chain: str) -> Layer | None:
+    def _retain_if_present(self, chain: str, lease: str | None = None) -> Layer | None:
         with self.lock.exclusive():
             rows = self.db.query("SELECT * FROM layers WHERE chain_id = ? AND state = 'ready'", (chain,))
             if not rows:
                 return None
             with self.db.transaction() as tx:
                 tx.execute("UPDATE layers SET refcount = refcount + 1 WHERE chain_id = ?", (chain,))
+                if lease is not None:
+                    tx.execute("INSERT INTO leases (lease_id, chain_id) VALUES (?, ?)", (lease, chain))
             return self.get(chain)
 
-    def _publish(self, cache_id: str, chain: str, diff_id: str, parent: Layer | None, size: int, split: bytes) -> Layer:
+    def _publish(
+        self, cache_id: str, chain: str, diff_id: str, parent: Layer | None, size: int, split: bytes, lease: str | None
+    ) -> Layer:
         with self.lock.exclusive():
-            existing = self._retain_if_present(chain)
+            existing = self._retain_if_present(chain, lease)
             if existing is not None:  # a concurrent import of the same layer won
                 self._abandon_layer(cache_id)
                 return existing
@@ -264,6 +277,8 @@ class LayerStore:
                     "state = 'ready' WHERE cache_id = ?",
                     (chain, diff_id, size, (parent.depth + 1) if parent else 1, split, cache_id),
                 )
+                if lease is not None:
+                    tx.execute("INSERT INTO leases (lease_id, chain_id) VALUES (?, ?)", (lease, chain))
             return self.get(chain)
 
     def _abandon_layer(self, cache_id: str) -> None:
@@ -281,15 +296,51 @@ class LayerStore:
             raise LayerNotFound(f"layer does not exist: {chain}")
         return layer
 
-    def release(self, chain: str) -> list[Layer]:
-        """Drop one reference; delete the layer and unused ancestors. Returns what was deleted."""
+    def release(self, chain: str, lease: str | None = None) -> list[Layer]:
+        """Drop one reference (of `lease`, if given); delete the layer and unused ancestors.
+
+        Returns what was deleted.
+        """
         with self.lock.exclusive():
             layer = self.get(chain)
             if layer.refcount <= 0:
                 raise CowstoreError(f"layer not retained: {chain}")
             with self.db.transaction() as tx:
                 tx.execute("UPDATE layers SET refcount = refcount - 1 WHERE chain_id = ?", (chain,))
+                if lease is not None:
+                    self.hand_over(tx, lease, chain)
             return self._collect(chain)
+
+    @contextlib.contextmanager
+    def lease(self) -> Iterator[str]:
+        """A lease for references an operation takes before it hands them to an owner.
+
+        An import registers layers one by one before the image that will own them
+        exists. References taken under a lease are recorded with it; whatever the lease
+        still holds when the block ends is released, and if the process dies instead,
+        the next opener of the store releases it (the lease's operation lock is free).
+        """
+        lease_id = f"lease-{random_id()}"
+        op = OperationLock(self.tmp, lease_id)
+        try:
+            yield lease_id
+        finally:
+            try:
+                self._release_lease(lease_id)
+            finally:
+                op.release()
+
+    def hand_over(self, tx, lease: str, chain: str) -> None:
+        """Within the owner's transaction `tx`: the lease's reference on `chain` now belongs to the owner."""
+        tx.execute(
+            "DELETE FROM leases WHERE rowid = (SELECT rowid FROM leases WHERE lease_id = ? AND chain_id = ? LIMIT 1)",
+            (lease, chain),
+        )
+
+    def _release_lease(self, lease_id: str) -> None:
+        with self.lock.exclusive():
+            for row in self.db.query("SELECT chain_id FROM leases WHERE lease_id = ?", (lease_id,)):
+                self.release(row["chain_id"], lease_id)
 
     def users(self, chain: str) -> int:
         """References, child layers and containers that keep `chain` alive."""
@@ -311,7 +362,7 @@ class LayerStore:
             layer = _layer(rows[0])
             with self.db.transaction() as tx:
                 tx.execute("UPDATE layers SET state = 'removing' WHERE cache_id = ?", (layer.cache_id,))
-            _fault("release:after-mark")
+            fault("release:after-mark")
             self.driver.remove(layer.cache_id)
             with self.db.transaction() as tx:
                 tx.execute("DELETE FROM layers WHERE cache_id = ?", (layer.cache_id,))
@@ -379,7 +430,7 @@ class LayerStore:
                     (name, mount_id, init_id, parent, time.time()),
                 )
         try:
-            _fault("create-rw:after-insert")
+            fault("create-rw:after-insert")
             parent_cache = parent_layer.cache_id if parent_layer else None
             if init is not None and init_id is not None:
                 self.driver.create_rw(init_id, parent_cache, storage_opts=storage_opts)
@@ -389,7 +440,7 @@ class LayerStore:
                 finally:
                     self.driver.put(init_id)
                 parent_cache = init_id
-                _fault("create-rw:after-init")
+                fault("create-rw:after-init")
             self.driver.create_rw(mount_id, parent_cache, storage_opts=storage_opts)
             with self.lock.exclusive(), self.db.transaction() as tx:
                 tx.execute("UPDATE mounts SET state = 'ready' WHERE name = ?", (name,))
@@ -452,7 +503,7 @@ class LayerStore:
                 raise LayerInUse(f"mount still active: {name} is mounted {rw.mount_count} time(s)")
             with self.db.transaction() as tx:
                 tx.execute("UPDATE mounts SET state = 'removing' WHERE name = ?", (name,))
-            _fault("remove-rw:after-mark")
+            fault("remove-rw:after-mark")
             self._drop_rw_storage(rw.mount_id, rw.init_id)
             with self.db.transaction() as tx:
                 tx.execute("DELETE FROM mounts WHERE name = ?", (name,))
@@ -473,7 +524,8 @@ class LayerStore:
         problems: list[Problem] = []
         with self.lock.exclusive():
             for row in self.db.query("SELECT cache_id AS id FROM layers WHERE state != 'ready' UNION ALL "
-                                     "SELECT mount_id FROM mounts WHERE state != 'ready'"):
+                                     "SELECT mount_id FROM mounts WHERE state != 'ready' UNION "
+                                     "SELECT lease_id FROM leases"):
                 if OperationLock.abandoned(self.tmp, row["id"]):
                     problems.append(Problem("unfinished", row["id"], "operation interrupted by a crash"))
             if repair and problems:
@@ -482,7 +534,10 @@ class LayerStore:
                     problem.repaired = True
             problems += self._check_storage(repair)
             if expected_refs is not None:
-                problems += self._check_refs(expected_refs, repair)
+                held = dict(expected_refs)
+                for row in self.db.query("SELECT chain_id, COUNT(*) AS n FROM leases GROUP BY chain_id"):
+                    held[row["chain_id"]] = held.get(row["chain_id"], 0) + row["n"]
+                problems += self._check_refs(held, repair)
             if verify_content:
                 for layer in self.layers():
                     try:
