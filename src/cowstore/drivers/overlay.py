@@ -124,11 +124,7 @@ class OverlayDriver(NaiveDiffDriver):
         with self.refs.locked(id) as ref:
             if not layer.is_dir():
                 return
-            ovl.unmount(layer / "merged")
-            ref.reset()
-            doomed = self.home / f".{id}-{secrets.token_hex(4)}-removing"
-            os.rename(layer, doomed)
-            fsutil.remove_tree(doomed)
+            ovl.remove_layer(self.home, layer, id, ref)
             self.refs.forget(id)
 
     def exists(self, id: str) -> bool:

@@ -245,15 +245,11 @@ class Overlay2Driver(NaiveDiffDriver):
         with self.refs.locked(id) as ref:
             if not layer.is_dir():
                 return
-            ovl.unmount(layer / "merged")
-            ref.reset()
             link = self._read(layer / "link")
             if link:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.home / _LINK_DIR / link)
-            doomed = self.home / f".{id}-{secrets.token_hex(4)}-removing"
-            os.rename(layer, doomed)
-            fsutil.remove_tree(doomed)
+            ovl.remove_layer(self.home, layer, id, ref)
             self.refs.forget(id)
 
     def exists(self, id: str) -> bool:

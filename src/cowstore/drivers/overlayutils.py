@@ -18,11 +18,12 @@ import errno
 import functools
 import os
 import pathlib
+import secrets
 import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from cowstore import mounts
+from cowstore import fsutil, mounts
 from cowstore.archive.changes import entry_modified
 from cowstore.drivers import Change, ids
 from cowstore.drivers.refcount import RefCount
@@ -405,3 +406,16 @@ def layer_ids(home: pathlib.Path) -> list[str]:
         for e in os.scandir(home)
         if e.is_dir(follow_symlinks=False) and not e.name.startswith(".") and e.name not in ("l", "mountpoints")
     )
+
+
+def remove_layer(home: pathlib.Path, layer: pathlib.Path, id: str, ref: RefCount) -> None:
+    """Unmount a layer, then delete it under a `-removing` name.
+
+    Renaming first means a crash half-way through the deletion leaves nothing under
+    the layer's id; the driver sweeps `-removing` leftovers when it starts.
+    """
+    unmount(layer / "merged")
+    ref.reset()
+    doomed = home / f".{id}-{secrets.token_hex(4)}-removing"
+    os.rename(layer, doomed)
+    fsutil.remove_tree(doomed)
