@@ -18,7 +18,7 @@ import pytest
 from cowstore.drivers import open_driver
 from cowstore.errors import NotSupported
 from cowstore.layers import LayerStore
-from cowstore.layers.store import FAULT_POINTS
+from cowstore.layers.faults import FAULT_POINTS
 
 from .test_layer_store import make_tar
 

@@ -26,7 +26,7 @@ from cowstore.errors import CowstoreError, LayerNotFound
 from cowstore.images import Image, ImageNotFound, ImageStore
 from cowstore.images.config import committed_config, encode
 from cowstore.layers import LayerStore
-from cowstore.layers.store import fault
+from cowstore.layers.faults import fault
 
 ENV_FILE = "/.cowstoreenv"
 # What Docker's setupInitLayer creates (daemon/initlayer), with our own env marker file.

@@ -75,3 +75,19 @@ class DigestingReader:
     def verify(self, expected: str, what: str) -> None:
         if self.digest != expected:
             raise DigestMismatch(f"{what}: content has digest {self.digest}, expected {expected}")
+
+
+class DigestingWriter:
+    """A write-through stream that hashes every byte written."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self._out = out
+        self._hash = hashlib.sha256()
+
+    def write(self, data: bytes) -> None:
+        self._hash.update(data)
+        self._out.write(data)
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + self._hash.hexdigest()

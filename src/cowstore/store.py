@@ -18,13 +18,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from cowstore import fsutil, mounts
+from cowstore.archive import Limits
 from cowstore.containers import ContainerStore
 from cowstore.drivers import Driver, driver_names, open_driver
 from cowstore.errors import CowstoreError, NotSupported
 from cowstore.images import ImageStore
-from cowstore.archive import Limits
 from cowstore.layers import LayerStore
-from cowstore.layers.store import Problem
+from cowstore.layers.consistency import Problem
 
 DEPRECATED = ("aufs", "devicemapper", "overlay")
 

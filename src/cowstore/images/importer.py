@@ -21,7 +21,7 @@ from cowstore.images.compression import decompressed
 from cowstore.images.config import diff_ids, parse_config
 from cowstore.images.errors import BadImageArchive
 from cowstore.images.store import Image, ImageStore
-from cowstore.layers.store import fault
+from cowstore.layers.faults import fault
 
 Progress = Callable[[str, int, int], None]  # (what, index, total)
 

@@ -9,10 +9,8 @@ with a state column that tells the next opener what a killed process left half d
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import pathlib
-import signal
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -21,7 +19,8 @@ from typing import BinaryIO
 
 from cowstore import fsutil
 from cowstore.archive.tarstream import Limits
-from cowstore.digest import DigestingReader, chain_id, check_digest, random_id
+from cowstore.db import Database
+from cowstore.digest import DigestingReader, DigestingWriter, chain_id, check_digest, random_id
 from cowstore.drivers import Change, Driver
 from cowstore.errors import (
     CowstoreError,
@@ -30,47 +29,14 @@ from cowstore.errors import (
     LayerInUse,
     LayerNotFound,
     MaxDepthExceeded,
-    NotSupported,
 )
-from cowstore.layers import tarsplit
-from cowstore.db import Database
+from cowstore.layers import consistency, tarsplit
+from cowstore.layers.consistency import Problem
+from cowstore.layers.faults import fault
 from cowstore.layers.lock import OperationLock, StoreLock
 
 MAX_DEPTH = 1000  # a sanity bound; drivers enforce their own (overlay2: 500 lowers)
 _COPY = 1024 * 1024
-
-# Named points at which the crash tests kill the process (COWSTORE_FAULT=<point>).
-FAULT_POINTS = (
-    "register:after-insert",
-    "register:after-apply",
-    "release:after-mark",
-    "create-rw:after-insert",
-    "create-rw:after-init",
-    "remove-rw:after-mark",
-    "import:after-layer",  # cowstore.images: between an image's layers
-    "commit:after-register",  # cowstore.containers: layer stored, image not yet
-)
-
-
-def fault(point: str) -> None:
-    """Die here, as abruptly as a power cut leaves a process, when the test asks for it."""
-    if os.environ.get("COWSTORE_FAULT") == point:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-@dataclass
-class Problem:
-    """One inconsistency found by `LayerStore.check`."""
-
-    kind: str
-    subject: str
-    detail: str
-    repaired: bool = False
-
-    def __str__(self) -> str:
-        state = "repaired" if self.repaired else "found"
-        return f"{state}: {self.kind} {self.subject}: {self.detail}"
-
 
 @dataclass(frozen=True)
 class Layer:
@@ -144,7 +110,7 @@ class LayerStore:
                         tx.execute("DELETE FROM mounts WHERE name = ?", (row["name"],))
                     done.append(f"removed unfinished container layer {row['name']}")
                     if row["parent"]:
-                        self._collect(row["parent"])
+                        self.collect(row["parent"])
             for row in self.db.query("SELECT * FROM layers WHERE state != 'ready' ORDER BY depth DESC"):
                 if OperationLock.abandoned(self.tmp, row["cache_id"]):
                     self.driver.remove(row["cache_id"])
@@ -152,7 +118,7 @@ class LayerStore:
                         tx.execute("DELETE FROM layers WHERE cache_id = ?", (row["cache_id"],))
                     done.append(f"removed unfinished layer {row['cache_id']}")
                     if row["parent"]:
-                        self._collect(row["parent"])
+                        self.collect(row["parent"])
             for row in self.db.query("SELECT DISTINCT lease_id FROM leases"):
                 if OperationLock.abandoned(self.tmp, row["lease_id"]):
                     self._release_lease(row["lease_id"])
@@ -309,7 +275,7 @@ class LayerStore:
                 tx.execute("UPDATE layers SET refcount = refcount - 1 WHERE chain_id = ?", (chain,))
                 if lease is not None:
                     self.hand_over(tx, lease, chain)
-            return self._collect(chain)
+            return self.collect(chain)
 
     @contextlib.contextmanager
     def lease(self) -> Iterator[str]:
@@ -352,7 +318,7 @@ class LayerStore:
         )
         return row[0]["users"] or 0
 
-    def _collect(self, chain: str | None) -> list[Layer]:
+    def collect(self, chain: str | None) -> list[Layer]:
         """Delete `chain` and then its ancestors while nothing uses them (lock held)."""
         deleted: list[Layer] = []
         while chain is not None:
@@ -377,7 +343,7 @@ class LayerStore:
         out = tempfile.TemporaryFile(dir=self.tmp, prefix="spool-")
         root = self.driver.get(layer.cache_id)
         try:
-            digester = _HashingWriter(out)
+            digester = DigestingWriter(out)
             tarsplit.assemble(split, root, digester.write)
         except BaseException:
             out.close()
@@ -507,7 +473,7 @@ class LayerStore:
             self._drop_rw_storage(rw.mount_id, rw.init_id)
             with self.db.transaction() as tx:
                 tx.execute("DELETE FROM mounts WHERE name = ?", (name,))
-            return self._collect(rw.parent)
+            return self.collect(rw.parent)
 
 
 
@@ -521,96 +487,5 @@ class LayerStore:
         `expected_refs` maps chain ids to the references their owners (images) hold;
         when given, every layer's count is compared with it.
         """
-        problems: list[Problem] = []
         with self.lock.exclusive():
-            for row in self.db.query("SELECT cache_id AS id FROM layers WHERE state != 'ready' UNION ALL "
-                                     "SELECT mount_id FROM mounts WHERE state != 'ready' UNION "
-                                     "SELECT lease_id FROM leases"):
-                if OperationLock.abandoned(self.tmp, row["id"]):
-                    problems.append(Problem("unfinished", row["id"], "operation interrupted by a crash"))
-            if repair and problems:
-                self.recover()
-                for problem in problems:
-                    problem.repaired = True
-            problems += self._check_storage(repair)
-            if expected_refs is not None:
-                held = dict(expected_refs)
-                for row in self.db.query("SELECT chain_id, COUNT(*) AS n FROM leases GROUP BY chain_id"):
-                    held[row["chain_id"]] = held.get(row["chain_id"], 0) + row["n"]
-                problems += self._check_refs(held, repair)
-            if verify_content:
-                for layer in self.layers():
-                    try:
-                        self.tar_stream(layer.chain_id).close()
-                    except CowstoreError as exc:
-                        problems.append(Problem("corrupt", layer.chain_id, str(exc)))
-        return problems
-
-    def _known_ids(self) -> set[str]:
-        known = {r["cache_id"] for r in self.db.query("SELECT cache_id FROM layers")}
-        for row in self.db.query("SELECT mount_id, init_id FROM mounts"):
-            known.add(row["mount_id"])
-            if row["init_id"]:
-                known.add(row["init_id"])
-        return known
-
-    def _check_storage(self, repair: bool) -> list[Problem]:
-        problems: list[Problem] = []
-        try:
-            on_disk = set(self.driver.ids())
-        except NotSupported:
-            on_disk = None
-        if on_disk is not None:
-            for orphan in sorted(on_disk - self._known_ids()):
-                if not OperationLock.abandoned(self.tmp, orphan.removesuffix("-init")):
-                    continue
-                problem = Problem("orphan-storage", orphan, f"{self.driver.name} layer with no record")
-                if repair:
-                    self.driver.remove(orphan)
-                    problem.repaired = True
-                problems.append(problem)
-        for layer in self.layers():
-            if not self.driver.exists(layer.cache_id):
-                problems.append(
-                    Problem("missing-storage", layer.chain_id, f"driver layer {layer.cache_id} is gone; re-import the image")
-                )
-        for rw in self.rw_layers():
-            missing = [i for i in (rw.mount_id, rw.init_id) if i and not self.driver.exists(i)]
-            if missing:
-                problem = Problem("missing-storage", rw.name, f"container layer storage {', '.join(missing)} is gone")
-                if repair:
-                    self.remove_rw(rw.name, force=True)
-                    problem.repaired = True
-                problems.append(problem)
-        return problems
-
-    def _check_refs(self, expected: Mapping[str, int], repair: bool) -> list[Problem]:
-        problems: list[Problem] = []
-        for layer in self.layers():
-            want = expected.get(layer.chain_id, 0)
-            if layer.refcount == want:
-                continue
-            problem = Problem("refcount", layer.chain_id, f"{layer.refcount} references recorded, {want} held")
-            if repair:
-                with self.db.transaction() as tx:
-                    tx.execute("UPDATE layers SET refcount = ? WHERE chain_id = ?", (want, layer.chain_id))
-                problem.repaired = True
-            problems.append(problem)
-        if repair:
-            for layer in self.layers():
-                self._collect(layer.chain_id)
-        return problems
-
-
-class _HashingWriter:
-    def __init__(self, out: BinaryIO) -> None:
-        self._out = out
-        self._hash = hashlib.sha256()
-
-    def write(self, data: bytes) -> None:
-        self._hash.update(data)
-        self._out.write(data)
-
-    @property
-    def digest(self) -> str:
-        return "sha256:" + self._hash.hexdigest()
+            return consistency.check(self, repair=repair, verify_content=verify_content, expected_refs=expected_refs)

@@ -1,0 +1,127 @@
+"""Consistency checks of a layer store: what `cowstore check` finds and repairs.
+
+Recovery at open already finishes operations whose process died; these checks also
+find what no single operation could leave behind (storage with no record, records with
+no storage, reference counts that disagree with their owners, content that no longer
+hashes to its diff id), and report each as a Problem.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from cowstore.errors import CowstoreError, NotSupported
+from cowstore.layers.lock import OperationLock
+
+if TYPE_CHECKING:
+    from cowstore.layers.store import LayerStore
+
+
+@dataclass
+class Problem:
+    """One inconsistency found by a check."""
+
+    kind: str
+    subject: str
+    detail: str
+    repaired: bool = False
+
+    def __str__(self) -> str:
+        state = "repaired" if self.repaired else "found"
+        return f"{state}: {self.kind} {self.subject}: {self.detail}"
+
+
+def check(
+    store: LayerStore, *, repair: bool, verify_content: bool, expected_refs: Mapping[str, int] | None
+) -> list[Problem]:
+    """All checks, in the order that lets each repair help the next (store lock held)."""
+    problems = _unfinished(store, repair)
+    problems += _storage(store, repair)
+    if expected_refs is not None:
+        held = dict(expected_refs)
+        for row in store.db.query("SELECT chain_id, COUNT(*) AS n FROM leases GROUP BY chain_id"):
+            held[row["chain_id"]] = held.get(row["chain_id"], 0) + row["n"]
+        problems += _refcounts(store, held, repair)
+    if verify_content:
+        for layer in store.layers():
+            try:
+                store.tar_stream(layer.chain_id).close()
+            except CowstoreError as exc:
+                problems.append(Problem("corrupt", layer.chain_id, str(exc)))
+    return problems
+
+
+def _unfinished(store: LayerStore, repair: bool) -> list[Problem]:
+    problems = []
+    rows = store.db.query(
+        "SELECT cache_id AS id FROM layers WHERE state != 'ready' UNION ALL "
+        "SELECT mount_id FROM mounts WHERE state != 'ready' UNION SELECT lease_id FROM leases"
+    )
+    for row in rows:
+        if OperationLock.abandoned(store.tmp, row["id"]):
+            problems.append(Problem("unfinished", row["id"], "operation interrupted by a crash"))
+    if repair and problems:
+        store.recover()
+        for problem in problems:
+            problem.repaired = True
+    return problems
+
+
+def _known_ids(store: LayerStore) -> set[str]:
+    known = {r["cache_id"] for r in store.db.query("SELECT cache_id FROM layers")}
+    for row in store.db.query("SELECT mount_id, init_id FROM mounts"):
+        known.add(row["mount_id"])
+        if row["init_id"]:
+            known.add(row["init_id"])
+    return known
+
+
+def _storage(store: LayerStore, repair: bool) -> list[Problem]:
+    problems: list[Problem] = []
+    try:
+        on_disk: set[str] | None = set(store.driver.ids())
+    except NotSupported:
+        on_disk = None
+    if on_disk is not None:
+        for orphan in sorted(on_disk - _known_ids(store)):
+            if not OperationLock.abandoned(store.tmp, orphan.removesuffix("-init")):
+                continue
+            problem = Problem("orphan-storage", orphan, f"{store.driver.name} layer with no record")
+            if repair:
+                store.driver.remove(orphan)
+                problem.repaired = True
+            problems.append(problem)
+    for layer in store.layers():
+        if not store.driver.exists(layer.cache_id):
+            problems.append(
+                Problem("missing-storage", layer.chain_id, f"driver layer {layer.cache_id} is gone; re-import the image")
+            )
+    for rw in store.rw_layers():
+        missing = [i for i in (rw.mount_id, rw.init_id) if i and not store.driver.exists(i)]
+        if missing:
+            problem = Problem("missing-storage", rw.name, f"container layer storage {', '.join(missing)} is gone")
+            if repair:
+                store.remove_rw(rw.name, force=True)
+                problem.repaired = True
+            problems.append(problem)
+    return problems
+
+
+def _refcounts(store: LayerStore, expected: Mapping[str, int], repair: bool) -> list[Problem]:
+    problems: list[Problem] = []
+    for layer in store.layers():
+        want = expected.get(layer.chain_id, 0)
+        if layer.refcount == want:
+            continue
+        problem = Problem("refcount", layer.chain_id, f"{layer.refcount} references recorded, {want} held")
+        if repair:
+            with store.db.transaction() as tx:
+                tx.execute("UPDATE layers SET refcount = ? WHERE chain_id = ?", (want, layer.chain_id))
+            problem.repaired = True
+        problems.append(problem)
+    if repair:
+        for layer in store.layers():
+            store.collect(layer.chain_id)
+    return problems

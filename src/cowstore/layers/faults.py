@@ -1,0 +1,25 @@
+"""Named points at which the crash tests kill a cowstore process (COWSTORE_FAULT=<point>).
+
+A point is placed where a crash is hardest to recover from: after a record was written
+and before the work it announces is done, or the other way round.
+"""
+
+import os
+import signal
+
+FAULT_POINTS = (
+    "register:after-insert",
+    "register:after-apply",
+    "release:after-mark",
+    "create-rw:after-insert",
+    "create-rw:after-init",
+    "remove-rw:after-mark",
+    "import:after-layer",  # cowstore.images: between an image's layers
+    "commit:after-register",  # cowstore.containers: layer stored, image not yet
+)
+
+
+def fault(point: str) -> None:
+    """Die here, as abruptly as a power cut leaves a process, when the test asks for it."""
+    if os.environ.get("COWSTORE_FAULT") == point:
+        os.kill(os.getpid(), signal.SIGKILL)
