@@ -15,6 +15,7 @@ backing file and the kernel reads and writes it directly.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import errno
 import itertools
 import logging
@@ -34,6 +35,7 @@ from cowstore.unionfs.branches import META_PREFIX, OPAQUE, Branch, is_reserved, 
 log = logging.getLogger("cowstore.unionfs")
 
 ROOT = 1
+_CAPS = b"security.capability"
 _TMP_PREFIX = META_PREFIX + b"tmp."
 _NO_STAT = os.stat_result(
     (0,) * 10, {"st_atime_ns": 0, "st_mtime_ns": 0, "st_ctime_ns": 0, "st_blksize": 0, "st_blocks": 0, "st_rdev": 0}
@@ -118,6 +120,32 @@ def _dtype(entry: os.DirEntry) -> int:
     return proto.dirent_type(entry.stat(follow_symlinks=False).st_mode)
 
 
+def _in_group(ctx: Context, gid: int) -> bool:
+    """Whether the caller's fsgid or a supplementary group is `gid`."""
+    if ctx.gid == gid:
+        return True
+    try:
+        with open(f"/proc/{ctx.pid}/status", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"Groups:"):
+                    return gid in {int(g) for g in line.split()[1:]}
+    except OSError:
+        pass
+    return False
+
+
+def _without_setid(ctx: Context, st: os.stat_result) -> int:
+    """The mode after the VFS kill of set-id bits (SetAttr.kill_suidgid): S_ISUID goes,
+    S_ISGID too if the file is group-executable or the caller is not in its group."""
+    mode = st.st_mode
+    if stat.S_ISDIR(mode):
+        return mode
+    mode &= ~stat.S_ISUID
+    if mode & stat.S_ISGID and (mode & stat.S_IXGRP or not _in_group(ctx, st.st_gid)):
+        mode &= ~stat.S_ISGID
+    return mode
+
+
 def _under(path: bytes, prefix: bytes) -> bool:
     return path == prefix or (path.startswith(prefix + b"/") if prefix else True)
 
@@ -140,6 +168,12 @@ class UnionFS(Operations):
         self._dir_handles: dict[int, list[tuple[bytes, int, int]]] = {}
         self._next_fh = itertools.count(1)
         self._link_index: dict[int, dict[int, list[bytes]]] = {}
+        # Nodes known to carry no security.capability. FUSE never sets S_NOSEC, so the
+        # kernel asks for that xattr before EVERY write, passthrough writes included
+        # (file_remove_privs); answering from here keeps that round trip short. Only
+        # setxattr/removexattr through this mount can add one (a write to the branch
+        # file itself clears it there), so those are the only invalidations needed.
+        self._no_caps: set[int] = set()
 
     # -- branch paths and resolution ----------------------------------------------------
 
@@ -287,6 +321,7 @@ class UnionFS(Operations):
             node.nlookup -= count
             if node.nlookup <= 0 and not node.open_fds:
                 del self._nodes[nid]
+                self._no_caps.discard(nid)
                 for path in node.paths:
                     if self._by_path.get(path) == nid:
                         del self._by_path[path]
@@ -469,6 +504,13 @@ class UnionFS(Operations):
     def setattr(self, ctx: Context, node: int, change: SetAttr) -> tuple[os.stat_result, float]:
         n = self._node(node)
         handle = self._handles.get(change.fh) if change.fh is not None else None
+        if change.kill_suidgid:
+            current = os.fstat(handle.fd) if handle is not None else self._node_stat(n)
+            killed = _without_setid(ctx, current)
+            if change.mode is None and killed != current.st_mode:
+                change = dataclasses.replace(change, mode=killed)
+            elif dataclasses.replace(change, fh=None) == SetAttr(kill_suidgid=True):
+                return current, self.timeout  # nothing to kill: no copy-up either
         if self._by_path.get(n.path) == n.id:
             real = self.copy_up(n.path, data=change.size != 0)
         elif handle is not None:
@@ -665,7 +707,10 @@ class UnionFS(Operations):
             loc, _ = self._lstat_path(n.path)
             real = self.real(loc.branch, n.path)
         fd = os.open(real, (flags & ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY)) | os.O_NOFOLLOW | os.O_CLOEXEC)
-        return self._open_handle(n, fd)
+        # Passthrough writes never reach us, and with HANDLE_KILLPRIV_V2 the kernel
+        # leaves killing set-id bits on write to us: such files get their writes here.
+        setid = writing and os.fstat(fd).st_mode & (stat.S_ISUID | stat.S_ISGID)
+        return self._open_handle(n, fd, passthrough=not setid)
 
     def create(self, ctx: Context, parent: int, name: bytes, mode: int, flags: int) -> tuple[Entry, Opened]:
         path = self._new_name(parent, name)
@@ -678,10 +723,14 @@ class UnionFS(Operations):
             raise
         return entry, self._open_handle(self._nodes[entry.nodeid], fd)
 
-    def _open_handle(self, node: Node, fd: int) -> Opened:
+    def _open_handle(self, node: Node, fd: int, *, passthrough: bool = True) -> Opened:
+        """Register an open file; in a passthrough session a file served here gets
+        FOPEN_DIRECT_IO, since one inode cannot mix passthrough and cached opens."""
         backing = None
         flags = 0
-        if self.session is not None and self.session.passthrough:
+        if self.session is not None and self.session.passthrough and not passthrough:
+            flags = proto.FOPEN_DIRECT_IO
+        elif self.session is not None and self.session.passthrough:
             fst = os.fstat(fd)
             key = (fst.st_dev, fst.st_ino)
             backing = node.backing
@@ -702,6 +751,8 @@ class UnionFS(Operations):
             if backing is not None:
                 backing.users += 1
                 flags = proto.FOPEN_PASSTHROUGH
+            else:
+                flags = proto.FOPEN_DIRECT_IO
         fh = next(self._next_fh)
         self._handles[fh] = Handle(fd, node, backing)
         node.open_fds.append(fd)
@@ -757,16 +808,25 @@ class UnionFS(Operations):
         return self.real(loc.branch, n.path)
 
     def getxattr(self, ctx: Context, node: int, name: bytes) -> bytes:
-        return os.getxattr(self._real_of(node), name, follow_symlinks=False)
+        if name == _CAPS and node in self._no_caps:
+            raise OSError(errno.ENODATA, "no security.capability")
+        try:
+            return os.getxattr(self._real_of(node), name, follow_symlinks=False)
+        except OSError as exc:
+            if name == _CAPS and exc.errno == errno.ENODATA:
+                self._no_caps.add(node)
+            raise
 
     def listxattr(self, ctx: Context, node: int) -> list[bytes]:
         return [os.fsencode(n) for n in os.listxattr(self._real_of(node), follow_symlinks=False)]
 
     def setxattr(self, ctx: Context, node: int, name: bytes, value: bytes, flags: int) -> None:
+        self._no_caps.discard(node)
         real = self.copy_up(self._node(node).path)
         os.setxattr(real, name, value, flags, follow_symlinks=False)
 
     def removexattr(self, ctx: Context, node: int, name: bytes) -> None:
+        self._no_caps.discard(node)
         real = self._real_of(node)
         os.getxattr(real, name, follow_symlinks=False)  # ENODATA before any copy-up
         real = self.copy_up(self._node(node).path)
