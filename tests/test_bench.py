@@ -42,3 +42,12 @@ def test_quick_bench_writes_json_and_report(tmp_path: pathlib.Path) -> None:
         assert f"## {experiment['title']}" in report
         if importlib.util.find_spec("matplotlib") is not None and experiment["series"]:
             assert experiment["plot"] and (out / experiment["plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_adjtimex_readings_are_parsed_to_milliseconds() -> None:
+    """The docker copy-up figure comes from busybox adjtimex output printed inside the container."""
+    from cowstore.bench.experiments.copy_up import _adjtimex_ms
+
+    one = "    mode:         0\n    time.tv_sec:  100\n    time.tv_usec: 250\n    return value: 5 (clock not synchronized)\n"
+    two = one.replace("250", "1250").replace("100", "101")
+    assert _adjtimex_ms(one + two) == [100_000.25, 101_001.25]

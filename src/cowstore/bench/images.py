@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 _BUSYBOX = "/bin/busybox"
 _APPLETS = ("sh", "ls", "cat", "cp", "mv", "rm", "mkdir", "echo", "sleep", "env", "ps", "mount", "grep", "sed",
-            "awk", "tar", "vi", "wc", "head", "tail", "sort", "find", "chmod", "chown", "ln", "touch", "date")
+            "awk", "tar", "vi", "wc", "head", "tail", "sort", "find", "chmod", "chown", "ln", "touch", "date",
+            "dd", "adjtimex")
 _ETC = {
     "etc/passwd": b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
     "etc/group": b"root:x:0:\nnogroup:x:65534:\n",

@@ -2,7 +2,8 @@
 
 Each peer keeps its storage in the scratch space (`--root`), never in the system's
 store. Every per-command figure of a peer includes one CLI round trip, so the run
-also measures that floor (`podman version`) and reports it beside the results.
+also measures that floor (`podman version`) and reports it beside the results. The
+docker peer, which has to start and stop a daemon, lives in `cowstore.bench.docker_peer`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import tempfile
 import time
 
 from cowstore import fsutil, mounts
+from cowstore.bench.docker_peer import DockerSubject
 from cowstore.bench.scratch import Scratch
 from cowstore.bench.subjects import Subject, Usage, fs_usage
 from cowstore.errors import CowstoreError, NotSupported
@@ -111,19 +113,10 @@ class PodmanSubject(Subject):
             fsutil.remove_tree(self.runroot)
 
 
-def docker_unavailable() -> str:
-    """Why the docker peer cannot run here ('' when it could)."""
-    if shutil.which("dockerd") is None:
-        client = shutil.which("docker")
-        found = f" (a client is at {client}, but no engine)" if client else ""
-        return f"no Docker engine: dockerd is not installed{found}; apt-get install docker.io"
-    return "the docker peer is not implemented yet: only podman is measured"
-
-
 def open_peer(name: str, scratch: Scratch) -> Subject:
     """The peer subject `name`; NotSupported with the reason when it cannot run here."""
     if name == "podman":
         return PodmanSubject(scratch)
     if name == "docker":
-        raise NotSupported(docker_unavailable())
+        return DockerSubject(scratch)
     raise NotSupported(f"unknown peer {name!r} (known: {', '.join(PEERS)})")

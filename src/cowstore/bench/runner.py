@@ -41,6 +41,9 @@ def run_experiment(experiment: Experiment, subjects: Sequence[Subject], ctx: Con
                 result.errors[subject.name] = f"prepare: {_describe(exc)}"
                 continue
             active.append(subject)
+            caveat = experiment.caveat(subject)
+            if caveat:
+                result.notes.append(f"{subject.name}: {caveat}")
         for round_no in range(experiment.rounds(ctx.quick)):
             shift = round_no % max(len(active), 1)
             order = active[shift:] + active[:shift]

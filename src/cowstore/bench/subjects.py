@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 import os
 import pathlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cowstore import fsutil
@@ -67,6 +68,9 @@ class Subject(abc.ABC):
 
     name: str
     kind: str  # "driver", "peer" or "native"
+    # False for an engine that mounts a container only while it runs (docker): experiments
+    # then change files with `run` instead of through a mount point.
+    mountable: bool = True
 
     def load_image(self, tar: pathlib.Path) -> str:
         raise NotImplementedError
@@ -81,6 +85,10 @@ class Subject(abc.ABC):
         raise NotImplementedError
 
     def unmount(self, container: str) -> None:
+        raise NotImplementedError
+
+    def run(self, image: str, argv: Sequence[str], name: str | None = None) -> str:
+        """Run `argv` in a new container to completion and return its output (non-mountable engines)."""
         raise NotImplementedError
 
     def remove(self, container: str) -> None:

@@ -109,6 +109,10 @@ class Experiment(abc.ABC):
         """Why `point` is not measured on `subject` (None: it is)."""
         return None
 
+    def caveat(self, subject: Subject) -> str | None:
+        """What the figures of `subject` mean differently here (None: nothing); shown as a note."""
+        return None
+
     def prepare(self, subject: Subject, ctx: Context) -> Any:
         """Set up what the samples need (an image, say); the returned state goes to sample."""
         return None

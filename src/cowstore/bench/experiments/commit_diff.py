@@ -38,17 +38,38 @@ class CommitDiff(Experiment):
         tar = ctx.images.get("commit", small_files=files, big=[BigFile("big/file", big_mib * MIB)])
         return subject.load_image(tar)
 
-    def sample(self, subject: Subject, state: Any, point: Point, ctx: Context) -> dict[str, float]:
-        name = subject.create(state, unique("commit"))
+    def caveat(self, subject: Subject) -> str | None:
+        if subject.mountable:
+            return None
+        return "the change is made by a `run` of busybox in the container (echo, or dd from /dev/urandom with fsync)"
+
+    def _change(self, subject: Subject, image: str, point: Point, ctx: Context) -> str:
+        """A stopped container holding the change of `point` (untimed)."""
+        big_mib = _shape(ctx.quick)[1]
+        if not subject.mountable:
+            script = ("echo changed > /data/d0/f0" if point == SMALL else
+                      f"dd if=/dev/urandom of=/big/file bs=1M count={big_mib} conv=fsync 2>/dev/null")
+            name = unique("commit")
+            subject.run(image, ["sh", "-c", script], name=name)
+            return name
+        name = subject.create(image, unique("commit"))
         try:
             root = subject.mount(name)
             try:
                 if point == SMALL:
                     (root / "data" / "d0" / "f0").write_bytes(b"changed\n")
                 else:
-                    write_file(root / "big" / "file", _shape(ctx.quick)[1] * MIB, os.urandom(MIB))
+                    write_file(root / "big" / "file", big_mib * MIB, os.urandom(MIB))
             finally:
                 subject.unmount(name)
+        except BaseException:
+            subject.remove(name)
+            raise
+        return name
+
+    def sample(self, subject: Subject, state: Any, point: Point, ctx: Context) -> dict[str, float]:
+        name = self._change(subject, state, point, ctx)
+        try:
             with Timer() as diff_timer:
                 subject.changes(name)
             with Timer() as commit_timer:

@@ -50,7 +50,7 @@ class DeepLayers(Experiment):
                Metric("read_ms", "first stat + open + read of a bottom-layer file", "ms"))
 
     def points(self, quick: bool) -> list[Point]:
-        return [1, 8, 32] if quick else [1, 16, 64, 128, 500]
+        return [1, 8, 32] if quick else [1, 16, 64, 128]
 
     def limit(self, subject: Subject, state: Any, point: Point, quick: bool) -> str | None:
         if isinstance(state, _Chain) and point not in state.chain_ids:

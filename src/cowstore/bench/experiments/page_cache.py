@@ -72,7 +72,7 @@ class PageCache(Experiment):
         return 1 if quick else 2
 
     def points(self, quick: bool) -> list[Point]:
-        return [1, 4] if quick else [1, 4, 10]
+        return [1, 4]
 
     def prepare(self, subject: Subject, ctx: Context) -> Any:
         size = _file_mib(ctx.quick)
