@@ -57,6 +57,23 @@ def statfs_magic(path: str | os.PathLike) -> int:
     return buf.f_type & 0xFFFFFFFF
 
 
+def kernel_has_fs(name: str) -> bool:
+    """Whether /proc/filesystems lists filesystem type `name` (overlay, aufs, fuse...)."""
+    try:
+        with open("/proc/filesystems", encoding="ascii") as fh:
+            return any(line.split()[-1] == name for line in fh if line.strip())
+    except OSError:
+        return False
+
+
+def lstat_or_none(path: str | os.PathLike, dir_fd: int | None = None) -> os.stat_result | None:
+    """lstat, with a missing entry as None (a common question when comparing trees)."""
+    try:
+        return os.lstat(path, dir_fd=dir_fd)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
 def syncfs(path: str | os.PathLike) -> None:
     """Flush the one filesystem holding `path` (cheaper than sync(2) on a shared machine)."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)

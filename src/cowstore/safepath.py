@@ -39,6 +39,32 @@ def openat2(dir_fd: int, path: str, flags: int, resolve: int, mode: int = 0) -> 
     return fd
 
 
+def lstat_beneath(root: str | os.PathLike, rel: str) -> os.stat_result | None:
+    """lstat of `rel` below `root` without following any symlink on the way (None if absent).
+
+    Comparing two trees by name must not let a symlinked directory in one of them
+    (possibly from a hostile layer) send a lookup elsewhere, least of all to the host.
+    """
+    parent, _, name = rel.strip("/").rpartition("/")
+    if not name:
+        return os.lstat(root)
+    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fd = openat2(root_fd, parent or ".", os.O_PATH | os.O_DIRECTORY, RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+            return None
+        raise
+    finally:
+        os.close(root_fd)
+    try:
+        return os.lstat(name, dir_fd=fd)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    finally:
+        os.close(fd)
+
+
 class Root:
     """A directory in which relative and absolute names resolve as under chroot."""
 

@@ -68,6 +68,23 @@ class MountRefs:
         finally:
             os.close(fd)
 
+    @contextlib.contextmanager
+    def try_locked(self, id: str) -> Iterator[RefCount | None]:
+        """Like `locked`, but yields None at once when another process holds the lock.
+
+        Start-up sweeps use it to leave alone what a live process is still building.
+        """
+        fd = os.open(self.dir / id, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield None
+                return
+            yield RefCount(fd)
+        finally:
+            os.close(fd)
+
     def forget(self, id: str) -> None:
         """Drop the count file of a removed layer."""
         with contextlib.suppress(FileNotFoundError):
