@@ -256,3 +256,22 @@ def test_store_root_is_private(store: LayerStore) -> None:
     assert os.stat(setuid).st_mode & stat.S_ISUID
     denied = subprocess.run(["cat", str(setuid)], user="nobody", capture_output=True)
     assert denied.returncode != 0 and b"Permission denied" in denied.stderr
+
+
+def test_tar_stream_when_entries_are_never_extracted_as_files(store: LayerStore) -> None:
+    """Payloads that do not end up as layer files (replaced dir, aufs link dir) still round-trip."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, kind, data in [
+            ("d", tarfile.DIRTYPE, b""),
+            ("d/f", tarfile.REGTYPE, b"under a directory that is replaced"),
+            ("d", tarfile.REGTYPE, b"now a file"),
+            (".wh..wh.plnk/1.2", tarfile.REGTYPE, b"aufs pseudo-link payload"),
+        ]:
+            info = tarfile.TarInfo(name)
+            info.type, info.size = kind, len(data)
+            tar.addfile(info, io.BytesIO(data) if data else None)
+    data = buf.getvalue()
+    layer = store.register(io.BytesIO(data))
+    assert (store.driver.get(layer.cache_id) / "d").read_bytes() == b"now a file"
+    assert store.tar_stream(layer.chain_id).read() == data

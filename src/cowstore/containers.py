@@ -22,7 +22,7 @@ from typing import Any, BinaryIO
 from cowstore.archive import tar_directory
 from cowstore.digest import random_id
 from cowstore.drivers import Change
-from cowstore.errors import CowstoreError, LayerNotFound
+from cowstore.errors import CowstoreError, InvalidOption, LayerNotFound
 from cowstore.images import Image, ImageNotFound, ImageStore
 from cowstore.images.config import committed_config, encode
 from cowstore.layers import LayerStore
@@ -146,10 +146,16 @@ class ContainerStore:
         return f"{random.choice(_ADJECTIVES)}_{random.choice(_NOUNS)}{random.randint(1, 10**6)}"
 
     def create(self, image_ref: str, *, name: str | None = None, storage_opts: Mapping[str, str] | None = None) -> Container:
-        """Create the container's `-init` and read-write layers on top of the image."""
+        """Create the container's `-init` and read-write layers on top of the image.
+
+        The store lock is held across the layer creation and the record, so that no
+        other process ever sees one without the other (which opening a store treats as
+        a crash to repair). The price: on vfs and legacy overlay, whose container
+        layers are copies, other writers wait for the copy.
+        """
         image = self.images.get(image_ref)
         if name is not None and not _NAME.match(name):
-            raise CowstoreError(f"invalid container name {name!r}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")
+            raise InvalidOption(f"invalid container name {name!r}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")
         with self.layers.lock.exclusive():
             name = name or self._new_name()
             if self.db.query("SELECT 1 FROM containers WHERE name = ?", (name,)):

@@ -25,10 +25,6 @@ def check_digest(value: str) -> str:
     return value
 
 
-def hex_of(digest: str) -> str:
-    return check_digest(digest)[len("sha256:") :]
-
-
 def sha256_bytes(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 

@@ -71,3 +71,15 @@ class StoreCorrupt(CowstoreError):
 
 class InvalidOption(CowstoreError):
     """A driver or storage option is unknown or has an invalid value."""
+
+
+class NotMounted(CowstoreError):
+    """An unmount of something that is not mounted."""
+
+
+class LayerNotRetained(CowstoreError):
+    """A reference was released that nobody holds (a bookkeeping error)."""
+
+
+class StagingSpaceExhausted(CowstoreError):
+    """Staging a layer stopped before the disk filled up (see --limit min-free-disk)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import os
 import pathlib
+import resource
 import stat
 from collections.abc import Iterable
 
@@ -55,6 +56,18 @@ def statfs_magic(path: str | os.PathLike) -> int:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), str(path))
     return buf.f_type & 0xFFFFFFFF
+
+
+def raise_fd_limit() -> None:
+    """Lift the soft limit on open descriptors to the hard limit.
+
+    Layer trees are walked and removed with one directory descriptor per level, and a
+    layer may nest about 2000 levels within the 4096-byte path limit: more than the
+    usual soft limit of 1024.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def kernel_has_fs(name: str) -> bool:

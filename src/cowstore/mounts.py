@@ -11,6 +11,7 @@ import ctypes.util
 import errno
 import os
 import pathlib
+import re
 
 from cowstore.errors import MountError
 
@@ -56,8 +57,9 @@ def umount(target: str | os.PathLike, flags: int = MNT_DETACH) -> None:
 
 
 def _unescape(field: str) -> str:
-    """mountinfo escapes space, tab, newline and backslash as octal."""
-    return field.encode().decode("unicode_escape").encode("latin-1").decode("utf-8", "surrogateescape")
+    """mountinfo escapes space, tab, newline and backslash as octal; names may be any bytes."""
+    raw = field.encode("utf-8", "surrogateescape")
+    return re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), raw).decode("utf-8", "surrogateescape")
 
 
 def mount_table() -> list[tuple[str, str, str]]:

@@ -21,7 +21,7 @@ from cowstore import fsutil, mounts
 from cowstore.archive import Limits
 from cowstore.containers import ContainerStore
 from cowstore.drivers import Driver, driver_names, open_driver
-from cowstore.errors import CowstoreError, NotSupported
+from cowstore.errors import InvalidOption, NotSupported
 from cowstore.images import ImageStore
 from cowstore.layers import LayerStore
 from cowstore.layers.consistency import Problem
@@ -82,7 +82,7 @@ def select_driver(root: pathlib.Path, requested: str | None, options: Mapping[st
     recorded = recorded_driver(root)
     if requested:
         if recorded and recorded != requested:
-            raise CowstoreError(
+            raise InvalidOption(
                 f"the store at {root} was created with the {recorded} driver; use --driver {recorded} or another --root"
             )
         return open_driver(requested, root / requested, options)
@@ -90,7 +90,7 @@ def select_driver(root: pathlib.Path, requested: str | None, options: Mapping[st
         return open_driver(recorded, root / recorded, options)
     prior = _prior_drivers(root)
     if len(prior) > 1:
-        raise CowstoreError(
+        raise InvalidOption(
             f"{root} contains several graphdrivers: {', '.join(prior)}; cleanup or explicitly choose one with --driver"
         )
     if prior:
@@ -123,12 +123,17 @@ class Store:
         except BaseException:
             self.driver.cleanup()
             raise
-        self._record_driver()
-        self.images = ImageStore(self.layers)
-        self.containers = ContainerStore(self.layers, self.images)
-        self.images.container_users = self.containers.users_of
-        with self.layers.lock.exclusive():
-            self._reconcile_containers(repair=True)
+        try:
+            self._record_driver()
+            self.images = ImageStore(self.layers)
+            self.containers = ContainerStore(self.layers, self.images)
+            self.images.container_users = self.containers.users_of
+            with self.layers.lock.exclusive():
+                self._reconcile_containers(repair=True)
+        except BaseException:
+            self.layers.close()
+            self.driver.cleanup()
+            raise
 
     def _record_driver(self) -> None:
         with self.layers.lock.exclusive(), self.layers.db.transaction() as tx:

@@ -2,6 +2,8 @@
 
 import re
 
+from cowstore.errors import InvalidOption
+
 _RAM = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?)(b?)\s*$", re.IGNORECASE)
 _POWERS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4, "p": 5}
 
@@ -10,7 +12,7 @@ def parse_size(text: str) -> int:
     """Parse `10G`, `64k`, `512MiB` or `1048576` the way Docker's RAMInBytes does (1024-based)."""
     match = _RAM.match(text)
     if not match:
-        raise ValueError(f"invalid size: {text!r}")
+        raise InvalidOption(f"invalid size {text!r}: use a number with an optional k/m/g/t/p suffix, e.g. 10G")
     number, unit = float(match.group(1)), match.group(2).lower()
     return int(number * 1024 ** _POWERS[unit])
 

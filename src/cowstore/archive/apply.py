@@ -23,7 +23,7 @@ from typing import BinaryIO
 from cowstore import fsutil
 from cowstore.archive import tarstream
 from cowstore.archive.tarstream import Limits, TarEntry, TarReader
-from cowstore.errors import ArchiveError, BreakoutError
+from cowstore.errors import ArchiveError, BreakoutError, InvalidOption
 from cowstore.safepath import Root
 
 WHITEOUT_PREFIX = ".wh."
@@ -61,7 +61,7 @@ class LayerApplier:
 
     def __init__(self, root: str | os.PathLike, whiteouts: str, limits: Limits) -> None:
         if whiteouts not in WHITEOUT_MODES:
-            raise ValueError(f"unknown whiteout mode {whiteouts!r}")
+            raise InvalidOption(f"unknown whiteout mode {whiteouts!r} (use one of {', '.join(WHITEOUT_MODES)})")
         self.root = Root(root)
         self.whiteouts = whiteouts
         self.limits = limits
@@ -98,8 +98,6 @@ class LayerApplier:
         for entry in reader:
             try:
                 size += self._apply_entry(reader, entry)
-            except ArchiveError:
-                raise
             except OSError as exc:
                 reason = os.strerror(exc.errno) if exc.errno else str(exc)
                 if exc.errno == errno.ELOOP:
@@ -201,9 +199,10 @@ class LayerApplier:
     def _link(self, entry: TarEntry, pfd: int, base: str) -> None:
         target = clean_name(entry.linkname, entry.name)
         tfd = self._parent(target, create=False)
-        if tfd is None or _lstat(target[-1], tfd) is None:
+        target_st = _lstat(target[-1], tfd)
+        if target_st is None:
             raise ArchiveError("hard link target not in layer", entry.name)
-        if stat.S_ISDIR(_lstat(target[-1], tfd).st_mode):
+        if stat.S_ISDIR(target_st.st_mode):
             raise ArchiveError("hard link to a directory", entry.name)
         # linkat without AT_SYMLINK_FOLLOW: a link to a symlink links the symlink itself.
         os.link(target[-1], base, src_dir_fd=tfd, dst_dir_fd=pfd, follow_symlinks=False)
@@ -266,6 +265,8 @@ class LayerApplier:
         if victim in ("", ".", ".."):
             raise ArchiveError("invalid whiteout name", entry.name)
         victim_rel = f"{parent_rel}/{victim}" if parent_rel else victim
+        if victim_rel in self.unpacked:
+            return  # a whiteout hides lower layers only, never this layer's own entry
         if self.whiteouts == "overlay":
             pfd = self._parent(parts, create=True)
             existing = _lstat(victim, pfd)
@@ -276,8 +277,6 @@ class LayerApplier:
             os.chown(victim, entry.uid, entry.gid, dir_fd=pfd, follow_symlinks=False)
             self.unpacked.add(victim_rel)
             return
-        if victim_rel in self.unpacked:
-            return  # a whiteout hides lower layers only, never this layer's own entry
         pfd = self._parent(parts, create=False)
         if pfd is None:
             return

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Iterable
+from typing import BinaryIO
 
 from cowstore import fsutil
 from cowstore.archive.export import CAPABILITY_XATTR
@@ -28,8 +29,12 @@ def _capability(path: str, st: os.stat_result) -> bytes | None:
         return None
 
 
+def _open_nofollow(path: str) -> BinaryIO:
+    return os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC), "rb")
+
+
 def _same_content(a: str, b: str) -> bool:
-    with open(a, "rb") as fa, open(b, "rb") as fb:
+    with _open_nofollow(a) as fa, _open_nofollow(b) as fb:
         while True:
             ca, cb = fa.read(1024 * 1024), fb.read(1024 * 1024)
             if ca != cb:

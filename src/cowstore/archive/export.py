@@ -16,6 +16,8 @@ from collections.abc import Iterable
 from typing import BinaryIO
 
 from cowstore.archive.apply import META_PREFIX, OPAQUE_MARKER, OVERLAY_OPAQUE_XATTR, WHITEOUT_PREFIX
+from cowstore.drivers import Change
+from cowstore.safepath import Root
 
 CAPABILITY_XATTR = "security.capability"
 _COPY_CHUNK = 1024 * 1024
@@ -51,10 +53,32 @@ class TarWriter:
         info.mtime = int(time.time())
         self._tar.addfile(info)
 
-    def add(self, root: str, rel: str, st: os.stat_result | None = None) -> None:
-        """Add `root/rel` under the name `rel`; sockets are skipped like Docker does."""
-        path = os.path.join(root, rel)
-        st = st or os.lstat(path)
+    def add(self, root: Root, rel: str, st: os.stat_result | None = None) -> None:
+        """Add `rel` of the tree at `root`; sockets are skipped like Docker does.
+
+        The entry is reached through the root (as under chroot) and read from its own
+        descriptor, so a tree that changes meanwhile (a live container swapping a
+        directory for a symlink) cannot make the tar include anything from outside.
+        An entry that is no longer the one listed is skipped, as Docker skips files
+        that vanish during a diff.
+        """
+        parent, _, base = rel.rpartition("/")
+        try:
+            pfd = root.open_dir(parent)
+        except OSError:
+            return
+        try:
+            self._add(pfd, base, rel, st)
+        finally:
+            os.close(pfd)
+
+    def _add(self, pfd: int, base: str, rel: str, listed: os.stat_result | None) -> None:
+        try:
+            st = os.lstat(base, dir_fd=pfd)
+        except FileNotFoundError:
+            return
+        if listed is not None and (listed.st_dev, listed.st_ino) != (st.st_dev, st.st_ino):
+            return
         info = tarfile.TarInfo(rel)
         info.mode = stat.S_IMODE(st.st_mode)
         info.uid, info.gid = st.st_uid, st.st_gid
@@ -79,25 +103,29 @@ class TarWriter:
             info.type = tarfile.DIRTYPE
         elif fmt == stat.S_IFLNK:
             info.type = tarfile.SYMTYPE
-            info.linkname = os.readlink(path)
+            info.linkname = os.readlink(base, dir_fd=pfd)
         elif fmt in (stat.S_IFCHR, stat.S_IFBLK):
             info.type = tarfile.CHRTYPE if fmt == stat.S_IFCHR else tarfile.BLKTYPE
             info.devmajor, info.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
         elif fmt == stat.S_IFIFO:
             info.type = tarfile.FIFOTYPE
-        if fmt != stat.S_IFLNK:
+        if info.type != tarfile.REGTYPE:
+            self._tar.addfile(info)
+            return
+        try:
+            fd = os.open(base, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=pfd)
+        except FileNotFoundError:
+            return
+        with os.fdopen(fd, "rb") as fh:
+            if (os.fstat(fd).st_dev, os.fstat(fd).st_ino) != (st.st_dev, st.st_ino):
+                return
             try:
-                cap = os.getxattr(path, CAPABILITY_XATTR, follow_symlinks=False)
+                cap = os.getxattr(fd, CAPABILITY_XATTR)
             except OSError:
                 cap = None
             if cap is not None:
                 info.pax_headers = {f"SCHILY.xattr.{CAPABILITY_XATTR}": cap.decode("utf-8", "surrogateescape")}
-        if info.type == tarfile.REGTYPE and info.size:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            with os.fdopen(fd, "rb") as fh:
-                self._tar.addfile(info, _ExactReader(fh, info.size))
-        else:
-            self._tar.addfile(info)
+            self._tar.addfile(info, _ExactReader(fh, info.size) if info.size else None)
 
 
 class _ExactReader:
@@ -126,6 +154,7 @@ def tar_directory(root: str | os.PathLike, out: BinaryIO, *, whiteouts: str = "n
     """
     root = os.fspath(root)
     writer = TarWriter(out)
+    fs = Root(root)
     try:
         for rel, st in walk_tree(root):
             base = os.path.basename(rel)
@@ -136,10 +165,11 @@ def tar_directory(root: str | os.PathLike, out: BinaryIO, *, whiteouts: str = "n
                 continue
             if whiteouts == "aufs" and base.startswith(META_PREFIX) and base != OPAQUE_MARKER:
                 continue
-            writer.add(root, rel, st)
+            writer.add(fs, rel, st)
             if whiteouts == "overlay" and stat.S_ISDIR(st.st_mode) and _is_opaque(os.path.join(root, rel)):
                 writer.add_whiteout(f"{rel}/{OPAQUE_MARKER}", stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
     finally:
+        fs.close()
         writer.close()
 
 
@@ -166,10 +196,10 @@ def walk_tree(root: str) -> Iterable[tuple[str, os.stat_result]]:
             stack.append(children)
 
 
-def export_changes(root: str | os.PathLike, changes: Iterable, out: BinaryIO) -> None:
+def export_changes(root: str | os.PathLike, changes: Iterable[Change], out: BinaryIO) -> None:
     """Tar the given changes of the tree at `root`: deletions become `.wh.` entries."""
-    root = os.fspath(root)
     writer = TarWriter(out)
+    fs = Root(root)
     try:
         for change in sorted(changes, key=lambda c: c.path):
             rel = change.path.lstrip("/")
@@ -177,9 +207,7 @@ def export_changes(root: str | os.PathLike, changes: Iterable, out: BinaryIO) ->
                 parent, base = os.path.split(rel)
                 writer.add_whiteout(os.path.join(parent, WHITEOUT_PREFIX + base))
                 continue
-            try:
-                writer.add(root, rel)
-            except FileNotFoundError:
-                continue  # the container may still be changing; Docker skips such files too
+            writer.add(fs, rel)
     finally:
+        fs.close()
         writer.close()

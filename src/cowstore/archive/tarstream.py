@@ -11,12 +11,13 @@ layer store reassemble the original tar byte for byte (tar-split).
 
 from __future__ import annotations
 
+import math
 import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from cowstore.errors import ArchiveError
+from cowstore.errors import ArchiveError, InvalidOption
 
 BLOCK = 512
 
@@ -55,7 +56,7 @@ class Limits:
     min_free_disk: int = 512 * 1024**2  # staging a layer stops before the disk is this full
 
     @classmethod
-    def parse(cls, items: dict[str, str]) -> "Limits":
+    def parse(cls, items: dict[str, str]) -> Limits:
         """Limits from `--limit key=value` pairs (sizes like 10G; keys with dashes or underscores)."""
         from cowstore.units import parse_size
 
@@ -64,7 +65,7 @@ class Limits:
             name = key.replace("-", "_")
             if name not in cls.__dataclass_fields__:
                 known = ", ".join(k.replace("_", "-") for k in cls.__dataclass_fields__)
-                raise ValueError(f"unknown limit {key!r} (known: {known})")
+                raise InvalidOption(f"unknown limit {key!r} (known: {known})")
             values[name] = parse_size(value)
         return cls(**values)
 
@@ -290,7 +291,7 @@ class TarReader:
                 mtime = float(pax["mtime"])
             except ValueError:
                 raise ArchiveError("malformed PAX mtime", name) from None
-            if mtime != mtime or mtime in (float("inf"), float("-inf")):
+            if not math.isfinite(mtime):
                 raise ArchiveError("malformed PAX mtime", name)
         uid = _pax_int(pax, "uid", info.uid, name)
         gid = _pax_int(pax, "gid", info.gid, name)

@@ -26,10 +26,6 @@ from cowstore.errors import CowstoreError
 _TERMINATING = (signal.SIGTERM, signal.SIGHUP)
 
 
-class ScratchError(CowstoreError):
-    """The scratch space could not be set up."""
-
-
 class Scratch:
     """Scratch directories for one bench run, on a common ext4 backing when possible."""
 

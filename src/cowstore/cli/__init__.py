@@ -34,7 +34,7 @@ from cowstore.cli.images import (
 )
 from cowstore.cli.maintenance import btrfs_group, check, devicemapper_group
 from cowstore.cli.system import demo, info, inspect
-from cowstore.errors import CowstoreError
+from cowstore.errors import CowstoreError, InvalidOption
 
 
 class _Main(click.Group):
@@ -84,7 +84,7 @@ def main(
     """cowstore: copy-on-write storage for container images and containers."""
     try:
         parsed_limits = Limits.parse(parse_opts(limits, "--limit"))
-    except ValueError as exc:
+    except InvalidOption as exc:
         raise click.BadParameter(str(exc), param_hint="--limit") from None
     state = App(root, driver, parse_opts(opts), debug, sync, parsed_limits)
     ctx.obj = state

@@ -24,14 +24,18 @@ class NaiveDiffDriver(Driver):
 
     def diff(self, id: str, parent: str | None = None) -> BinaryIO:
         out = self._spool()
-        path = self.get(id)
         try:
-            if parent is None:
-                tar_directory(path, out)
-            else:
-                export_changes(path, self.changes(id, parent), out)
-        finally:
-            self.put(id)
+            path = self.get(id)
+            try:
+                if parent is None:
+                    tar_directory(path, out)
+                else:
+                    export_changes(path, self.changes(id, parent), out)
+            finally:
+                self.put(id)
+        except BaseException:
+            out.close()
+            raise
         out.seek(0)
         return out
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
+import sqlite3
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -23,12 +24,15 @@ from cowstore.db import Database
 from cowstore.digest import DigestingReader, DigestingWriter, chain_id, check_digest, random_id
 from cowstore.drivers import Change, Driver
 from cowstore.errors import (
-    CowstoreError,
+    ArchiveError,
     DigestMismatch,
     LayerExists,
     LayerInUse,
     LayerNotFound,
+    LayerNotRetained,
     MaxDepthExceeded,
+    NotMounted,
+    StagingSpaceExhausted,
 )
 from cowstore.layers import consistency, tarsplit
 from cowstore.layers.consistency import Problem
@@ -64,13 +68,13 @@ class RWLayer:
     created: float
 
 
-def _layer(row) -> Layer:
+def _layer(row: sqlite3.Row) -> Layer:
     return Layer(
         row["chain_id"], row["diff_id"], row["cache_id"], row["parent"], row["size"], row["depth"], row["refcount"], row["created"]
     )
 
 
-def _rw(row) -> RWLayer:
+def _rw(row: sqlite3.Row) -> RWLayer:
     return RWLayer(row["name"], row["mount_id"], row["init_id"], row["parent"], row["mount_count"], row["created"])
 
 
@@ -86,6 +90,7 @@ class LayerStore:
         self.tmp.mkdir(mode=0o700, exist_ok=True)
         self.driver = driver
         self.sync = sync
+        fsutil.raise_fd_limit()
         self.limits = limits or Limits()
         self.lock = StoreLock(self.root / "store.lock")
         self.db = Database(self.root / "cowstore.db", durable=sync)
@@ -158,7 +163,7 @@ class LayerStore:
             while chunk := reader.read(_COPY):
                 spool.write(chunk)
                 if reader.count > self.limits.max_bytes + 64 * 1024 * 1024:
-                    raise CowstoreError(f"layer larger than the limit of {self.limits.max_bytes} bytes (--limit max-bytes)")
+                    raise ArchiveError(f"layer larger than the limit of {self.limits.max_bytes} bytes (--limit max-bytes)")
                 if reader.count >= next_check:
                     self._check_free_disk()
                     next_check = reader.count + 64 * _COPY
@@ -172,7 +177,7 @@ class LayerStore:
     def _check_free_disk(self) -> None:
         fs = os.statvfs(self.tmp)
         if fs.f_bavail * fs.f_frsize < self.limits.min_free_disk:
-            raise CowstoreError(
+            raise StagingSpaceExhausted(
                 f"stopped staging a layer: less than {self.limits.min_free_disk} bytes free on {self.tmp} (--limit min-free-disk)"
             )
 
@@ -197,12 +202,11 @@ class LayerStore:
             cache_id = random_id()
             with self.lock.exclusive():
                 parent_layer = self.get(parent) if parent is not None else None
-                op = OperationLock(self.tmp, cache_id)
-                with self.db.transaction() as tx:
-                    tx.execute(
-                        "INSERT INTO layers (cache_id, parent, state, created) VALUES (?, ?, 'creating', ?)",
-                        (cache_id, parent, time.time()),
-                    )
+                op = self._announce(
+                    cache_id,
+                    "INSERT INTO layers (cache_id, parent, state, created) VALUES (?, ?, 'creating', ?)",
+                    (cache_id, parent, time.time()),
+                )
             try:
                 fault("register:after-insert")
                 parent_cache = parent_layer.cache_id if parent_layer else None
@@ -217,6 +221,20 @@ class LayerStore:
                 raise
             finally:
                 op.release()
+
+    def _announce(self, op_id: str, sql: str, params: tuple) -> OperationLock:
+        """Take the operation lock of `op_id`, then record the operation in state `creating`.
+
+        In that order: a record whose lock is free is what a dead process left behind.
+        """
+        op = OperationLock(self.tmp, op_id)
+        try:
+            with self.db.transaction() as tx:
+                tx.execute(sql, params)
+        except BaseException:
+            op.release()
+            raise
+        return op
 
     def _retain_if_present(self, chain: str, lease: str | None = None) -> Layer | None:
         with self.lock.exclusive():
@@ -255,13 +273,6 @@ class LayerStore:
             with self.db.transaction() as tx:
                 tx.execute("DELETE FROM layers WHERE cache_id = ?", (cache_id,))
 
-    def retain(self, chain: str) -> Layer:
-        """One more reference to a stored layer (an image that uses it)."""
-        layer = self._retain_if_present(chain)
-        if layer is None:
-            raise LayerNotFound(f"layer does not exist: {chain}")
-        return layer
-
     def release(self, chain: str, lease: str | None = None) -> list[Layer]:
         """Drop one reference (of `lease`, if given); delete the layer and unused ancestors.
 
@@ -270,7 +281,7 @@ class LayerStore:
         with self.lock.exclusive():
             layer = self.get(chain)
             if layer.refcount <= 0:
-                raise CowstoreError(f"layer not retained: {chain}")
+                raise LayerNotRetained(f"layer not retained: {chain}")
             with self.db.transaction() as tx:
                 tx.execute("UPDATE layers SET refcount = refcount - 1 WHERE chain_id = ?", (chain,))
                 if lease is not None:
@@ -296,7 +307,7 @@ class LayerStore:
             finally:
                 op.release()
 
-    def hand_over(self, tx, lease: str, chain: str) -> None:
+    def hand_over(self, tx: sqlite3.Connection, lease: str, chain: str) -> None:
         """Within the owner's transaction `tx`: the lease's reference on `chain` now belongs to the owner."""
         tx.execute(
             "DELETE FROM leases WHERE rowid = (SELECT rowid FROM leases WHERE lease_id = ? AND chain_id = ? LIMIT 1)",
@@ -341,15 +352,16 @@ class LayerStore:
         layer = self.get(chain)
         split = self.db.query("SELECT tar_split FROM layers WHERE chain_id = ?", (chain,))[0]["tar_split"]
         out = tempfile.TemporaryFile(dir=self.tmp, prefix="spool-")
-        root = self.driver.get(layer.cache_id)
         try:
-            digester = DigestingWriter(out)
-            tarsplit.assemble(split, root, digester.write)
+            root = self.driver.get(layer.cache_id)
+            try:
+                digester = DigestingWriter(out)
+                tarsplit.assemble(split, root, digester.write)
+            finally:
+                self.driver.put(layer.cache_id)
         except BaseException:
             out.close()
             raise
-        finally:
-            self.driver.put(layer.cache_id)
         if digester.digest != layer.diff_id:
             out.close()
             raise DigestMismatch(
@@ -389,12 +401,11 @@ class LayerStore:
             if self.db.query("SELECT 1 FROM mounts WHERE name = ?", (name,)):
                 raise LayerExists(f"mount already exists with name: {name}")
             parent_layer = self.get(parent) if parent is not None else None
-            op = OperationLock(self.tmp, mount_id)
-            with self.db.transaction() as tx:
-                tx.execute(
-                    "INSERT INTO mounts (name, mount_id, init_id, parent, state, created) VALUES (?, ?, ?, ?, 'creating', ?)",
-                    (name, mount_id, init_id, parent, time.time()),
-                )
+            op = self._announce(
+                mount_id,
+                "INSERT INTO mounts (name, mount_id, init_id, parent, state, created) VALUES (?, ?, ?, ?, 'creating', ?)",
+                (name, mount_id, init_id, parent, time.time()),
+            )
         try:
             fault("create-rw:after-insert")
             parent_cache = parent_layer.cache_id if parent_layer else None
@@ -431,19 +442,22 @@ class LayerStore:
         return self.get(rw.parent).cache_id if rw.parent else None
 
     def mount(self, name: str) -> pathlib.Path:
-        rw = self.get_rw(name)
-        path = self.driver.get(rw.mount_id)
-        with self.lock.exclusive(), self.db.transaction() as tx:
-            tx.execute("UPDATE mounts SET mount_count = mount_count + 1 WHERE name = ?", (name,))
+        """Mount a container layer; the count lets `remove_rw` refuse a mounted container."""
+        with self.lock.exclusive():
+            rw = self.get_rw(name)
+            path = self.driver.get(rw.mount_id)
+            with self.db.transaction() as tx:
+                tx.execute("UPDATE mounts SET mount_count = mount_count + 1 WHERE name = ?", (name,))
         return path
 
     def unmount(self, name: str) -> None:
-        rw = self.get_rw(name)
-        if rw.mount_count <= 0:
-            raise CowstoreError(f"not mounted: {name}")
-        self.driver.put(rw.mount_id)
-        with self.lock.exclusive(), self.db.transaction() as tx:
-            tx.execute("UPDATE mounts SET mount_count = mount_count - 1 WHERE name = ?", (name,))
+        with self.lock.exclusive():
+            rw = self.get_rw(name)
+            if rw.mount_count <= 0:
+                raise NotMounted(f"not mounted: {name}")
+            self.driver.put(rw.mount_id)
+            with self.db.transaction() as tx:
+                tx.execute("UPDATE mounts SET mount_count = mount_count - 1 WHERE name = ?", (name,))
 
     def rw_changes(self, name: str) -> list[Change]:
         rw = self.get_rw(name)

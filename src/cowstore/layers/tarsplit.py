@@ -21,8 +21,8 @@ import zlib
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
-from cowstore.archive.apply import clean_name
-from cowstore.archive.tarstream import REGULAR, Limits, TarReader
+from cowstore.archive.apply import WHITEOUT_PREFIX, clean_name
+from cowstore.archive.tarstream import DIRECTORY, REGULAR, Limits, TarReader
 from cowstore.errors import ArchiveError, CowstoreError
 from cowstore.safepath import Root
 
@@ -41,7 +41,10 @@ def _record(out: BinaryIO, tag: bytes, body: bytes) -> None:
 def disassemble(spool: BinaryIO, limits: Limits | None = None) -> bytes:
     """Parse the tar in the seekable `spool` and return its gzip'ed tar-split record.
 
-    Validates the tar with the same strict reader that extraction uses.
+    Validates the tar with the same strict reader that extraction uses. A payload is
+    kept inline, not as a reference to a layer file, when the layer will not hold it
+    as a file: it was overwritten by a later entry of the same name, its directory was
+    replaced by a non-directory, or it lies under a whiteout name (never extracted).
     """
     items: list[tuple[str, object]] = []
     pending = bytearray()
@@ -50,22 +53,29 @@ def disassemble(spool: BinaryIO, limits: Limits | None = None) -> bytes:
         pending.extend(raw)
 
     reader = TarReader(spool, limits, on_segment=on_segment)
-    last_index: dict[tuple[str, ...], int] = {}
+    files: dict[tuple[str, ...], int] = {}  # name -> index in items of the payload kept as a file
+    dirs: set[tuple[str, ...]] = set()
     for entry in reader:
         if pending:
             items.append(("S", bytes(pending)))
             pending.clear()
         key = tuple(clean_name(entry.name, entry.name))
+        files.pop(key, None)
+        if entry.kind == DIRECTORY:
+            dirs.add(key)
+        elif key in dirs:
+            _forget_below(key, files, dirs)
         if entry.kind == REGULAR and entry.size:
             offset = spool.tell()
             crc = 0
             for chunk in reader.read_payload():
                 crc = zlib.crc32(chunk, crc)
             items.append(("F", (entry.name, entry.size, crc, offset)))
-        last_index[key] = len(items) - 1
+            if not any(part.startswith(WHITEOUT_PREFIX) for part in key):
+                files[key] = len(items) - 1
     if pending:
         items.append(("S", bytes(pending)))
-    keep_as_file = set(last_index.values())
+    keep_as_file = set(files.values())
     buf = io.BytesIO()
     with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as out:
         for index, (kind, value) in enumerate(items):
@@ -76,9 +86,27 @@ def disassemble(spool: BinaryIO, limits: Limits | None = None) -> bytes:
             if index in keep_as_file:
                 _record(out, _FILE, struct.pack("<QI", size, crc) + os.fsencode(name))
             else:
-                spool.seek(offset)
-                _record(out, _SEGMENT, spool.read(size))
+                _record_from(out, spool, offset, size)
     return buf.getvalue()
+
+
+def _forget_below(key: tuple[str, ...], files: dict[tuple[str, ...], int], dirs: set[tuple[str, ...]]) -> None:
+    """A directory replaced by a non-directory takes everything recorded below it along."""
+    depth = len(key)
+    for name in [k for k in files if k[:depth] == key]:
+        del files[name]
+    dirs.difference_update({d for d in dirs if d[:depth] == key})
+
+
+def _record_from(out: BinaryIO, spool: BinaryIO, offset: int, size: int) -> None:
+    """A segment record whose body is `size` bytes of the spool, copied in chunks."""
+    out.write(_SEGMENT + struct.pack("<Q", size))
+    spool.seek(offset)
+    left = size
+    while left:
+        chunk = spool.read(min(left, 1024 * 1024))
+        out.write(chunk)
+        left -= len(chunk)
 
 
 def _records(data: bytes) -> Iterator[tuple[bytes, bytes]]:

@@ -53,8 +53,3 @@ def write_file(path: pathlib.Path, size: int, block: bytes) -> None:
         fh.flush()
         os.fsync(fh.fileno())
 
-
-def ratio_text(value: float | None, base: float | None) -> str:
-    if value is None or not base:
-        return "n/a"
-    return f"{value / base:.2f}x"
