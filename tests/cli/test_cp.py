@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import threading
@@ -10,7 +11,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from cowstore.cli import main
-from cowstore.containercp import copy_in, copy_out
+from cowstore.containercp import CopyError, copy_in, copy_out
 from cowstore.demo import build_image_archive
 from cowstore.store import Store
 
@@ -102,13 +103,12 @@ def test_47_symlink_swap_race_stays_inside(ctr, tmp_path: pathlib.Path) -> None:
         for i in range(1000):
             try:
                 copy_out(root, "/data/shadow", out / f"copy-{i}")
-            except Exception:
-                continue
-            assert (out / f"copy-{i}").read_text() == "container data"
-            try:
-                copy_in(out / f"copy-{i}", root, "/data/shadow")
-            except Exception:
-                continue
+            except (CopyError, OSError):
+                pass  # a copy that hits the swap may fail (inside the container); it must not escape
+            else:
+                assert (out / f"copy-{i}").read_text() == "container data"
+                with contextlib.suppress(CopyError, OSError):
+                    copy_in(out / f"copy-{i}", root, "/data/shadow")
     finally:
         stop.set()
         thread.join()
@@ -121,3 +121,55 @@ def test_48_copy_out_symlink_to_host_file(ctr, tmp_path: pathlib.Path) -> None:
     out = tmp_path / "got"
     assert ctr("cp", "c1:/link", str(out)).exit_code == 0
     assert out.read_text() == "container shadow"
+
+
+def test_copy_out_never_writes_through_a_symlink_left_by_an_earlier_copy(ctr, tmp_path: pathlib.Path) -> None:
+    """First copy: the container's `d/x -> <sentinel>` lands on the host as that symlink.
+    The container then makes `d/x` a real directory holding `shadow`: the second copy must
+    replace the host symlink with a directory, never write `shadow` into the sentinel."""
+    root = container_root(ctr)
+    (root / "d").mkdir()
+    os.symlink(str(ctr.sentinel), root / "d" / "x")
+    out = tmp_path / "out"
+    out.mkdir()
+    result = ctr("cp", "c1:/d", str(out))
+    assert result.exit_code == 0, result.output
+    assert os.readlink(out / "d" / "x") == str(ctr.sentinel)
+
+    os.unlink(root / "d" / "x")
+    (root / "d" / "x").mkdir()
+    (root / "d" / "x" / "shadow").write_text("container data")
+    result = ctr("cp", "c1:/d", str(out))
+    assert result.exit_code == 0, result.output
+    assert not (out / "d" / "x").is_symlink()
+    assert (out / "d" / "x" / "shadow").read_text() == "container data"
+    os.symlink(str(ctr.sentinel), out / "x")  # the same with the destination named in full
+    result = ctr("cp", "c1:/d/x", str(out))
+    assert result.exit_code == 0, result.output
+    assert (out / "x" / "shadow").read_text() == "container data"
+    assert (ctr.sentinel / "shadow").read_text() == "host secret"
+
+
+def test_copy_out_refuses_a_file_over_a_host_directory(ctr, tmp_path: pathlib.Path) -> None:
+    root = container_root(ctr)
+    (root / "d").mkdir()
+    (root / "d" / "x").write_text("file now")
+    out = tmp_path / "out"
+    (out / "d" / "x").mkdir(parents=True)
+    result = ctr("cp", "c1:/d", str(out))
+    assert result.exit_code == 1
+    assert "cannot overwrite the directory" in result.output
+    assert (out / "d" / "x").is_dir()
+
+
+def test_copy_out_closes_every_descriptor_on_failure(ctr, tmp_path: pathlib.Path) -> None:
+    root = container_root(ctr)
+    out = tmp_path / "out"
+    for sub in ("b", "e", "g"):  # whichever is copied first fails with the others on the stack
+        (root / "a" / sub / "c").mkdir(parents=True)
+        (root / "a" / sub / "z").write_text("file")
+        (out / "a" / sub / "z").mkdir(parents=True)
+    before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(CopyError):
+        copy_out(root, "/a", out)
+    assert len(os.listdir("/proc/self/fd")) == before

@@ -9,11 +9,13 @@ import pathlib
 import tarfile
 
 import pytest
-from .imagearchives import docker_archive, layer_tar, oci_layout, sha, snapshot, tar_directory
 
 from cowstore.errors import CowstoreError, DigestMismatch
 from cowstore.images import BadImageArchive, ImageNotFound, import_rootfs, load, save
+from cowstore.images.sources import DirTree, OutsideLink
 from cowstore.store import Store
+
+from .imagearchives import docker_archive, layer_tar, oci_layout, sha, snapshot, tar_directory
 
 BASE = layer_tar({"etc/os-release": b"ID=test\n", "bin/tool": b"\x7fELF tool"}, dirs=("etc", "bin"))
 TOP = layer_tar({"etc/motd": b"hello\n"}, dirs=("etc",), whiteouts=("bin/.wh.tool",))
@@ -199,3 +201,35 @@ def test_archive_symlink_escape_is_refused(store: Store) -> None:
 def test_unknown_image(store: Store) -> None:
     with pytest.raises(ImageNotFound, match="No such image: nope"):
         save(store.images, ["nope"], io.BytesIO())
+
+
+@pytest.mark.parametrize("absolute", [True, False])
+def test_layout_blob_symlink_out_of_the_layout_is_refused(store: Store, tmp_path: pathlib.Path, absolute: bool) -> None:
+    """A layout blob that is a symlink to a file outside the layout (even one with the
+    right content) is neither read nor counted as present."""
+    before = snapshot(store)
+    layout = oci_layout(tmp_path / "l", [BASE, TOP])
+    blob = layout / "blobs" / "sha256" / sha(gzip.compress(TOP, mtime=0))[7:]
+    outside = tmp_path / "outside-blob"
+    outside.write_bytes(blob.read_bytes())
+    blob.unlink()
+    blob.symlink_to(outside if absolute else pathlib.Path("../../..") / outside.name)
+    with DirTree(layout, "layout") as tree:
+        assert not tree.exists(f"blobs/sha256/{blob.name}")
+        with pytest.raises(OutsideLink, match="outside the layout"):
+            tree.open(f"blobs/sha256/{blob.name}")
+    with pytest.raises(BadImageArchive, match="missing"):
+        load(store.images, layout)
+    assert snapshot(store) == before
+
+
+def test_layout_symlink_within_the_layout_is_followed(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "l" / "a").mkdir(parents=True)
+    (tmp_path / "l" / "a" / "layer.tar").write_bytes(b"data")
+    (tmp_path / "l" / "b").mkdir()
+    (tmp_path / "l" / "b" / "layer.tar").symlink_to("../a/layer.tar")
+    (tmp_path / "l" / "dir").symlink_to("a")
+    with DirTree(tmp_path / "l", "layout") as tree:
+        assert tree.exists("b/layer.tar") and tree.exists("/dir/layer.tar")
+        assert tree.read("b/layer.tar") == b"data"
+        assert not tree.exists("a") and not tree.exists("nope") and not tree.exists("../l/a/layer.tar")

@@ -5,11 +5,12 @@ from __future__ import annotations
 import io
 
 import pytest
-from .imagearchives import docker_archive, layer_tar, snapshot
 
 from cowstore.images import ImageInUse, ImageNotFound, InvalidReference, load
 from cowstore.images.reference import fully_qualified, normalize
 from cowstore.store import Store
+
+from .imagearchives import docker_archive, layer_tar, snapshot
 
 BASE = layer_tar({"a": b"1"})
 TOP = layer_tar({"b": b"2"})

@@ -8,8 +8,9 @@ import sys
 import click
 
 from cowstore.cli.app import app, parse_opts
+from cowstore.cli.images import JSON_ONLY, JSON_ONLY_HELP
 from cowstore.cli.output import FORMATS, ago, emit_json, spinner, table
-from cowstore.errors import CowstoreError
+from cowstore.images.errors import ArchiveToTerminal
 from cowstore.units import human_size
 
 
@@ -112,7 +113,7 @@ def container_export(container: str, output: str | None) -> None:
     store.containers.get(container)
     if output is None:
         if sys.stdout.isatty():
-            raise CowstoreError("cowstore export refuses to write an archive to a terminal; use -o FILE or redirect")
+            raise ArchiveToTerminal("cowstore export refuses to write an archive to a terminal; use -o FILE or redirect")
         store.containers.export(container, sys.stdout.buffer)
         return
     target = pathlib.Path(output)
@@ -156,11 +157,15 @@ def container_cp(source: str, destination: str) -> None:
 
 @container_group.command("inspect")
 @click.argument("containers", nargs=-1, required=True)
-@click.option("-s", "--size", "with_size", is_flag=True, default=True, help="Include SizeRw and SizeRootFs (default).")
-@click.option("--format", "fmt", type=click.Choice(["json"]), default="json", show_default=True)
+@click.option(
+    "-s/-S", "--size/--no-size", "with_size", default=True, show_default=True,
+    help="Include SizeRw and SizeRootFs (--no-size skips walking the container's files).",
+)
+@click.option("--format", "fmt", type=JSON_ONLY, default="json", show_default=True, help=JSON_ONLY_HELP)
 def container_inspect(containers: tuple[str, ...], with_size: bool, fmt: str) -> None:
     """Show details of containers as JSON, including GraphDriver {Name, Data}."""
-    emit_json([app().store.containers.inspect(ref, with_size=with_size) for ref in containers])
+    details = [app().store.containers.inspect(ref, with_size=with_size) for ref in containers]
+    emit_json(details)  # fmt can only be "json" (see JSON_ONLY), like `cowstore inspect`
 
 
 @container_group.command("rm")

@@ -11,9 +11,14 @@ import click
 from cowstore import images as imagelib
 from cowstore.cli.app import app
 from cowstore.cli.output import FORMATS, ago, emit_json, progress, table
-from cowstore.errors import CowstoreError
 from cowstore.images.config import parse_time
+from cowstore.images.errors import ArchiveToTerminal
+from cowstore.images.sources import open_input
 from cowstore.units import human_size
+
+# `inspect` output is JSON only; `--format json` is accepted so it works on every command.
+JSON_ONLY = click.Choice(["json"])
+JSON_ONLY_HELP = "Output format (JSON is the only one for inspect)."
 
 
 @click.group("image")
@@ -76,11 +81,7 @@ def image_import(source: str, reference: str | None, message: str, cmd: str | No
         if source == "-":
             image = imagelib.import_rootfs(store.images, sys.stdin.buffer, "stdin", tag=reference, message=message, cmd=command)
         else:
-            try:
-                handle = open(source, "rb")
-            except OSError as exc:
-                raise CowstoreError(f"cannot open {source}: {exc.strerror}") from None
-            with handle:
+            with open_input(source) as handle:
                 image = imagelib.import_rootfs(
                     store.images, handle, pathlib.Path(source).name, tag=reference, message=message, cmd=command
                 )
@@ -137,7 +138,7 @@ def image_save(images: tuple[str, ...], output: str | None, fmt: str) -> None:
         return
     if output is None:
         if sys.stdout.isatty():
-            raise CowstoreError("cowstore save refuses to write an archive to a terminal; use -o FILE or redirect")
+            raise ArchiveToTerminal("cowstore save refuses to write an archive to a terminal; use -o FILE or redirect")
         with progress("saving") as update:
             imagelib.save(store.images, list(images), sys.stdout.buffer, fmt=fmt, progress=update)
         return
@@ -178,10 +179,10 @@ def image_details(ref: str) -> dict:
 
 @image_group.command("inspect")
 @click.argument("images", nargs=-1, required=True)
-@click.option("--format", "fmt", type=click.Choice(["json"]), default="json", show_default=True)
+@click.option("--format", "fmt", type=JSON_ONLY, default="json", show_default=True, help=JSON_ONLY_HELP)
 def image_inspect(images: tuple[str, ...], fmt: str) -> None:
     """Show details of images as JSON."""
-    emit_json([image_details(ref) for ref in images])
+    emit_json([image_details(ref) for ref in images])  # fmt can only be "json" (see JSON_ONLY)
 
 
 @image_group.command("history")

@@ -11,7 +11,7 @@ import bz2
 import gzip
 import lzma
 import zlib
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 import zstandard
 
@@ -55,10 +55,14 @@ def detect(head: bytes) -> str:
     return "plain"
 
 
+class _Reader(Protocol):
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
 class _Decoding:
     """Reads the decompressed bytes and turns decoder errors into BadImageArchive."""
 
-    def __init__(self, reader, what: str, kind: str) -> None:
+    def __init__(self, reader: _Reader, what: str, kind: str) -> None:
         self._reader = reader
         self._what = what
         self._kind = kind
@@ -82,13 +86,15 @@ def decompressed(stream: BinaryIO, what: str) -> tuple[BinaryIO, str]:
     source = _Prefixed(head, stream)
     if kind == "plain":
         return source, kind  # type: ignore[return-value]
+    # The decoder is not a `with` block: it is handed to the caller, who reads and closes `stream`.
+    reader: _Reader
     if kind == "gzip":
         reader = gzip.GzipFile(fileobj=source, mode="rb")  # type: ignore[arg-type]
     elif kind == "zstd":
         # A frame may declare a window of up to 2 GiB; cap decoder memory at zstd's default 128 MiB.
         reader = zstandard.ZstdDecompressor(max_window_size=1 << 27).stream_reader(source, read_across_frames=True)
     elif kind == "xz":
-        reader = lzma.LZMAFile(source, mode="rb")  # type: ignore[arg-type]
+        reader = lzma.LZMAFile(source, mode="rb")  # type: ignore[arg-type]  # noqa: SIM115
     else:
         reader = bz2.BZ2File(source, mode="rb")  # type: ignore[arg-type]
     return _Decoding(reader, what, kind), kind  # type: ignore[return-value]

@@ -17,7 +17,7 @@ from cowstore.images.config import load_json
 from cowstore.images.errors import BadImageArchive
 from cowstore.images.importer import ImageSource, LayerBlob
 from cowstore.images.sinks import TarSink, spooled_size
-from cowstore.images.sources import DirTree, TarTree
+from cowstore.images.sources import DirTree, TarTree, opener
 from cowstore.images.store import Image
 from cowstore.layers import LayerStore
 
@@ -61,15 +61,11 @@ def read_sources(tree: TarTree | DirTree) -> list[ImageSource]:
             if not tree.exists(name):
                 raise BadImageArchive(f"{what} names {name}, which is missing from the archive")
         blobs = [
-            LayerBlob(open=_opener(tree, name), what=f"{tree.what}: {name}", digest=_digest_in_name(name) if "blobs/" in name else None)
+            LayerBlob(open=opener(tree, name), what=f"{tree.what}: {name}", digest=_digest_in_name(name) if "blobs/" in name else None)
             for name in layers
         ]
         sources.append(ImageSource(raw_config, blobs, tags))
     return sources
-
-
-def _opener(tree: TarTree | DirTree, name: str) -> Callable[[], BinaryIO]:
-    return lambda: tree.open(name)
 
 
 def _v1_id(parent: str | None, chain: str) -> str:

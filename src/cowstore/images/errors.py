@@ -17,3 +17,7 @@ class ImageInUse(CowstoreError):
 
 class BadImageArchive(CowstoreError):
     """A docker-save archive, OCI layout or manifest is malformed or names missing content."""
+
+
+class ArchiveToTerminal(CowstoreError):
+    """`save` or `export` was asked to write a binary archive to a terminal."""

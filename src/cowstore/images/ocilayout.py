@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from typing import BinaryIO
 
 from cowstore.digest import check_digest, sha256_bytes
 from cowstore.errors import DigestMismatch, InvalidDigest
@@ -20,7 +19,7 @@ from cowstore.images.config import MAX_JSON, host_architecture, load_json
 from cowstore.images.errors import BadImageArchive, InvalidReference
 from cowstore.images.importer import ImageSource, LayerBlob
 from cowstore.images.sinks import DirSink, TarSink, spooled_size
-from cowstore.images.sources import DirTree, TarTree
+from cowstore.images.sources import DirTree, TarTree, opener
 from cowstore.images.store import Image
 from cowstore.layers import LayerStore
 
@@ -151,12 +150,8 @@ def _image_source(tree: TarTree | DirTree, descriptor: dict, what: str, tags: li
             raise BadImageArchive(f"{what}: layer {number} has unsupported media type {media!r}")
         if not tree.exists(path):
             raise BadImageArchive(f"{what}: layer blob {digest} is missing from the layout")
-        blobs.append(LayerBlob(open=_opener(tree, path), what=f"{tree.what}: {path}", digest=digest))
+        blobs.append(LayerBlob(open=opener(tree, path), what=f"{tree.what}: {path}", digest=digest))
     return ImageSource(raw_config, blobs, tags)
-
-
-def _opener(tree: TarTree | DirTree, path: str) -> Callable[[], BinaryIO]:
-    return lambda: tree.open(path)
 
 
 def _descriptor(media_type: str, digest: str, size: int, **extra: object) -> dict:

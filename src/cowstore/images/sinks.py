@@ -14,7 +14,8 @@ class TarSink:
     """Members appended to a streaming tar (works on pipes and stdout)."""
 
     def __init__(self, out: BinaryIO, mtime: float = 0) -> None:
-        self._tar = tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT)
+        # Not a `with` block: members are appended by later calls, and close() ends the stream.
+        self._tar = tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT)  # noqa: SIM115
         self._dirs: set[str] = set()
         self.mtime = mtime
 

@@ -8,6 +8,7 @@ layers) are resolved inside the archive's own namespace, refusing any that leave
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import pathlib
 import posixpath
@@ -15,17 +16,23 @@ import shutil
 import stat
 import tarfile
 import tempfile
-from typing import BinaryIO
+from collections.abc import Callable, Iterator
+from typing import BinaryIO, Self
 
 from cowstore.images.compression import decompressed
 from cowstore.images.config import MAX_JSON
 from cowstore.images.errors import BadImageArchive
+from cowstore.safepath import RESOLVE_BENEATH, RESOLVE_NO_MAGICLINKS, openat2
 
 _MAX_LINKS = 16
 
 
 class MissingMember(BadImageArchive):
     """The archive has no member of this name."""
+
+
+class OutsideLink(BadImageArchive):
+    """A symlink in the archive or layout points outside it."""
 
 
 def _clean(name: str) -> str:
@@ -37,12 +44,13 @@ class TarTree:
 
     def __init__(self, stream: BinaryIO, what: str, spool_dir: pathlib.Path) -> None:
         self.what = what
-        self._spool = tempfile.TemporaryFile(dir=spool_dir, prefix="spool-")
+        # Both stay open for the tree's lifetime (members are streamed on demand); close() ends them.
+        self._spool = tempfile.TemporaryFile(dir=spool_dir, prefix="spool-")  # noqa: SIM115
         try:
             plain, _ = decompressed(stream, what)
             shutil.copyfileobj(plain, self._spool, 1024 * 1024)
             self._spool.seek(0)
-            self._tar = tarfile.open(fileobj=self._spool, mode="r:")
+            self._tar = tarfile.open(fileobj=self._spool, mode="r:")  # noqa: SIM115
             self._members: dict[str, tarfile.TarInfo] = {}
             for member in self._tar:
                 self._members[_clean(member.name)] = member
@@ -76,7 +84,7 @@ class TarTree:
             if member.issym():
                 target = posixpath.normpath(posixpath.join(posixpath.dirname(current), member.linkname))
                 if member.linkname.startswith("/") or target.startswith(".."):
-                    raise BadImageArchive(f"{self.what}: {name} is a link pointing outside the archive")
+                    raise OutsideLink(f"{self.what}: {name} is a link pointing outside the archive")
                 current = target
                 continue
             if member.islnk():
@@ -120,7 +128,7 @@ class _Checked:
             raise BadImageArchive(f"{self._what}: archive is truncated")
         return data
 
-    def __enter__(self) -> _Checked:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -128,36 +136,58 @@ class _Checked:
 
 
 class DirTree:
-    """Files below a directory (an OCI layout), opened without following links out of it."""
+    """Files below a directory (an OCI layout), opened without following links out of it.
+
+    Each name is resolved by one openat2(RESOLVE_BENEATH) from the layout's directory
+    descriptor: relative symlinks within the layout (docker-save's repeated layers) are
+    followed, while absolute links, `..` above the layout and magic links fail inside the
+    kernel, with no window between checking a path and opening it.
+    """
 
     def __init__(self, root: pathlib.Path, what: str) -> None:
-        self.root = root.resolve()
+        self.root = root
         self.what = what
+        try:
+            self._fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise BadImageArchive(f"cannot open {root}: {exc.strerror}") from None
 
     def close(self) -> None:
-        pass
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
-    def _path(self, name: str) -> pathlib.Path:
-        path = (self.root / _clean(name)).resolve()
-        if path != self.root and self.root not in path.parents:
-            raise BadImageArchive(f"{self.what}: {name} is a link pointing outside the layout")
-        return path
+    def __enter__(self) -> Self:
+        return self
 
-    def exists(self, name: str) -> bool:
-        return self._path(name).is_file()
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
-    def open(self, name: str) -> BinaryIO:
-        path = self._path(name)
+    def _open(self, name: str) -> int:
+        """A read-only descriptor of regular file `name`, resolved beneath the layout."""
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            fd = openat2(self._fd, _clean(name) or ".", os.O_RDONLY | os.O_NONBLOCK, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)
         except FileNotFoundError:
-            raise BadImageArchive(f"{self.what}: {name} is missing") from None
+            raise MissingMember(f"{self.what}: {name} is missing") from None
         except OSError as exc:
+            if exc.errno == errno.EXDEV:  # RESOLVE_BENEATH: the lookup tried to leave the layout
+                raise OutsideLink(f"{self.what}: {name} is a link pointing outside the layout") from None
             raise BadImageArchive(f"{self.what}: cannot open {name}: {exc.strerror}") from None
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
             raise BadImageArchive(f"{self.what}: {name} is not a regular file")
-        return os.fdopen(fd, "rb")
+        return fd
+
+    def exists(self, name: str) -> bool:
+        """Whether `name` is a regular file within the layout (a link out of it is not)."""
+        try:
+            os.close(self._open(name))
+        except BadImageArchive:
+            return False
+        return True
+
+    def open(self, name: str) -> BinaryIO:
+        return os.fdopen(self._open(name), "rb")
 
     def read(self, name: str, limit: int = MAX_JSON) -> bytes:
         with self.open(name) as handle:
@@ -167,8 +197,13 @@ class DirTree:
         return data
 
 
+def opener(tree: TarTree | DirTree, name: str) -> Callable[[], BinaryIO]:
+    """A callable opening member `name` of `tree` afresh each time (a LayerBlob's `open`)."""
+    return lambda: tree.open(name)
+
+
 @contextlib.contextmanager
-def open_tree(source: str | os.PathLike | BinaryIO, spool_dir: pathlib.Path):
+def open_tree(source: str | os.PathLike | BinaryIO, spool_dir: pathlib.Path) -> Iterator[TarTree | DirTree]:
     """A TarTree or DirTree for a path (directory or tar, `-` is stdin) or an open stream."""
     if hasattr(source, "read"):
         tree: TarTree | DirTree = TarTree(source, "input", spool_dir)  # type: ignore[arg-type]
@@ -177,13 +212,17 @@ def open_tree(source: str | os.PathLike | BinaryIO, spool_dir: pathlib.Path):
         if path.is_dir():
             tree = DirTree(path, str(path))
         else:
-            try:
-                handle = open(path, "rb")
-            except OSError as exc:
-                raise BadImageArchive(f"cannot open {path}: {exc.strerror}") from None
-            with handle:
+            with open_input(path) as handle:
                 tree = TarTree(handle, str(path), spool_dir)
     try:
         yield tree
     finally:
         tree.close()
+
+
+def open_input(path: str | os.PathLike) -> BinaryIO:
+    """Open an archive file for reading; failure is a BadImageArchive naming the file."""
+    try:
+        return open(path, "rb")
+    except OSError as exc:
+        raise BadImageArchive(f"cannot open {os.fspath(path)}: {exc.strerror}") from None

@@ -9,6 +9,7 @@ layers can never see them half deleted.
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -50,7 +51,7 @@ class ImageStore:
         self.db = layers.db
         self.container_users = container_users or (lambda image_id: [])
 
-    def _image(self, row) -> Image:
+    def _image(self, row: sqlite3.Row) -> Image:
         tags = tuple(r["ref"] for r in self.db.query("SELECT ref FROM tags WHERE image_id = ? ORDER BY ref", (row["id"],)))
         return Image(row["id"], bytes(row["config"]), row["top_layer"], row["created"], tags)
 
