@@ -146,7 +146,7 @@ class ProjectQuota:
         lock = os.open(self.home, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            id = self._next_id()
+            id = self._next_id(directory.parent)
             self._limit(id, size)
             fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
@@ -160,10 +160,15 @@ class ProjectQuota:
         finally:
             os.close(lock)
 
-    def _next_id(self) -> int:
-        """One more than the highest id used by a directory in home (called under the lock)."""
+    def _next_id(self, siblings: pathlib.Path) -> int:
+        """One more than the highest id of home and of the directories in `siblings`.
+
+        `siblings` is where the limited directories live (the home itself for overlay2,
+        `home/dir` for vfs). Called under the lock.
+        """
         highest = project_id(self.home) or _FIRST_PROJECT_ID
-        for entry in os.scandir(self.home):
-            if entry.is_dir(follow_symlinks=False):
-                highest = max(highest, project_id(entry.path))
+        with os.scandir(siblings) as it:
+            for entry in it:
+                if entry.is_dir(follow_symlinks=False):
+                    highest = max(highest, project_id(entry.path))
         return highest + 1

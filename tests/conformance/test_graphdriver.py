@@ -210,3 +210,9 @@ def test_ids_lists_exactly_the_layers(driver: Driver) -> None:
         driver.remove(base)
     assert {base, child} <= listed
     assert not {base, child} & set(driver.ids())
+
+
+def test_remove_of_an_unknown_layer_is_not_an_error(driver: Driver) -> None:
+    id = new_id()
+    driver.remove(id)
+    assert not driver.exists(id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -13,9 +14,10 @@ import time
 
 import pytest
 
-from cowstore import mounts
-from cowstore.drivers import Change, open_driver
-from cowstore.errors import LayerNotFound, NotSupported
+from cowstore import fsutil, mounts
+from cowstore.drivers import Change, housekeeping, open_driver
+from cowstore.drivers.refcount import MountRefs
+from cowstore.errors import LayerNotFound, MountError, NotSupported
 from cowstore.unionfs import daemon
 
 
@@ -52,8 +54,7 @@ def test_layout_and_remove(driver, home):
         assert (home / sub / "1").exists()
     driver.remove("1")
     for sub in ("mnt", "diff", "layers"):
-        assert not (home / sub / "1").exists()
-        assert not (home / sub / "1-removing").exists()
+        assert os.listdir(home / sub) == []
 
 
 def test_get_paths_and_mounted(driver, home):
@@ -169,16 +170,63 @@ def test_126_layers_with_whiteouts(driver):
         driver.put(parent)
 
 
-def test_stale_removing_dirs_are_swept(home):
-    (home / "diff" / "123-removing").mkdir(parents=True)
-    (home / "mnt" / "123-removing").mkdir(parents=True)
+def test_stale_removing_dirs_are_swept_unless_locked(home):
+    leftovers = [
+        housekeeping.transit_path(home / sub, id, housekeeping.REMOVING)
+        for sub in ("diff", "mnt")
+        for id in ("123", "456")
+    ]
+    for path in leftovers:
+        path.mkdir(parents=True)
     try:
-        drv = open_driver("aufs", home)
+        with MountRefs(home).locked("456"):  # a live process is still removing 456
+            drv = open_driver("aufs", home)
     except NotSupported as exc:
         pytest.skip(str(exc))
     drv.cleanup()
-    assert not (home / "diff" / "123-removing").exists()
-    assert not (home / "mnt" / "123-removing").exists()
+    assert [p.exists() for p in leftovers] == [False, True, False, True]
+
+
+def test_layer_id_ending_in_removing_survives_a_reopen(driver, home):
+    driver.create("x-removing", None)
+    open_driver("aufs", home)
+    assert driver.exists("x-removing")
+    assert (home / "diff" / "x-removing").is_dir()
+
+
+def _log_holders(log: pathlib.Path) -> list[int]:
+    """Processes whose stderr is `log`: the daemons started with it."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/2") == str(log):
+                found.append(int(pid))
+        except OSError:
+            continue
+    return found
+
+
+def test_a_daemon_that_misses_its_deadline_is_killed(tmp_path):
+    if not (fsutil.kernel_has_fs("fuse") and os.path.exists("/dev/fuse")):
+        pytest.skip("no FUSE on this host")
+    top, mnt, log = tmp_path / "top", tmp_path / "mnt", tmp_path / "union.log"
+    top.mkdir()
+    mnt.mkdir()
+    state_file = tmp_path / "state.json"
+    try:
+        try:
+            daemon.start(mnt, [f"{top}=rw"], state_file=state_file, log_file=log, wait=0)
+        except MountError:
+            pass
+        else:
+            daemon.stop(mnt, state_file)
+            pytest.skip("the daemon was ready before a zero deadline passed")
+        assert _log_holders(log) == []
+        assert not mounts.is_mountpoint(mnt)
+    finally:
+        for pid in _log_holders(log):
+            os.kill(pid, signal.SIGKILL)
+        mounts.unmount_all(mnt)
 
 
 def test_concurrent_get_put(driver):

@@ -24,6 +24,7 @@ from cowstore import btrfsioctl, fsutil, mounts
 from cowstore.archive import changes_dirs
 from cowstore.drivers import Change, open_driver
 from cowstore.drivers.btrfs import BtrfsDriver, balance, fastdiff, loopback, space
+from cowstore.drivers.refcount import MountRefs
 from cowstore.errors import ArchiveError, InvalidOption, LayerExists, LayerNotFound, NotSupported
 
 
@@ -189,8 +190,7 @@ def test_layer_id_errors(driver: BtrfsDriver) -> None:
         driver.create("one", None)
     with pytest.raises(LayerNotFound):
         driver.create("two", "missing")
-    with pytest.raises(LayerNotFound):
-        driver.remove("missing")
+    driver.remove("missing")  # not an error: recovery removes again what may be gone
     with pytest.raises(LayerNotFound):
         driver.get("missing")
     with pytest.raises(InvalidOption):
@@ -207,6 +207,17 @@ def test_interrupted_remove_is_finished_on_open(tmp_path: pathlib.Path) -> None:
         reopened = open_driver("btrfs", driver.home, {})
         assert os.listdir(reopened.home / "removing") == []
         assert reopened.exists("base") and not reopened.exists("child")
+
+
+def test_open_leaves_a_removal_in_progress_alone(tmp_path: pathlib.Path) -> None:
+    with _store(tmp_path) as driver:
+        driver.create("busy", None)
+        with MountRefs(driver.home).locked("busy"):  # as a live remove("busy") holds it
+            os.rename(driver.home / "subvolumes" / "busy", driver.home / "removing" / "busy-live")
+            open_driver("btrfs", driver.home, {})
+            assert os.listdir(driver.home / "removing") == ["busy-live"]
+        open_driver("btrfs", driver.home, {})
+        assert os.listdir(driver.home / "removing") == []
 
 
 # -- quotas ---------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from cowstore.drivers import overlayutils as ovl
 from cowstore.drivers.overlay import OverlayDriver
 from cowstore.errors import InvalidOption, NotSupported
 
-pytestmark = pytest.mark.skipif(not ovl.overlay_in_kernel(), reason="kernel has no overlay filesystem")
+pytestmark = pytest.mark.skipif(not fsutil.kernel_has_fs("overlay"), reason="kernel has no overlay filesystem")
 
 
 @pytest.fixture

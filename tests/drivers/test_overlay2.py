@@ -6,7 +6,6 @@ import io
 import os
 import pathlib
 import stat
-import subprocess
 import tarfile
 from collections.abc import Iterator
 
@@ -19,7 +18,7 @@ from cowstore.drivers.naive import NaiveDiffDriver
 from cowstore.drivers.overlay2 import Overlay2Driver
 from cowstore.errors import ArchiveError, InvalidOption, MaxDepthExceeded, NotSupported, QuotaNotSupported
 
-pytestmark = pytest.mark.skipif(not ovl.overlay_in_kernel(), reason="kernel has no overlay filesystem")
+pytestmark = pytest.mark.skipif(not fsutil.kernel_has_fs("overlay"), reason="kernel has no overlay filesystem")
 
 
 def _open(home: pathlib.Path, options: dict[str, str] | None = None) -> Overlay2Driver:
@@ -356,31 +355,8 @@ def test_cleanup_unmounts_everything(driver: Overlay2Driver) -> None:
 
 
 @pytest.fixture
-def xfs_home(tmp_path: pathlib.Path) -> Iterator[pathlib.Path]:
-    """A loop-mounted xfs with pquota; detached and unmounted whatever happens."""
-    image = tmp_path / "xfs.img"
-    mnt = tmp_path / "xfs"
-    mnt.mkdir()
-    with open(image, "wb") as fh:
-        fh.truncate(320 * 1024 * 1024)
-    try:
-        subprocess.run(["mkfs.xfs", "-q", str(image)], check=True, capture_output=True)
-    except (OSError, subprocess.CalledProcessError) as exc:
-        pytest.skip(f"mkfs.xfs unavailable: {exc}")
-    loop = subprocess.run(["losetup", "-f", "--show", str(image)], capture_output=True, text=True)
-    if loop.returncode != 0:
-        pytest.skip(f"no loop device: {loop.stderr.strip()}")
-    device = loop.stdout.strip()
-    try:
-        done = subprocess.run(["mount", "-o", "pquota", device, str(mnt)], capture_output=True, text=True)
-        if done.returncode != 0:
-            pytest.skip("this kernel cannot mount xfs with pquota (no XFS quota support)")
-        try:
-            yield mnt / "overlay2"
-        finally:
-            mounts.unmount_all(mnt)
-    finally:
-        subprocess.run(["losetup", "-d", device], capture_output=True)
+def xfs_home(xfs_mount: pathlib.Path) -> pathlib.Path:
+    return xfs_mount / "overlay2"
 
 
 def test_size_through_xfs_project_quota(xfs_home: pathlib.Path) -> None:

@@ -84,6 +84,19 @@ def list_entries(path: str) -> dict[str, os.stat_result]:
     return entries
 
 
+def sorted_with_parents(found: dict[str, str]) -> list[Change]:
+    """The changes sorted by path, with every directory above a change reported as changed.
+
+    moby does this so that applying the diff restores the directories' metadata.
+    """
+    for path in list(found):
+        parent = os.path.dirname(path)
+        while parent != "/" and parent not in found:
+            found[parent] = "C"
+            parent = os.path.dirname(parent)
+    return sorted(Change(path, kind) for path, kind in found.items())
+
+
 def changes_dirs(new: str | os.PathLike, old: str | os.PathLike | None) -> list[Change]:
     """Changes that turn tree `old` (None: empty) into tree `new`, sorted by path."""
     new_root = os.fspath(new)
@@ -113,12 +126,7 @@ def changes_dirs(new: str | os.PathLike, old: str | os.PathLike | None) -> list[
                 stack.append((path, stat.S_ISDIR(ost.st_mode)))
         for name in old_entries.keys() - new_entries.keys():
             found["/" + (f"{rel}/{name}" if rel else name)] = "D"
-    for path in list(found):
-        parent = os.path.dirname(path)
-        while parent != "/" and parent not in found:
-            found[parent] = "C"
-            parent = os.path.dirname(parent)
-    return sorted(Change(path, kind) for path, kind in found.items())
+    return sorted_with_parents(found)
 
 
 def changes_size(root: str | os.PathLike, changes: Iterable[Change]) -> int:

@@ -54,7 +54,11 @@ class Driver(abc.ABC):
 
     @abc.abstractmethod
     def remove(self, id: str) -> None:
-        """Delete a layer and its storage, unmounting it first if needed."""
+        """Delete a layer and its storage, unmounting it first if needed.
+
+        Removing a layer that does not exist is not an error: the layer store's
+        recovery and `check --repair` finish interrupted removals by calling it again.
+        """
 
     @abc.abstractmethod
     def get(self, id: str) -> pathlib.Path:

@@ -19,14 +19,16 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
+import stat
 from collections.abc import Mapping
 from typing import BinaryIO
 
 from cowstore import fsutil, mounts
 from cowstore.archive import apply_layer, tar_directory
-from cowstore.drivers import Change
+from cowstore.drivers import Change, housekeeping
 from cowstore.drivers.ids import check_id
 from cowstore.drivers.naive import NaiveDiffDriver
+from cowstore.drivers.options import parse_bool
 from cowstore.drivers.refcount import MountRefs
 from cowstore.errors import (
     InvalidOption,
@@ -37,23 +39,12 @@ from cowstore.errors import (
     NotSupported,
     QuotaNotSupported,
 )
+from cowstore.safepath import lstat_beneath
 from cowstore.unionfs import daemon
 from cowstore.unionfs.branches import META_PREFIX, OPAQUE, WH_PREFIX
 
 # The union has no compile-time branch limit; this bounds argv and lookup cost.
 MAX_DEPTH = 500
-_TRUE = {"1", "t", "true", "on", "yes", "y"}
-_FALSE = {"0", "f", "false", "off", "no", "n"}
-
-
-def _kernel_has_aufs() -> bool:
-    with open("/proc/filesystems") as fh:
-        return "aufs" in fh.read().split()
-
-
-def _kernel_has_fuse() -> bool:
-    with open("/proc/filesystems") as fh:
-        return "fuse" in fh.read().split() and os.path.exists("/dev/fuse")
 
 
 class AufsDriver(NaiveDiffDriver):
@@ -66,9 +57,7 @@ class AufsDriver(NaiveDiffDriver):
         for raw_key, value in self.options.items():
             key = raw_key.strip().lower()
             if key == "aufs.passthrough":
-                if value.strip().lower() not in _TRUE | _FALSE:
-                    raise InvalidOption(f"aufs: {raw_key} needs true or false, not {value!r}")
-                self.passthrough = value.strip().lower() in _TRUE
+                self.passthrough = parse_bool("aufs", raw_key, value)
             elif key == "aufs.cache_timeout":
                 try:
                     self.cache_timeout = float(value)
@@ -76,8 +65,8 @@ class AufsDriver(NaiveDiffDriver):
                     raise InvalidOption(f"aufs: {raw_key} needs seconds, not {value!r}") from None
             else:
                 raise InvalidOption(f"aufs: unknown option {raw_key}")
-        self.kernel_aufs = _kernel_has_aufs()
-        if not self.kernel_aufs and not _kernel_has_fuse():
+        self.kernel_aufs = fsutil.kernel_has_fs("aufs")
+        if not self.kernel_aufs and not (fsutil.kernel_has_fs("fuse") and os.path.exists("/dev/fuse")):
             raise NotSupported("aufs: the kernel has neither aufs nor FUSE (modprobe fuse)")
         if os.geteuid() != 0:
             raise NotSupported("aufs: union mounts need root")
@@ -117,11 +106,9 @@ class AufsDriver(NaiveDiffDriver):
         return [f"{self._diff(id)}=rw"] + [f"{self._diff(p)}=ro+wh" for p in self._parents(id)]
 
     def _sweep(self) -> None:
-        """Finish removals a crash interrupted (Docker's `*-removing` leftovers)."""
+        """Finish removals a crash interrupted, but not those a live process is doing."""
         for sub in ("diff", "mnt"):
-            for entry in os.scandir(self.home / sub):
-                if entry.name.endswith("-removing"):
-                    fsutil.remove_tree(entry.path)
+            housekeeping.sweep(self.home / sub, self.refs)
 
     # ---------------------------------------------------------------- create
 
@@ -229,12 +216,12 @@ class AufsDriver(NaiveDiffDriver):
             with contextlib.suppress(FileNotFoundError):
                 layers_file.unlink()
             for path in (self._diff(id), self._mnt(id)):
-                doomed = path.with_name(path.name + "-removing")
+                # Out of the way first, so a crash part-way leaves nothing under the id.
+                doomed = housekeeping.transit_path(path.parent, id, housekeeping.REMOVING)
                 try:
                     os.rename(path, doomed)
                 except FileNotFoundError:
-                    if not doomed.exists():
-                        continue
+                    continue
                 except OSError as exc:
                     raise MountError(
                         f"aufs: cannot remove {path}: {exc.strerror}; it needs to be cleaned up manually"
@@ -249,7 +236,7 @@ class AufsDriver(NaiveDiffDriver):
             return False
 
     def ids(self) -> list[str]:
-        return sorted(e.name for e in os.scandir(self.home / "layers") if not e.name.startswith("."))
+        return sorted(n for n in os.listdir(self.home / "layers") if not n.startswith("."))
 
     # ---------------------------------------------------------- introspection
 
@@ -281,12 +268,10 @@ class AufsDriver(NaiveDiffDriver):
         return data
 
     def cleanup(self) -> None:
-        for entry in os.scandir(self.home / "mnt"):
-            if mounts.is_mountpoint(entry.path) or self._state_file(entry.name).exists():
-                self._unmount(entry.name)
-        for point in mounts.mounts_under(self.home):
-            if os.path.realpath(point) != os.path.realpath(self.home):
-                mounts.umount(point, mounts.MNT_DETACH)
+        for name in os.listdir(self.home / "mnt"):
+            if mounts.is_mountpoint(self.home / "mnt" / name) or self._state_file(name).exists():
+                self._unmount(name)
+        housekeeping.unmount_below(self.home)
 
     # ------------------------------------------------------------ native diff
 
@@ -342,12 +327,13 @@ def layer_changes(diff_dir: pathlib.Path, parent_dirs: list[pathlib.Path]) -> li
                 continue
             rel = os.path.join(rel_dir, name)
             st = os.lstat(os.path.join(dirpath, name))
-            lower = next((s for s in (_lstat(p / rel) for p in parent_dirs) if s is not None), None)
+            # Never through a symlink of an ancestor: it could point anywhere on the host.
+            lower = next((s for s in (lstat_beneath(p, rel) for p in parent_dirs) if s is not None), None)
             if lower is None:
                 kinds["/" + rel] = "A"
                 touched.add(rel_dir)
             elif not (
-                os.path.isdir(os.path.join(dirpath, name))
+                stat.S_ISDIR(st.st_mode)
                 and lower.st_mode == st.st_mode
                 and lower.st_size == st.st_size
                 and lower.st_mtime_ns // 1_000_000_000 == st.st_mtime_ns // 1_000_000_000
@@ -357,10 +343,3 @@ def layer_changes(diff_dir: pathlib.Path, parent_dirs: list[pathlib.Path]) -> li
         if rel_dir:
             kinds.setdefault("/" + rel_dir, "C")
     return sorted(Change(path, kind) for path, kind in kinds.items())
-
-
-def _lstat(path: pathlib.Path) -> os.stat_result | None:
-    try:
-        return os.lstat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return None

@@ -259,7 +259,7 @@ class DeviceMapperDriver(NaiveDiffDriver):
 
     @staticmethod
     def _run(args: list[str]) -> str:
-        result = subprocess.run(args, capture_output=True, text=True)
+        result = subprocess.run(args, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             raise CowstoreError(f"devmapper: {' '.join(args)} failed: {result.stderr.strip()[-300:]}")
         return result.stdout
@@ -446,8 +446,12 @@ class DeviceMapperDriver(NaiveDiffDriver):
         """The `docker info` warning for loop-file pools."""
         if self.opts.get("dm.datadev"):
             return []
-        return ["WARNING: devicemapper: usage of loopback devices is strongly discouraged for production use.\n"
-                "         Use `--storage-opt dm.thinpooldev` to specify a custom block storage device."]
+        return [
+            (
+                "WARNING: devicemapper: usage of loopback devices is strongly discouraged for production use.\n"
+                "         Use `--storage-opt dm.thinpooldev` to specify a custom block storage device."
+            )
+        ]
 
     def list_devices(self) -> list[dict[str, Any]]:
         """`dmsetup ls` for this pool: every thin device with its layer id and activity."""

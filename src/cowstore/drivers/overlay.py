@@ -17,9 +17,10 @@ import secrets
 from collections.abc import Mapping
 from typing import BinaryIO
 
-from cowstore import fsutil, mounts
+from cowstore import fsutil
 from cowstore.archive import apply_layer
 from cowstore.dircopy import copy_tree
+from cowstore.drivers import housekeeping
 from cowstore.drivers import overlayutils as ovl
 from cowstore.drivers.naive import NaiveDiffDriver
 from cowstore.drivers.refcount import MountRefs
@@ -35,7 +36,7 @@ class OverlayDriver(NaiveDiffDriver):
         super().__init__(home, options)
         for key in self.options:
             raise InvalidOption(f"overlay: unknown option {key}")
-        if not ovl.overlay_in_kernel():
+        if not fsutil.kernel_has_fs("overlay"):
             raise NotSupported("overlay: the kernel has no overlay filesystem (modprobe overlay)")
         home.mkdir(mode=0o710, parents=True, exist_ok=True)
         self.backing = fsutil.backing_fs(home)
@@ -48,9 +49,7 @@ class OverlayDriver(NaiveDiffDriver):
             )
         self.mount_opts = ovl.mount_options()
         self.refs = MountRefs(home)
-        for entry in os.scandir(home):
-            if entry.name.startswith(".") and entry.name.endswith(("-creating", "-removing")):
-                fsutil.remove_tree(entry.path)
+        housekeeping.sweep(home, self.refs)
 
     def _dir(self, id: str) -> pathlib.Path:
         return self.home / ovl.check_id(id)
@@ -67,7 +66,7 @@ class OverlayDriver(NaiveDiffDriver):
                 raise LayerExists(f"layer {id} already exists")
             if parent is not None and not self._dir(parent).is_dir():
                 raise LayerNotFound(f"parent layer {parent} does not exist")
-            staging = self.home / f".{id}-{secrets.token_hex(4)}-creating"
+            staging = housekeeping.transit_path(self.home, id, housekeeping.CREATING)
             staging.mkdir(mode=0o710)
             try:
                 self._populate(staging, parent)
@@ -128,10 +127,7 @@ class OverlayDriver(NaiveDiffDriver):
             self.refs.forget(id)
 
     def exists(self, id: str) -> bool:
-        try:
-            return self._dir(id).is_dir()
-        except InvalidOption:
-            return False
+        return ovl.layer_exists(self.home, id)
 
     def ids(self) -> list[str]:
         return ovl.layer_ids(self.home)
@@ -153,9 +149,7 @@ class OverlayDriver(NaiveDiffDriver):
         }
 
     def cleanup(self) -> None:
-        for point in mounts.mounts_under(self.home):
-            if os.path.realpath(point) != os.path.realpath(self.home):
-                ovl.unmount(pathlib.Path(point))
+        housekeeping.unmount_below(self.home)
 
     def apply_diff(self, id: str, parent: str | None, stream: BinaryIO) -> int:
         """An image layer on an image layer becomes a hard-linked copy of the parent's

@@ -26,11 +26,12 @@ import secrets
 from collections.abc import Mapping
 from typing import BinaryIO
 
-from cowstore import fsutil, mounts, units
+from cowstore import fsutil, units
 from cowstore.archive import apply_layer, tar_directory
-from cowstore.drivers import Change
+from cowstore.drivers import Change, housekeeping
 from cowstore.drivers import overlayutils as ovl
 from cowstore.drivers.naive import NaiveDiffDriver
+from cowstore.drivers.options import parse_bool
 from cowstore.drivers.refcount import MountRefs
 from cowstore.errors import InvalidOption, LayerExists, LayerNotFound, MaxDepthExceeded, NotSupported, QuotaNotSupported
 from cowstore.quota import ProjectQuota
@@ -38,15 +39,6 @@ from cowstore.quota import ProjectQuota
 # Docker's limit for classic mount(2): 128 short links fit a page with room to spare.
 CLASSIC_MAX_LOWERS = 128
 _LINK_DIR = "l"
-_TRUE = {"1", "t", "true", "on", "yes", "y"}
-_FALSE = {"0", "f", "false", "off", "no", "n"}
-
-
-def _bool_option(key: str, value: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered in _TRUE | _FALSE:
-        return lowered in _TRUE
-    raise InvalidOption(f"overlay2: option {key} needs true or false, not {value!r}")
 
 
 def _new_link_id() -> str:
@@ -69,16 +61,16 @@ class Overlay2Driver(NaiveDiffDriver):
             elif key == "override_kernel_check":
                 continue  # accepted and ignored, like Docker 23+
             elif key == "redirect_dir":
-                redirect_dir = _bool_option(raw_key, value)
+                redirect_dir = parse_bool("overlay2", raw_key, value)
             elif key == "metacopy":
-                metacopy = _bool_option(raw_key, value)
+                metacopy = parse_bool("overlay2", raw_key, value)
             elif key == "mount_api":
                 if value not in ("auto", "classic"):
                     raise InvalidOption(f"overlay2: mount_api is auto or classic, not {value!r}")
-                self.classic = value == "classic" or not ovl.new_mount_api()
+                self.classic = value == "classic"
             else:
                 raise InvalidOption(f"overlay2: unknown option {raw_key}")
-        if not ovl.overlay_in_kernel():
+        if not fsutil.kernel_has_fs("overlay"):
             raise NotSupported("overlay2: the kernel has no overlay filesystem (modprobe overlay)")
         home.mkdir(mode=0o710, parents=True, exist_ok=True)
         self.backing = fsutil.backing_fs(home)
@@ -100,7 +92,7 @@ class Overlay2Driver(NaiveDiffDriver):
         self.refs = MountRefs(home)
         self._quota: ProjectQuota | None = None
         if self.default_size is not None:
-            self._quota = self._project_quota()
+            self._quota = ProjectQuota(self.home)
         self._sweep()
 
     # ----------------------------------------------------------------- paths
@@ -124,19 +116,27 @@ class Overlay2Driver(NaiveDiffDriver):
         return (self.home / _LINK_DIR / os.readlink(self.home / link_path)).resolve()
 
     def _sweep(self) -> None:
-        """Finish what a crash interrupted: half-built and half-removed layers, stale links."""
-        for entry in os.scandir(self.home):
-            if entry.name.startswith(".") and entry.name.endswith(("-creating", "-removing")):
-                fsutil.remove_tree(entry.path)
-        for entry in os.scandir(self.home / _LINK_DIR):
-            if entry.is_symlink() and not os.path.exists(entry.path):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(entry.path)
+        """Finish what a crash interrupted: half-built and half-removed layers, stale links.
+
+        A link is made before its layer is renamed into place, so a dangling one may
+        belong to a layer another process is creating right now: its lock says so.
+        """
+        housekeeping.sweep(self.home, self.refs)
+        housekeeping.sweep(self.home / _LINK_DIR, self.refs, self._dangling_link_id, os.unlink)
+
+    def _dangling_link_id(self, name: str) -> str | None:
+        """The layer id a dangling `l/<name>` (`../<id>/diff`) names; None if it is not dangling."""
+        path = self.home / _LINK_DIR / name
+        try:
+            target = os.readlink(path)
+        except OSError:
+            return None
+        if os.path.exists(path):
+            return None
+        parts = target.split("/")
+        return housekeeping.valid_id(parts[1]) if len(parts) == 3 and parts[0] == ".." else None
 
     # ---------------------------------------------------------------- create
-
-    def _project_quota(self) -> ProjectQuota:
-        return ProjectQuota(self.home)
 
     def create(self, id: str, parent: str | None, *, storage_opts: Mapping[str, str] | None = None) -> None:
         for key in storage_opts or {}:
@@ -153,7 +153,7 @@ class Overlay2Driver(NaiveDiffDriver):
             size = units.parse_size(value)
         if size is not None and self._quota is None:
             try:
-                self._quota = self._project_quota()
+                self._quota = ProjectQuota(self.home)
             except QuotaNotSupported as exc:
                 raise QuotaNotSupported(
                     f"--storage-opt is supported only for overlay over xfs with 'pquota' mount option ({exc})"
@@ -178,7 +178,7 @@ class Overlay2Driver(NaiveDiffDriver):
                         f"overlay2 mounts at most {self.max_lowers} here"
                     )
                 lower = ":".join(chain)
-            staging = self.home / f".{id}-{secrets.token_hex(4)}-creating"
+            staging = housekeeping.transit_path(self.home, id, housekeeping.CREATING)
             link = None
             try:
                 staging.mkdir(mode=0o710)
@@ -253,10 +253,7 @@ class Overlay2Driver(NaiveDiffDriver):
             self.refs.forget(id)
 
     def exists(self, id: str) -> bool:
-        try:
-            return self._dir(id).is_dir()
-        except InvalidOption:
-            return False
+        return ovl.layer_exists(self.home, id)
 
     def ids(self) -> list[str]:
         return ovl.layer_ids(self.home)
@@ -286,9 +283,7 @@ class Overlay2Driver(NaiveDiffDriver):
         return data
 
     def cleanup(self) -> None:
-        for point in mounts.mounts_under(self.home):
-            if os.path.realpath(point) != os.path.realpath(self.home):
-                ovl.unmount(pathlib.Path(point))
+        housekeeping.unmount_below(self.home)
 
     # ------------------------------------------------------------ native diff
 

@@ -18,16 +18,16 @@ import errno
 import functools
 import os
 import pathlib
-import secrets
 import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from cowstore import fsutil, mounts
-from cowstore.archive.changes import entry_modified
-from cowstore.drivers import Change, ids
+from cowstore.archive.changes import entry_modified, list_entries, sorted_with_parents
+from cowstore.drivers import Change, housekeeping, ids
 from cowstore.drivers.refcount import RefCount
 from cowstore.errors import InvalidOption, MaxDepthExceeded, MountError
+from cowstore.safepath import lstat_beneath
 
 # OVL_MAX_STACK in fs/overlayfs/params.h: the most lower layers one mount may have.
 KERNEL_MAX_LOWERS = 500
@@ -58,15 +58,6 @@ def check_id(id: str) -> str:
     if id in _RESERVED_IDS:
         raise InvalidOption(f"invalid layer id {id!r}: the name is reserved by the overlay drivers")
     return ids.check_id(id)
-
-
-def overlay_in_kernel() -> bool:
-    """Whether the running kernel knows the overlay filesystem (built in or loaded)."""
-    try:
-        with open("/proc/filesystems", encoding="ascii") as fh:
-            return any(line.split()[-1] == "overlay" for line in fh if line.strip())
-    except OSError:
-        return False
 
 
 @functools.cache
@@ -229,7 +220,7 @@ def _mount_classic(spec: OverlaySpec, target: pathlib.Path) -> None:
             os.chdir(spec.base)
             if mounts.libc().mount(b"overlay", target_b, b"overlay", flags, data) != 0:
                 code = ctypes.get_errno() or errno.EIO
-        except BaseException:
+        except BaseException:  # noqa: BLE001 - a forked child must never return into the caller's code
             code = errno.EIO
         os._exit(code)
     _, status = os.waitpid(pid, 0)
@@ -302,18 +293,6 @@ def release_mount(ref: RefCount, target: pathlib.Path) -> None:
         target.rmdir()
 
 
-def _entries(path: str) -> dict[str, os.stat_result]:
-    with os.scandir(path) as it:
-        return {entry.name: entry.stat(follow_symlinks=False) for entry in it}
-
-
-def _lstat(path: str) -> os.stat_result | None:
-    try:
-        return os.lstat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-
-
 def upper_changes(upper: str | os.PathLike, parent_view: str | os.PathLike | None) -> list[Change]:
     """The changes an upper dir makes to `parent_view` (the parent's mounted tree).
 
@@ -327,11 +306,11 @@ def upper_changes(upper: str | os.PathLike, parent_view: str | os.PathLike | Non
     stack: list[tuple[str, bool]] = [("", old_root is not None)]
     while stack:
         rel, in_old = stack.pop()
-        new_entries = _entries(os.path.join(upper_root, rel))
+        new_entries = list_entries(os.path.join(upper_root, rel))
         for name, nst in new_entries.items():
             path = f"{rel}/{name}" if rel else name
             old_path = os.path.join(old_root, path) if in_old and old_root is not None else None
-            ost = _lstat(old_path) if old_path is not None else None
+            ost = fsutil.lstat_or_none(old_path) if old_path is not None else None
             if is_whiteout(nst):
                 if ost is not None:
                     found["/" + path] = "D"
@@ -347,20 +326,15 @@ def upper_changes(upper: str | os.PathLike, parent_view: str | os.PathLike | Non
             if not stat.S_ISDIR(nst.st_mode):
                 continue
             if stat.S_ISDIR(ost.st_mode) and is_opaque(new_path):
-                for gone in _entries(old_path).keys() - _real_names(new_path):
+                for gone in list_entries(old_path).keys() - _real_names(new_path):
                     found[f"/{path}/{gone}"] = "D"
             stack.append((path, stat.S_ISDIR(ost.st_mode)))
-    for path in list(found):
-        parent = os.path.dirname(path)
-        while parent != "/" and parent not in found:
-            found[parent] = "C"
-            parent = os.path.dirname(parent)
-    return sorted(Change(path, kind) for path, kind in found.items())
+    return sorted_with_parents(found)
 
 
 def _real_names(path: str) -> set[str]:
     """Names in an upper directory that are real entries (whiteouts hide, not add)."""
-    return {name for name, st in _entries(path).items() if not is_whiteout(st)}
+    return {name for name, st in list_entries(path).items() if not is_whiteout(st)}
 
 
 def expand_root_opaque(upper: pathlib.Path, parent_view: pathlib.Path | None) -> None:
@@ -375,11 +349,11 @@ def expand_root_opaque(upper: pathlib.Path, parent_view: pathlib.Path | None) ->
     os.removexattr(upper, key)
     if parent_view is None:
         return
-    for name in os.listdir(parent_view):
-        mine = _lstat(os.path.join(upper, name))
+    for name, theirs in list_entries(os.fspath(parent_view)).items():
+        mine = fsutil.lstat_or_none(os.path.join(upper, name))
         if mine is None:
             os.mknod(os.path.join(upper, name), stat.S_IFCHR | 0o600, os.makedev(0, 0))
-        elif stat.S_ISDIR(mine.st_mode) and os.path.isdir(os.path.join(parent_view, name)):
+        elif stat.S_ISDIR(mine.st_mode) and stat.S_ISDIR(theirs.st_mode):
             os.setxattr(os.path.join(upper, name), key, b"y", follow_symlinks=False)
 
 
@@ -395,27 +369,37 @@ def drop_needless_whiteouts(upper: pathlib.Path, parent_view: pathlib.Path) -> N
         for name in dirnames + filenames:
             path = os.path.join(dirpath, name)
             st = os.lstat(path)
-            if is_whiteout(st) and _lstat(os.path.normpath(os.path.join(parent_view, rel, name))) is None:
+            if is_whiteout(st) and lstat_beneath(parent_view, os.path.join(rel, name)) is None:
                 os.unlink(path)
 
 
 def layer_ids(home: pathlib.Path) -> list[str]:
     """Layer directories of an overlay driver home (not `l/`, counts, or staging dirs)."""
-    return sorted(
-        e.name
-        for e in os.scandir(home)
-        if e.is_dir(follow_symlinks=False) and not e.name.startswith(".") and e.name not in ("l", "mountpoints")
-    )
+    with os.scandir(home) as it:
+        return sorted(
+            e.name
+            for e in it
+            if e.is_dir(follow_symlinks=False) and not e.name.startswith(".") and e.name not in _RESERVED_IDS
+        )
+
+
+def layer_exists(home: pathlib.Path, id: str) -> bool:
+    """Whether layer `id` exists in an overlay driver home (an invalid id never does)."""
+    try:
+        return (home / check_id(id)).is_dir()
+    except InvalidOption:
+        return False
 
 
 def remove_layer(home: pathlib.Path, layer: pathlib.Path, id: str, ref: RefCount) -> None:
     """Unmount a layer, then delete it under a `-removing` name.
 
     Renaming first means a crash half-way through the deletion leaves nothing under
-    the layer's id; the driver sweeps `-removing` leftovers when it starts.
+    the layer's id; the driver sweeps `-removing` leftovers when it starts. The caller
+    holds the id's lock (`ref`) throughout, which keeps that sweep off this one.
     """
     unmount(layer / "merged")
     ref.reset()
-    doomed = home / f".{id}-{secrets.token_hex(4)}-removing"
+    doomed = housekeeping.transit_path(home, id, housekeeping.REMOVING)
     os.rename(layer, doomed)
     fsutil.remove_tree(doomed)

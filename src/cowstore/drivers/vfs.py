@@ -1,20 +1,22 @@
 """vfs: every layer is a complete, independent copy of its parent (no copy-on-write).
 
 Needs no kernel feature at all, which is why it is the driver to port first and the
-fallback of last resort. Layout as Docker's: `vfs/dir/<id>/`.
+fallback of last resort. Layout as Docker's, `vfs/dir/<id>/`, plus the per-id lock
+files of `vfs/mountpoints/` (vfs never mounts; the name is MountRefs').
 """
 
 from __future__ import annotations
 
 import os
 import pathlib
-import secrets
 from collections.abc import Mapping
 
 from cowstore import fsutil
 from cowstore.dircopy import copy_tree
+from cowstore.drivers import housekeeping
 from cowstore.drivers.ids import check_id
 from cowstore.drivers.naive import NaiveDiffDriver
+from cowstore.drivers.refcount import MountRefs
 from cowstore.errors import InvalidOption, LayerExists, LayerNotFound, NotSupported
 from cowstore.quota import ProjectQuota
 from cowstore.units import parse_size
@@ -30,6 +32,8 @@ class VfsDriver(NaiveDiffDriver):
                 raise InvalidOption(f"unknown option {key} for vfs")
         self.dir = home / "dir"
         self.dir.mkdir(mode=0o710, parents=True, exist_ok=True)
+        self.refs = MountRefs(home)
+        housekeeping.sweep(self.dir, self.refs)
         self._quota: ProjectQuota | None = None
         self.default_size = parse_size(self.options["size"]) if "size" in self.options else None
         if self.default_size is not None:
@@ -59,27 +63,31 @@ class VfsDriver(NaiveDiffDriver):
 
     def _create(self, id: str, parent: str | None, size: int | None = None) -> None:
         target = self._path(id)
-        if target.exists():
-            raise LayerExists(f"layer {id} already exists")
-        if parent is not None and not self.exists(parent):
-            raise LayerNotFound(f"parent layer {parent} does not exist")
-        # Build under a temporary name so a crash never leaves a half-copied layer
-        # under the real id.
-        staging = self.dir / f".{id}-{secrets.token_hex(4)}-creating"
-        staging.mkdir(mode=0o755)
-        try:
-            quota = self._quota_for(size)
-            if quota is not None and size is not None:
-                quota.set(staging, size)
-            if parent is not None:
-                copy_tree(self._path(parent), staging)
-            os.rename(staging, target)
-        except BaseException:
-            fsutil.remove_tree(staging)
-            raise
+        with self.refs.locked(id):
+            if target.exists():
+                raise LayerExists(f"layer {id} already exists")
+            if parent is not None and not self.exists(parent):
+                raise LayerNotFound(f"parent layer {parent} does not exist")
+            # Build under a temporary name so a crash never leaves a half-copied layer
+            # under the real id; the lock keeps other processes' sweeps off it.
+            staging = housekeeping.transit_path(self.dir, id, housekeeping.CREATING)
+            staging.mkdir(mode=0o755)
+            try:
+                quota = self._quota_for(size)
+                if quota is not None and size is not None:
+                    quota.set(staging, size)
+                if parent is not None:
+                    copy_tree(self._path(parent), staging)
+                os.rename(staging, target)
+            except BaseException:
+                fsutil.remove_tree(staging)
+                raise
 
     def remove(self, id: str) -> None:
-        fsutil.remove_tree(self._path(id))
+        path = self._path(id)
+        with self.refs.locked(id):
+            fsutil.remove_tree(path)
+            self.refs.forget(id)
 
     def get(self, id: str) -> pathlib.Path:
         path = self._path(id)

@@ -86,7 +86,7 @@ def _running(pid: int) -> bool:
 
 
 def _losetup(*args: str) -> str:
-    result = subprocess.run(["losetup", *args], capture_output=True, text=True)
+    result = subprocess.run(["losetup", *args], capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise PoolError(f"losetup {' '.join(args)}: {result.stderr.strip()}")
     return result.stdout.strip()
@@ -109,7 +109,7 @@ def find_loop(path: str | os.PathLike) -> str | None:
 def detach_loop(device: str) -> None:
     """Detach a loop device, retrying while the kernel still holds it briefly."""
     for _ in range(50):
-        result = subprocess.run(["losetup", "--detach", device], capture_output=True, text=True)
+        result = subprocess.run(["losetup", "--detach", device], capture_output=True, text=True, check=False)
         if result.returncode == 0 or "No such device" in result.stderr:
             break
         time.sleep(0.1)

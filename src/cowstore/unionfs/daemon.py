@@ -92,7 +92,11 @@ def start(
     source: str = "unionfs",
     wait: float = 15.0,
 ) -> DaemonState:
-    """Start a daemon mounting `branches` (top first, `DIR=MODE`) at `mountpoint`."""
+    """Start a daemon mounting `branches` (top first, `DIR=MODE`) at `mountpoint`.
+
+    A daemon that is not ready within `wait` seconds is killed: left running, it could
+    still mount later, over a mount point its caller has given up on.
+    """
     mnt = os.path.realpath(mountpoint)
     log_file.parent.mkdir(parents=True, exist_ok=True)
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
@@ -101,15 +105,17 @@ def start(
         _daemon_child(mnt, list(branches), write_end, log_file, timeout, passthrough, source)
     os.close(write_end)
     try:
-        os.waitpid(pid, 0)  # the intermediate child exits at once
-        line = _read_line(read_end, wait)
+        os.waitpid(pid, 0)  # the intermediate child reports the daemon's pid and exits
+        daemon_pid, ready = _read_reports(read_end, wait)
     finally:
         os.close(read_end)
-    if not line:
+    if ready is None:
+        if daemon_pid is not None:
+            _kill_daemon(daemon_pid, session=pid)
         if mounts.is_mountpoint(mnt):
             fuse.unmount(mnt)
         raise MountError(f"union mount on {mnt} failed: {_tail(log_file)} (log: {log_file})")
-    daemon_pid, conn, passthrough_on = line.split()
+    daemon_pid, conn, passthrough_on = ready
     info = _proc_stat(int(daemon_pid))
     state = DaemonState(
         int(daemon_pid), info[1] if info else 0, int(conn), mnt, list(branches), passthrough_on == "1", str(log_file)
@@ -125,7 +131,9 @@ def _daemon_child(
     code = 1
     try:
         os.setsid()
-        if os.fork() != 0:
+        daemon_pid = os.fork()
+        if daemon_pid != 0:
+            os.write(ready_fd, f"{daemon_pid}\n".encode())
             os._exit(0)
         # Inherited descriptors could hold the caller's locks (flock follows the open
         # file) or keep its pipes open: keep only stdio and the ready pipe.
@@ -163,18 +171,49 @@ def _terminate(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
-def _read_line(fd: int, wait: float) -> str:
+def _read_reports(fd: int, wait: float) -> tuple[int | None, list[str] | None]:
+    """The daemon's pid and its ready line split in fields (`pid conn passthrough`).
+
+    Either may be missing. The two writers (intermediate child: a lone pid; daemon:
+    three fields) may come in either order; the pid is always in the pipe by now, since
+    the intermediate child wrote it before it exited, so what is already there is read
+    even once the deadline has passed.
+    """
     deadline = time.monotonic() + wait
     data = b""
-    while not data.endswith(b"\n"):
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
-            return ""
+    while True:
+        lines = [line.split() for line in data.decode().split("\n")[:-1]]
+        pid = next((int(f[0]) for f in lines if len(f) == 1), None)
+        ready = next((f for f in lines if len(f) == 3), None)
+        if ready is not None:
+            return pid, ready
+        if not select.select([fd], [], [], max(deadline - time.monotonic(), 0))[0]:
+            return pid, None
         chunk = os.read(fd, 256)
         if not chunk:
-            return ""
+            return pid, None
         data += chunk
-    return data.decode()
+
+
+def _kill_daemon(pid: int, *, session: int) -> None:
+    """SIGKILL a daemon that missed its deadline, and wait until it is gone.
+
+    It is identified by its session (the intermediate child's pid, from its setsid), so
+    a recycled pid is never hit; the pidfd pins it while that is checked.
+    """
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        if os.getsid(pid) != session:
+            return
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        select.select([pidfd], [], [], 5.0)  # readable once the process has exited
+    except ProcessLookupError:
+        return
+    finally:
+        os.close(pidfd)
 
 
 def _tail(log_file: pathlib.Path) -> str:

@@ -1,7 +1,8 @@
 """btrfs: every layer is a subvolume; a child layer is a writable snapshot of its parent.
 
 Layout as Docker's: `btrfs/subvolumes/<id>` (always present, no mount: get returns the
-directory itself) and `btrfs/quotas/<id>` (the size limit of a layer, decimal bytes).
+directory itself) and `btrfs/quotas/<id>` (the size limit of a layer, decimal bytes);
+cowstore adds `removing/` (layers being deleted) and `mountpoints/` (per-id lock files).
 Snapshots are O(1) in the layer size, so a container is created in milliseconds and
 costs a few kilobytes; the price is CoW on every write and chunk-based allocation
 (see `space`). All subvolume work goes through ioctls (`cowstore.btrfsioctl`).
@@ -20,10 +21,11 @@ import subprocess
 from collections.abc import Iterator, Mapping
 
 from cowstore import btrfsioctl, fsutil, mounts
-from cowstore.drivers import Change
+from cowstore.drivers import Change, housekeeping
 from cowstore.drivers.btrfs import fastdiff, loopback, space
 from cowstore.drivers.ids import check_id
 from cowstore.drivers.naive import NaiveDiffDriver
+from cowstore.drivers.refcount import MountRefs
 from cowstore.errors import (
     CowstoreError,
     InvalidOption,
@@ -65,6 +67,11 @@ def _opened(path: pathlib.Path | str, dir_fd: int | None = None) -> Iterator[int
         os.close(fd)
 
 
+def _removing_id(name: str) -> str | None:
+    """The layer id of a `removing/<id>-<random>` entry."""
+    return housekeeping.valid_id(name.rpartition("-")[0])
+
+
 class BtrfsDriver(NaiveDiffDriver):
     """Layers as btrfs subvolumes and snapshots, with qgroup size limits."""
 
@@ -92,7 +99,8 @@ class BtrfsDriver(NaiveDiffDriver):
         self.subvolumes.mkdir(mode=0o710, exist_ok=True)
         self.quotas.mkdir(mode=0o700, exist_ok=True)
         self.removing.mkdir(mode=0o700, exist_ok=True)
-        self._sweep_removing()
+        self.refs = MountRefs(home)  # only for its per-id locks: btrfs layers are never mounted
+        housekeeping.sweep(self.removing, self.refs, _removing_id, self._delete)
         if self.min_space is not None:
             self._enable_quota()
 
@@ -115,6 +123,10 @@ class BtrfsDriver(NaiveDiffDriver):
     def create_rw(self, id: str, parent: str | None, *, storage_opts: Mapping[str, str] | None = None) -> None:
         check_id(id)
         size = self._parse_storage_opts(storage_opts or {})
+        with self.refs.locked(id):
+            self._create(id, parent, size)
+
+    def _create(self, id: str, parent: str | None, size: int | None) -> None:
         with _opened(self.subvolumes) as dir_fd:
             try:
                 if parent is None:
@@ -138,7 +150,7 @@ class BtrfsDriver(NaiveDiffDriver):
             self._apply_limit(id, size)
             (self.quotas / id).write_text(str(size))
         except BaseException:
-            self.remove(id)
+            self._remove(id)
             raise
 
     def _parse_storage_opts(self, storage_opts: Mapping[str, str]) -> int | None:
@@ -157,22 +169,24 @@ class BtrfsDriver(NaiveDiffDriver):
         return size
 
     def remove(self, id: str) -> None:
+        with self.refs.locked(check_id(id)):
+            self._remove(id)
+            self.refs.forget(id)
+
+    def _remove(self, id: str) -> None:
+        """Delete layer `id` (absent: nothing to do); the caller holds the id's lock."""
         path = self._path(id)
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            raise LayerNotFound(f"layer {id} does not exist") from None
+        if fsutil.lstat_or_none(path) is None:
+            return
         for point in mounts.mounts_under(path):
             mounts.umount(point, mounts.MNT_DETACH)
         # Out of the way first, so a crash part-way leaves no half-deleted layer under
-        # its id; leftovers are swept when the driver is opened again.
+        # its id; leftovers are swept when the driver is opened again, unless their
+        # lock (held here until the end) says a live process is still at it.
         staged = self.removing / f"{id}-{secrets.token_hex(4)}"
         os.rename(path, staged)
         try:
-            if btrfsioctl.is_subvolume(st):
-                self._destroy(staged)
-            else:
-                fsutil.remove_tree(staged)
+            self._delete(staged)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.rename(staged, path)
@@ -210,13 +224,15 @@ class BtrfsDriver(NaiveDiffDriver):
                     raise LayerInUse(f"subvolume {path} is busy (mounted or being sent)") from None
                 raise BtrfsError(f"delete subvolume {path}: {exc.strerror}") from None
 
-    def _sweep_removing(self) -> None:
-        for entry in os.scandir(self.removing):
-            st = entry.stat(follow_symlinks=False)
-            if btrfsioctl.is_subvolume(st):
-                self._destroy(pathlib.Path(entry.path))
-            else:
-                fsutil.remove_tree(entry.path)
+    def _delete(self, path: pathlib.Path) -> None:
+        """Delete a subvolume with everything nested in it, or a plain directory tree."""
+        st = fsutil.lstat_or_none(path)
+        if st is None:
+            return
+        if btrfsioctl.is_subvolume(st):
+            self._destroy(path)
+        else:
+            fsutil.remove_tree(path)
 
     def get(self, id: str) -> pathlib.Path:
         path = self._path(id)
