@@ -3,7 +3,7 @@
 import pytest
 
 from cowstore.digest import EMPTY_LAYER_DIGEST, chain_id, check_digest, random_id, sha256_bytes
-from cowstore.errors import InvalidDigest
+from cowstore.errors import InvalidDigest, InvalidOption
 from cowstore.units import human_size, parse_size
 
 
@@ -16,7 +16,7 @@ def test_parse_size(text: str, value: int) -> None:
 
 
 def test_parse_size_rejects_garbage() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(InvalidOption, match="invalid size 'ten gigs'"):
         parse_size("ten gigs")
 
 
