@@ -327,3 +327,49 @@ def test_killed_pool_reopens_consistent(tmp_path):
             assert pool.check() == [], f"round {round_}"
             assert pool.read(2, 0, len(pattern)) == pattern
             assert 1 in [d.dev_id for d in pool.devices()]
+
+
+def test_reads_outside_the_lock_never_see_reused_blocks(pool: ThinPool) -> None:
+    """Readers of a snapshot race a writer that rewrites, discards and commits the origin.
+
+    Reads copy data outside the pool lock; blocks freed by the writer must not be reused
+    (or punched) while a read may still be copying them.
+    """
+    import threading
+
+    size = 64 * 64 * 1024
+    pool.create_thin(1, size)
+    original = bytes(range(256)) * (size // 256)
+    pool.write(1, 0, original)
+    pool.create_snap(2, 1)
+    pool.flush()
+    stop = threading.Event()
+    wrong: list[int] = []
+
+    def reader() -> None:
+        while not stop.is_set():
+            for offset in range(0, size, 256 * 1024):
+                if pool.read(2, offset, 256 * 1024) != original[offset : offset + 256 * 1024]:
+                    wrong.append(offset)
+
+    def writer() -> None:
+        rounds = 0
+        while not stop.is_set():
+            pool.write(1, (rounds % 64) * 65536, bytes([rounds % 251]) * 65536)
+            if rounds % 7 == 0:
+                pool.discard(1, ((rounds * 3) % 64) * 65536, 65536)
+            if rounds % 5 == 0:
+                pool.flush()
+            rounds += 1
+
+    threads = [threading.Thread(target=reader) for _ in range(3)] + [threading.Thread(target=writer)]
+    for t in threads:
+        t.start()
+    import time
+
+    time.sleep(3)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert wrong == []
+    assert pool.check() == []

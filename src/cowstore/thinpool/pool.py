@@ -118,6 +118,8 @@ class ThinPool:
         self.min_free_pct = min_free_pct
         self._lock = threading.RLock()
         self._space = threading.Condition(self._lock)
+        self._readers = 0  # reads copying data outside the pool lock
+        self._readers_idle = threading.Condition(threading.Lock())
         self._nodes: dict[int, array] = {}
         self._raw: dict[int, bytes] = {}  # fresh device-table and count-leaf blocks
         self._fresh: set[int] = set()
@@ -200,6 +202,7 @@ class ThinPool:
         with self._lock:
             if self._closed:
                 return
+            self._wait_for_readers()
             try:
                 if self._dirty:
                     self._commit()
@@ -212,6 +215,7 @@ class ThinPool:
         """Close without committing, as a crash would (tests and error paths)."""
         with self._lock:
             if not self._closed:
+                self._wait_for_readers()
                 self._closed = True
                 os.close(self._meta_fd)
                 os.close(self._data_fd)
@@ -525,6 +529,8 @@ class ThinPool:
                 os.fdatasync(self._data_fd)
 
     def _commit(self) -> None:
+        if self._data_pending:
+            self._wait_for_readers()  # the freed blocks become reusable (and are punched) below
         sb = self._sb
         old_devtab = self._devtab_blocks
         devices = sorted(self._devices.values(), key=lambda d: d.dev_id)
@@ -772,24 +778,66 @@ class ThinPool:
 
     def read(self, dev_id: int, offset: int, length: int) -> bytes:
         """Bytes of a device; unmapped blocks read as zeros."""
+        buf = bytearray(length)
+        self.read_into(dev_id, offset, memoryview(buf))
+        return bytes(buf)
+
+    def read_into(self, dev_id: int, offset: int, buf: memoryview) -> None:
+        """Fill `buf` with the device's bytes from `offset`; unmapped blocks read as zeros.
+
+        The mapping is resolved under the pool lock and the data read outside it, one
+        pread per run of consecutive data blocks, so big reads cost one system call
+        and reads of different requests overlap. That is safe because a data block a
+        read may still be copying from can only be handed to another device by a
+        commit, and a commit waits for the reads in flight first (`_wait_for_readers`).
+        """
         with self._lock:
             dev = self._device(dev_id)
-            self._range(dev, offset, length)
-            bs = self.block_size
-            parts: list[bytes] = []
-            pos = offset
-            end = offset + length
-            while pos < end:
-                vblock, inblock = divmod(pos, bs)
-                count = min(bs - inblock, end - pos)
-                data, _ = self._lookup(dev, vblock)
-                if data < 0:
-                    parts.append(bytes(count))
-                else:
-                    chunk = os.pread(self._data_fd, count, data * bs + inblock)
-                    parts.append(chunk.ljust(count, b"\0"))
-                pos += count
-            return b"".join(parts)
+            self._range(dev, offset, len(buf))
+            runs = self._resolve(dev, offset, len(buf))
+            with self._readers_idle:
+                self._readers += 1
+        try:
+            for pos, count, where in runs:
+                while where >= 0 and count:
+                    got = os.preadv(self._data_fd, [buf[pos:pos + count]], where)
+                    if not got:
+                        break  # beyond the end of the data file: reads as zeros
+                    pos, count, where = pos + got, count - got, where + got
+                if count:
+                    buf[pos:pos + count] = bytes(count)
+        finally:
+            with self._readers_idle:
+                self._readers -= 1
+                if not self._readers:
+                    self._readers_idle.notify_all()
+
+    def _resolve(self, dev: Device, offset: int, length: int) -> list[tuple[int, int, int]]:
+        """(position in the buffer, length, data file offset or -1 for zeros) runs covering a read."""
+        bs = self.block_size
+        runs: list[tuple[int, int, int]] = []
+        pos = 0
+        while pos < length:
+            vblock, inblock = divmod(offset + pos, bs)
+            count = min(bs - inblock, length - pos)
+            data = self._lookup(dev, vblock)[0]
+            where = data * bs + inblock if data >= 0 else -1
+            if runs:
+                last_pos, last_count, last_where = runs[-1]
+                if (where < 0) == (last_where < 0) and (where < 0 or where == last_where + last_count):
+                    runs[-1] = (last_pos, last_count + count, last_where)
+                    pos += count
+                    continue
+            runs.append((pos, count, where))
+            pos += count
+        return runs
+
+    def _wait_for_readers(self) -> None:
+        """Wait until no read copies data outside the lock (the caller holds the pool lock,
+        so no new read can start; the ones in flight finish without it)."""
+        with self._readers_idle:
+            while self._readers:
+                self._readers_idle.wait()
 
     def write(self, dev_id: int, offset: int, data: bytes | bytearray | memoryview) -> int:
         """Write bytes to a device, copying shared blocks first; returns the count written."""
