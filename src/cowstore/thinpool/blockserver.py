@@ -76,7 +76,7 @@ class BlockFS(mfusepy.Operations):
 
     use_ns = True
 
-    def __init__(self, pool: ThinPool, devices: Devices, ready: threading.Event, watchdog: "Watchdog") -> None:
+    def __init__(self, pool: ThinPool, devices: Devices, ready: threading.Event, watchdog: Watchdog) -> None:
         self.pool = pool
         self.devices = devices
         self.ready = ready
@@ -195,7 +195,7 @@ class Watchdog:
         self.inflight: dict[int, float] = {}
         self.aborted = False
 
-    def request(self) -> "_Inflight":
+    def request(self) -> _Inflight:
         return _Inflight(self)
 
     def run(self) -> None:

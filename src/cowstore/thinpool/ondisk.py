@@ -48,7 +48,7 @@ class Superblock:
         return (body + struct.pack("<I", crc)).ljust(META_BLOCK, b"\0")
 
     @classmethod
-    def unpack(cls, raw: bytes) -> "Superblock | None":
+    def unpack(cls, raw: bytes) -> Superblock | None:
         """The superblock in `raw`, or None when the slot is empty, torn or foreign."""
         if len(raw) < _SB.size + 4:
             return None
@@ -83,7 +83,7 @@ class Device:
                          self.transaction, self.creation_time, self.snap_time)
 
     @classmethod
-    def unpack_from(cls, raw: bytes, offset: int) -> "Device":
+    def unpack_from(cls, raw: bytes, offset: int) -> Device:
         dev_id, depth, size, root, mapped, txn, ctime, stime = _DEV.unpack_from(raw, offset)
         return cls(dev_id=dev_id, size=size, depth=depth, root=root, mapped=mapped,
                    transaction=txn, creation_time=ctime, snap_time=stime)

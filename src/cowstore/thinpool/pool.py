@@ -168,7 +168,7 @@ class ThinPool:
 
     @classmethod
     def open(cls, metadata: str | os.PathLike, data: str | os.PathLike, *, no_space_policy: str = "error",
-             queue_timeout: float = 60.0, min_free_pct: int = 10, scrub: bool = True) -> "ThinPool":
+             queue_timeout: float = 60.0, min_free_pct: int = 10, scrub: bool = True) -> ThinPool:
         """Open a formatted pool at its last commit.
 
         `scrub` punches free blocks that still hold data; restoring a dump onto a data
@@ -220,7 +220,7 @@ class ThinPool:
                 os.close(self._meta_fd)
                 os.close(self._data_fd)
 
-    def __enter__(self) -> "ThinPool":
+    def __enter__(self) -> ThinPool:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -1008,7 +1008,7 @@ class ThinPool:
                         meta[child] += 1
 
     @contextlib.contextmanager
-    def locked(self) -> Iterator["ThinPool"]:
+    def locked(self) -> Iterator[ThinPool]:
         """Hold the pool lock across several calls (e.g. a consistent dump)."""
         with self._lock:
             yield self
