@@ -1,4 +1,4 @@
-"""`cowstore bench --quick` on vfs and overlay2 writes a well-formed JSON and report (no timings)."""
+"""`cowstore bench --quick` on vfs and overlay2 writes a well-formed JSON and report (no timings); scales."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from click.testing import CliRunner
 
 from cowstore import mounts
 from cowstore.bench import bench_command
+from cowstore.bench.experiments import ALL
+from cowstore.bench.scale import Scale
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the bench mounts a loop-backed scratch store: needs root")
 
@@ -24,7 +26,7 @@ def test_quick_bench_writes_json_and_report(tmp_path: pathlib.Path) -> None:
     assert set(mounts.mounts_under("/var/tmp")) == before, "the bench left mounts behind"
 
     data = json.loads((out / "report.json").read_text())
-    assert data["quick"] is True
+    assert data["scale"] == "quick"
     assert {"vfs", "native"} <= set(data["subjects"])
     assert "overlay2" in data["subjects"] or "overlay2" in data["unavailable"]
     keys = [e["key"] for e in data["experiments"]]
@@ -37,7 +39,7 @@ def test_quick_bench_writes_json_and_report(tmp_path: pathlib.Path) -> None:
     assert "thin pools are devicemapper's" in data["experiments"][keys.index("thin_pool")]["skipped"]["vfs"]
 
     report = (out / "report.md").read_text()
-    assert report.startswith("# cowstore bench report")
+    assert report.startswith("# cowstore bench report") and "`--scale quick`" in report
     for experiment in data["experiments"]:
         assert f"## {experiment['title']}" in report
         if importlib.util.find_spec("matplotlib") is not None and experiment["series"]:
@@ -51,3 +53,21 @@ def test_adjtimex_readings_are_parsed_to_milliseconds() -> None:
     one = "    mode:         0\n    time.tv_sec:  100\n    time.tv_usec: 250\n    return value: 5 (clock not synchronized)\n"
     two = one.replace("250", "1250").replace("100", "101")
     assert _adjtimex_ms(one + two) == [100_000.25, 101_001.25]
+
+
+def test_full_scale_has_the_issues_sizes_and_quick_is_smallest() -> None:
+    """Without running: `full` reaches 1000 containers, 1 GiB copy-up and 500 layers; no scale shrinks a point set."""
+    points = {e.key: {scale: e.points(scale) for scale in Scale} for e in ALL}
+    assert max(points["container_cost"][Scale.FULL]) == 1000
+    assert max(points["copy_up"][Scale.FULL]) == 1024
+    assert max(points["deep_layers"][Scale.FULL]) == 500
+    assert points["deep_layers"][Scale.STANDARD] == [1, 16, 64, 128]
+    for key, by_scale in points.items():
+        numeric = {s: [p for p in ps if isinstance(p, int)] for s, ps in by_scale.items()}
+        if numeric[Scale.QUICK]:
+            assert max(numeric[Scale.QUICK]) <= max(numeric[Scale.STANDARD]) <= max(numeric[Scale.FULL]), key
+
+
+def test_quick_contradicting_scale_is_refused() -> None:
+    result = CliRunner().invoke(bench_command, ["--quick", "--scale", "full"])
+    assert result.exit_code == 2 and "--quick contradicts --scale full" in result.output

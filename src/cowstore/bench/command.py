@@ -16,12 +16,16 @@ from cowstore.bench.experiments import ALL, Context, Result
 from cowstore.bench.images import ImageCache
 from cowstore.bench.peers import PEERS, open_peer
 from cowstore.bench.runner import run_experiment
+from cowstore.bench.scale import Scale
 from cowstore.bench.scratch import Scratch, interrupts_as_exceptions
 from cowstore.bench.subjects import DriverSubject, NativeSubject, Subject
 from cowstore.drivers import driver_names
 from cowstore.errors import CowstoreError, NotSupported
 
 GIB = 1024**3
+# The sparse ext4 every subject shares: `full` holds 1 GiB copy-up images in every store at
+# once and 1000 vfs containers (two copies of the base image each).
+_SCRATCH_GIB = {Scale.QUICK: 4, Scale.STANDARD: 32, Scale.FULL: 64}
 
 
 def _split(values: tuple[str, ...]) -> list[str]:
@@ -61,7 +65,10 @@ def _subjects(scratch: Scratch, drivers: list[str], peers: list[str],
 @click.command("bench")
 @click.option("--driver", "drivers", multiple=True, metavar="D",
               help="Driver to measure (repeatable, or comma-separated); default: every driver that opens here.")
-@click.option("--quick", is_flag=True, help="Small sizes and fewer rounds: under 2 minutes.")
+@click.option("--scale", "scale_name", type=click.Choice([s.value for s in Scale]), default=None,
+              help="Sizes: quick (under 2 minutes), standard (the default, ~10-25 minutes here), "
+                   "full (the issue's: 1000 containers, 1 GiB copy-up, 500 layers; hours).")
+@click.option("--quick", is_flag=True, help="Same as --scale quick.")
 @click.option("--compare", "compare", default="", metavar="PEERS",
               help="Peers to measure side by side, e.g. podman,docker (skipped with a reason when absent).")
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=pathlib.Path),
@@ -69,9 +76,12 @@ def _subjects(scratch: Scratch, drivers: list[str], peers: list[str],
               help="Directory for report.md, report.json and the plots.")
 @click.option("--only", "only", multiple=True, metavar="KEY",
               help=f"Run only these experiments ({', '.join(e.key for e in ALL)}).")
-def bench_command(drivers: tuple[str, ...], quick: bool, compare: str, out: pathlib.Path,
+def bench_command(drivers: tuple[str, ...], scale_name: str | None, quick: bool, compare: str, out: pathlib.Path,
                   only: tuple[str, ...]) -> None:
     """Measure the talk's claims per driver, on a scratch store, and write a report."""
+    if quick and scale_name not in (None, Scale.QUICK):
+        raise click.BadParameter(f"--quick contradicts --scale {scale_name}", param_hint="--quick")
+    scale = Scale.QUICK if quick else Scale(scale_name or Scale.STANDARD)
     chosen = _split(drivers) or driver_names()
     for name in chosen:
         if name not in driver_names():
@@ -95,12 +105,12 @@ def bench_command(drivers: tuple[str, ...], quick: bool, compare: str, out: path
 
     unavailable: dict[str, str] = {}
     results: list[Result] = []
-    run = {"created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "quick": quick,
+    run = {"created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "scale": scale.value,
            "host": report.host_facts()}
-    with interrupts_as_exceptions(), Scratch((4 if quick else 32) * GIB) as scratch:
+    with interrupts_as_exceptions(), Scratch(_SCRATCH_GIB[scale] * GIB) as scratch:
         log(f"scratch store in {scratch.base} on {scratch.backing}")
         with _subjects(scratch, chosen, peers, unavailable, log) as subjects:
-            ctx = Context(quick=quick, images=ImageCache(scratch.path("images")), scratch=scratch, log=log)
+            ctx = Context(scale=scale, images=ImageCache(scratch.path("images")), scratch=scratch, log=log)
             for experiment in experiments:
                 result = run_experiment(experiment, subjects, ctx)
                 results.append(result)

@@ -154,7 +154,7 @@ def markdown(run: dict[str, Any], results: Sequence[Result], plots: dict[str, st
     host = run["host"]
     lines = [
         "# cowstore bench report", "",
-        f"- Run: {run['created']} ({'--quick' if run['quick'] else 'full'}), {run['seconds']:.0f} s in all",
+        f"- Run: {run['created']} (`--scale {run['scale']}`), {run['seconds']:.0f} s in all",
         (f"- Host: kernel {host['kernel']}, {host['cpus']} CPUs, {host['memory_gib']} GiB RAM, "
          f"load average at start {host['load_average']}"),
         f"- Backing: {run['backing']}",

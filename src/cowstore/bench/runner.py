@@ -24,7 +24,7 @@ def _describe(exc: BaseException) -> str:
 
 
 def run_experiment(experiment: Experiment, subjects: Sequence[Subject], ctx: Context) -> Result:
-    result = experiment.result(ctx.quick)
+    result = experiment.result(ctx.scale)
     started = time.perf_counter()
     states: dict[str, Any] = {}
     active: list[Subject] = []
@@ -44,14 +44,14 @@ def run_experiment(experiment: Experiment, subjects: Sequence[Subject], ctx: Con
             caveat = experiment.caveat(subject)
             if caveat:
                 result.notes.append(f"{subject.name}: {caveat}")
-        for round_no in range(experiment.rounds(ctx.quick)):
+        for round_no in range(experiment.rounds(ctx.scale)):
             shift = round_no % max(len(active), 1)
             order = active[shift:] + active[:shift]
             for point in result.points:
                 for subject in order:
                     if subject.name in result.errors:
                         continue
-                    reason = experiment.limit(subject, states[subject.name], point, ctx.quick)
+                    reason = experiment.limit(subject, states[subject.name], point, ctx.scale)
                     if reason:
                         result.limits[subject.name][str(point)] = reason
                         continue

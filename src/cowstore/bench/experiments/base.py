@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cowstore.bench.images import ImageCache
+from cowstore.bench.scale import Scale
 from cowstore.bench.scratch import Scratch
 from cowstore.bench.stats import Summary, summarize
 from cowstore.bench.subjects import Subject
@@ -42,7 +43,7 @@ class Verdict:
 class Context:
     """Run-wide settings and the scratch space experiments write their inputs to."""
 
-    quick: bool
+    scale: Scale
     images: ImageCache
     scratch: Scratch
     log: Callable[[str], None]
@@ -94,18 +95,18 @@ class Experiment(abc.ABC):
     x_label: str
     metrics: tuple[Metric, ...]
 
-    def rounds(self, quick: bool) -> int:
-        return 2 if quick else 3
+    def rounds(self, scale: Scale) -> int:
+        return scale.pick(2, 3)
 
     @abc.abstractmethod
-    def points(self, quick: bool) -> list[Point]:
+    def points(self, scale: Scale) -> list[Point]:
         """The x values, in the order they are measured."""
 
     def supports(self, subject: Subject) -> str | None:
         """Why `subject` cannot take part (None: it can). Default: cowstore drivers only."""
         return None if subject.kind == "driver" else "cowstore drivers only"
 
-    def limit(self, subject: Subject, state: Any, point: Point, quick: bool) -> str | None:
+    def limit(self, subject: Subject, state: Any, point: Point, scale: Scale) -> str | None:
         """Why `point` is not measured on `subject` (None: it is)."""
         return None
 
@@ -128,5 +129,5 @@ class Experiment(abc.ABC):
     def judge(self, result: Result) -> list[Verdict]:
         """Verdicts on the claim, one per subject measured."""
 
-    def result(self, quick: bool) -> Result:
-        return Result(self.key, self.title, self.claim, self.x_label, self.metrics, self.points(quick))
+    def result(self, scale: Scale) -> Result:
+        return Result(self.key, self.title, self.claim, self.x_label, self.metrics, self.points(scale))

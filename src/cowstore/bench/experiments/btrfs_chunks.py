@@ -21,6 +21,7 @@ from typing import Any
 
 from cowstore.bench.experiments.base import Context, Experiment, Metric, Point, Result, Verdict
 from cowstore.bench.experiments.common import MIB
+from cowstore.bench.scale import Scale
 from cowstore.bench.scratch import syncfs
 from cowstore.bench.subjects import Subject
 from cowstore.drivers import open_driver
@@ -99,17 +100,17 @@ class BtrfsChunks(Experiment):
                Metric("unallocated_mib", "device space in no chunk", "MiB"),
                Metric("files", "small files created (deleted, for the balance) in the step", "files"))
 
-    def rounds(self, quick: bool) -> int:
+    def rounds(self, scale: Scale) -> int:
         return 1
 
-    def points(self, quick: bool) -> list[Point]:
+    def points(self, scale: Scale) -> list[Point]:
         return [FILLED, THINNED, TRAPPED, BALANCED, RETRIED]
 
     def supports(self, subject: Subject) -> str | None:
         return None if subject.name == "btrfs" else "a btrfs trap"
 
     def prepare(self, subject: Subject, ctx: Context) -> Any:
-        size = "256M" if ctx.quick else "1G"
+        size = ctx.scale.pick("256M", "1G")
         driver = open_driver("btrfs", ctx.scratch.path("btrfs-trap") / "btrfs", {"btrfs.loopback": size})
         assert isinstance(driver, BtrfsDriver)
         try:

@@ -8,15 +8,16 @@ from typing import Any
 from cowstore.bench.experiments.base import Context, Experiment, Metric, Point, Result, Verdict
 from cowstore.bench.experiments.common import MIB, Timer, unique, write_file
 from cowstore.bench.images import BigFile
+from cowstore.bench.scale import Scale
 from cowstore.bench.subjects import Subject
 
 SMALL = "1 small file"
 BIG = "rewritten big file"
 
 
-def _shape(quick: bool) -> tuple[int, int]:
-    """(small files in the image, MiB of its big file)."""
-    return (500, 16) if quick else (10_000, 256)
+def _shape(scale: Scale) -> tuple[int, int]:
+    """(small files in the image, MiB of its big file): the issue's 10,000 files and 256 MiB unless quick."""
+    return scale.pick((500, 16), (10_000, 256))
 
 
 class CommitDiff(Experiment):
@@ -27,14 +28,14 @@ class CommitDiff(Experiment):
     x_label = "change made in the container"
     metrics = (Metric("diff_ms", "diff (list changes)", "ms"), Metric("commit_ms", "commit to a new layer/image", "ms"))
 
-    def points(self, quick: bool) -> list[Point]:
+    def points(self, scale: Scale) -> list[Point]:
         return [SMALL, BIG]
 
     def supports(self, subject: Subject) -> str | None:
         return None if subject.kind in ("driver", "peer") else "not a container engine"
 
     def prepare(self, subject: Subject, ctx: Context) -> Any:
-        files, big_mib = _shape(ctx.quick)
+        files, big_mib = _shape(ctx.scale)
         tar = ctx.images.get("commit", small_files=files, big=[BigFile("big/file", big_mib * MIB)])
         return subject.load_image(tar)
 
@@ -45,7 +46,7 @@ class CommitDiff(Experiment):
 
     def _change(self, subject: Subject, image: str, point: Point, ctx: Context) -> str:
         """A stopped container holding the change of `point` (untimed)."""
-        big_mib = _shape(ctx.quick)[1]
+        big_mib = _shape(ctx.scale)[1]
         if not subject.mountable:
             script = ("echo changed > /data/d0/f0" if point == SMALL else
                       f"dd if=/dev/urandom of=/big/file bs=1M count={big_mib} conv=fsync 2>/dev/null")

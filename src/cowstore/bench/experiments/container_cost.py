@@ -11,6 +11,7 @@ from typing import Any
 
 from cowstore.bench.experiments.base import Context, Experiment, Metric, Point, Result, Verdict
 from cowstore.bench.experiments.common import Timer, container, unique
+from cowstore.bench.scale import Scale
 from cowstore.bench.subjects import Subject
 
 
@@ -23,13 +24,13 @@ class ContainerCost(Experiment):
                Metric("disk_kib", "disk per container", "KiB"),
                Metric("inodes", "inodes per container", "inodes"))
 
-    def points(self, quick: bool) -> list[Point]:
-        return [1, 5] if quick else [1, 10, 50]
+    def points(self, scale: Scale) -> list[Point]:
+        return scale.pick([1, 5], [1, 10, 50], [1, 10, 100, 1000])
 
     def supports(self, subject: Subject) -> str | None:
         return None if subject.kind in ("driver", "peer") else "not a container engine"
 
-    def limit(self, subject: Subject, state: Any, point: Point, quick: bool) -> str | None:
+    def limit(self, subject: Subject, state: Any, point: Point, scale: Scale) -> str | None:
         if subject.name == "devicemapper" and isinstance(point, int) and point > 100:
             return "capped at 100: every mounted container holds a loop device"
         return None

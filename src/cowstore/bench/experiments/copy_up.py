@@ -14,6 +14,7 @@ from typing import Any
 from cowstore.bench.experiments.base import Context, Experiment, Metric, Point, Result, Verdict
 from cowstore.bench.experiments.common import MIB, Timer, container
 from cowstore.bench.images import BigFile
+from cowstore.bench.scale import Scale
 from cowstore.bench.subjects import Subject
 
 # Which way the talk says each design goes: file-level union copies the whole file,
@@ -22,8 +23,8 @@ _EXPECTED = {"overlay": "grows", "overlay2": "grows", "aufs": "grows", "podman-o
              "docker-overlay2": "grows", "btrfs": "flat", "devicemapper": "flat"}
 
 
-def _sizes(quick: bool) -> list[int]:
-    return [1, 32] if quick else [1, 16, 256]
+def _sizes(scale: Scale) -> list[int]:
+    return scale.pick([1, 32], [1, 16, 256], [1, 16, 256, 1024])
 
 
 def _adjtimex_ms(output: str) -> list[float]:
@@ -68,8 +69,8 @@ class CopyUp(Experiment):
     x_label = "size of the lower file (MiB)"
     metrics = (Metric("open_ms", "first open-for-write + 4 KiB write", "ms"),)
 
-    def points(self, quick: bool) -> list[Point]:
-        return list(_sizes(quick))
+    def points(self, scale: Scale) -> list[Point]:
+        return list(_sizes(scale))
 
     def supports(self, subject: Subject) -> str | None:
         return None
@@ -81,7 +82,7 @@ class CopyUp(Experiment):
                 "minus the same around a read-only dd of the file")
 
     def prepare(self, subject: Subject, ctx: Context) -> Any:
-        big = [BigFile(f"big/{size}M", size * MIB) for size in _sizes(ctx.quick)]
+        big = [BigFile(f"big/{size}M", size * MIB) for size in _sizes(ctx.scale)]
         tar = ctx.images.get("copyup", big=big)
         if subject.kind == "native":
             directory = subject.plain_dir() / "copyup"

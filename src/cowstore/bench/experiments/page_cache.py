@@ -17,14 +17,15 @@ from typing import Any
 from cowstore.bench.experiments.base import Context, Experiment, Metric, Point, Result, Verdict
 from cowstore.bench.experiments.common import MIB, container
 from cowstore.bench.images import BigFile
+from cowstore.bench.scale import Scale
 from cowstore.bench.scratch import syncfs
 from cowstore.bench.subjects import DriverSubject, Subject
 
 _EXPECTED = {"overlay": "once", "overlay2": "once", "aufs": "once", "devicemapper": "per container"}
 
 
-def _file_mib(quick: bool) -> int:
-    return 64 if quick else 256
+def _file_mib(scale: Scale) -> int:
+    return scale.pick(64, 256)
 
 
 def _cached_bytes() -> int:
@@ -68,14 +69,14 @@ class PageCache(Experiment):
     metrics = (Metric("copies", "page cache growth / file size", "copies"),
                Metric("growth_mib", "page cache growth", "MiB"))
 
-    def rounds(self, quick: bool) -> int:
-        return 1 if quick else 2
+    def rounds(self, scale: Scale) -> int:
+        return scale.pick(1, 2)
 
-    def points(self, quick: bool) -> list[Point]:
+    def points(self, scale: Scale) -> list[Point]:
         return [1, 4]
 
     def prepare(self, subject: Subject, ctx: Context) -> Any:
-        size = _file_mib(ctx.quick)
+        size = _file_mib(ctx.scale)
         return subject.load_image(ctx.images.get("pagecache", big=[BigFile("big/shared", size * MIB)]))
 
     def sample(self, subject: Subject, state: Any, point: Point, ctx: Context) -> dict[str, float]:
@@ -87,7 +88,7 @@ class PageCache(Experiment):
             for root in roots:
                 _read(root / "big" / "shared")
             growth = _cached_bytes() - before
-        return {"growth_mib": growth / MIB, "copies": growth / (_file_mib(ctx.quick) * MIB)}
+        return {"growth_mib": growth / MIB, "copies": growth / (_file_mib(ctx.scale) * MIB)}
 
     def finish(self, subject: Subject, state: Any) -> None:
         subject.drop_image(state)

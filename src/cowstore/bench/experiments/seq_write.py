@@ -7,6 +7,7 @@ from typing import Any
 
 from cowstore.bench.experiments.base import Context, Experiment, Metric, Point, Result, Verdict
 from cowstore.bench.experiments.common import MIB, Timer, container, write_file
+from cowstore.bench.scale import Scale
 from cowstore.bench.subjects import Subject
 
 # The talk: btrfs "can be half of native"; devicemapper on loop files is slow.
@@ -21,8 +22,8 @@ class SeqWrite(Experiment):
     x_label = "bytes written, 1 MiB blocks + fsync (MiB)"
     metrics = (Metric("mb_s", "throughput", "MB/s"),)
 
-    def points(self, quick: bool) -> list[Point]:
-        return [64] if quick else [512]
+    def points(self, scale: Scale) -> list[Point]:
+        return scale.pick([64], [512])
 
     def supports(self, subject: Subject) -> str | None:
         return None if subject.kind in ("driver", "native") else "cowstore drivers and the native baseline only"

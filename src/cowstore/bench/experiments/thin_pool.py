@@ -14,6 +14,7 @@ from typing import Any
 
 from cowstore.bench.experiments.base import Context, Experiment, Metric, Point, Result, Verdict
 from cowstore.bench.experiments.common import MIB, unique, write_file
+from cowstore.bench.scale import Scale
 from cowstore.bench.scratch import syncfs
 from cowstore.bench.subjects import DriverSubject, Subject
 from cowstore.errors import CowstoreError
@@ -24,8 +25,8 @@ DELETED = "files deleted"
 TRIMMED = "after fstrim"
 
 
-def _writes(quick: bool) -> list[int]:
-    return [1, 16, 64] if quick else [1, 16, 256, 1024]
+def _writes(scale: Scale) -> list[int]:
+    return scale.pick([1, 16, 64], [1, 16, 256, 1024])
 
 
 def _pool_used(subject: DriverSubject) -> int:
@@ -52,12 +53,12 @@ class ThinPool(Experiment):
     x_label = "step"
     metrics = (Metric("pool_mib", "pool data in use (growth since the container was created)", "MiB"),)
 
-    def rounds(self, quick: bool) -> int:
+    def rounds(self, scale: Scale) -> int:
         return 1
 
-    def points(self, quick: bool) -> list[Point]:
+    def points(self, scale: Scale) -> list[Point]:
         total, steps = 0, [CREATED]
-        for size in _writes(quick):
+        for size in _writes(scale):
             total += size
             steps.append(f"written {total} MiB")
         return [*steps, DELETED, TRIMMED]
@@ -84,7 +85,7 @@ class ThinPool(Experiment):
         elif point == TRIMMED:
             _fstrim(root)
         else:
-            size = _writes(ctx.quick)[state["files"]]
+            size = _writes(ctx.scale)[state["files"]]
             write_file(root / "tmp" / f"thin{state['files']}", size * MIB, os.urandom(MIB))
             state["files"] += 1
         return {"pool_mib": (_pool_used(subject) - state["base"]) / MIB}

@@ -8,11 +8,12 @@ from typing import Any
 from cowstore.bench.experiments.base import Context, Experiment, Metric, Point, Result, Verdict
 from cowstore.bench.experiments.common import MIB, Timer, container
 from cowstore.bench.images import BigFile
+from cowstore.bench.scale import Scale
 from cowstore.bench.subjects import Subject
 
 
-def _sizes(quick: bool) -> list[int]:
-    return [4, 32] if quick else [4, 64, 256]
+def _sizes(scale: Scale) -> list[int]:
+    return scale.pick([4, 32], [4, 64, 256])
 
 
 class VfsLinear(Experiment):
@@ -23,12 +24,12 @@ class VfsLinear(Experiment):
     metrics = (Metric("create_ms", "create + mount of a container", "ms"),
                Metric("disk_mib", "disk used by the container", "MiB"))
 
-    def points(self, quick: bool) -> list[Point]:
-        return list(_sizes(quick))
+    def points(self, scale: Scale) -> list[Point]:
+        return list(_sizes(scale))
 
     def prepare(self, subject: Subject, ctx: Context) -> Any:
         images = {}
-        for size in _sizes(ctx.quick):
+        for size in _sizes(ctx.scale):
             big = [BigFile(f"payload/f{i}", MIB) for i in range(size)]
             images[size] = subject.load_image(ctx.images.get(f"payload{size}", big=big))
         return images
