@@ -580,16 +580,7 @@ class ThinPool:
         counts = self._data_ref[lo:lo + REFS_PER_LEAF]
         block = self._alloc_meta()
         self._raw[block] = counts.tobytes().ljust(META_BLOCK, b"\0")
-        sb.ref_root = self._shadow(sb.ref_root, sb.ref_depth - 1) if sb.ref_root else self._new_node()
-        node = self._nodes[sb.ref_root]
-        level = sb.ref_depth - 1
-        while level:
-            index = (leaf >> (SHIFT * level)) & MASK
-            child = node[index]
-            child = self._shadow(child, level - 1) if child else self._new_node()
-            node[index] = child
-            node = self._nodes[child]
-            level -= 1
+        sb.ref_root, node = self._private_path(sb.ref_root, sb.ref_depth, leaf)
         old = node[leaf & MASK]
         node[leaf & MASK] = block
         if old:
@@ -622,17 +613,26 @@ class ThinPool:
 
     def _leaf_for_write(self, dev: Device, vblock: int) -> tuple[array, int]:
         """The private leaf node holding `vblock`'s entry, shadowing the path to it."""
-        level = dev.depth - 1
-        dev.root = self._shadow(dev.root, level) if dev.root else self._new_node()
-        node = self._nodes[dev.root]
+        dev.root, node = self._private_path(dev.root, dev.depth, vblock)
+        return node, vblock & MASK
+
+    def _private_path(self, root: int, depth: int, key: int) -> tuple[int, array]:
+        """Shadow (copy-on-write) every node from `root` down to the leaf holding `key`.
+
+        Returns the new root and that leaf, which this transaction may now change in
+        place; nodes still shared with the last commit or other devices are left alone.
+        """
+        level = depth - 1
+        root = self._shadow(root, level) if root else self._new_node()
+        node = self._nodes[root]
         while level:
-            index = (vblock >> (SHIFT * level)) & MASK
+            index = (key >> (SHIFT * level)) & MASK
             child = node[index]
             child = self._shadow(child, level - 1) if child else self._new_node()
             node[index] = child
             node = self._nodes[child]
             level -= 1
-        return node, vblock & MASK
+        return root, node
 
     def _iter_mapped(self, dev: Device, lo: int = 0, hi: int | None = None) -> Iterator[tuple[int, int]]:
         """(virtual block, data block) of every mapped block in [lo, hi), ascending."""
