@@ -373,3 +373,34 @@ def test_reads_outside_the_lock_never_see_reused_blocks(pool: ThinPool) -> None:
         t.join()
     assert wrong == []
     assert pool.check() == []
+
+
+def _resident(path) -> int:
+    out = subprocess.run(["fincore", "-b", "-n", "-r", "-o", "RES", str(path)], capture_output=True, text=True, check=True)
+    return int(out.stdout.split()[0])
+
+
+def test_aligned_reads_bypass_the_data_file_cache(pool: ThinPool, files) -> None:
+    """Page-aligned reads go around the data file's page cache (O_DIRECT), yet see
+    data still dirty in it; unaligned reads fall back to the cache."""
+    import mmap
+
+    data = os.urandom(2 * MiB)
+    pool.create_thin(1, 4 * MiB)
+    pool.write(1, 0, data)  # not flushed: dirty in the data file's page cache
+    with mmap.mmap(-1, 4 * MiB) as aligned:
+        with memoryview(aligned) as view:
+            pool.read_into(1, 0, view[: 3 * MiB])
+            assert view[: 2 * MiB] == data
+            assert view[2 * MiB : 3 * MiB] == bytes(MiB)
+            pool.flush()
+            fd = os.open(files[1], os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+            view[: 2 * MiB] = bytes(2 * MiB)
+            pool.read_into(1, 0, view[: 2 * MiB])
+            assert view[: 2 * MiB] == data
+    assert _resident(files[1]) < 256 * 1024
+    assert pool.read(1, 1, 100_000) == data[1:100_001]  # unaligned buffer and offset
