@@ -23,6 +23,7 @@ import ctypes
 import errno
 import json
 import logging
+import mmap
 import os
 import pathlib
 import socket
@@ -34,7 +35,7 @@ from typing import Any
 
 import mfusepy
 
-from cowstore.mounts import umount
+from cowstore.mounts import libc, umount
 from cowstore.thinpool import xmldump
 from cowstore.thinpool.errors import PoolError
 from cowstore.thinpool.pool import ThinPool
@@ -190,7 +191,7 @@ class _FuseBufvec(ctypes.Structure):
                 ("buf", _FuseBuf * 1)]
 
 
-_libc = ctypes.CDLL(None)
+_libc = libc()
 _libc.aligned_alloc.restype = ctypes.c_void_p
 _libc.aligned_alloc.argtypes = [ctypes.c_size_t, ctypes.c_size_t]
 _libc.calloc.restype = ctypes.c_void_p
@@ -199,7 +200,7 @@ _libc.free.argtypes = [ctypes.c_void_p]
 _libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
-_PAGE = 4096
+_PAGE = mmap.PAGESIZE
 
 
 class ReplyBuffer:
