@@ -404,3 +404,52 @@ def test_aligned_reads_bypass_the_data_file_cache(pool: ThinPool, files) -> None
             assert view[: 2 * MiB] == data
     assert _resident(files[1]) < 256 * 1024
     assert pool.read(1, 1, 100_000) == data[1:100_001]  # unaligned buffer and offset
+
+
+def test_snapshots_never_change_under_writes_in_flight(pool: ThinPool, monkeypatch) -> None:
+    """Writers copy data outside the pool lock; a snapshot taken meanwhile must keep
+    exactly what it saw: the commit that ends create_snap waits for writes in flight.
+    A slow disk (each write sleeps first) widens the window."""
+    size = 32 * BS
+    pool.create_thin(1, size)
+    pool.write(1, 0, bytes(size))
+    pwrite = pool._pwrite
+
+    def slow_pwrite(chunk, where):
+        time.sleep(0.005)
+        return pwrite(chunk, where)
+
+    monkeypatch.setattr(pool, "_pwrite", slow_pwrite)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def writer(seed: int) -> None:
+        rounds = 0
+        try:
+            while not stop.is_set():
+                block = (seed * 7 + rounds) % 32
+                pool.write(1, block * BS, bytes([(seed + rounds) % 251]) * BS)
+                rounds += 1
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(seed,)) for seed in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        snaps = {}
+        for snap_id in range(2, 12):
+            pool.create_snap(snap_id, 1)
+            snaps[snap_id] = pool.read(snap_id, 0, size)
+            time.sleep(0.02)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert errors == []
+    for snap_id, seen in snaps.items():
+        data = pool.read(snap_id, 0, size)
+        assert data == seen, f"snapshot {snap_id} changed after it was taken"
+        for block in range(32):  # every block is one whole write: never torn
+            assert len(set(data[block * BS:(block + 1) * BS])) == 1
+    assert pool.check() == []

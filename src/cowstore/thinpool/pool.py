@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import mmap
 import os
 import stat
 import threading
@@ -79,7 +80,7 @@ def punch_hole(fd: int, offset: int, length: int) -> None:
 def open_direct(fd: int) -> int:
     """A second, O_DIRECT descriptor of the open file `fd`; -1 where the filesystem refuses it."""
     try:
-        return os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
+        return os.open(f"/proc/self/fd/{fd}", os.O_RDWR | os.O_DIRECT | os.O_CLOEXEC)
     except OSError:
         return -1
 
@@ -127,8 +128,9 @@ class ThinPool:
         self.min_free_pct = min_free_pct
         self._lock = threading.RLock()
         self._space = threading.Condition(self._lock)
-        self._readers = 0  # reads copying data outside the pool lock
-        self._readers_idle = threading.Condition(threading.Lock())
+        self._io_inflight = 0  # reads and writes copying data outside the pool lock
+        self._io_idle = threading.Condition(threading.Lock())
+        self._buffers: list[memoryview] = []  # page-aligned, for O_DIRECT writes
         self._nodes: dict[int, array] = {}
         self._raw: dict[int, bytes] = {}  # fresh device-table and count-leaf blocks
         self._fresh: set[int] = set()
@@ -211,7 +213,7 @@ class ThinPool:
         with self._lock:
             if self._closed:
                 return
-            self._wait_for_readers()
+            self._io_outside_lock()
             try:
                 if self._dirty:
                     self._commit()
@@ -222,7 +224,7 @@ class ThinPool:
         """Close without committing, as a crash would (tests and error paths)."""
         with self._lock:
             if not self._closed:
-                self._wait_for_readers()
+                self._io_outside_lock()
                 self._close_files()
 
     def _close_files(self) -> None:
@@ -540,8 +542,9 @@ class ThinPool:
                 os.fdatasync(self._data_fd)
 
     def _commit(self) -> None:
-        if self._data_pending:
-            self._wait_for_readers()  # the freed blocks become reusable (and are punched) below
+        # Mapped blocks must hold their data before the mapping is committed, and the
+        # freed blocks become reusable (and are punched) below.
+        self._io_outside_lock()
         sb = self._sb
         old_devtab = self._devtab_blocks
         devices = sorted(self._devices.values(), key=lambda d: d.dev_id)
@@ -796,11 +799,9 @@ class ThinPool:
     def read_into(self, dev_id: int, offset: int, buf: memoryview) -> None:
         """Fill `buf` with the device's bytes from `offset`; unmapped blocks read as zeros.
 
-        The mapping is resolved under the pool lock and the data read outside it, one
-        pread per run of consecutive data blocks, so big reads cost one system call
-        and reads of different requests overlap. That is safe because a data block a
-        read may still be copying from can only be handed to another device by a
-        commit, and a commit waits for the reads in flight first (`_wait_for_readers`).
+        The mapping is resolved under the pool lock and the data read outside it (see
+        `_io_outside_lock`), one pread per run of consecutive data blocks, so big reads
+        cost one system call and reads of different requests overlap.
 
         Reads bypass the data file's page cache (O_DIRECT) when `buf` is aligned for
         it: like a dm-thin device, the pool then keeps no second copy of what the
@@ -811,9 +812,8 @@ class ThinPool:
         with self._lock:
             dev = self._device(dev_id)
             self._range(dev, offset, len(buf))
-            runs = self._resolve(dev, offset, len(buf))
-            with self._readers_idle:
-                self._readers += 1
+            runs = self._runs(offset, len(buf), lambda vblock, inblock, count: self._locate(dev, vblock, inblock))
+            self._io_started()
         try:
             for pos, count, where in runs:
                 while where >= 0 and count:
@@ -824,10 +824,7 @@ class ThinPool:
                 if count:
                     buf[pos:pos + count] = bytes(count)
         finally:
-            with self._readers_idle:
-                self._readers -= 1
-                if not self._readers:
-                    self._readers_idle.notify_all()
+            self._io_finished()
 
     def _pread(self, buf: memoryview, where: int) -> int:
         if self._direct_fd >= 0:
@@ -838,16 +835,20 @@ class ThinPool:
                     raise
         return os.preadv(self._data_fd, [buf], where)
 
-    def _resolve(self, dev: Device, offset: int, length: int) -> list[tuple[int, int, int]]:
-        """(position in the buffer, length, data file offset or -1 for zeros) runs covering a read."""
+    def _locate(self, dev: Device, vblock: int, inblock: int) -> int:
+        data = self._lookup(dev, vblock)[0]
+        return data * self.block_size + inblock if data >= 0 else -1
+
+    def _runs(self, offset: int, length: int, locate) -> list[tuple[int, int, int]]:
+        """(position in the buffer, length, data file offset or -1 for zeros) runs covering
+        `length` bytes from `offset`; `locate(vblock, inblock, count)` places each block's part."""
         bs = self.block_size
         runs: list[tuple[int, int, int]] = []
         pos = 0
         while pos < length:
             vblock, inblock = divmod(offset + pos, bs)
             count = min(bs - inblock, length - pos)
-            data = self._lookup(dev, vblock)[0]
-            where = data * bs + inblock if data >= 0 else -1
+            where = locate(vblock, inblock, count)
             if runs:
                 last_pos, last_count, last_where = runs[-1]
                 if (where < 0) == (last_where < 0) and (where < 0 or where == last_where + last_count):
@@ -858,40 +859,113 @@ class ThinPool:
             pos += count
         return runs
 
-    def _wait_for_readers(self) -> None:
-        """Wait until no read copies data outside the lock (the caller holds the pool lock,
-        so no new read can start; the ones in flight finish without it)."""
-        with self._readers_idle:
-            while self._readers:
-                self._readers_idle.wait()
+    def _io_started(self) -> None:
+        """Count a read or write that copies data outside the lock (called under the lock).
+
+        That is safe because what such I/O touches can only change hands under the lock
+        after `_io_outside_lock` waited for it: a freed data block is handed to another
+        device, or punched, only by a commit; a block becomes shared only by
+        `create_snap`, whose commit waits before anyone can read the snapshot; and a
+        commit makes a mapping durable only once its data is written.
+        """
+        with self._io_idle:
+            self._io_inflight += 1
+
+    def _io_finished(self) -> None:
+        with self._io_idle:
+            self._io_inflight -= 1
+            if not self._io_inflight:
+                self._io_idle.notify_all()
+
+    def _io_outside_lock(self) -> None:
+        """Wait until no read or write copies data outside the lock (the caller holds the
+        pool lock, so none can start; the ones in flight finish without it)."""
+        with self._io_idle:
+            while self._io_inflight:
+                self._io_idle.wait()
 
     def write(self, dev_id: int, offset: int, data: bytes | bytearray | memoryview) -> int:
-        """Write bytes to a device, copying shared blocks first; returns the count written."""
+        """Write bytes to a device, copying shared blocks first; returns the count written.
+
+        Blocks are mapped (allocated, copied on write) under the pool lock and the
+        bytes written outside it, with O_DIRECT where the filesystem allows it: writes of
+        different requests then reach the disk in parallel, and the data file's page
+        cache holds no copy of them. A block mapped here but not yet written reads as
+        zeros meanwhile (free blocks are punched); where free blocks may still hold
+        another device's old data, the bytes are written before the lock is released.
+        """
         view = memoryview(data).cast("B")
         with self._lock:
             dev = self._device(dev_id)
             self._range(dev, offset, len(view))
-            bs = self.block_size
-            pos = 0
-            while pos < len(view):
-                vblock, inblock = divmod(offset + pos, bs)
-                count = min(bs - inblock, len(view) - pos)
-                self._write_block(dev, vblock, inblock, view[pos:pos + count])
-                pos += count
-            return len(view)
+            runs = self._runs(offset, len(view),
+                              lambda vblock, inblock, count: self._map_for_write(dev, vblock, inblock, count))
+            if not self._zeroed_free:
+                self._write_runs(view, runs)
+                return len(view)
+            self._io_started()
+        try:
+            self._write_runs(view, runs)
+        finally:
+            self._io_finished()
+        return len(view)
+
+    def _write_runs(self, view: memoryview, runs: list[tuple[int, int, int]]) -> None:
+        if self._direct_fd < 0:
+            self._write_chunks(view, runs)
+            return
+        buffer = self._aligned_buffer(len(view))  # O_DIRECT needs page-aligned memory
+        try:
+            buffer[:len(view)] = view
+            self._write_chunks(buffer[:len(view)], runs)
+        finally:
+            self._buffers.append(buffer)
+
+    def _write_chunks(self, source: memoryview, runs: list[tuple[int, int, int]]) -> None:
+        for pos, count, where in runs:
+            while count:
+                done = self._pwrite(source[pos:pos + count], where)
+                pos, count, where = pos + done, count - done, where + done
+
+    def _aligned_buffer(self, size: int) -> memoryview:
+        """A page-aligned buffer of at least `size` bytes, reused across calls and threads
+        (the FUSE library starts and ends threads, and fresh pages cost a fault each)."""
+        try:
+            buffer = self._buffers.pop()
+        except IndexError:
+            buffer = None
+        if buffer is None or len(buffer) < size:
+            buffer = memoryview(mmap.mmap(-1, max(size, 1 << 20)))
+        return buffer
+
+    def _pwrite(self, chunk: memoryview, where: int) -> int:
+        if self._direct_fd >= 0:
+            try:
+                return os.pwrite(self._direct_fd, chunk, where)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:  # EINVAL: offset or length not aligned for O_DIRECT
+                    raise
+        return os.pwrite(self._data_fd, chunk, where)
 
     def _write_block(self, dev: Device, vblock: int, inblock: int, chunk: memoryview) -> None:
+        """Write within one block under the lock (partial discards zero this way)."""
+        where = self._map_for_write(dev, vblock, inblock, len(chunk))
+        os.pwrite(self._data_fd, chunk, where)
+
+    def _map_for_write(self, dev: Device, vblock: int, inblock: int, count: int) -> int:
+        """The data file offset where `count` bytes at `inblock` of `vblock` go: the block
+        itself if the device alone owns it, else a new block, holding a copy of the old
+        one (or zeros) wherever the write leaves it."""
         bs = self.block_size
         current, alone = self._lookup(dev, vblock)
         if alone:
-            os.pwrite(self._data_fd, chunk, current * bs + inblock)
-            return
+            return current * bs + inblock
         self._ensure_space(data=True)
         leaf, index = self._leaf_for_write(dev, vblock)
         self._dirty = True
         current = leaf[index] - 1
         new = self._alloc_data()
-        whole = inblock == 0 and len(chunk) == bs
+        whole = inblock == 0 and count == bs
         if current >= 0:
             if not whole:
                 self._copy_block(current, new)
@@ -900,8 +974,8 @@ class ThinPool:
             dev.mapped += 1
             if not whole and not self._zeroed_free:
                 os.pwrite(self._data_fd, bytes(bs), new * bs)
-        os.pwrite(self._data_fd, chunk, new * bs + inblock)
         leaf[index] = new + 1
+        return new * bs + inblock
 
     def _copy_block(self, src: int, dst: int) -> None:
         bs = self.block_size
