@@ -453,3 +453,44 @@ def test_snapshots_never_change_under_writes_in_flight(pool: ThinPool, monkeypat
         for block in range(32):  # every block is one whole write: never torn
             assert len(set(data[block * BS:(block + 1) * BS])) == 1
     assert pool.check() == []
+
+
+@pytest.fixture
+def block_device_pool(tmp_path):
+    """A pool whose data area is a loop block device: free blocks are not known to be
+    zeros there, so writes keep their data under the pool lock."""
+    backing = tmp_path / "data-backing"
+    with open(backing, "wb") as f:
+        f.truncate(32 * MiB)
+    loop = subprocess.run(["losetup", "--find", "--show", str(backing)], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    try:
+        meta = tmp_path / "metadata"
+        with open(meta, "wb") as f:
+            f.truncate(4 * MiB)
+        ThinPool.format(meta, loop)
+        p = ThinPool.open(meta, loop, min_free_pct=0)
+        try:
+            yield p
+        finally:
+            p.abandon()
+    finally:
+        subprocess.run(["losetup", "--detach", loop], check=False)
+
+
+def test_pool_on_a_block_device(block_device_pool: ThinPool) -> None:
+    pool = block_device_pool
+    assert not pool.data_is_file
+    pool.create_thin(1, 2 * MiB)
+    pool.write(1, 0, b"\xaa" * (2 * BS))
+    pool.create_thin(2, 2 * MiB)
+    pool.write(2, 0, b"\xbb" * BS)
+    pool.discard(2, 0, BS)  # frees a block that still holds 0xbb
+    pool.flush()
+    pool.write(1, 5 * BS + 100, b"new")  # a partial write to a fresh block: the rest must read as zeros
+    assert pool.read(1, 5 * BS, BS) == bytes(100) + b"new" + bytes(BS - 103)
+    pool.create_snap(3, 1)
+    pool.write(1, 10, b"changed")
+    assert pool.read(3, 0, 2 * BS) == b"\xaa" * (2 * BS)
+    assert pool.read(1, 0, 20) == b"\xaa" * 10 + b"changed" + b"\xaa" * 3
+    assert pool.check() == []

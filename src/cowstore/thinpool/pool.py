@@ -978,13 +978,26 @@ class ThinPool:
         return new * bs + inblock
 
     def _copy_block(self, src: int, dst: int) -> None:
+        """Copy a data block in the kernel (a reflink where the filesystem shares extents);
+        block devices refuse copy_file_range, so their blocks go through memory."""
         bs = self.block_size
         done = 0
         while done < bs:
-            copied = os.copy_file_range(self._data_fd, self._data_fd, bs - done, src * bs + done, dst * bs + done)
-            if copied == 0:
+            try:
+                copied = os.copy_file_range(self._data_fd, self._data_fd, bs - done, src * bs + done, dst * bs + done)
+            except OSError as exc:
+                if exc.errno not in (errno.EINVAL, errno.EXDEV, errno.EOPNOTSUPP):
+                    raise
                 break
+            if copied == 0:
+                return
             done += copied
+        while done < bs:
+            chunk = os.pread(self._data_fd, min(bs - done, 1 << 20), src * bs + done)
+            if not chunk:
+                return
+            os.pwrite(self._data_fd, chunk, dst * bs + done)
+            done += len(chunk)
 
     def discard(self, dev_id: int, offset: int, length: int) -> None:
         """Unmap whole blocks in the range (freeing unshared ones); zero partial blocks."""
