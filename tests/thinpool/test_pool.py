@@ -225,6 +225,18 @@ def test_pool_full_error_policy(tmp_path):
         assert pool.check() == []
 
 
+def test_write_running_out_of_space_keeps_what_it_mapped(tmp_path):
+    """A write that fills the pool part-way fails, but the blocks it did map hold its bytes."""
+    files = make_files(tmp_path, data_size=8 * BS)
+    with ThinPool.open(*files, min_free_pct=0, no_space_policy="error") as pool:
+        pool.create_thin(1, MiB)
+        pool.write(1, 0, b"f" * (6 * BS))
+        with pytest.raises(PoolFull):
+            pool.write(1, 6 * BS, b"n" * (4 * BS))
+        assert pool.read(1, 6 * BS, 2 * BS) == b"n" * (2 * BS)
+        assert pool.check() == []
+
+
 def test_pool_full_queue_waits_for_growth(tmp_path):
     meta, data = make_files(tmp_path, data_size=2 * BS)
     with ThinPool.open(meta, data, min_free_pct=0, no_space_policy="queue", queue_timeout=30) as pool:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import functools
 import mmap
 import os
 import stat
@@ -66,6 +67,7 @@ _PENDING = 0xFFFFFFFF  # count of a block freed in the open transaction (not reu
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
 _ZERO_NODE = bytes(META_BLOCK)
+_WRITE_BUFFER = 1 << 20  # the largest FUSE write request
 
 libc().fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
 
@@ -812,7 +814,7 @@ class ThinPool:
         with self._lock:
             dev = self._device(dev_id)
             self._range(dev, offset, len(buf))
-            runs = self._runs(offset, len(buf), lambda vblock, inblock, count: self._locate(dev, vblock, inblock))
+            runs = self._runs(offset, len(buf), functools.partial(self._locate, dev), [])
             self._io_started()
         try:
             for pos, count, where in runs:
@@ -835,15 +837,16 @@ class ThinPool:
                     raise
         return os.preadv(self._data_fd, [buf], where)
 
-    def _locate(self, dev: Device, vblock: int, inblock: int) -> int:
+    def _locate(self, dev: Device, vblock: int, inblock: int, count: int) -> int:
         data = self._lookup(dev, vblock)[0]
         return data * self.block_size + inblock if data >= 0 else -1
 
-    def _runs(self, offset: int, length: int, locate) -> list[tuple[int, int, int]]:
-        """(position in the buffer, length, data file offset or -1 for zeros) runs covering
-        `length` bytes from `offset`; `locate(vblock, inblock, count)` places each block's part."""
+    def _runs(self, offset: int, length: int, locate, runs: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+        """Append to `runs` the (position in the buffer, length, data file offset or -1 for
+        zeros) runs covering `length` bytes from `offset`, and return it;
+        `locate(vblock, inblock, count)` places each block's part. If `locate` fails,
+        `runs` holds the blocks placed before."""
         bs = self.block_size
-        runs: list[tuple[int, int, int]] = []
         pos = 0
         while pos < length:
             vblock, inblock = divmod(offset + pos, bs)
@@ -898,8 +901,12 @@ class ThinPool:
         with self._lock:
             dev = self._device(dev_id)
             self._range(dev, offset, len(view))
-            runs = self._runs(offset, len(view),
-                              lambda vblock, inblock, count: self._map_for_write(dev, vblock, inblock, count))
+            runs: list[tuple[int, int, int]] = []
+            try:
+                self._runs(offset, len(view), functools.partial(self._map_for_write, dev), runs)
+            except BaseException:  # e.g. the pool is full: the blocks mapped so far must not show old data
+                self._write_runs(view, runs)
+                raise
             if not self._zeroed_free:
                 self._write_runs(view, runs)
                 return len(view)
@@ -919,7 +926,8 @@ class ThinPool:
             buffer[:len(view)] = view
             self._write_chunks(buffer[:len(view)], runs)
         finally:
-            self._buffers.append(buffer)
+            if len(buffer) == _WRITE_BUFFER:  # bigger ones, for rare big writes, are not kept
+                self._buffers.append(buffer)
 
     def _write_chunks(self, source: memoryview, runs: list[tuple[int, int, int]]) -> None:
         for pos, count, where in runs:
@@ -935,7 +943,7 @@ class ThinPool:
         except IndexError:
             buffer = None
         if buffer is None or len(buffer) < size:
-            buffer = memoryview(mmap.mmap(-1, max(size, 1 << 20)))
+            buffer = memoryview(mmap.mmap(-1, max(size, _WRITE_BUFFER)))
         return buffer
 
     def _pwrite(self, chunk: memoryview, where: int) -> int:
