@@ -506,3 +506,93 @@ def test_pool_on_a_block_device(block_device_pool: ThinPool) -> None:
     assert pool.read(3, 0, 2 * BS) == b"\xaa" * (2 * BS)
     assert pool.read(1, 0, 20) == b"\xaa" * 10 + b"changed" + b"\xaa" * 3
     assert pool.check() == []
+
+
+def _queued_pool(tmp_path):
+    """A queue-policy pool of 4 blocks, 3 of them used by device 9; device 1 is empty."""
+    pool = ThinPool.open(*make_files(tmp_path, data_size=4 * BS), min_free_pct=0, no_space_policy="queue",
+                         queue_timeout=10)
+    pool.create_thin(1, 8 * BS)
+    pool.create_thin(9, 8 * BS)
+    pool.write(9, 0, b"f" * (3 * BS))
+    pool.flush()
+    return pool
+
+
+def _wait_until(condition) -> None:
+    deadline = time.monotonic() + 10
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_write_waiting_for_space_never_lands_in_a_reused_block(tmp_path):
+    """A two-block write maps the last free block, then waits for space (the lock is
+    released). That block is discarded, committed and given to another device meanwhile:
+    the waiting write must have written it before it let the lock go."""
+    pool = _queued_pool(tmp_path)
+    try:
+        writer = threading.Thread(target=pool.write, args=(1, 0, b"X" * (2 * BS)))
+        writer.start()
+        _wait_until(lambda: pool.mappings(1))
+        with pool.locked():
+            pool.discard(1, 0, 2 * BS)
+            pool.flush()
+            pool.create_thin(3, 8 * BS)
+            pool.write(3, 0, b"D" * BS)
+        pool.delete(9)  # space for the waiting write
+        writer.join()
+        assert pool.read(3, 0, BS) == b"D" * BS
+        assert pool.check() == []
+    finally:
+        pool.close()
+
+
+def test_device_deleted_while_a_write_waits_for_space(tmp_path):
+    pool = _queued_pool(tmp_path)
+    try:
+        errors: list[BaseException] = []
+
+        def write() -> None:
+            try:
+                pool.write(1, 0, b"X" * (2 * BS))
+            except DeviceNotFound as exc:
+                errors.append(exc)
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        _wait_until(lambda: pool.mappings(1))
+        pool.delete(1)
+        pool.delete(9)
+        writer.join()
+        assert len(errors) == 1
+        assert pool.check() == []
+    finally:
+        pool.close()
+
+
+def test_commit_inside_a_write_never_commits_unwritten_blocks(tmp_path):
+    """A write whose block allocation commits (to reuse freed blocks) writes the blocks it
+    mapped first: a crash after that commit finds the old or the new bytes, never zeros."""
+    meta, data = make_files(tmp_path, data_size=4 * BS)
+    pool = ThinPool.open(meta, data, min_free_pct=0)
+    pool.create_thin(1, 8 * BS)
+    pool.create_thin(9, 8 * BS)
+    pool.write(1, 0, b"A" * (2 * BS))
+    pool.create_snap(2, 1)
+    pool.write(9, 0, b"f" * BS)  # 3 blocks used, 1 free
+    pool.discard(9, 0, BS)  # 1 freed, reusable after the next commit
+
+    class Crash(Exception):
+        pass
+
+    def crash(*args):
+        raise Crash
+
+    pool._write_runs = crash  # the process dies before any byte reaches the data file
+    with pytest.raises(Crash):
+        pool.write(1, 0, b"B" * (2 * BS))
+    pool.abandon()
+    with ThinPool.open(meta, data, min_free_pct=0) as reopened:
+        assert reopened.read(1, 0, 2 * BS) == b"A" * (2 * BS)
+        assert reopened.check() == []

@@ -33,7 +33,7 @@ import stat
 import threading
 import time
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 from cowstore.mounts import libc
@@ -122,7 +122,7 @@ class ThinPool:
             raise PoolError(f"invalid minimum free space {min_free_pct}%: use 0 to 99")
         self._meta_fd = meta_fd
         self._data_fd = data_fd
-        self._direct_fd = open_direct(data_fd)
+        self._direct_fd = -1  # opened once the pool has loaded (a failed open closes only the two others)
         self._sb = sb
         self.block_size = sb.data_block_size
         self.no_space_policy = no_space_policy
@@ -150,6 +150,7 @@ class ThinPool:
         self.data_is_file = stat.S_ISREG(mode)
         self._zeroed_free = self.data_is_file
         self._load(scrub)
+        self._direct_fd = open_direct(data_fd)
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -469,16 +470,25 @@ class ThinPool:
                 self._zeroed_free = False
                 return
 
-    def _ensure_space(self, data: bool) -> None:
-        """Wait (queue policy) or fail (error policy) until a block can be allocated."""
+    def _ensure_space(self, data: bool, settle: Callable[[], None] | None = None) -> None:
+        """Wait (queue policy) or fail (error policy) until a block can be allocated.
+
+        `settle` runs before this commits or lets the lock go while it waits: a write
+        that has mapped blocks but not yet written them writes them there, so no commit
+        and no other thread ever sees such a block.
+        """
         deadline = None
         while True:
             if self._meta_free < 4 * _depth_for(self._sb.nr_data_blocks) + 8 and self._meta_pending:
+                if settle:
+                    settle()
                 self._commit()
             if self._meta_free < 2 * (self._max_depth() + 2):
                 raise PoolFull("thin pool metadata area is full: grow the metadata file")
             if not data or self._data_free > 0:
                 return
+            if settle:
+                settle()
             if self._data_pending:
                 self._commit()
                 continue
@@ -868,8 +878,10 @@ class ThinPool:
         That is safe because what such I/O touches can only change hands under the lock
         after `_io_outside_lock` waited for it: a freed data block is handed to another
         device, or punched, only by a commit; a block becomes shared only by
-        `create_snap`, whose commit waits before anyone can read the snapshot; and a
-        commit makes a mapping durable only once its data is written.
+        `create_snap` or `import_device`, whose commits wait before anyone can read the
+        new device; and a commit makes a mapping durable only once its data is written
+        (a write mapping blocks writes them before anything can commit or wait: see
+        `_ensure_space`).
         """
         with self._io_idle:
             self._io_inflight += 1
@@ -902,10 +914,15 @@ class ThinPool:
             dev = self._device(dev_id)
             self._range(dev, offset, len(view))
             runs: list[tuple[int, int, int]] = []
-            try:
-                self._runs(offset, len(view), functools.partial(self._map_for_write, dev), runs)
-            except BaseException:  # e.g. the pool is full: the blocks mapped so far must not show old data
+
+            def settle() -> None:
                 self._write_runs(view, runs)
+                runs.clear()
+
+            try:
+                self._runs(offset, len(view), functools.partial(self._map_for_write, dev, settle=settle), runs)
+            except BaseException:  # e.g. the pool is full: the blocks mapped so far must not show old data
+                settle()
                 raise
             if not self._zeroed_free:
                 self._write_runs(view, runs)
@@ -960,15 +977,18 @@ class ThinPool:
         where = self._map_for_write(dev, vblock, inblock, len(chunk))
         os.pwrite(self._data_fd, chunk, where)
 
-    def _map_for_write(self, dev: Device, vblock: int, inblock: int, count: int) -> int:
+    def _map_for_write(self, dev: Device, vblock: int, inblock: int, count: int,
+                       settle: Callable[[], None] | None = None) -> int:
         """The data file offset where `count` bytes at `inblock` of `vblock` go: the block
         itself if the device alone owns it, else a new block, holding a copy of the old
-        one (or zeros) wherever the write leaves it."""
+        one (or zeros) wherever the write leaves it. `settle`: see `_ensure_space`."""
         bs = self.block_size
         current, alone = self._lookup(dev, vblock)
         if alone:
             return current * bs + inblock
-        self._ensure_space(data=True)
+        self._ensure_space(data=True, settle=settle)
+        if self._devices.get(dev.dev_id) is not dev:  # deleted while this write waited for space
+            raise DeviceNotFound(f"thin device {dev.dev_id} was deleted during a write to it")
         leaf, index = self._leaf_for_write(dev, vblock)
         self._dirty = True
         current = leaf[index] - 1
