@@ -7,6 +7,7 @@ import os
 import pathlib
 import shutil
 import subprocess
+import threading
 
 import pytest
 
@@ -123,3 +124,25 @@ def test_writer_in_memory_limited_cgroup_does_not_deadlock(server, attached):
         assert (fs / "big").stat().st_size == 160 * MiB
     finally:
         group.rmdir()
+
+
+@pytest.mark.parametrize("offset, expected", [(MiB - 10, 10), (MiB, 0), (MiB + 4096, 0)])
+def test_read_replies_end_at_the_device_end(pool, offset, expected):
+    """The server's read reply (a libfuse bufvec it hands over) is cut at the device's
+    end, and empty at or past it, like a file's."""
+    import ctypes
+
+    blockserver = pytest.importorskip("cowstore.thinpool.blockserver")
+    pool.create_thin(1, MiB)
+    pool.write(1, MiB - 10, b"0123456789")
+    watchdog = blockserver.Watchdog("/nonexistent", 0)
+    fs = blockserver.BlockFS(pool, blockserver.Devices(), threading.Event(), watchdog)
+    bufp = ctypes.c_void_p()
+    assert fs.read_buf("/thin-1", ctypes.pointer(bufp), 4096, offset, 1) == 0
+    vec = blockserver._FuseBufvec.from_address(bufp.value)
+    try:
+        assert vec.count == 1 and vec.buf[0].size == expected
+        assert ctypes.string_at(vec.buf[0].mem, expected) == b"0123456789"[10 - expected:]
+    finally:
+        blockserver._libc.free(vec.buf[0].mem)
+        blockserver._libc.free(bufp.value)

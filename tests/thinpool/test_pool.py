@@ -596,3 +596,22 @@ def test_commit_inside_a_write_never_commits_unwritten_blocks(tmp_path):
     with ThinPool.open(meta, data, min_free_pct=0) as reopened:
         assert reopened.read(1, 0, 2 * BS) == b"A" * (2 * BS)
         assert reopened.check() == []
+
+
+def test_failed_copy_on_write_does_not_leak_its_block(pool: ThinPool, monkeypatch) -> None:
+    pool.create_thin(1, MiB)
+    pool.write(1, 0, b"a" * BS)
+    pool.create_snap(2, 1)
+
+    def failing_copy(src, dst):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(pool, "_copy_block", failing_copy)
+    with pytest.raises(OSError):
+        pool.write(1, 10, b"b")  # a partial write into a shared block must copy it first
+    monkeypatch.undo()
+    assert pool.read(1, 0, BS) == b"a" * BS
+    assert pool.check() == []
+    pool.write(1, 10, b"b")
+    assert pool.read(2, 0, BS) == b"a" * BS
+    assert pool.check() == []

@@ -139,7 +139,8 @@ class BlockFS(mfusepy.Operations):
         size = max(0, min(size, self.pool.device(fh).size - offset))
         reply = ReplyBuffer(size)
         try:
-            self._io(self.pool.read_into, fh, offset, reply.view)
+            if size:  # at or past the end: an empty reply, as a file gives
+                self._io(self.pool.read_into, fh, offset, reply.view)
         except BaseException:
             reply.free()
             raise

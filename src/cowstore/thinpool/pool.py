@@ -994,14 +994,18 @@ class ThinPool:
         current = leaf[index] - 1
         new = self._alloc_data()
         whole = inblock == 0 and count == bs
-        if current >= 0:
-            if not whole:
+        try:
+            if current >= 0 and not whole:
                 self._copy_block(current, new)
+            elif current < 0 and not whole and not self._zeroed_free:
+                os.pwrite(self._data_fd, bytes(bs), new * bs)
+        except BaseException:
+            self._data_dec(new)  # never mapped: free again, not leaked
+            raise
+        if current >= 0:
             self._data_dec(current)
         else:
             dev.mapped += 1
-            if not whole and not self._zeroed_free:
-                os.pwrite(self._data_fd, bytes(bs), new * bs)
         leaf[index] = new + 1
         return new * bs + inblock
 
