@@ -615,3 +615,50 @@ def test_failed_copy_on_write_does_not_leak_its_block(pool: ThinPool, monkeypatc
     pool.write(1, 10, b"b")
     assert pool.read(2, 0, BS) == b"a" * BS
     assert pool.check() == []
+
+
+def test_write_waiting_for_space_respects_a_write_made_meanwhile(tmp_path, monkeypatch):
+    """Write A waits for space to copy a shared block; meanwhile write B copies it and is
+    still writing its part outside the lock when A goes on. A must then write in place
+    (the block is B's now), not copy it again and drop B's bytes."""
+    pool = ThinPool.open(*make_files(tmp_path, data_size=4 * BS), min_free_pct=0, no_space_policy="queue",
+                         queue_timeout=10)
+    try:
+        pool.create_thin(1, 8 * BS)
+        pool.write(1, 0, b"o" * BS)
+        pool.create_snap(2, 1)  # block 0 shared: writing it needs a new block
+        pool.create_thin(9, 8 * BS)
+        pool.write(9, 0, b"f" * (3 * BS))  # the pool is full
+        a_waiting, b_writing = threading.Event(), threading.Event()
+        pwrite, wait = pool._pwrite, pool._space.wait
+
+        def slow_pwrite(chunk, where):
+            if bytes(chunk[:1]) == b"B":
+                b_writing.set()
+                time.sleep(0.3)
+            return pwrite(chunk, where)
+
+        def slow_wake(timeout=None):  # A wakes only once B is writing outside the lock
+            a_waiting.set()
+            woke = wait(timeout)
+            while pool._data_free and not b_writing.is_set():
+                wait(0.01)
+            return woke
+
+        monkeypatch.setattr(pool, "_pwrite", slow_pwrite)
+        monkeypatch.setattr(pool._space, "wait", slow_wake)
+        writer_a = threading.Thread(target=pool.write, args=(1, 0, b"A" * 100))
+        writer_a.start()
+        assert a_waiting.wait(10)
+        pool.delete(9)
+        writer_b = threading.Thread(target=pool.write, args=(1, 1000, b"B" * 100))
+        writer_b.start()
+        writer_a.join()
+        writer_b.join()
+        data = pool.read(1, 0, BS)
+        assert data[:100] == b"A" * 100 and data[1000:1100] == b"B" * 100
+        assert data[100:1000] == b"o" * 900
+        assert pool.read(2, 0, BS) == b"o" * BS
+        assert pool.check() == []
+    finally:
+        pool.close()

@@ -989,6 +989,11 @@ class ThinPool:
         self._ensure_space(data=True, settle=settle)
         if self._devices.get(dev.dev_id) is not dev:  # deleted while this write waited for space
             raise DeviceNotFound(f"thin device {dev.dev_id} was deleted during a write to it")
+        # Waiting or committing may have changed the block: another write may own it now
+        # (and still be writing it outside the lock), or the commit may have unshared it.
+        current, alone = self._lookup(dev, vblock)
+        if alone:
+            return current * bs + inblock
         leaf, index = self._leaf_for_write(dev, vblock)
         self._dirty = True
         current = leaf[index] - 1
