@@ -688,20 +688,14 @@ class ThinPool:
         pct = self.min_free_pct
         if not pct:
             return
-        total = self._sb.nr_data_blocks
-        need = max(1, total * pct // 100)
-        free = self._data_free + len(self._data_pending)
-        if free < need:
-            raise MinFreeSpace(f"Thin Pool has {free} free data blocks which is less than minimum required "
-                               f"{need} free data blocks. Create more free space in thin pool or use "
-                               f"dm.min_free_space option to change behavior")
-        meta_total = self._sb.nr_meta_blocks
-        meta_need = max(1, meta_total * pct // 100)
-        meta_free = self._meta_free + len(self._meta_pending)
-        if meta_free < meta_need:
-            raise MinFreeSpace(f"Thin Pool has {meta_free} free metadata blocks which is less than minimum "
-                               f"required {meta_need} free metadata blocks. Create more free metadata space "
-                               f"in thin pool or use dm.min_free_space option to change behavior")
+        for kind, space, total, free in (
+                ("data", "space", self._sb.nr_data_blocks, self._data_free + len(self._data_pending)),
+                ("metadata", "metadata space", self._sb.nr_meta_blocks, self._meta_free + len(self._meta_pending))):
+            need = max(1, total * pct // 100)
+            if free < need:  # Docker's wording
+                raise MinFreeSpace(f"Thin Pool has {free} free {kind} blocks which is less than minimum required "
+                                   f"{need} free {kind} blocks. Create more free {space} in thin pool or use "
+                                   f"dm.min_free_space option to change behavior")
 
     def _new_device_id(self, dev_id: int) -> None:
         if not 0 <= dev_id <= MAX_DEV_ID:
@@ -839,13 +833,18 @@ class ThinPool:
             self._io_finished()
 
     def _pread(self, buf: memoryview, where: int) -> int:
+        return self._data_io(lambda fd: os.preadv(fd, [buf], where))
+
+    def _data_io(self, call: Callable[[int], int]) -> int:
+        """`call` on the O_DIRECT descriptor, or on the cached one where O_DIRECT refuses
+        (no such descriptor, or EINVAL: memory, offset or length not aligned for it)."""
         if self._direct_fd >= 0:
             try:
-                return os.preadv(self._direct_fd, [buf], where)
+                return call(self._direct_fd)
             except OSError as exc:
-                if exc.errno != errno.EINVAL:  # EINVAL: buffer or offset not aligned for O_DIRECT
+                if exc.errno != errno.EINVAL:
                     raise
-        return os.preadv(self._data_fd, [buf], where)
+        return call(self._data_fd)
 
     def _locate(self, dev: Device, vblock: int, inblock: int, count: int) -> int:
         data = self._lookup(dev, vblock)[0]
@@ -964,13 +963,7 @@ class ThinPool:
         return buffer
 
     def _pwrite(self, chunk: memoryview, where: int) -> int:
-        if self._direct_fd >= 0:
-            try:
-                return os.pwrite(self._direct_fd, chunk, where)
-            except OSError as exc:
-                if exc.errno != errno.EINVAL:  # EINVAL: offset or length not aligned for O_DIRECT
-                    raise
-        return os.pwrite(self._data_fd, chunk, where)
+        return self._data_io(lambda fd: os.pwrite(fd, chunk, where))
 
     def _write_block(self, dev: Device, vblock: int, inblock: int, chunk: memoryview) -> None:
         """Write within one block under the lock (partial discards zero this way)."""
