@@ -33,9 +33,9 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from cowstore import mounts
 from cowstore.drivers import Driver, open_driver
 from cowstore.errors import MountError
+from cowstore.host import mounts
 
 _CHUNK = 1 << 20
 

@@ -37,11 +37,11 @@ import tempfile
 import time
 from collections.abc import Iterator
 
-from cowstore import fsutil
 from cowstore.drivers import Driver, open_driver
-from cowstore.mounts import mount, umount
-from cowstore.thinpool import ThinPool
-from cowstore.thinpool.ondisk import Device
+from cowstore.drivers.devicemapper.thinpool import ThinPool
+from cowstore.drivers.devicemapper.thinpool.ondisk import Device
+from cowstore.host import fsutil
+from cowstore.host.mounts import mount, umount
 
 _CHUNK = 1 << 20
 _MKFS_EXT4 = ["mkfs.ext4", "-q", "-F", "-E", "nodiscard,lazy_itable_init=0,lazy_journal_init=0"]

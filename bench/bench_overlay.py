@@ -30,12 +30,12 @@ import time
 from collections.abc import Callable
 from typing import Self
 
-from cowstore import fsutil, mounts
 from cowstore.archive import changes_dirs, export_changes
 from cowstore.digest import sha256_bytes
 from cowstore.drivers import open_driver
-from cowstore.drivers import overlayutils as ovl
-from cowstore.drivers.overlay2 import Overlay2Driver
+from cowstore.drivers.overlay import Overlay2Driver
+from cowstore.drivers.overlay import kernel as ovl
+from cowstore.host import fsutil, mounts
 from cowstore.images.config import host_architecture
 
 

@@ -1,7 +1,11 @@
-"""Exception classes of cowstore.
+"""The error vocabulary of cowstore: a few categories, with domain errors beneath them.
 
-Every error a user can provoke is one of these, so the CLI can print it as one line
-and exit non-zero without a traceback.
+Every error a user can provoke is a CowstoreError, so the CLI prints it as one line
+and exits non-zero without a traceback. Each belongs to exactly one category, in the
+manner of containerd's errdefs: callers (the CLI, a gRPC front end, tests) decide
+what to do by category, and a domain subclass (LayerNotFound, ImageInUse, ...) only
+adds a precise name. Domain errors that belong to one part of the program (images,
+containers, a driver) are defined there, under one of these categories.
 """
 
 
@@ -9,34 +13,89 @@ class CowstoreError(Exception):
     """Base class of every error cowstore raises on purpose."""
 
 
+# ---- categories ---------------------------------------------------------------------
+
+
+class NotFound(CowstoreError):
+    """The named object (layer, image, container, device, file) does not exist."""
+
+
+class AlreadyExists(CowstoreError):
+    """An object with this name or id exists already."""
+
+
+class InUse(CowstoreError):
+    """The object is still used (mounted, referenced, has children) and was not forced."""
+
+
+class InvalidArgument(CowstoreError):
+    """The request or its input is malformed, hostile, or beyond a configured limit."""
+
+
 class NotSupported(CowstoreError):
     """The host, the backing filesystem or the driver cannot do what was asked."""
 
 
-class QuotaNotSupported(NotSupported):
-    """A `size` storage option was given where no quota mechanism exists."""
+class Unavailable(CowstoreError):
+    """Something the operation needs (a lock, a server, a mount) is not available now."""
 
 
-class LayerNotFound(CowstoreError):
+class ResourceExhausted(CowstoreError):
+    """A disk, a pool or a quota is full (or would fall below its reserve)."""
+
+
+class Corrupt(CowstoreError):
+    """Stored data or metadata is inconsistent, or does not hash to its digest."""
+
+
+CATEGORIES: tuple[type[CowstoreError], ...] = (
+    NotFound,
+    AlreadyExists,
+    InUse,
+    InvalidArgument,
+    NotSupported,
+    Unavailable,
+    ResourceExhausted,
+    Corrupt,
+)
+
+
+def category(exc: BaseException) -> type[CowstoreError] | None:
+    """The category an error belongs to; None for anything that is not a CowstoreError."""
+    return next((cat for cat in CATEGORIES if isinstance(exc, cat)), None)
+
+
+# ---- domain errors shared by several layers -----------------------------------------
+
+
+class LayerNotFound(NotFound):
     """A layer (driver id, chain id or container mount) does not exist."""
 
 
-class LayerExists(CowstoreError):
+class LayerExists(AlreadyExists):
     """A layer or mount with this id or name already exists."""
 
 
-class LayerInUse(CowstoreError):
+class LayerInUse(InUse):
     """The layer still has children, mounts or holders."""
 
 
-class MaxDepthExceeded(CowstoreError):
+class NotMounted(InvalidArgument):
+    """An unmount of something that is not mounted."""
+
+
+class MaxDepthExceeded(InvalidArgument):
     """The layer chain is deeper than the driver or the store allows."""
 
     def __init__(self, message: str = "max depth exceeded") -> None:
         super().__init__(message)
 
 
-class ArchiveError(CowstoreError):
+class InvalidOption(InvalidArgument):
+    """A driver or storage option is unknown or has an invalid value."""
+
+
+class ArchiveError(InvalidArgument):
     """A layer tar is malformed, hostile or exceeds a limit; names the entry."""
 
     def __init__(self, reason: str, entry: str | None = None) -> None:
@@ -49,37 +108,29 @@ class BreakoutError(ArchiveError):
     """A tar entry tried to reach outside the layer root."""
 
 
-class DigestMismatch(CowstoreError):
-    """Content does not hash to the digest it was announced with."""
-
-
-class InvalidDigest(CowstoreError):
+class InvalidDigest(InvalidArgument):
     """A digest string is not of the form sha256:<64 lowercase hex>."""
 
 
-class MountError(CowstoreError):
-    """A mount or unmount failed."""
-
-
-class StoreLocked(CowstoreError):
-    """Another process holds the store lock for too long."""
-
-
-class StoreCorrupt(CowstoreError):
-    """The store's metadata is inconsistent or from an unknown schema version."""
-
-
-class InvalidOption(CowstoreError):
-    """A driver or storage option is unknown or has an invalid value."""
-
-
-class NotMounted(CowstoreError):
-    """An unmount of something that is not mounted."""
-
-
-class LayerNotRetained(CowstoreError):
+class LayerNotRetained(InvalidArgument):
     """A reference was released that nobody holds (a bookkeeping error)."""
 
 
-class StagingSpaceExhausted(CowstoreError):
+class DigestMismatch(Corrupt):
+    """Content does not hash to the digest it was announced with."""
+
+
+class StoreCorrupt(Corrupt):
+    """The store's metadata is inconsistent or from an unknown schema version."""
+
+
+class MountError(Unavailable):
+    """A mount or unmount failed."""
+
+
+class StoreLocked(Unavailable):
+    """Another process holds the store lock for too long."""
+
+
+class StagingSpaceExhausted(ResourceExhausted):
     """Staging a layer stopped before the disk filled up (see --limit min-free-disk)."""

@@ -17,11 +17,11 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
-from cowstore import fsutil, mounts
 from cowstore.archive import Limits
 from cowstore.containers import ContainerStore
 from cowstore.drivers import Driver, driver_names, open_driver
 from cowstore.errors import InvalidOption, NotSupported
+from cowstore.host import fsutil, mounts
 from cowstore.images import ImageStore
 from cowstore.layers import LayerStore
 from cowstore.layers.consistency import Problem

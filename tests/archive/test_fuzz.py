@@ -15,12 +15,12 @@ import tempfile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cowstore import fsutil
 from cowstore.archive import apply_layer
 from cowstore.archive.tarstream import Limits
 from cowstore.errors import ArchiveError
+from cowstore.host import fsutil
 
-from .tarbuild import E, build
+from ..support.tars import E, build
 
 SEEDS = [
     build(E("a", data=b"hello"), E("d", kind="dir"), E("d/f", data=b"x" * 700), E("l", kind="symlink", target="d/f")),

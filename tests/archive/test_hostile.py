@@ -20,7 +20,7 @@ from cowstore.archive import apply_layer
 from cowstore.archive.tarstream import Limits
 from cowstore.errors import ArchiveError
 
-from .tarbuild import E, build, pad, pax_record, raw_header
+from ..support.tars import E, build, pad, pax_record, raw_header
 
 
 def fingerprint(root: pathlib.Path) -> dict[str, tuple]:
@@ -131,7 +131,7 @@ def test_07_deep_nesting_without_recursion_error(env: Env) -> None:
         entries.append(E(path.rstrip("/"), kind="dir", mode=0o755))
     entries.append(E(path + "f", data=b"deep"))
     env.apply(build(*entries))
-    from cowstore import fsutil
+    from cowstore.host import fsutil
 
     fsutil.remove_tree(env.layer / "d")
     assert not (env.layer / "d").exists()

@@ -10,8 +10,8 @@ import tarfile
 import pytest
 from click.testing import CliRunner, Result
 
+from cowstore.app.demo import build_image_archive
 from cowstore.cli import main
-from cowstore.demo import build_image_archive
 from cowstore.store import Store
 
 

@@ -11,9 +11,9 @@ import shutil
 
 import pytest
 
-from cowstore import fsutil
 from cowstore.drivers import Driver, driver_names, open_driver
 from cowstore.errors import NotSupported
+from cowstore.host import fsutil
 
 CONFORMANCE_OPTIONS: dict[str, dict[str, str]] = {
     "btrfs": {"btrfs.loopback": "2G"},

@@ -10,7 +10,8 @@ import secrets
 import stat
 from collections.abc import Iterator
 
-from cowstore.drivers import Change, Driver
+from cowstore.archive.changes import Change
+from cowstore.drivers.driver import Driver
 
 
 def new_id() -> str:

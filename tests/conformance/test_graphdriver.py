@@ -8,9 +8,9 @@ import stat
 
 import pytest
 
-from cowstore import mounts
 from cowstore.drivers import Driver
 from cowstore.errors import NotSupported
+from cowstore.host import mounts
 
 from .helpers import (
     add_file,

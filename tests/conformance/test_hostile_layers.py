@@ -15,8 +15,8 @@ import pytest
 from cowstore.drivers import Driver
 from cowstore.errors import ArchiveError
 
-from ..archive.tarbuild import E, build
 from ..archive.test_hostile import fingerprint
+from ..support.tars import E, build
 from .helpers import mounted, new_id
 
 

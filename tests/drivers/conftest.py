@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from cowstore import mounts
+from cowstore.host import mounts
 
 
 @pytest.fixture

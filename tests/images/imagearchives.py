@@ -1,4 +1,4 @@
-"""Builders for the archives the image tests import: layer tars, docker-save, OCI layouts."""
+"""Builders for the archives the image tests import: docker-save and OCI layouts (layer tars: support.tars)."""
 
 from __future__ import annotations
 
@@ -19,24 +19,6 @@ MTIME = 1_600_000_000
 
 def sha(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def layer_tar(files: dict[str, bytes], dirs: tuple[str, ...] = (), whiteouts: tuple[str, ...] = ()) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name in dirs:
-            info = tarfile.TarInfo(name)
-            info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, MTIME
-            tar.addfile(info)
-        for name in whiteouts:
-            info = tarfile.TarInfo(name)
-            info.mtime = MTIME
-            tar.addfile(info)
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size, info.mode, info.mtime = len(data), 0o644, MTIME
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 def compress(data: bytes, kind: str) -> bytes:

@@ -20,7 +20,8 @@ from click.testing import CliRunner, Result
 from cowstore.cli import main
 from cowstore.store import Store
 
-from .imagearchives import docker_archive, layer_tar, sha, snapshot, tar_of
+from ..support.tars import layer_tar
+from .imagearchives import docker_archive, sha, snapshot, tar_of
 
 
 @pytest.fixture

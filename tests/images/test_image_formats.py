@@ -15,7 +15,8 @@ from cowstore.images import BadImageArchive, ImageNotFound, import_rootfs, load,
 from cowstore.images.sources import DirTree, OutsideLink
 from cowstore.store import Store
 
-from .imagearchives import docker_archive, layer_tar, oci_layout, sha, snapshot, tar_directory
+from ..support.tars import layer_tar
+from .imagearchives import docker_archive, oci_layout, sha, snapshot, tar_directory
 
 BASE = layer_tar({"etc/os-release": b"ID=test\n", "bin/tool": b"\x7fELF tool"}, dirs=("etc", "bin"))
 TOP = layer_tar({"etc/motd": b"hello\n"}, dirs=("etc",), whiteouts=("bin/.wh.tool",))

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from cowstore.demo import build_image_archive
+from cowstore.app.demo import build_image_archive
 from cowstore.images import load, save
 from cowstore.store import Store
 

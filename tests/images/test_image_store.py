@@ -10,7 +10,8 @@ from cowstore.images import ImageInUse, ImageNotFound, InvalidReference, load
 from cowstore.images.reference import fully_qualified, normalize
 from cowstore.store import Store
 
-from .imagearchives import docker_archive, layer_tar, snapshot
+from ..support.tars import layer_tar
+from .imagearchives import docker_archive, snapshot
 
 BASE = layer_tar({"a": b"1"})
 TOP = layer_tar({"b": b"2"})

@@ -20,17 +20,20 @@ import os
 import stat
 from typing import BinaryIO
 
-from cowstore import fsutil
 from cowstore.archive import tarstream
 from cowstore.archive.tarstream import Limits, TarEntry, TarReader
+from cowstore.archive.whiteouts import (
+    META_PREFIX,
+    OPAQUE_MARKER,
+    OVERLAY_OPAQUE,
+    OVERLAY_XATTR_PREFIXES,
+    WHITEOUT_PREFIX,
+    overlay_xattr,
+)
 from cowstore.errors import ArchiveError, BreakoutError, InvalidOption
-from cowstore.safepath import Root
+from cowstore.host import fsutil
+from cowstore.host.safepath import Root
 
-WHITEOUT_PREFIX = ".wh."
-OPAQUE_MARKER = ".wh..wh..opq"
-META_PREFIX = ".wh..wh."
-OVERLAY_OPAQUE_XATTR = "trusted.overlay.opaque"
-_FORBIDDEN_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
 _NS_LIMIT = 2**63 - 1
 WHITEOUT_MODES = ("oci", "overlay", "aufs")
 
@@ -121,7 +124,7 @@ class LayerApplier:
             return 0  # the layer root itself: its metadata belongs to the driver
         self._check_lengths(parts, entry)
         for key in entry.xattrs:
-            if key.startswith(_FORBIDDEN_XATTR_PREFIXES):
+            if key.startswith(OVERLAY_XATTR_PREFIXES):
                 raise ArchiveError(f"overlay metadata xattr {key} in a layer", entry.name)
         if any(part.startswith(META_PREFIX) for part in parts[:-1]):
             return 0  # inside aufs bookkeeping dirs (.wh..wh.plnk/...): never materialised
@@ -291,7 +294,7 @@ class LayerApplier:
         if self.whiteouts == "overlay":
             fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=pfd)
             try:
-                os.setxattr(fd, OVERLAY_OPAQUE_XATTR, b"y")
+                os.setxattr(fd, overlay_xattr(OVERLAY_OPAQUE), b"y")
             finally:
                 os.close(fd)
             return

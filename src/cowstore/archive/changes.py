@@ -13,11 +13,24 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import BinaryIO
 
-from cowstore import fsutil
-from cowstore.archive.export import CAPABILITY_XATTR
-from cowstore.drivers import Change
+from cowstore.host import fsutil
+
+# The one xattr Docker keeps in layers (file capabilities); diffs compare it too.
+CAPABILITY_XATTR = "security.capability"
+
+
+@dataclass(frozen=True, order=True)
+class Change:
+    """One entry of a changeset, like `docker diff` prints it."""
+
+    path: str  # absolute inside the layer, e.g. "/etc/hosts"
+    kind: str  # "A" added, "C" changed, "D" deleted
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.path}"
 
 
 def _capability(path: str, st: os.stat_result) -> bytes | None:

@@ -15,21 +15,22 @@ import time
 from collections.abc import Iterable
 from typing import BinaryIO
 
-from cowstore.archive.apply import META_PREFIX, OPAQUE_MARKER, OVERLAY_OPAQUE_XATTR, WHITEOUT_PREFIX
-from cowstore.drivers import Change
-from cowstore.safepath import Root
-
-CAPABILITY_XATTR = "security.capability"
-_COPY_CHUNK = 1024 * 1024
-
-
-def _is_overlay_whiteout(st: os.stat_result) -> bool:
-    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+from cowstore.archive.changes import CAPABILITY_XATTR, Change
+from cowstore.archive.whiteouts import (
+    META_PREFIX,
+    OPAQUE_MARKER,
+    OVERLAY_OPAQUE,
+    is_overlay_whiteout,
+    overlay_xattr,
+    whiteout_for,
+)
+from cowstore.host.fsutil import walk_tree
+from cowstore.host.safepath import Root
 
 
 def _is_opaque(path: str) -> bool:
     try:
-        return os.getxattr(path, OVERLAY_OPAQUE_XATTR, follow_symlinks=False) == b"y"
+        return os.getxattr(path, overlay_xattr(OVERLAY_OPAQUE), follow_symlinks=False) == b"y"
     except OSError:
         return False
 
@@ -158,10 +159,8 @@ def tar_directory(root: str | os.PathLike, out: BinaryIO, *, whiteouts: str = "n
     try:
         for rel, st in walk_tree(root):
             base = os.path.basename(rel)
-            if whiteouts == "overlay" and _is_overlay_whiteout(st):
-                parent = os.path.dirname(rel)
-                name = f"{parent}/{WHITEOUT_PREFIX}{base}" if parent else f"{WHITEOUT_PREFIX}{base}"
-                writer.add_whiteout(name, 0o600, st.st_uid, st.st_gid)
+            if whiteouts == "overlay" and is_overlay_whiteout(st):
+                writer.add_whiteout(whiteout_for(rel), 0o600, st.st_uid, st.st_gid)
                 continue
             if whiteouts == "aufs" and base.startswith(META_PREFIX) and base != OPAQUE_MARKER:
                 continue
@@ -173,29 +172,6 @@ def tar_directory(root: str | os.PathLike, out: BinaryIO, *, whiteouts: str = "n
         writer.close()
 
 
-def walk_tree(root: str) -> Iterable[tuple[str, os.stat_result]]:
-    """Pre-order walk (a directory, then its contents) in lexical order, iteratively."""
-    stack: list[list[str]] = [[""]]
-    first = True
-    while stack:
-        level = stack[-1]
-        if not level:
-            stack.pop()
-            continue
-        rel_dir = level.pop(0)
-        if first:
-            first = False
-        else:
-            st = os.lstat(os.path.join(root, rel_dir))
-            yield rel_dir, st
-            if not stat.S_ISDIR(st.st_mode):
-                continue
-        names = sorted(os.listdir(os.path.join(root, rel_dir) if rel_dir else root))
-        children = [f"{rel_dir}/{n}" if rel_dir else n for n in names]
-        if children:
-            stack.append(children)
-
-
 def export_changes(root: str | os.PathLike, changes: Iterable[Change], out: BinaryIO) -> None:
     """Tar the given changes of the tree at `root`: deletions become `.wh.` entries."""
     writer = TarWriter(out)
@@ -204,8 +180,7 @@ def export_changes(root: str | os.PathLike, changes: Iterable[Change], out: Bina
         for change in sorted(changes, key=lambda c: c.path):
             rel = change.path.lstrip("/")
             if change.kind == "D":
-                parent, base = os.path.split(rel)
-                writer.add_whiteout(os.path.join(parent, WHITEOUT_PREFIX + base))
+                writer.add_whiteout(whiteout_for(rel))
                 continue
             writer.add(fs, rel)
     finally:

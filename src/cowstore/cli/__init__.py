@@ -2,43 +2,61 @@
 
 from __future__ import annotations
 
+import importlib
 import pathlib
 import sqlite3
 
 import click
 
 from cowstore.archive import Limits
-from cowstore.bench import bench_command
 from cowstore.cli.app import App, parse_opts
-from cowstore.cli.containers import (
-    container_commit,
-    container_cp,
-    container_create,
-    container_diff,
-    container_export,
-    container_group,
-    container_ls,
-    container_mount,
-    container_rm,
-    container_umount,
-)
-from cowstore.cli.images import (
-    image_group,
-    image_history,
-    image_import,
-    image_load,
-    image_ls,
-    image_rm,
-    image_save,
-    image_tag,
-)
-from cowstore.cli.maintenance import btrfs_group, check, devicemapper_group
-from cowstore.cli.system import demo, info, inspect
 from cowstore.errors import CowstoreError, InvalidOption
+
+# Command name -> "module:attribute". Each command's module is imported only when that
+# command runs (or help lists it), so `cowstore images` never loads the bench or rich.
+_COMMANDS = {
+    "image": "cowstore.cli.images:image_group",
+    "container": "cowstore.cli.containers:container_group",
+    "images": "cowstore.cli.images:image_ls",
+    "ps": "cowstore.cli.containers:container_ls",
+    "import": "cowstore.cli.images:image_import",
+    "save": "cowstore.cli.images:image_save",
+    "load": "cowstore.cli.images:image_load",
+    "rmi": "cowstore.cli.images:image_rm",
+    "tag": "cowstore.cli.images:image_tag",
+    "history": "cowstore.cli.images:image_history",
+    "create": "cowstore.cli.containers:container_create",
+    "mount": "cowstore.cli.containers:container_mount",
+    "umount": "cowstore.cli.containers:container_umount",
+    "diff": "cowstore.cli.containers:container_diff",
+    "commit": "cowstore.cli.containers:container_commit",
+    "export": "cowstore.cli.containers:container_export",
+    "rm": "cowstore.cli.containers:container_rm",
+    "cp": "cowstore.cli.containers:container_cp",
+    "inspect": "cowstore.cli.system:inspect",
+    "info": "cowstore.cli.system:info",
+    "demo": "cowstore.cli.system:demo",
+    "check": "cowstore.cli.maintenance:check",
+    "bench": "cowstore.app.bench.command:bench_command",
+    "btrfs": "cowstore.cli.maintenance:btrfs_group",
+    "devicemapper": "cowstore.cli.maintenance:devicemapper_group",
+}
 
 
 class _Main(click.Group):
-    """Turns cowstore errors into one line on stderr and exit 1 (a traceback with --debug)."""
+    """Loads commands lazily; turns cowstore errors into one line on stderr and exit 1
+    (a traceback with --debug)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(_COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = _COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module, _, attribute = target.partition(":")
+        command: click.Command = getattr(importlib.import_module(module), attribute)
+        return command
 
     def invoke(self, ctx: click.Context):
         try:
@@ -90,31 +108,5 @@ def main(
     ctx.obj = state
     ctx.call_on_close(state.close)
 
-
-main.add_command(image_group)
-main.add_command(container_group)
-main.add_command(image_ls, "images")
-main.add_command(container_ls, "ps")
-main.add_command(image_import, "import")
-main.add_command(image_save, "save")
-main.add_command(image_load, "load")
-main.add_command(image_rm, "rmi")
-main.add_command(image_tag, "tag")
-main.add_command(image_history, "history")
-main.add_command(container_create, "create")
-main.add_command(container_mount, "mount")
-main.add_command(container_umount, "umount")
-main.add_command(container_diff, "diff")
-main.add_command(container_commit, "commit")
-main.add_command(container_export, "export")
-main.add_command(container_rm, "rm")
-main.add_command(container_cp, "cp")
-main.add_command(inspect)
-main.add_command(info)
-main.add_command(demo)
-main.add_command(check)
-main.add_command(bench_command)
-main.add_command(btrfs_group)
-main.add_command(devicemapper_group)
 
 __all__ = ["main"]

@@ -134,7 +134,7 @@ def container_cp(source: str, destination: str) -> None:
 
     Container paths resolve inside the container (its symlinks cannot lead to host files).
     """
-    from cowstore.containercp import copy_in, copy_out
+    from cowstore.containers.cp import copy_in, copy_out
 
     containers = app().store.containers
     if ":" in source and not pathlib.Path(source).exists():

@@ -6,7 +6,7 @@ import click
 
 from cowstore.cli.app import app
 from cowstore.cli.output import FORMATS, emit_json
-from cowstore.errors import CowstoreError
+from cowstore.errors import NotSupported
 from cowstore.units import human_size
 
 
@@ -30,7 +30,7 @@ def check(repair: bool, verify: bool, fmt: str) -> None:
 def _driver_of(name: str):
     driver = app().store.driver
     if driver.name != name:
-        raise CowstoreError(f"this store uses the {driver.name} driver, not {name}")
+        raise NotSupported(f"this store uses the {driver.name} driver, not {name}")
     return driver
 
 

@@ -7,7 +7,7 @@ import click
 from cowstore.cli.app import app
 from cowstore.cli.containers import container_group
 from cowstore.cli.images import image_details
-from cowstore.cli.output import FORMATS, emit_json
+from cowstore.cli.output import FORMATS, emit_json, table
 from cowstore.containers import ContainerNotFound
 from cowstore.images import ImageNotFound
 
@@ -64,10 +64,11 @@ def demo(count: int, keep: bool) -> None:
 
     Runs in a temporary store under /var/tmp (under --root when given) and removes it.
     """
-    from cowstore.demo import run
+    from cowstore.app.demo import run
 
     context = app()
-    run(driver=context.driver, storage_opts=context.storage_opts, count=count, keep=keep, root=context.root)
+    run(driver=context.driver, storage_opts=context.storage_opts, count=count, keep=keep, root=context.root,
+        echo=click.echo, table=table)
 
 
 __all__ = ["container_group", "demo", "info", "inspect"]

@@ -11,7 +11,8 @@ import tempfile
 from typing import BinaryIO
 
 from cowstore.archive import apply_layer, changes_dirs, changes_size, export_changes, tar_directory
-from cowstore.drivers import Change, Driver
+from cowstore.archive.changes import Change
+from cowstore.drivers.driver import Driver
 
 _SPOOL_BYTES = 32 * 1024 * 1024
 

@@ -19,10 +19,10 @@ import tempfile
 from collections.abc import Callable, Iterator
 from typing import BinaryIO, Self
 
+from cowstore.host.safepath import RESOLVE_BENEATH, RESOLVE_NO_MAGICLINKS, openat2
 from cowstore.images.compression import decompressed
 from cowstore.images.config import MAX_JSON
 from cowstore.images.errors import BadImageArchive
-from cowstore.safepath import RESOLVE_BENEATH, RESOLVE_NO_MAGICLINKS, openat2
 
 _MAX_LINKS = 16
 

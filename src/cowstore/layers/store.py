@@ -18,11 +18,10 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from cowstore import fsutil
+from cowstore.archive.changes import Change
 from cowstore.archive.tarstream import Limits
-from cowstore.db import Database
 from cowstore.digest import DigestingReader, DigestingWriter, chain_id, check_digest, random_id
-from cowstore.drivers import Change, Driver
+from cowstore.drivers.driver import Driver
 from cowstore.errors import (
     ArchiveError,
     DigestMismatch,
@@ -34,10 +33,12 @@ from cowstore.errors import (
     NotMounted,
     StagingSpaceExhausted,
 )
+from cowstore.host import fsutil
 from cowstore.layers import consistency, tarsplit
 from cowstore.layers.consistency import Problem
 from cowstore.layers.faults import fault
 from cowstore.layers.lock import OperationLock, StoreLock
+from cowstore.metadata.db import Database
 
 MAX_DEPTH = 1000  # a sanity bound; drivers enforce their own (overlay2: 500 lowers)
 _COPY = 1024 * 1024

@@ -21,16 +21,17 @@ import zlib
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
-from cowstore.archive.apply import WHITEOUT_PREFIX, clean_name
+from cowstore.archive.apply import clean_name
 from cowstore.archive.tarstream import DIRECTORY, REGULAR, Limits, TarReader
-from cowstore.errors import ArchiveError, CowstoreError
-from cowstore.safepath import Root
+from cowstore.archive.whiteouts import WHITEOUT_PREFIX
+from cowstore.errors import ArchiveError, Corrupt
+from cowstore.host.safepath import Root
 
 _SEGMENT = b"S"
 _FILE = b"F"
 
 
-class TarSplitError(CowstoreError):
+class TarSplitError(Corrupt):
     """The stored layer no longer matches its recorded tar (files changed on disk)."""
 
 

@@ -5,7 +5,7 @@ directory itself) and `btrfs/quotas/<id>` (the size limit of a layer, decimal by
 cowstore adds `removing/` (layers being deleted) and `mountpoints/` (per-id lock files).
 Snapshots are O(1) in the layer size, so a container is created in milliseconds and
 costs a few kilobytes; the price is CoW on every write and chunk-based allocation
-(see `space`). All subvolume work goes through ioctls (`cowstore.btrfsioctl`).
+(see `space`). All subvolume work goes through ioctls (`ioctl`).
 """
 
 from __future__ import annotations
@@ -20,26 +20,21 @@ import secrets
 import subprocess
 from collections.abc import Iterator, Mapping
 
-from cowstore import btrfsioctl, fsutil, mounts
-from cowstore.drivers import Change, housekeeping
+from cowstore.archive.changes import Change
 from cowstore.drivers.btrfs import fastdiff, loopback, space
-from cowstore.drivers.ids import check_id
+from cowstore.drivers.btrfs import ioctl as btrfsioctl
+from cowstore.drivers.common import transit
+from cowstore.drivers.common.ids import check_id
+from cowstore.drivers.common.refcount import MountRefs
 from cowstore.drivers.naive import NaiveDiffDriver
-from cowstore.drivers.refcount import MountRefs
-from cowstore.errors import (
-    CowstoreError,
-    InvalidOption,
-    LayerExists,
-    LayerInUse,
-    LayerNotFound,
-    NotSupported,
-)
+from cowstore.errors import InvalidOption, LayerExists, LayerInUse, LayerNotFound, NotSupported, Unavailable
+from cowstore.host import fsutil, mounts
 from cowstore.units import human_size, parse_size
 
 _OPTIONS = ("btrfs.min_space", "btrfs.loopback")
 
 
-class BtrfsError(CowstoreError):
+class BtrfsError(Unavailable):
     """A btrfs ioctl failed; the message names the operation, the layer and the errno."""
 
 
@@ -69,7 +64,7 @@ def _opened(path: pathlib.Path | str, dir_fd: int | None = None) -> Iterator[int
 
 def _removing_id(name: str) -> str | None:
     """The layer id of a `removing/<id>-<random>` entry."""
-    return housekeeping.valid_id(name.rpartition("-")[0])
+    return transit.valid_id(name.rpartition("-")[0])
 
 
 class BtrfsDriver(NaiveDiffDriver):
@@ -100,7 +95,7 @@ class BtrfsDriver(NaiveDiffDriver):
         self.quotas.mkdir(mode=0o700, exist_ok=True)
         self.removing.mkdir(mode=0o700, exist_ok=True)
         self.refs = MountRefs(home)  # only for its per-id locks: btrfs layers are never mounted
-        housekeeping.sweep(self.removing, self.refs, _removing_id, self._delete)
+        transit.sweep(self.removing, self.refs, _removing_id, self._delete)
         if self.min_space is not None:
             self._enable_quota()
 

@@ -19,9 +19,8 @@ from __future__ import annotations
 import os
 import stat
 
-from cowstore import btrfsioctl
-from cowstore.archive.changes import entry_modified, list_entries
-from cowstore.drivers import Change
+from cowstore.archive.changes import Change, entry_modified, list_entries
+from cowstore.drivers.btrfs import ioctl as btrfsioctl
 
 
 def _dir_in(root: str, rel: str) -> bool:

@@ -6,34 +6,25 @@ way Docker's devicemapper got its pool: a sparse file beside the home, formatted
 image file itself, so opening the store after a reboot (no loop device, no mount)
 simply attaches and mounts it again.
 
-Loop devices are attached with LO_FLAGS_AUTOCLEAR: the kernel detaches the device as
-soon as its last user (the mount) goes away, so a crash between attach and mount, or a
-forgotten unmount by hand, cannot leak a loop device.
+The loop device is attached with autoclear (`cowstore.host.loop`): it goes away with
+its last user (the mount), so a crash between attach and mount, or a forgotten
+unmount by hand, cannot leak a loop device.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import os
 import pathlib
-import struct
 import subprocess
 from collections.abc import Iterator
 
-from cowstore import mounts
 from cowstore.errors import MountError
-
-LOOP_CTL_GET_FREE = 0x4C82
-LOOP_CONFIGURE = 0x4C0A
-LOOP_CLR_FD = 0x4C01
-LO_FLAGS_AUTOCLEAR = 4
-MS_NOATIME = 0x400
+from cowstore.host import loop, mounts
 
 # mkfs.btrfs refuses smaller devices (non-mixed block groups, DUP metadata).
 MIN_IMAGE_SIZE = 128 * 1024 * 1024
-_ATTACH_TRIES = 20
 
 
 def image_path(home: pathlib.Path) -> pathlib.Path:
@@ -41,30 +32,12 @@ def image_path(home: pathlib.Path) -> pathlib.Path:
     return home.parent / f"{home.name}.img"
 
 
-def _backing_file(device: str) -> str | None:
-    name = os.path.basename(device)
-    try:
-        return pathlib.Path(f"/sys/block/{name}/loop/backing_file").read_text().strip()
-    except OSError:
-        return None
-
-
-def find_device(image: pathlib.Path) -> str | None:
-    """The loop device that currently has `image` attached, if any."""
-    target = os.path.realpath(image)
-    for entry in sorted(pathlib.Path("/sys/block").glob("loop*")):
-        device = f"/dev/{entry.name}"
-        if _backing_file(device) == target:
-            return device
-    return None
-
-
 def mounted_device(home: pathlib.Path) -> str | None:
     """The source device of the btrfs mounted exactly on `home`, if one is."""
     target = os.path.realpath(home)
-    for point, fstype, source in mounts.mount_table():
-        if point == target and fstype == "btrfs":
-            return source
+    for row in mounts.mount_table():
+        if row.target == target and row.fstype == "btrfs":
+            return row.source
     return None
 
 
@@ -85,39 +58,6 @@ def _make_image(image: pathlib.Path, size: int) -> None:
         lines = (result.stderr or result.stdout).strip().splitlines()
         raise MountError(f"mkfs.btrfs {image} failed: {lines[-1] if lines else result.returncode}")
     os.rename(partial, image)
-
-
-def _attach(image: pathlib.Path) -> tuple[str, int]:
-    """Attach `image` to a free loop device; (device path, open device fd).
-
-    The device stays attached only while the fd (then the mount) holds it.
-    """
-    image_fd = os.open(image, os.O_RDWR | os.O_CLOEXEC)
-    try:
-        control = os.open("/dev/loop-control", os.O_RDWR | os.O_CLOEXEC)
-        try:
-            for _ in range(_ATTACH_TRIES):
-                number = fcntl.ioctl(control, LOOP_CTL_GET_FREE)
-                device = f"/dev/loop{number}"
-                dev_fd = os.open(device, os.O_RDWR | os.O_CLOEXEC)
-                config = bytearray(304)
-                struct.pack_into("=II", config, 0, image_fd, 0)
-                struct.pack_into("=I", config, 8 + 52, LO_FLAGS_AUTOCLEAR)
-                name = os.fsencode(os.path.realpath(image))[:63]
-                config[8 + 56 : 8 + 56 + len(name)] = name
-                try:
-                    fcntl.ioctl(dev_fd, LOOP_CONFIGURE, config)
-                except OSError as exc:
-                    os.close(dev_fd)
-                    if exc.errno == errno.EBUSY:
-                        continue  # another process took this device between the two calls
-                    raise MountError(f"attach {image} to {device}: {exc.strerror}") from None
-                return device, dev_fd
-        finally:
-            os.close(control)
-    finally:
-        os.close(image_fd)
-    raise MountError(f"attach {image}: no free loop device after {_ATTACH_TRIES} tries")
 
 
 @contextlib.contextmanager
@@ -148,15 +88,8 @@ def ensure_mounted(home: pathlib.Path, size: int | None) -> pathlib.Path:
             if any(home.iterdir()):
                 raise MountError(f"{home} is not empty: a loopback mount would hide its content")
             _make_image(image, size)
-        device = find_device(image)
-        dev_fd = None
-        if device is None:
-            device, dev_fd = _attach(image)
-        try:
-            mounts.mount(device, home, "btrfs", MS_NOATIME)
-        finally:
-            if dev_fd is not None:
-                os.close(dev_fd)
+        with loop.attached(image) as device:
+            mounts.mount(device, home, "btrfs", mounts.MS_NOATIME)
     return image
 
 
@@ -171,21 +104,14 @@ def unmount(home: pathlib.Path) -> None:
         device = mounted_device(home)
         if device is not None:
             mounts.umount(home, 0)
-        attached = find_device(image)
+        attached = loop.find(image)
         if attached is not None and mounted_device_of(attached) is None:
-            fd = os.open(attached, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                fcntl.ioctl(fd, LOOP_CLR_FD)
-            except OSError as exc:
-                if exc.errno != errno.ENXIO:
-                    raise MountError(f"detach {attached}: {exc.strerror}") from None
-            finally:
-                os.close(fd)
+            loop.detach(image)
 
 
 def mounted_device_of(device: str) -> str | None:
     """A mount point of `device`, if it is mounted anywhere."""
-    for point, _, source in mounts.mount_table():
-        if source == device:
-            return point
+    for row in mounts.mount_table():
+        if row.source == device:
+            return row.target
     return None

@@ -14,8 +14,8 @@ import os
 import pathlib
 from dataclasses import dataclass
 
-from cowstore import btrfsioctl
-from cowstore.errors import CowstoreError
+from cowstore.drivers.btrfs import ioctl as btrfsioctl
+from cowstore.errors import InUse, InvalidOption, ResourceExhausted, Unavailable
 from cowstore.units import human_size
 
 # Usage thresholds tried in order, like btrfsmaintenance: cheap passes over nearly
@@ -24,8 +24,16 @@ _BALANCE_STEPS = (0, 1, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100)
 _CHUNK_MAX = 1024**3
 
 
-class BalanceError(CowstoreError):
+class BalanceError(Unavailable):
     """A balance could not run or failed part-way."""
+
+
+class BalanceRunning(InUse):
+    """Another balance runs on the filesystem."""
+
+
+class BalanceNoSpace(ResourceExhausted):
+    """A balance ran out of unallocated space part-way."""
 
 
 @dataclass(frozen=True)
@@ -125,7 +133,7 @@ def balance_path(path: pathlib.Path, dusage: int) -> dict[str, int]:
     device for new chunks.
     """
     if not 0 <= dusage <= 100:
-        raise BalanceError(f"dusage must be a percentage between 0 and 100, not {dusage}")
+        raise InvalidOption(f"dusage must be a percentage between 0 and 100, not {dusage}")
     before = allocation(path).unallocated
     considered = relocated = 0
     fd = _open(path)
@@ -135,9 +143,9 @@ def balance_path(path: pathlib.Path, dusage: int) -> dict[str, int]:
                 seen, moved = btrfsioctl.balance(fd, data_usage=step)
             except OSError as exc:
                 if exc.errno == errno.EINPROGRESS:
-                    raise BalanceError(f"a balance is already running on {path}; wait for it to finish") from None
+                    raise BalanceRunning(f"a balance is already running on {path}; wait for it to finish") from None
                 if exc.errno == errno.ENOSPC:
-                    raise BalanceError(
+                    raise BalanceNoSpace(
                         f"balance at dusage={step} ran out of space on {path}: delete some data "
                         "or add a device, then balance again with a lower --dusage") from None
                 raise BalanceError(f"balance of {path} at dusage={step}: {exc.strerror}") from None

@@ -1,0 +1,1 @@
+"""Applications built on the store: the demo (`cowstore demo`) and the benchmark (`cowstore bench`)."""

@@ -1,0 +1,5 @@
+"""`python -m cowstore.bench`: the same command as `cowstore bench`."""
+
+from cowstore.app.bench import bench_command
+
+bench_command(prog_name="cowstore bench")

@@ -1,0 +1,127 @@
+"""`cowstore bench`: set up the scratch store, open the subjects, run, report, clean up."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import pathlib
+import time
+from collections.abc import Callable, Iterator
+
+import click
+from rich.console import Console
+
+from cowstore.app.bench import report
+from cowstore.app.bench.experiments import ALL, Context, Result
+from cowstore.app.bench.images import ImageCache
+from cowstore.app.bench.peers import PEERS, open_peer
+from cowstore.app.bench.runner import run_experiment
+from cowstore.app.bench.scale import Scale
+from cowstore.app.bench.scratch import Scratch, interrupts_as_exceptions
+from cowstore.app.bench.subjects import DriverSubject, NativeSubject, Subject
+from cowstore.drivers import driver_names
+from cowstore.errors import CowstoreError, NotSupported
+
+GIB = 1024**3
+# The sparse ext4 every subject shares: `full` holds 1 GiB copy-up images in every store at
+# once and 1000 vfs containers (two copies of the base image each).
+_SCRATCH_GIB = {Scale.QUICK: 4, Scale.STANDARD: 32, Scale.FULL: 64}
+
+
+def _split(values: tuple[str, ...]) -> list[str]:
+    return [item.strip() for value in values for item in value.split(",") if item.strip()]
+
+
+@contextlib.contextmanager
+def _subjects(scratch: Scratch, drivers: list[str], peers: list[str],
+              unavailable: dict[str, str], log: Callable[[str], None]) -> Iterator[list[Subject]]:
+    """Open every subject that can run here; close them all, in reverse, on any exit."""
+    opened: list[Subject] = []
+    try:
+        for name in drivers:
+            log(f"opening driver {name}")
+            try:
+                opened.append(DriverSubject(name, scratch))
+            except NotSupported as exc:
+                unavailable[name] = str(exc)
+            except (CowstoreError, OSError) as exc:
+                unavailable[name] = f"failed to open: {exc}"
+        opened.append(NativeSubject(scratch))
+        for name in peers:
+            log(f"opening peer {name}")
+            try:
+                opened.append(open_peer(name, scratch))
+            except (CowstoreError, OSError) as exc:
+                unavailable[name] = str(exc)
+        yield opened
+    finally:
+        for subject in reversed(opened):
+            try:
+                subject.close()
+            except (CowstoreError, OSError) as exc:
+                log(f"closing {subject.name} failed: {exc}")
+
+
+@click.command("bench")
+@click.option("--driver", "drivers", multiple=True, metavar="D",
+              help="Driver to measure (repeatable, or comma-separated); default: every driver that opens here.")
+@click.option("--scale", "scale_name", type=click.Choice([s.value for s in Scale]), default=None,
+              help="Sizes: quick (under 2 minutes), standard (the default, ~10-25 minutes here), "
+                   "full (the issue's: 1000 containers, 1 GiB copy-up, 500 layers; hours).")
+@click.option("--quick", is_flag=True, help="Same as --scale quick.")
+@click.option("--compare", "compare", default="", metavar="PEERS",
+              help="Peers to measure side by side, e.g. podman,docker (skipped with a reason when absent).")
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=pathlib.Path),
+              default=pathlib.Path("cowstore-bench"), show_default=True,
+              help="Directory for report.md, report.json and the plots.")
+@click.option("--only", "only", multiple=True, metavar="KEY",
+              help=f"Run only these experiments ({', '.join(e.key for e in ALL)}).")
+def bench_command(drivers: tuple[str, ...], scale_name: str | None, quick: bool, compare: str, out: pathlib.Path,
+                  only: tuple[str, ...]) -> None:
+    """Measure the talk's claims per driver, on a scratch store, and write a report."""
+    if quick and scale_name not in (None, Scale.QUICK):
+        raise click.BadParameter(f"--quick contradicts --scale {scale_name}", param_hint="--quick")
+    scale = Scale.QUICK if quick else Scale(scale_name or Scale.STANDARD)
+    chosen = _split(drivers) or driver_names()
+    for name in chosen:
+        if name not in driver_names():
+            raise click.BadParameter(f"unknown driver {name!r} (known: {', '.join(driver_names())})",
+                                     param_hint="--driver")
+    peers = _split((compare,))
+    for name in peers:
+        if name not in PEERS:
+            raise click.BadParameter(f"unknown peer {name!r} (known: {', '.join(PEERS)})", param_hint="--compare")
+    keys = _split(only)
+    unknown = [k for k in keys if k not in {e.key for e in ALL}]
+    if unknown:
+        raise click.BadParameter(f"unknown experiment {unknown[0]!r} (known: {', '.join(e.key for e in ALL)})",
+                                 param_hint="--only")
+    experiments = [e for e in ALL if not keys or e.key in keys]
+    console = Console()
+    started = time.perf_counter()
+
+    def log(message: str) -> None:
+        click.echo(f"[{time.perf_counter() - started:6.1f}s] {message}", err=True)
+
+    unavailable: dict[str, str] = {}
+    results: list[Result] = []
+    run = {"created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "scale": scale.value,
+           "host": report.host_facts()}
+    with interrupts_as_exceptions(), Scratch(_SCRATCH_GIB[scale] * GIB) as scratch:
+        log(f"scratch store in {scratch.base} on {scratch.backing}")
+        with _subjects(scratch, chosen, peers, unavailable, log) as subjects:
+            ctx = Context(scale=scale, images=ImageCache(scratch.path("images")), scratch=scratch, log=log)
+            for experiment in experiments:
+                result = run_experiment(experiment, subjects, ctx)
+                results.append(result)
+                report.print_result(console, result)
+            descriptions = {s.name: {"kind": s.kind, "description": s.describe()} for s in subjects}
+        run |= {"backing": scratch.backing, "subjects": descriptions, "unavailable": unavailable,
+                "seconds": round(time.perf_counter() - started, 1)}
+    peer_names = [n for n, d in descriptions.items() if d["kind"] == "peer"]
+    driver_subjects = [n for n, d in descriptions.items() if d["kind"] == "driver"]
+    ratios = report.peer_ratios(results, peer_names, driver_subjects)
+    json_path, md_path = report.write_outputs(out, run, results, ratios)
+    for name, reason in unavailable.items():
+        console.print(f"not measured: {name}: {reason}", style="dim")
+    console.print(f"report: {md_path}\nraw results: {json_path}")

@@ -1,0 +1,22 @@
+"""The experiments of `cowstore bench`, in report order; each tests one claim of the talk.
+
+Peers (experiment 10 of the issue) are not an experiment of their own: experiments 1,
+2 and 6 measure them beside the drivers and the report gives the ratios.
+"""
+
+from cowstore.app.bench.experiments.base import Context, Experiment, Metric, Point, Result, Verdict
+from cowstore.app.bench.experiments.btrfs_chunks import BtrfsChunks
+from cowstore.app.bench.experiments.commit_diff import CommitDiff
+from cowstore.app.bench.experiments.container_cost import ContainerCost
+from cowstore.app.bench.experiments.copy_up import CopyUp
+from cowstore.app.bench.experiments.deep_layers import DeepLayers
+from cowstore.app.bench.experiments.page_cache import PageCache
+from cowstore.app.bench.experiments.seq_write import SeqWrite
+from cowstore.app.bench.experiments.thin_pool import ThinPool
+from cowstore.app.bench.experiments.vfs_linear import VfsLinear
+
+ALL: tuple[Experiment, ...] = (ContainerCost(), CopyUp(), PageCache(), SeqWrite(), DeepLayers(), CommitDiff(),
+                               ThinPool(), BtrfsChunks(), VfsLinear())
+PEER_EXPERIMENTS = ("container_cost", "copy_up", "commit_diff")
+
+__all__ = ["ALL", "PEER_EXPERIMENTS", "Context", "Experiment", "Metric", "Point", "Result", "Verdict"]

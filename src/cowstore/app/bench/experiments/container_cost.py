@@ -1,0 +1,78 @@
+"""Experiment 1 — container cost: create + mount of N containers from one image.
+
+An engine that mounts a container only while it runs (docker) is timed on create alone:
+its figure is the cost of preparing the container's layers, without the mount.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from typing import Any
+
+from cowstore.app.bench.experiments.base import Context, Experiment, Metric, Point, Result, Verdict
+from cowstore.app.bench.experiments.common import Timer, container, unique
+from cowstore.app.bench.scale import Scale
+from cowstore.app.bench.subjects import Subject
+
+
+class ContainerCost(Experiment):
+    key = "container_cost"
+    title = "1. Container cost"
+    claim = "One container costs under 0.1 s to start and under 1 MB of disk."
+    x_label = "containers created and mounted (N)"
+    metrics = (Metric("time_ms", "time per container", "ms"),
+               Metric("disk_kib", "disk per container", "KiB"),
+               Metric("inodes", "inodes per container", "inodes"))
+
+    def points(self, scale: Scale) -> list[Point]:
+        return scale.pick([1, 5], [1, 10, 50], [1, 10, 100, 1000])
+
+    def supports(self, subject: Subject) -> str | None:
+        return None if subject.kind in ("driver", "peer") else "not a container engine"
+
+    def limit(self, subject: Subject, state: Any, point: Point, scale: Scale) -> str | None:
+        if subject.name == "devicemapper" and isinstance(point, int) and point > 100:
+            return "capped at 100: every mounted container holds a loop device"
+        return None
+
+    def prepare(self, subject: Subject, ctx: Context) -> Any:
+        return subject.load_image(ctx.images.get("base"))
+
+    def sample(self, subject: Subject, state: Any, point: Point, ctx: Context) -> dict[str, float]:
+        assert isinstance(point, int)
+        with ExitStack() as stack:
+            before = subject.usage()
+            with Timer() as timer:
+                for _ in range(point):
+                    if subject.mountable:
+                        stack.enter_context(container(subject, state, "cost"))
+                    else:
+                        stack.callback(subject.remove, subject.create(state, unique("cost")))
+            used = subject.usage() - before
+        values = {"time_ms": timer.ms / point, "disk_kib": used.bytes / point / 1024}
+        if used.inodes is not None:
+            values["inodes"] = used.inodes / point
+        return values
+
+    def finish(self, subject: Subject, state: Any) -> None:
+        subject.drop_image(state)
+
+    def caveat(self, subject: Subject) -> str | None:
+        if subject.mountable:
+            return None
+        return ("timed on create alone: the engine has no mount command and mounts a container's layers "
+                "only while it runs; disk and inodes are those of the created containers")
+
+    def judge(self, result: Result) -> list[Verdict]:
+        verdicts = []
+        for subject in result.subjects():
+            points = result.measured_points(subject, "time_ms")
+            if not points:
+                continue
+            n = points[-1]
+            ms = result.median(subject, "time_ms", n) or 0.0
+            kib = result.median(subject, "disk_kib", n) or 0.0
+            ok = ms < 100 and kib < 1024
+            verdicts.append(Verdict(subject, "confirmed" if ok else "not confirmed",
+                                    f"{ms:.1f} ms and {kib:.0f} KiB per container at N={n}"))
+        return verdicts

@@ -1,0 +1,143 @@
+"""Experiment 5 — deep layers: mount, lookup and read of a bottom-layer file as the chain grows.
+
+The container here has no `-init` layer: it plays no part in a bottom-layer lookup, and
+it would take one of the kernel's 500 overlay lowers, so overlay2 could not reach the
+issue's 500 image layers. Each depth is probed once (create + mount) before the rounds:
+a depth the driver refuses is reported as a limit with the driver's reason, not an error.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from dataclasses import dataclass, field
+from typing import Any
+
+from cowstore.app.bench.experiments.base import Context, Experiment, Metric, Point, Result, Verdict
+from cowstore.app.bench.experiments.common import Timer, unique
+from cowstore.app.bench.scale import Scale
+from cowstore.app.bench.subjects import DriverSubject, Subject
+from cowstore.errors import CowstoreError
+
+_BOTTOM = 64 * 1024
+
+
+def _layer_tar(depth: int) -> io.BytesIO:
+    """Layer 1 holds the file read at the bottom; every other layer adds one small file."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        if depth == 1:
+            info = tarfile.TarInfo("deep")
+            info.type = tarfile.DIRTYPE
+            info.mode = 0o755
+            tar.addfile(info)
+        name, data = ("deep/bottom", os.urandom(_BOTTOM)) if depth == 1 else (f"deep/layer{depth}", b"%d" % depth)
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    buf.seek(0)
+    return buf
+
+
+@dataclass
+class _Chain:
+    chain_ids: dict[int, str] = field(default_factory=dict)  # depth -> chain id, measured depths
+    registered: list[str] = field(default_factory=list)  # every layer, bottom first (one ref each)
+    stopped: str | None = None  # why the chain could not grow further
+    refused: dict[int, str] = field(default_factory=dict)  # depth -> why no container mounts on it
+
+
+class DeepLayers(Experiment):
+    key = "deep_layers"
+    title = "5. Deep layers"
+    claim = ("Union drivers look a file up through every layer; as the chain grows, finding and "
+             "reading a file of the bottom layer gets slower where the driver stacks layers at run time.")
+    x_label = "image layers in the chain"
+    metrics = (Metric("mount_ms", "mount of a container", "ms"),
+               Metric("read_ms", "first stat + open + read of a bottom-layer file", "ms"))
+
+    def points(self, scale: Scale) -> list[Point]:
+        return scale.pick([1, 8, 32], [1, 16, 64, 128], [1, 16, 64, 128, 500])
+
+    def limit(self, subject: Subject, state: Any, point: Point, scale: Scale) -> str | None:
+        if not isinstance(state, _Chain) or point in state.chain_ids:
+            return None
+        if point in state.refused:
+            return f"no container mounts on {point} layers: {state.refused[point]}"
+        return f"chain stops at {len(state.registered)} layers: {state.stopped}"
+
+    def prepare(self, subject: Subject, ctx: Context) -> Any:
+        assert isinstance(subject, DriverSubject)
+        chain = _Chain()
+        wanted = {p for p in self.points(ctx.scale) if isinstance(p, int)}
+        parent = None
+        for depth in range(1, max(wanted) + 1):
+            try:
+                parent = subject.store.register(_layer_tar(depth), parent).chain_id
+                chain.registered.append(parent)
+            except CowstoreError as exc:
+                chain.stopped = str(exc)
+                break
+            if depth in wanted:
+                chain.chain_ids[depth] = parent
+        for depth in sorted(chain.chain_ids, reverse=True):
+            try:
+                self._mount_once(subject, chain.chain_ids[depth])
+            except CowstoreError as exc:
+                chain.refused[depth] = str(exc)
+                del chain.chain_ids[depth]
+                continue
+            break
+        return chain
+
+    @staticmethod
+    def _mount_once(subject: DriverSubject, chain_id: str) -> None:
+        """Create and mount a container on `chain_id`, then undo it: does this depth work at all?"""
+        name = unique("deep-probe")
+        subject.store.create_rw(name, chain_id)
+        try:
+            subject.store.mount(name)
+            subject.store.unmount(name)
+        finally:
+            subject.store.remove_rw(name, force=True)
+
+    def sample(self, subject: Subject, state: Any, point: Point, ctx: Context) -> dict[str, float]:
+        assert isinstance(subject, DriverSubject) and isinstance(point, int)
+        store = subject.store
+        name = unique("deep")
+        store.create_rw(name, state.chain_ids[point])
+        try:
+            with Timer() as mount_timer:
+                root = store.mount(name)
+            try:
+                with Timer() as read_timer:
+                    os.stat(root / "deep" / "bottom")
+                    with open(root / "deep" / "bottom", "rb") as fh:
+                        fh.read()
+            finally:
+                store.unmount(name)
+        finally:
+            store.remove_rw(name, force=True)
+        return {"mount_ms": mount_timer.ms, "read_ms": read_timer.ms}
+
+    def finish(self, subject: Subject, state: Any) -> None:
+        assert isinstance(subject, DriverSubject)
+        for chain_id in reversed(state.registered):
+            subject.store.release(chain_id)
+
+    def judge(self, result: Result) -> list[Verdict]:
+        verdicts = []
+        for subject in result.subjects():
+            points = result.measured_points(subject, "read_ms")
+            if len(points) < 2:
+                continue
+            low, high = points[0], points[-1]
+            parts = []
+            for metric in ("mount_ms", "read_ms"):
+                a, b = result.median(subject, metric, low) or 0.0, result.median(subject, metric, high) or 0.0
+                parts.append(f"{metric} {a:.2f} -> {b:.2f} ms ({b / a if a else float('inf'):.1f}x)")
+            stop = result.limits.get(subject)
+            suffix = f"; {next(iter(stop.values()))}" if stop else ""
+            verdicts.append(Verdict(subject, "measured", f"{low} -> {high} layers: {', '.join(parts)}{suffix}"))
+        return verdicts

@@ -1,0 +1,122 @@
+"""Peer engines measured through their CLIs on the same image and backing: podman, docker.
+
+Each peer keeps its storage in the scratch space (`--root`), never in the system's
+store. Every per-command figure of a peer includes one CLI round trip, so the run
+also measures that floor (`podman version`) and reports it beside the results. The
+docker peer, which has to start and stop a daemon, lives in `cowstore.bench.docker_peer`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+
+from cowstore.app.bench.docker_peer import DockerSubject
+from cowstore.app.bench.scratch import Scratch
+from cowstore.app.bench.subjects import Subject, Usage, fs_usage
+from cowstore.errors import NotSupported, Unavailable
+from cowstore.host import fsutil, mounts
+
+PEERS = ("podman", "docker")
+
+
+class PeerError(Unavailable):
+    """A peer command failed."""
+
+
+class PodmanSubject(Subject):
+    """podman (containers/storage, its overlay driver) on a private root in the scratch space."""
+
+    kind = "peer"
+
+    def __init__(self, scratch: Scratch, driver: str = "overlay") -> None:
+        self.exe = shutil.which("podman")
+        if self.exe is None:
+            raise NotSupported("podman is not installed (apt-get install podman)")
+        self.name = f"podman-{driver}"
+        self.driver = driver
+        self.root = scratch.path("podman")
+        # podman refuses a runroot longer than 50 characters: keep it short, under /run.
+        self.runroot = pathlib.Path(tempfile.mkdtemp(prefix="cb-", dir="/run" if os.access("/run", os.W_OK) else None))
+        self._images = 0
+        self.floor_ms = self._floor()
+
+    def _run(self, *args: str) -> str:
+        cmd = [self.exe or "podman", "--root", str(self.root), "--runroot", str(self.runroot),
+               "--storage-driver", self.driver, "--cgroup-manager", "cgroupfs", "--events-backend", "file", *args]
+        result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            lines = (result.stderr or result.stdout).strip().splitlines()
+            raise PeerError(f"podman {args[0]} failed: {lines[-1] if lines else result.returncode}")
+        return result.stdout.strip()
+
+    def _floor(self) -> float:
+        """Median of an API-free round trip: what every podman figure includes."""
+        samples = []
+        for _ in range(3):
+            start = time.perf_counter()
+            self._run("version")
+            samples.append((time.perf_counter() - start) * 1000)
+        return statistics.median(samples)
+
+    def describe(self) -> str:
+        version = self._run("version", "--format", "{{.Client.Version}}")
+        return (f"podman {version}, --storage-driver {self.driver}, root on {fsutil.backing_fs(self.root)}; "
+                f"CLI round trip floor {self.floor_ms:.0f} ms")
+
+    def load_image(self, tar: pathlib.Path) -> str:
+        self._images += 1
+        tag = f"localhost/cowstore-bench/image{self._images}:latest"
+        self._run("import", "-q", str(tar), tag)
+        return tag
+
+    def drop_image(self, image: str) -> None:
+        self._run("rmi", "-f", image)
+
+    def create(self, image: str, name: str) -> str:
+        return self._run("create", "--network", "none", "--name", name, image, "/bin/sh")
+
+    def mount(self, container: str) -> pathlib.Path:
+        return pathlib.Path(self._run("mount", container))
+
+    def unmount(self, container: str) -> None:
+        self._run("unmount", container)
+
+    def remove(self, container: str) -> None:
+        self._run("rm", "-f", container)
+
+    def changes(self, container: str) -> int:
+        return len(self._run("diff", container).splitlines())
+
+    def commit(self, container: str) -> str:
+        return self._run("commit", "-q", container)
+
+    def drop_commit(self, image: str) -> None:
+        self._run("rmi", "-f", image)
+
+    def usage(self) -> Usage:
+        return fs_usage(self.root)
+
+    def close(self) -> None:
+        try:
+            with contextlib.suppress(PeerError):
+                self._run("system", "reset", "-f")
+        finally:
+            mounts.unmount_all(self.runroot)
+            mounts.unmount_all(self.root)
+            fsutil.remove_tree(self.runroot)
+
+
+def open_peer(name: str, scratch: Scratch) -> Subject:
+    """The peer subject `name`; NotSupported with the reason when it cannot run here."""
+    if name == "podman":
+        return PodmanSubject(scratch)
+    if name == "docker":
+        return DockerSubject(scratch)
+    raise NotSupported(f"unknown peer {name!r} (known: {', '.join(PEERS)})")

@@ -1,5 +1,0 @@
-"""`python -m cowstore.bench`: the same command as `cowstore bench`."""
-
-from cowstore.bench import bench_command
-
-bench_command(prog_name="cowstore bench")

@@ -1,0 +1,5 @@
+"""devicemapper: thin devices of one pool (`thinpool`), served as block devices by `server`."""
+
+from cowstore.drivers.devicemapper.driver import DeviceMapperDriver
+
+__all__ = ["DeviceMapperDriver"]

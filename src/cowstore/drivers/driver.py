@@ -1,0 +1,92 @@
+"""The storage driver interface: Docker's graphdriver contract with Pythonic names.
+
+A driver stores layers identified by opaque ids, each optionally on top of a parent,
+and knows nothing of images, chain ids or containers. The layer store drives it
+through exactly the methods of :class:`Driver`. Drivers without a native way to
+compute changesets inherit the generic one from :class:`cowstore.drivers.naive.NaiveDiffDriver`.
+"""
+
+from __future__ import annotations
+
+import abc
+import pathlib
+from collections.abc import Mapping
+from typing import BinaryIO
+
+from cowstore.archive.changes import Change
+from cowstore.errors import NotSupported
+
+
+class Driver(abc.ABC):
+    """One storage driver instance, rooted at its home directory `<store root>/<name>`."""
+
+    name: str = ""
+
+    def __init__(self, home: pathlib.Path, options: Mapping[str, str]) -> None:
+        self.home = home
+        self.options = dict(options)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.home}>"
+
+    @abc.abstractmethod
+    def create(self, id: str, parent: str | None, *, storage_opts: Mapping[str, str] | None = None) -> None:
+        """Create an (empty) image layer on top of `parent`; content arrives by apply_diff."""
+
+    @abc.abstractmethod
+    def create_rw(self, id: str, parent: str | None, *, storage_opts: Mapping[str, str] | None = None) -> None:
+        """Create a writable container layer (also used for the `-init` layer)."""
+
+    @abc.abstractmethod
+    def remove(self, id: str) -> None:
+        """Delete a layer and its storage, unmounting it first if needed.
+
+        Removing a layer that does not exist is not an error: the layer store's
+        recovery and `check --repair` finish interrupted removals by calling it again.
+        """
+
+    @abc.abstractmethod
+    def get(self, id: str) -> pathlib.Path:
+        """Make the layer's full filesystem available and return its root; balance with put."""
+
+    @abc.abstractmethod
+    def put(self, id: str) -> None:
+        """Release one get; the last release unmounts."""
+
+    @abc.abstractmethod
+    def exists(self, id: str) -> bool:
+        """Whether the layer exists."""
+
+    def status(self) -> list[tuple[str, str]]:
+        """The `Storage Driver` lines of `docker info`, in order."""
+        return []
+
+    def metadata(self, id: str) -> dict[str, str]:
+        """Low-level facts for `inspect` (Docker's GraphDriver.Data)."""
+        return {}
+
+    @abc.abstractmethod
+    def diff(self, id: str, parent: str | None = None) -> BinaryIO:
+        """Uncompressed tar of the changes of `id` against `parent` (None: the whole tree)."""
+
+    @abc.abstractmethod
+    def changes(self, id: str, parent: str | None = None) -> list[Change]:
+        """The changes of `id` against `parent`, sorted by path."""
+
+    @abc.abstractmethod
+    def apply_diff(self, id: str, parent: str | None, stream: BinaryIO) -> int:
+        """Extract an uncompressed layer tar into `id`; return the sum of its entry sizes."""
+
+    @abc.abstractmethod
+    def diff_size(self, id: str, parent: str | None = None) -> int:
+        """Bytes of the changes of `id` against `parent`."""
+
+    def cleanup(self) -> None:
+        """Release everything this driver mounted or attached (shutdown)."""
+
+    def ids(self) -> list[str]:
+        """Every layer id the driver holds (containers/storage's ListLayers).
+
+        Only `cowstore check` uses it, to find storage that no record owns.
+        """
+        raise NotSupported(f"{self.name} cannot list its layers")

@@ -1,0 +1,351 @@
+"""overlay2: every layer is an overlayfs upper dir; a mount stacks all its ancestors.
+
+Docker's layout under `overlay2/`:
+
+    l/<short>        -> ../<id>/diff   (26-char link names keep mount(2) options short)
+    <id>/diff        the layer's own files, in overlay's upper-dir format
+    <id>/link        the layer's short name
+    <id>/lower       "l/<parent short>:l/<grandparent short>:..." (absent for a base layer)
+    <id>/work        overlay's scratch dir (layers with a parent)
+    <id>/merged      the mount point while the layer is in use
+    <id>/committed   present once the layer has a child: it is mounted read-only
+
+Mounts go through the new mount API with one O_PATH descriptor per lower layer, so a
+chain may be as deep as the kernel allows (500 lower layers) instead of Docker's 128.
+Because a layer's upper dir holds exactly its changes, diff, changes and diff_size
+against the direct parent read that dir alone, at a cost independent of image size.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import pathlib
+import secrets
+from collections.abc import Mapping
+from typing import BinaryIO
+
+from cowstore import units
+from cowstore.archive import apply_layer, tar_directory
+from cowstore.archive.changes import Change
+from cowstore.drivers.common import transit
+from cowstore.drivers.common.options import parse_bool
+from cowstore.drivers.common.refcount import MountRefs
+from cowstore.drivers.naive import NaiveDiffDriver
+from cowstore.drivers.overlay import kernel as ovl
+from cowstore.drivers.overlay import layout, upperdir
+from cowstore.errors import InvalidOption, LayerExists, LayerNotFound, MaxDepthExceeded, NotSupported
+from cowstore.host import fsutil
+from cowstore.host.quota import ProjectQuota
+
+# Docker's limit for classic mount(2): 128 short links fit a page with room to spare.
+CLASSIC_MAX_LOWERS = 128
+_LINK_DIR = "l"
+
+
+def _new_link_id() -> str:
+    """26 upper-case base32 characters, as Docker's short link names."""
+    return base64.b32encode(secrets.token_bytes(16)).decode().rstrip("=")
+
+
+class Overlay2Driver(NaiveDiffDriver):
+    name = "overlay2"
+
+    def __init__(self, home: pathlib.Path, options: Mapping[str, str]) -> None:
+        super().__init__(home, options)
+        self.default_size: int | None = None
+        redirect_dir = metacopy = False
+        self.classic = False
+        for raw_key, value in self.options.items():
+            key = raw_key.strip().lower().removeprefix("overlay2.")
+            if key == "size":
+                self.default_size = units.parse_size(value)
+            elif key == "override_kernel_check":
+                continue  # accepted and ignored, like Docker 23+
+            elif key == "redirect_dir":
+                redirect_dir = parse_bool("overlay2", raw_key, value)
+            elif key == "metacopy":
+                metacopy = parse_bool("overlay2", raw_key, value)
+            elif key == "mount_api":
+                if value not in ("auto", "classic"):
+                    raise InvalidOption(f"overlay2: mount_api is auto or classic, not {value!r}")
+                self.classic = value == "classic"
+            else:
+                raise InvalidOption(f"overlay2: unknown option {raw_key}")
+        if not fsutil.kernel_has_fs("overlay"):
+            raise NotSupported("overlay2: the kernel has no overlay filesystem (modprobe overlay)")
+        home.mkdir(mode=0o710, parents=True, exist_ok=True)
+        self.backing = fsutil.backing_fs(home)
+        if self.backing == "overlayfs":
+            raise NotSupported("overlay2: the store cannot live on overlayfs itself; put it on ext4, xfs or btrfs")
+        if not fsutil.supports_d_type(home):
+            hint = {"xfs": " (reformat with mkfs.xfs -n ftype=1)", "extfs": " (tune2fs -O filetype)"}.get(self.backing, "")
+            raise NotSupported(
+                f"overlay2: the backing {self.backing} filesystem is formatted without d_type support, "
+                f"which leads to incorrect behavior{hint}"
+            )
+        self.classic = self.classic or not ovl.new_mount_api()
+        self.max_lowers = CLASSIC_MAX_LOWERS if self.classic else ovl.KERNEL_MAX_LOWERS
+        self.mount_opts = ovl.mount_options(redirect_dir=redirect_dir, metacopy=metacopy)
+        # An upper dir is the exact changeset only when overlay never writes redirects or
+        # metadata-only copies into it, and when whiteouts use the trusted.* xattrs.
+        self.native_diff = not (redirect_dir or metacopy or ovl.in_user_namespace())
+        (home / _LINK_DIR).mkdir(mode=0o700, exist_ok=True)
+        self.refs = MountRefs(home)
+        self._quota: ProjectQuota | None = None
+        if self.default_size is not None:
+            self._quota = ProjectQuota(self.home)
+        self._sweep()
+
+    # ----------------------------------------------------------------- paths
+
+    def _dir(self, id: str) -> pathlib.Path:
+        return self.home / layout.check_id(id)
+
+    def _read(self, path: pathlib.Path) -> str | None:
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            return None
+
+    def _lowers(self, id: str) -> list[str]:
+        """The layer's ancestors as `l/<short>` paths relative to home, nearest first."""
+        text = self._read(self._dir(id) / "lower")
+        return text.split(":") if text else []
+
+    def _diff_of(self, link_path: str) -> pathlib.Path:
+        """The absolute diff dir a `l/<short>` entry points at."""
+        return (self.home / _LINK_DIR / os.readlink(self.home / link_path)).resolve()
+
+    def _sweep(self) -> None:
+        """Finish what a crash interrupted: half-built and half-removed layers, stale links.
+
+        A link is made before its layer is renamed into place, so a dangling one may
+        belong to a layer another process is creating right now: its lock says so.
+        """
+        transit.sweep(self.home, self.refs)
+        transit.sweep(self.home / _LINK_DIR, self.refs, self._dangling_link_id, os.unlink)
+
+    def _dangling_link_id(self, name: str) -> str | None:
+        """The layer id a dangling `l/<name>` (`../<id>/diff`) names; None if it is not dangling."""
+        path = self.home / _LINK_DIR / name
+        try:
+            target = os.readlink(path)
+        except OSError:
+            return None
+        if os.path.exists(path):
+            return None
+        parts = target.split("/")
+        return transit.valid_id(parts[1]) if len(parts) == 3 and parts[0] == ".." else None
+
+    # ---------------------------------------------------------------- create
+
+    def create(self, id: str, parent: str | None, *, storage_opts: Mapping[str, str] | None = None) -> None:
+        for key in storage_opts or {}:
+            if key.lower() == "size":
+                raise NotSupported("--storage-opt size is only supported for ReadWrite Layers")
+            raise InvalidOption(f"Unknown option {key}")
+        self._create(id, parent, None)
+
+    def create_rw(self, id: str, parent: str | None, *, storage_opts: Mapping[str, str] | None = None) -> None:
+        size = self.default_size
+        for key, value in (storage_opts or {}).items():
+            if key.lower() != "size":
+                raise InvalidOption(f"Unknown option {key}")
+            size = units.parse_size(value)
+        if size is not None and self._quota is None:
+            try:
+                self._quota = ProjectQuota(self.home)
+            except NotSupported as exc:
+                raise NotSupported(
+                    f"--storage-opt is supported only for overlay over xfs with 'pquota' mount option ({exc})"
+                ) from None
+        self._create(id, parent, size)
+
+    def _create(self, id: str, parent: str | None, size: int | None) -> None:
+        target = self._dir(id)
+        with self.refs.locked(id):
+            if target.exists():
+                raise LayerExists(f"layer {id} already exists")
+            lower = None
+            if parent is not None:
+                parent_dir = self._dir(parent)
+                parent_link = self._read(parent_dir / "link")
+                if parent_link is None:
+                    raise LayerNotFound(f"parent layer {parent} does not exist")
+                chain = [f"{_LINK_DIR}/{parent_link}", *self._lowers(parent)]
+                if len(chain) > self.max_lowers:
+                    raise MaxDepthExceeded(
+                        f"max depth exceeded: layer {id} would have {len(chain)} lower layers, "
+                        f"overlay2 mounts at most {self.max_lowers} here"
+                    )
+                lower = ":".join(chain)
+            staging = transit.transit_path(self.home, id, transit.CREATING)
+            link = None
+            try:
+                staging.mkdir(mode=0o710)
+                if size is not None:
+                    assert self._quota is not None
+                    self._quota.set(staging, size)
+                (staging / "diff").mkdir(mode=0o755)
+                link = self._make_link(id)
+                (staging / "link").write_text(link)
+                if lower is not None:
+                    (staging / "work").mkdir(mode=0o700)
+                    (staging / "lower").write_text(lower)
+                    (parent_dir / "committed").touch()
+                os.rename(staging, target)
+            except BaseException:
+                if link is not None:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self.home / _LINK_DIR / link)
+                fsutil.remove_tree(staging)
+                raise
+
+    def _make_link(self, id: str) -> str:
+        while True:
+            link = _new_link_id()
+            try:
+                os.symlink(f"../{id}/diff", self.home / _LINK_DIR / link)
+                return link
+            except FileExistsError:
+                continue
+
+    # ------------------------------------------------------------- get / put
+
+    def get(self, id: str) -> pathlib.Path:
+        layer = self._dir(id)
+        with self.refs.locked(id) as ref:
+            if not layer.is_dir():
+                raise LayerNotFound(f"layer {id} does not exist")
+            lowers = self._lowers(id)
+            if not lowers:
+                return layer / "diff"
+            merged = layer / "merged"
+            ovl.acquire_mount(ref, merged, lambda: self._spec(id, lowers), classic=self.classic)
+            return merged
+
+    def _spec(self, id: str, lowers: list[str]) -> ovl.OverlaySpec:
+        if (self._dir(id) / "committed").exists():
+            # A layer with children must not change under them: mount it without upper.
+            # It has at most max_lowers - 1 ancestors (a child exists), so this still fits.
+            return ovl.OverlaySpec(self.home, [f"{id}/diff", *lowers], options=self.mount_opts)
+        return ovl.OverlaySpec(self.home, lowers, f"{id}/diff", f"{id}/work", self.mount_opts)
+
+    def put(self, id: str) -> None:
+        layer = self._dir(id)
+        with self.refs.locked(id) as ref:
+            if not layer.is_dir():
+                raise LayerNotFound(f"layer {id} does not exist")
+            if (layer / "lower").exists():
+                ovl.release_mount(ref, layer / "merged")
+
+    # ---------------------------------------------------------------- remove
+
+    def remove(self, id: str) -> None:
+        layer = self._dir(id)
+        with self.refs.locked(id) as ref:
+            if not layer.is_dir():
+                return
+            link = self._read(layer / "link")
+            if link:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.home / _LINK_DIR / link)
+            layout.remove_layer(self.home, layer, id, ref)
+            self.refs.forget(id)
+
+    def exists(self, id: str) -> bool:
+        return layout.layer_exists(self.home, id)
+
+    def ids(self) -> list[str]:
+        return layout.layer_ids(self.home)
+
+    # ---------------------------------------------------------- introspection
+
+    def status(self) -> list[tuple[str, str]]:
+        return [
+            ("Backing Filesystem", self.backing),
+            ("Supports d_type", "true"),
+            ("Native Overlay Diff", str(self.native_diff).lower()),
+            ("userxattr", str(ovl.in_user_namespace()).lower()),
+        ]
+
+    def metadata(self, id: str) -> dict[str, str]:
+        layer = self._dir(id)
+        if not layer.is_dir():
+            raise LayerNotFound(f"layer {id} does not exist")
+        data = {
+            "WorkDir": str(layer / "work"),
+            "MergedDir": str(layer / "merged"),
+            "UpperDir": str(layer / "diff"),
+        }
+        lowers = self._lowers(id)
+        if lowers:
+            data["LowerDir"] = ":".join(str(self._diff_of(p)) for p in lowers)
+        return data
+
+    def cleanup(self) -> None:
+        transit.unmount_below(self.home)
+
+    # ------------------------------------------------------------ native diff
+
+    def _native(self, id: str, parent: str | None) -> bool:
+        """Whether `id`'s upper dir is exactly its changeset against `parent`."""
+        if not self.native_diff:
+            return False
+        lowers = self._lowers(id)
+        if parent is None:
+            return not lowers
+        link = self._read(self._dir(parent) / "link")
+        return bool(lowers) and link is not None and lowers[0] == f"{_LINK_DIR}/{link}"
+
+    def _upper(self, id: str) -> pathlib.Path:
+        layer = self._dir(id)
+        if not layer.is_dir():
+            raise LayerNotFound(f"layer {id} does not exist")
+        return layer / "diff"
+
+    def diff(self, id: str, parent: str | None = None) -> BinaryIO:
+        if not self._native(id, parent):
+            return super().diff(id, parent)
+        out = self._spool()
+        tar_directory(self._upper(id), out, whiteouts="overlay")
+        out.seek(0)
+        return out
+
+    def apply_diff(self, id: str, parent: str | None, stream: BinaryIO) -> int:
+        if not self._native(id, parent):
+            return super().apply_diff(id, parent, stream)
+        upper = self._upper(id)
+        if parent is None:
+            # A bottom layer has nothing below to hide, and its diff dir is what `get`
+            # shows directly: whiteout markers there would appear as device nodes.
+            return apply_layer(stream, upper, whiteouts="oci")
+        size = apply_layer(stream, upper, whiteouts="overlay")
+        view = self.get(parent)
+        try:
+            upperdir.drop_needless_whiteouts(upper, view)
+            if upperdir.is_opaque(upper):
+                upperdir.expand_root_opaque(upper, view)
+        finally:
+            self.put(parent)
+        return size
+
+    def diff_size(self, id: str, parent: str | None = None) -> int:
+        if not self._native(id, parent):
+            return super().diff_size(id, parent)
+        return fsutil.tree_size(self._upper(id))
+
+    def changes(self, id: str, parent: str | None = None) -> list[Change]:
+        if not self._native(id, parent):
+            return super().changes(id, parent)
+        upper = self._upper(id)
+        if parent is None:
+            return upperdir.upper_changes(upper, None)
+        view = self.get(parent)
+        try:
+            return upperdir.upper_changes(upper, view)
+        finally:
+            self.put(parent)
+

@@ -1,0 +1,109 @@
+"""vfs: every layer is a complete, independent copy of its parent (no copy-on-write).
+
+Needs no kernel feature at all, which is why it is the driver to port first and the
+fallback of last resort. Layout as Docker's, `vfs/dir/<id>/`, plus the per-id lock
+files of `vfs/mountpoints/` (vfs never mounts; the name is MountRefs').
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from collections.abc import Mapping
+
+from cowstore.drivers.common import transit
+from cowstore.drivers.common.ids import check_id
+from cowstore.drivers.common.refcount import MountRefs
+from cowstore.drivers.naive import NaiveDiffDriver
+from cowstore.errors import InvalidOption, LayerExists, LayerNotFound, NotSupported
+from cowstore.host import fsutil
+from cowstore.host.copytree import copy_tree
+from cowstore.host.quota import ProjectQuota
+from cowstore.units import parse_size
+
+
+class VfsDriver(NaiveDiffDriver):
+    name = "vfs"
+
+    def __init__(self, home: pathlib.Path, options: Mapping[str, str]) -> None:
+        super().__init__(home, options)
+        for key in self.options:
+            if key != "size":
+                raise InvalidOption(f"unknown option {key} for vfs")
+        self.dir = home / "dir"
+        self.dir.mkdir(mode=0o710, parents=True, exist_ok=True)
+        self.refs = MountRefs(home)
+        transit.sweep(self.dir, self.refs)
+        self._quota: ProjectQuota | None = None
+        self.default_size = parse_size(self.options["size"]) if "size" in self.options else None
+        if self.default_size is not None:
+            self._quota = ProjectQuota(self.home)
+
+    def _quota_for(self, size: int | None) -> ProjectQuota | None:
+        """Project quotas are probed only when a size is asked for (QuotaNotSupported if absent)."""
+        if size is not None and self._quota is None:
+            self._quota = ProjectQuota(self.home)
+        return self._quota if size is not None else None
+
+    def _path(self, id: str) -> pathlib.Path:
+        return self.dir / check_id(id)
+
+    def create(self, id: str, parent: str | None, *, storage_opts: Mapping[str, str] | None = None) -> None:
+        if storage_opts:
+            raise NotSupported("--storage-opt is not supported for vfs on read-only layers")
+        self._create(id, parent)
+
+    def create_rw(self, id: str, parent: str | None, *, storage_opts: Mapping[str, str] | None = None) -> None:
+        opts = dict(storage_opts or {})
+        for key in opts:
+            if key != "size":
+                raise InvalidOption(f"storage opt {key} not supported")
+        size = parse_size(opts["size"]) if "size" in opts else self.default_size
+        self._create(id, parent, size)
+
+    def _create(self, id: str, parent: str | None, size: int | None = None) -> None:
+        target = self._path(id)
+        with self.refs.locked(id):
+            if target.exists():
+                raise LayerExists(f"layer {id} already exists")
+            if parent is not None and not self.exists(parent):
+                raise LayerNotFound(f"parent layer {parent} does not exist")
+            # Build under a temporary name so a crash never leaves a half-copied layer
+            # under the real id; the lock keeps other processes' sweeps off it.
+            staging = transit.transit_path(self.dir, id, transit.CREATING)
+            staging.mkdir(mode=0o755)
+            try:
+                quota = self._quota_for(size)
+                if quota is not None and size is not None:
+                    quota.set(staging, size)
+                if parent is not None:
+                    copy_tree(self._path(parent), staging)
+                os.rename(staging, target)
+            except BaseException:
+                fsutil.remove_tree(staging)
+                raise
+
+    def remove(self, id: str) -> None:
+        path = self._path(id)
+        with self.refs.locked(id):
+            fsutil.remove_tree(path)
+            self.refs.forget(id)
+
+    def get(self, id: str) -> pathlib.Path:
+        path = self._path(id)
+        if not path.is_dir():
+            raise LayerNotFound(f"layer {id} does not exist")
+        return path
+
+    def put(self, id: str) -> None:
+        if not self.exists(id):
+            raise LayerNotFound(f"layer {id} does not exist")
+
+    def exists(self, id: str) -> bool:
+        return self._path(id).is_dir()
+
+    def ids(self) -> list[str]:
+        return sorted(n for n in os.listdir(self.dir) if not n.startswith("."))
+
+    def metadata(self, id: str) -> dict[str, str]:
+        return {"SourceDir": str(self.get(id))}

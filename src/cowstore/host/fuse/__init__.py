@@ -1,0 +1,24 @@
+"""An in-house FUSE server library speaking the kernel protocol on /dev/fuse.
+
+libfuse 3.14 (Debian 12) predates FUSE_PASSTHROUGH, and the Python bindings add a
+per-request cost we do not need; the protocol itself is small. `Session` runs the
+request loop over an `Operations` object; `device` opens, mounts and registers
+passthrough backing files.
+"""
+
+from cowstore.host.fuse.device import abort_connection, connection_id, mount_fd, open_device, unmount
+from cowstore.host.fuse.session import Context, Entry, Opened, Operations, Session, SetAttr
+
+__all__ = [
+    "Context",
+    "Entry",
+    "Opened",
+    "Operations",
+    "Session",
+    "SetAttr",
+    "abort_connection",
+    "connection_id",
+    "mount_fd",
+    "open_device",
+    "unmount",
+]

@@ -1,0 +1,142 @@
+"""Loop block devices, attached by ioctl with autoclear.
+
+`attached(path)` gives a /dev/loopN for a file for as long as the caller holds it, and
+after that for as long as something else (a mount, mkfs) holds the device: the kernel
+detaches a device with LO_FLAGS_AUTOCLEAR on its last close. A crash between attach
+and mount, or an unmount by hand, therefore never leaks a loop device. No `losetup`
+process is involved, so an attach costs two ioctls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import pathlib
+import struct
+import time
+from collections.abc import Iterator
+
+from cowstore.errors import MountError
+
+LOOP_CTL_GET_FREE = 0x4C82
+LOOP_CONFIGURE = 0x4C0A
+LOOP_CLR_FD = 0x4C01
+LO_FLAGS_READ_ONLY = 1
+LO_FLAGS_AUTOCLEAR = 4
+LO_FLAGS_DIRECT_IO = 16
+
+# struct loop_config: fd, block_size, then struct loop_info64 (lo_flags at 52, lo_file_name at 56).
+_CONFIG_SIZE = 304
+_INFO = 8
+_FLAGS = _INFO + 52
+_FILE_NAME = _INFO + 56
+_NAME_MAX = 63
+_ATTACH_TRIES = 20
+
+
+def backing_file(device: str) -> str | None:
+    """The file a loop device is attached to, as sysfs reports it (None when detached)."""
+    try:
+        return pathlib.Path(f"/sys/block/{os.path.basename(device)}/loop/backing_file").read_text().strip()
+    except OSError:
+        return None
+
+
+def find(path: str | os.PathLike) -> str | None:
+    """The loop device currently attached to the file `path`, if any."""
+    target = os.path.realpath(path)
+    for entry in sorted(pathlib.Path("/sys/block").glob("loop*")):
+        device = f"/dev/{entry.name}"
+        if backing_file(device) == target:
+            return device
+    return None
+
+
+def _configure(control: int, image_fd: int, path: str, flags: int) -> tuple[str, int] | None:
+    """Attach `image_fd` to the next free device; None when another process took it first."""
+    number = fcntl.ioctl(control, LOOP_CTL_GET_FREE)
+    device = f"/dev/loop{number}"
+    dev_fd = os.open(device, os.O_RDWR | os.O_CLOEXEC)
+    config = bytearray(_CONFIG_SIZE)
+    struct.pack_into("=II", config, 0, image_fd, 0)
+    struct.pack_into("=I", config, _FLAGS, flags)
+    name = os.fsencode(path)[:_NAME_MAX]
+    config[_FILE_NAME : _FILE_NAME + len(name)] = name
+    try:
+        fcntl.ioctl(dev_fd, LOOP_CONFIGURE, config)
+    except OSError as exc:
+        os.close(dev_fd)
+        if exc.errno == errno.EBUSY:
+            return None
+        raise MountError(f"attach {path} to {device}: {exc.strerror}") from None
+    return device, dev_fd
+
+
+def _attach(path: str, *, direct_io: bool, read_only: bool) -> tuple[str, int]:
+    flags = LO_FLAGS_AUTOCLEAR | (LO_FLAGS_DIRECT_IO if direct_io else 0) | (LO_FLAGS_READ_ONLY if read_only else 0)
+    image_fd = os.open(path, (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC)
+    try:
+        try:
+            control = os.open("/dev/loop-control", os.O_RDWR | os.O_CLOEXEC)
+        except OSError as exc:
+            raise MountError(f"attach {path}: /dev/loop-control: {exc.strerror} (modprobe loop)") from None
+        try:
+            for _ in range(_ATTACH_TRIES):
+                attached = _configure(control, image_fd, path, flags)
+                if attached is not None:
+                    return attached
+        finally:
+            os.close(control)
+    finally:
+        os.close(image_fd)
+    raise MountError(f"attach {path}: no free loop device after {_ATTACH_TRIES} tries")
+
+
+@contextlib.contextmanager
+def attached(path: str | os.PathLike, *, direct_io: bool = False, read_only: bool = False) -> Iterator[str]:
+    """A loop device for `path` (an existing attachment is reused) held open in the block.
+
+    Mount it, or hand it to mkfs, inside the block: the device stays attached after the
+    block only while something else holds it.
+    """
+    real = os.path.realpath(path)
+    device = find(real)
+    if device is not None:
+        try:
+            dev_fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            device = None
+    if device is None:
+        device, dev_fd = _attach(real, direct_io=direct_io, read_only=read_only)
+    try:
+        yield device
+    finally:
+        os.close(dev_fd)
+
+
+def detach(path: str | os.PathLike, *, wait: float = 5.0) -> None:
+    """Detach the loop device of `path`, if one is attached, and wait until it has let go.
+
+    Call it once the device's users are gone (unmounted): a device still in use is only
+    marked to detach when its last user goes, and this waits `wait` seconds for that.
+    """
+    target = os.path.realpath(path)
+    device = find(target)
+    if device is None:
+        return
+    try:
+        fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    try:
+        fcntl.ioctl(fd, LOOP_CLR_FD)
+    except OSError as exc:
+        if exc.errno != errno.ENXIO:  # ENXIO: detached meanwhile
+            raise MountError(f"detach {device}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    deadline = time.monotonic() + wait
+    while backing_file(device) == target and time.monotonic() < deadline:
+        time.sleep(0.01)
