@@ -1,10 +1,10 @@
-# cowstore: `make demo` runs the main job, `make test` the test suite; both install first.
+# cowstore: `make demo` runs the main job, `make test` the checks and the test suite; both install first.
 # `make demo DRIVER=btrfs` runs the demo on another driver.
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install test demo bench clean
+.PHONY: install lint test demo bench clean
 
 install: $(STAMP)
 
@@ -12,10 +12,16 @@ $(STAMP): pyproject.toml scripts/install-system-packages.sh
 	bash scripts/install-system-packages.sh
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,bench]'
+	$(PY) -m pip install -q -e '.[test,bench,lint]'
 	touch $(STAMP)
 
-test: install
+# Lint, types and the import contract (pyproject.toml) come before any test runs.
+lint: install
+	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+test: lint
 	$(PY) -m pytest tests
 
 demo: install

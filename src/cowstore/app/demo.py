@@ -1,4 +1,4 @@
-"""`cowstore demo` / `make demo`: the talk's copy-on-write claims, measured on this machine.
+"""`cowstore demo` / `make demo`: the copy-on-write claims of "Deep dive into Docker storage drivers", measured here.
 
 It builds a real two-layer image from Debian's static busybox as a `docker save`
 archive, loads it into a fresh store, creates and mounts many containers while timing

@@ -18,7 +18,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import BinaryIO
+from typing import BinaryIO, Literal, overload
 
 from cowstore.archive import tarstream
 from cowstore.archive.tarstream import Limits, TarEntry, TarReader
@@ -80,6 +80,12 @@ class LayerApplier:
         for fd in self._dirs.values():
             os.close(fd)
         self._dirs.clear()
+
+    @overload
+    def _parent(self, parts: list[str], create: Literal[True]) -> int: ...
+
+    @overload
+    def _parent(self, parts: list[str], create: bool) -> int | None: ...
 
     def _parent(self, parts: list[str], create: bool) -> int | None:
         """O_PATH fd of the parent directory of `parts` (cached until something is removed)."""
@@ -280,9 +286,10 @@ class LayerApplier:
             os.chown(victim, entry.uid, entry.gid, dir_fd=pfd, follow_symlinks=False)
             self.unpacked.add(victim_rel)
             return
-        pfd = self._parent(parts, create=False)
-        if pfd is None:
+        found = self._parent(parts, create=False)
+        if found is None:
             return
+        pfd = found
         existing = _lstat(victim, pfd)
         if existing is not None:
             self._remove(pfd, victim, existing)

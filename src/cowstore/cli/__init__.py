@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import pathlib
 import sqlite3
+from typing import Any
 
 import click
 
@@ -58,7 +59,7 @@ class _Main(click.Group):
         command: click.Command = getattr(importlib.import_module(module), attribute)
         return command
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except (CowstoreError, OSError, sqlite3.Error) as exc:

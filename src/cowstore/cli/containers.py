@@ -58,7 +58,7 @@ def container_ls(quiet: bool, all_: bool, with_size: bool, fmt: str) -> None:
     headers = ["CONTAINER ID", "IMAGE", "CREATED", "MOUNTED"] + (["SIZE"] if with_size else []) + ["NAMES"]
     lines = []
     for c, count, written, virtual in rows:
-        size = [f"{human_size(written)} (virtual {human_size(virtual)})"] if with_size else []
+        size = [f"{human_size(written)} (virtual {human_size(virtual)})"] if written is not None and virtual is not None else []
         lines.append([c.short_id, c.image_ref, ago(c.created), "yes" if count else "no", *size, c.name])
     table(headers, lines)
 

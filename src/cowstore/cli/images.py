@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import pathlib
 import sys
+from typing import BinaryIO
 
 import click
 
@@ -60,7 +61,7 @@ def image_ls(quiet: bool, fmt: str) -> None:
     )
 
 
-def _open_input(path: str):
+def _open_input(path: str) -> str | BinaryIO:
     if path == "-":
         return sys.stdin.buffer
     return path

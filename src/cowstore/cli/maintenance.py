@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from cowstore.cli.app import app
 from cowstore.cli.output import FORMATS, emit_json
 from cowstore.errors import NotSupported
+from cowstore.store import warnings
 from cowstore.units import human_size
 
 
@@ -27,7 +30,7 @@ def check(repair: bool, verify: bool, fmt: str) -> None:
         raise SystemExit(1)
 
 
-def _driver_of(name: str):
+def _driver_of(name: str) -> Any:
     driver = app().store.driver
     if driver.name != name:
         raise NotSupported(f"this store uses the {driver.name} driver, not {name}")
@@ -70,9 +73,10 @@ def devicemapper_ls() -> None:
 def devicemapper_status() -> None:
     """Pool status, like `dmsetup status` and the devicemapper part of `docker info`."""
     driver = _driver_of("devicemapper")
-    for key, value in driver.status():
+    status = driver.status()
+    for key, value in status:
         click.echo(f"{key}: {value}")
-    for warning in driver.warnings():
+    for warning in warnings(driver.name, status):
         click.echo(warning, err=True)
 
 

@@ -60,7 +60,7 @@ def inspect(objects: tuple[str, ...], kind: str | None, fmt: str) -> None:
 @click.option("-n", "--containers", "count", default=100, show_default=True, help="Containers to create.")
 @click.option("--keep", is_flag=True, help="Keep the demo's temporary store instead of deleting it.")
 def demo(count: int, keep: bool) -> None:
-    """Build a busybox image, create many containers, and compare with the talk's claims.
+    """Build a busybox image, create many containers, check the claims of "Deep dive into Docker storage drivers".
 
     Runs in a temporary store under /var/tmp (under --root when given) and removes it.
     """

@@ -8,7 +8,7 @@ paths are tested against; slow in proportion to the size of the whole tree.
 from __future__ import annotations
 
 import tempfile
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from cowstore.archive import apply_layer, changes_dirs, changes_size, export_changes, tar_directory
 from cowstore.archive.changes import Change
@@ -21,7 +21,7 @@ class NaiveDiffDriver(Driver):
     """A Driver whose diff, changes, apply_diff and diff_size compare mounted trees."""
 
     def _spool(self) -> BinaryIO:
-        return tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES, dir=self.home)  # type: ignore[return-value]
+        return cast(BinaryIO, tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES, dir=str(self.home)))
 
     def diff(self, id: str, parent: str | None = None) -> BinaryIO:
         out = self._spool()

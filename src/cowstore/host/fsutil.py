@@ -242,11 +242,9 @@ def unique_size(stats: Iterable[os.stat_result]) -> int:
     return total
 
 
-def tree_size(path: str | os.PathLike) -> int:
+def tree_size(path: str | os.PathLike[str]) -> int:
     """Bytes of regular files below `path`, each hard-linked inode counted once."""
-    return unique_size(
-        os.lstat(os.path.join(dirpath, name)) for dirpath, dirnames, filenames in os.walk(path) for name in filenames
-    )
+    return unique_size(st for _, st in walk_tree(os.fspath(path)))
 
 
 def walk_tree(root: str) -> Iterator[tuple[str, os.stat_result]]:

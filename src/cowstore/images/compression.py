@@ -11,7 +11,7 @@ import bz2
 import gzip
 import lzma
 import zlib
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, cast
 
 import zstandard
 
@@ -83,18 +83,18 @@ def decompressed(stream: BinaryIO, what: str) -> tuple[BinaryIO, str]:
             break
         head += chunk
     kind = detect(head)
-    source = _Prefixed(head, stream)
+    source = cast(BinaryIO, _Prefixed(head, stream))  # read() is all a decoder calls
     if kind == "plain":
-        return source, kind  # type: ignore[return-value]
+        return source, kind
     # The decoder is not a `with` block: it is handed to the caller, who reads and closes `stream`.
     reader: _Reader
     if kind == "gzip":
-        reader = gzip.GzipFile(fileobj=source, mode="rb")  # type: ignore[arg-type]
+        reader = gzip.GzipFile(fileobj=source, mode="rb")
     elif kind == "zstd":
         # A frame may declare a window of up to 2 GiB; cap decoder memory at zstd's default 128 MiB.
         reader = zstandard.ZstdDecompressor(max_window_size=1 << 27).stream_reader(source, read_across_frames=True)
     elif kind == "xz":
-        reader = lzma.LZMAFile(source, mode="rb")  # type: ignore[arg-type]  # noqa: SIM115
+        reader = lzma.LZMAFile(source, mode="rb")
     else:
-        reader = bz2.BZ2File(source, mode="rb")  # type: ignore[arg-type]
+        reader = bz2.BZ2File(source, mode="rb")
     return _Decoding(reader, what, kind), kind  # type: ignore[return-value]

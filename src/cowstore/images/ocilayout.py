@@ -51,15 +51,14 @@ def is_oci_layout(tree: TarTree | DirTree) -> bool:
 def _blob_path(descriptor: object, what: str) -> tuple[str, str, int | None]:
     if not isinstance(descriptor, dict):
         raise BadImageArchive(f"{what}: descriptor is not a JSON object")
-    digest = descriptor.get("digest")
     try:
-        check_digest(digest)  # type: ignore[arg-type]
+        digest = check_digest(descriptor.get("digest"))
     except InvalidDigest as exc:
         raise BadImageArchive(f"{what}: {exc}") from None
     size = descriptor.get("size")
     if size is not None and (not isinstance(size, int) or size < 0):
         raise BadImageArchive(f"{what}: descriptor size must be a non-negative integer")
-    return f"blobs/sha256/{digest[7:]}", digest, size  # type: ignore[index]
+    return f"blobs/sha256/{digest[7:]}", digest, size
 
 
 def _read_blob(tree: TarTree | DirTree, descriptor: object, what: str) -> bytes:
@@ -199,7 +198,8 @@ def write_layout(
         ).encode()
         digest = _add_blob(sink, written, manifest)
         platform = {"architecture": config.get("architecture", host_architecture()), "os": config.get("os", "linux")}
-        for tag in tags or [None]:
+        untagged: list[str | None] = [None]
+        for tag in tags or untagged:
             annotations = {}
             if tag:
                 annotations = {REF_NAME: tag.rpartition(":")[2], CONTAINERD_NAME: reference.fully_qualified(tag)}

@@ -17,7 +17,7 @@ import stat
 import tarfile
 import tempfile
 from collections.abc import Callable, Iterator
-from typing import BinaryIO, Self
+from typing import IO, BinaryIO, Self
 
 from cowstore.host.safepath import RESOLVE_BENEATH, RESOLVE_NO_MAGICLINKS, openat2
 from cowstore.images.compression import decompressed
@@ -113,7 +113,7 @@ class TarTree:
 class _Checked:
     """A member stream whose short reads (a truncated archive) raise BadImageArchive."""
 
-    def __init__(self, handle: BinaryIO, size: int, what: str) -> None:
+    def __init__(self, handle: IO[bytes], size: int, what: str) -> None:
         self._handle = handle
         self._left = size
         self._what = what

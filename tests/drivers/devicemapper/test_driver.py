@@ -10,6 +10,7 @@ import pytest
 
 from cowstore.drivers import open_driver
 from cowstore.errors import NotSupported
+from cowstore.store import warnings
 
 OPTIONS = {"dm.loopdatasize": "1G", "dm.loopmetadatasize": "64M", "dm.basesize": "256M", "dm.fs": "ext4",
            "dm.server_cgroup": ""}
@@ -63,7 +64,7 @@ def test_status_fields(driver):
     assert status["Pool Blocksize"] == "65.54kB"
     assert status["Base Device Size"] == "268.4MB"
     assert status["Data Space Total"] == "1.074GB"
-    assert "loopback" in driver.warnings()[0]
+    assert any("loopback" in warning for warning in warnings(driver.name, driver.status()))
 
 
 def test_rollback_of_unfinished_transaction(driver, tmp_path):
@@ -72,7 +73,7 @@ def test_rollback_of_unfinished_transaction(driver, tmp_path):
     current = driver.client.call("status")["transaction_id"]
     (driver.home / "metadata" / "transaction-metadata").write_text(
         json.dumps({"open_transaction_id": current + 1, "device_hash": "a", "device_id": device_id}))
-    driver._rollback_transaction()
+    driver.devices.rollback()
     assert not driver.exists("a")
     assert device_id not in [d["id"] for d in driver.client.call("list")]
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 import fcntl
 import os
 import struct
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from uuid import UUID
 
 FIRST_FREE_OBJECTID = 256  # inode number of every subvolume's root directory
 LAST_FREE_OBJECTID = 0xFFFFFFFFFFFFFF00
@@ -65,7 +65,6 @@ _VOL_ARGS_SIZE = 4096
 _NAME_MAX = 255
 _SEARCH_KEY = struct.Struct("=7Q4I4Q")  # btrfs_ioctl_search_key, 104 bytes
 _SEARCH_HEADER = struct.Struct("=3Q2I")  # transid, objectid, offset, type, len
-_SEARCH_BUF = 4096 - _SEARCH_KEY.size
 
 
 def _check_name(name: str) -> bytes:
@@ -133,8 +132,8 @@ class SubvolInfo:
     dirid: int
     generation: int  # last transaction that changed the subvolume's tree
     flags: int
-    uuid: uuid.UUID
-    parent_uuid: uuid.UUID  # the source's uuid for a snapshot, nil for a plain subvolume
+    uuid: UUID
+    parent_uuid: UUID  # the source's uuid for a snapshot, nil for a plain subvolume
     ctransid: int  # last transaction that changed an inode
     otransid: int  # transaction that created the subvolume or snapshot
 
@@ -147,8 +146,8 @@ def subvol_info(fd: int) -> SubvolInfo:
     parent_id, dirid, generation, flags = struct.unpack_from("=4Q", args, 264)
     uid, puid = bytes(args[296:312]), bytes(args[312:328])
     ctransid, otransid = struct.unpack_from("=2Q", args, 344)
-    return SubvolInfo(treeid, parent_id, dirid, generation, flags, uuid.UUID(bytes=uid),
-                      uuid.UUID(bytes=puid), ctransid, otransid)
+    return SubvolInfo(treeid, parent_id, dirid, generation, flags, UUID(bytes=uid),
+                      UUID(bytes=puid), ctransid, otransid)
 
 
 @dataclass(frozen=True)
@@ -182,15 +181,13 @@ def tree_search(fd: int, tree_id: int, *, min_objectid: int = 0, max_objectid: i
         if count == 0:
             return
         pos = _SEARCH_KEY.size
-        last = None
+        obj = typ = off = 0  # the key of the last item: where the next search starts
         for _ in range(count):
             transid, obj, off, typ, length = _SEARCH_HEADER.unpack_from(args, pos)
             pos += _SEARCH_HEADER.size
             data = bytes(args[pos : pos + length])
             pos += length
-            last = (obj, typ, off)
             yield Item(transid, obj, typ, off, data)
-        obj, typ, off = last
         if off < 2**64 - 1:
             objectid, type_, offset = obj, typ, off + 1
         elif typ < 255:
@@ -315,12 +312,12 @@ def space_info(fd: int) -> list[tuple[int, int, int]]:
     return [struct.unpack_from("=3Q", args, 16 + 24 * i) for i in range(min(total, 32))]
 
 
-def fs_info(fd: int) -> tuple[int, int, uuid.UUID]:
+def fs_info(fd: int) -> tuple[int, int, UUID]:
     """(max device id, number of devices, filesystem uuid)."""
     args = bytearray(1024)
     fcntl.ioctl(fd, IOC_FS_INFO, args)
     max_id, num_devices = struct.unpack_from("=QQ", args, 0)
-    return max_id, num_devices, uuid.UUID(bytes=bytes(args[16:32]))
+    return max_id, num_devices, UUID(bytes=bytes(args[16:32]))
 
 
 def dev_info(fd: int, devid: int) -> tuple[int, int, str] | None:

@@ -102,7 +102,11 @@ def allocation(path: pathlib.Path) -> Allocation:
                 size += info[1]
     finally:
         os.close(fd)
-    return Allocation(size, allocated, *totals["data"], *totals["metadata"], *totals["system"], reserve)
+    (data_allocated, data_used), (meta_allocated, meta_used), (sys_allocated, sys_used) = (
+        totals["data"], totals["metadata"], totals["system"]
+    )
+    return Allocation(size, allocated, data_allocated, data_used, meta_allocated, meta_used, sys_allocated, sys_used,
+                      reserve)
 
 
 def status_lines(path: pathlib.Path) -> list[tuple[str, str]]:

@@ -137,7 +137,7 @@ def _mount_new_api(spec: OverlaySpec, target: pathlib.Path) -> None:
     try:
         fsfd = syscall(_SYS_FSOPEN, b"overlay", _FSOPEN_CLOEXEC)
         dirs = [("lowerdir+", p) for p in spec.lowers]
-        if spec.upper is not None:
+        if spec.upper is not None and spec.work is not None:
             dirs += [("upperdir", spec.upper), ("workdir", spec.work)]
         for key, rel in dirs:
             step = f"{key} {rel}"

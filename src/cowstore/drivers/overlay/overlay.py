@@ -1,4 +1,4 @@
-"""overlay (legacy): overlayfs with a single lower layer, as the talk shows it.
+"""overlay (legacy): overlayfs with a single lower layer, the way Docker first used it.
 
 Overlay could first stack only two branches, so every image layer is a complete tree,
 `<id>/root/`, whose files unchanged since the parent are hard links to the parent's
