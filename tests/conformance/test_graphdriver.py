@@ -9,7 +9,7 @@ import stat
 import pytest
 
 from cowstore.drivers import Driver
-from cowstore.errors import NotSupported
+from cowstore.errors import NotFound, NotSupported
 from cowstore.host import mounts
 
 from .helpers import (
@@ -59,7 +59,7 @@ def test_create_snap(driver: Driver) -> None:
 
 
 def test_create_with_missing_parent_fails(driver: Driver) -> None:
-    with pytest.raises(Exception):
+    with pytest.raises(NotFound):
         driver.create(new_id(), "does-not-exist")
 
 

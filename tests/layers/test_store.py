@@ -14,7 +14,7 @@ import pytest
 from cowstore.archive import Change
 from cowstore.digest import EMPTY_LAYER_DIGEST, chain_id
 from cowstore.drivers import open_driver
-from cowstore.errors import DigestMismatch, LayerExists, LayerInUse, LayerNotFound
+from cowstore.errors import DigestMismatch, InvalidArgument, LayerExists, LayerInUse, LayerNotFound
 from cowstore.layers import LayerStore
 from cowstore.layers.tarsplit import TarSplitError
 
@@ -193,7 +193,7 @@ def test_commit_round_trip(store: LayerStore) -> None:
 
 def test_bad_tar_leaves_nothing(store: LayerStore) -> None:
     for bad in (b"not a tar at all" * 100, layer_tar({"f": (b"x" * 5000, 0o644)})[:2000]):
-        with pytest.raises(Exception) as info:
+        with pytest.raises(InvalidArgument) as info:
             store.register(io.BytesIO(bad))
         assert "Traceback" not in str(info.value)
     assert store.layers() == []

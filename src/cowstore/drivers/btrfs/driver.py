@@ -25,6 +25,7 @@ from cowstore.drivers.btrfs import fastdiff, loopback, space
 from cowstore.drivers.btrfs import ioctl as btrfsioctl
 from cowstore.drivers.common import transit
 from cowstore.drivers.common.ids import check_id
+from cowstore.drivers.common.plaindirs import PlainDirectories
 from cowstore.drivers.common.refcount import MountRefs
 from cowstore.drivers.naive import NaiveDiffDriver
 from cowstore.errors import InvalidOption, LayerExists, LayerInUse, LayerNotFound, NotSupported, Unavailable
@@ -67,7 +68,7 @@ def _removing_id(name: str) -> str | None:
     return transit.valid_id(name.rpartition("-")[0])
 
 
-class BtrfsDriver(NaiveDiffDriver):
+class BtrfsDriver(PlainDirectories, NaiveDiffDriver):
     """Layers as btrfs subvolumes and snapshots, with qgroup size limits."""
 
     name = "btrfs"
@@ -88,7 +89,7 @@ class BtrfsDriver(NaiveDiffDriver):
             raise NotSupported(
                 f"btrfs needs its home on a btrfs filesystem, but {home} is on {fs}: "
                 "put the store on btrfs or give the option btrfs.loopback=SIZE")
-        self.subvolumes = home / "subvolumes"
+        self.subvolumes = self.layers_dir = home / "subvolumes"
         self.quotas = home / "quotas"
         self.removing = home / "removing"
         self.subvolumes.mkdir(mode=0o710, exist_ok=True)
@@ -106,9 +107,6 @@ class BtrfsDriver(NaiveDiffDriver):
             return parse_size(self.options[key])
         except ValueError:
             raise InvalidOption(f"{key}: invalid size {self.options[key]!r} (e.g. 10G)") from None
-
-    def _path(self, id: str) -> pathlib.Path:
-        return self.subvolumes / check_id(id)
 
     # -- layers ---------------------------------------------------------------------
 
@@ -241,16 +239,6 @@ class BtrfsDriver(NaiveDiffDriver):
         # (and the limits with them) since the layer was created.
         self._apply_limit(id, limit)
         return path
-
-    def put(self, id: str) -> None:
-        if not self.exists(id):
-            raise LayerNotFound(f"layer {id} does not exist")
-
-    def exists(self, id: str) -> bool:
-        return self._path(id).is_dir()
-
-    def ids(self) -> list[str]:
-        return sorted(n for n in os.listdir(self.subvolumes) if not n.startswith("."))
 
     # -- changes --------------------------------------------------------------------
 

@@ -19,10 +19,8 @@ from typing import BinaryIO
 
 from cowstore.archive import apply_layer
 from cowstore.drivers.common import transit
-from cowstore.drivers.common.refcount import MountRefs
-from cowstore.drivers.naive import NaiveDiffDriver
 from cowstore.drivers.overlay import kernel as ovl
-from cowstore.drivers.overlay import layout
+from cowstore.drivers.overlay.home import OverlayHome
 from cowstore.errors import InvalidOption, LayerExists, LayerInUse, LayerNotFound, NotSupported
 from cowstore.host import fsutil
 from cowstore.host.copytree import copy_tree
@@ -30,30 +28,16 @@ from cowstore.host.copytree import copy_tree
 _OVERLAY_SHAPE = ("upper", "work", "merged", "lower-id")
 
 
-class OverlayDriver(NaiveDiffDriver):
+class OverlayDriver(OverlayHome):
     name = "overlay"
 
     def __init__(self, home: pathlib.Path, options: Mapping[str, str]) -> None:
         super().__init__(home, options)
         for key in self.options:
             raise InvalidOption(f"overlay: unknown option {key}")
-        if not fsutil.kernel_has_fs("overlay"):
-            raise NotSupported("overlay: the kernel has no overlay filesystem (modprobe overlay)")
-        home.mkdir(mode=0o710, parents=True, exist_ok=True)
-        self.backing = fsutil.backing_fs(home)
-        if self.backing == "overlayfs":
-            raise NotSupported("overlay: the store cannot live on overlayfs itself; put it on ext4, xfs or btrfs")
-        if not fsutil.supports_d_type(home):
-            raise NotSupported(
-                f"overlay: the backing {self.backing} filesystem is formatted without d_type support, "
-                "which leads to incorrect behavior"
-            )
+        self._open_home()
         self.mount_opts = ovl.mount_options()
-        self.refs = MountRefs(home)
         transit.sweep(home, self.refs)
-
-    def _dir(self, id: str) -> pathlib.Path:
-        return self.home / layout.check_id(id)
 
     def _lower_id(self, id: str) -> str:
         return (self._dir(id) / "lower-id").read_text().strip()
@@ -119,20 +103,6 @@ class OverlayDriver(NaiveDiffDriver):
             if not (layer / "root").is_dir():
                 ovl.release_mount(ref, layer / "merged")
 
-    def remove(self, id: str) -> None:
-        layer = self._dir(id)
-        with self.refs.locked(id) as ref:
-            if not layer.is_dir():
-                return
-            layout.remove_layer(self.home, layer, id, ref)
-            self.refs.forget(id)
-
-    def exists(self, id: str) -> bool:
-        return layout.layer_exists(self.home, id)
-
-    def ids(self) -> list[str]:
-        return layout.layer_ids(self.home)
-
     def status(self) -> list[tuple[str, str]]:
         return [("Backing Filesystem", self.backing), ("Supports d_type", "true")]
 
@@ -148,9 +118,6 @@ class OverlayDriver(NaiveDiffDriver):
             "WorkDir": str(layer / "work"),
             "MergedDir": str(layer / "merged"),
         }
-
-    def cleanup(self) -> None:
-        transit.unmount_below(self.home)
 
     def apply_diff(self, id: str, parent: str | None, stream: BinaryIO) -> int:
         """An image layer on an image layer becomes a hard-linked copy of the parent's

@@ -31,10 +31,9 @@ from cowstore.archive import apply_layer, tar_directory
 from cowstore.archive.changes import Change
 from cowstore.drivers.common import transit
 from cowstore.drivers.common.options import parse_bool
-from cowstore.drivers.common.refcount import MountRefs
-from cowstore.drivers.naive import NaiveDiffDriver
 from cowstore.drivers.overlay import kernel as ovl
-from cowstore.drivers.overlay import layout, upperdir
+from cowstore.drivers.overlay import upperdir
+from cowstore.drivers.overlay.home import OverlayHome
 from cowstore.errors import InvalidOption, LayerExists, LayerNotFound, MaxDepthExceeded, NotSupported
 from cowstore.host import fsutil
 from cowstore.host.quota import ProjectQuota
@@ -49,7 +48,7 @@ def _new_link_id() -> str:
     return base64.b32encode(secrets.token_bytes(16)).decode().rstrip("=")
 
 
-class Overlay2Driver(NaiveDiffDriver):
+class Overlay2Driver(OverlayHome):
     name = "overlay2"
 
     def __init__(self, home: pathlib.Path, options: Mapping[str, str]) -> None:
@@ -73,18 +72,7 @@ class Overlay2Driver(NaiveDiffDriver):
                 self.classic = value == "classic"
             else:
                 raise InvalidOption(f"overlay2: unknown option {raw_key}")
-        if not fsutil.kernel_has_fs("overlay"):
-            raise NotSupported("overlay2: the kernel has no overlay filesystem (modprobe overlay)")
-        home.mkdir(mode=0o710, parents=True, exist_ok=True)
-        self.backing = fsutil.backing_fs(home)
-        if self.backing == "overlayfs":
-            raise NotSupported("overlay2: the store cannot live on overlayfs itself; put it on ext4, xfs or btrfs")
-        if not fsutil.supports_d_type(home):
-            hint = {"xfs": " (reformat with mkfs.xfs -n ftype=1)", "extfs": " (tune2fs -O filetype)"}.get(self.backing, "")
-            raise NotSupported(
-                f"overlay2: the backing {self.backing} filesystem is formatted without d_type support, "
-                f"which leads to incorrect behavior{hint}"
-            )
+        self._open_home()
         self.classic = self.classic or not ovl.new_mount_api()
         self.max_lowers = CLASSIC_MAX_LOWERS if self.classic else ovl.KERNEL_MAX_LOWERS
         self.mount_opts = ovl.mount_options(redirect_dir=redirect_dir, metacopy=metacopy)
@@ -92,16 +80,12 @@ class Overlay2Driver(NaiveDiffDriver):
         # metadata-only copies into it, and when whiteouts use the trusted.* xattrs.
         self.native_diff = not (redirect_dir or metacopy or ovl.in_user_namespace())
         (home / _LINK_DIR).mkdir(mode=0o700, exist_ok=True)
-        self.refs = MountRefs(home)
         self._quota: ProjectQuota | None = None
         if self.default_size is not None:
             self._quota = ProjectQuota(self.home)
         self._sweep()
 
     # ----------------------------------------------------------------- paths
-
-    def _dir(self, id: str) -> pathlib.Path:
-        return self.home / layout.check_id(id)
 
     def _read(self, path: pathlib.Path) -> str | None:
         try:
@@ -243,23 +227,11 @@ class Overlay2Driver(NaiveDiffDriver):
 
     # ---------------------------------------------------------------- remove
 
-    def remove(self, id: str) -> None:
-        layer = self._dir(id)
-        with self.refs.locked(id) as ref:
-            if not layer.is_dir():
-                return
-            link = self._read(layer / "link")
-            if link:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.home / _LINK_DIR / link)
-            layout.remove_layer(self.home, layer, id, ref)
-            self.refs.forget(id)
-
-    def exists(self, id: str) -> bool:
-        return layout.layer_exists(self.home, id)
-
-    def ids(self) -> list[str]:
-        return layout.layer_ids(self.home)
+    def _forget_links(self, layer: pathlib.Path) -> None:
+        link = self._read(layer / "link")
+        if link:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.home / _LINK_DIR / link)
 
     # ---------------------------------------------------------- introspection
 
@@ -284,9 +256,6 @@ class Overlay2Driver(NaiveDiffDriver):
         if lowers:
             data["LowerDir"] = ":".join(str(self._diff_of(p)) for p in lowers)
         return data
-
-    def cleanup(self) -> None:
-        transit.unmount_below(self.home)
 
     # ------------------------------------------------------------ native diff
 

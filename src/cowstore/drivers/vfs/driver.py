@@ -12,7 +12,7 @@ import pathlib
 from collections.abc import Mapping
 
 from cowstore.drivers.common import transit
-from cowstore.drivers.common.ids import check_id
+from cowstore.drivers.common.plaindirs import PlainDirectories
 from cowstore.drivers.common.refcount import MountRefs
 from cowstore.drivers.naive import NaiveDiffDriver
 from cowstore.errors import InvalidOption, LayerExists, LayerNotFound, NotSupported
@@ -22,7 +22,7 @@ from cowstore.host.quota import ProjectQuota
 from cowstore.units import parse_size
 
 
-class VfsDriver(NaiveDiffDriver):
+class VfsDriver(PlainDirectories, NaiveDiffDriver):
     name = "vfs"
 
     def __init__(self, home: pathlib.Path, options: Mapping[str, str]) -> None:
@@ -30,10 +30,10 @@ class VfsDriver(NaiveDiffDriver):
         for key in self.options:
             if key != "size":
                 raise InvalidOption(f"unknown option {key} for vfs")
-        self.dir = home / "dir"
-        self.dir.mkdir(mode=0o710, parents=True, exist_ok=True)
+        self.layers_dir = home / "dir"
+        self.layers_dir.mkdir(mode=0o710, parents=True, exist_ok=True)
         self.refs = MountRefs(home)
-        transit.sweep(self.dir, self.refs)
+        transit.sweep(self.layers_dir, self.refs)
         self._quota: ProjectQuota | None = None
         self.default_size = parse_size(self.options["size"]) if "size" in self.options else None
         if self.default_size is not None:
@@ -44,9 +44,6 @@ class VfsDriver(NaiveDiffDriver):
         if size is not None and self._quota is None:
             self._quota = ProjectQuota(self.home)
         return self._quota if size is not None else None
-
-    def _path(self, id: str) -> pathlib.Path:
-        return self.dir / check_id(id)
 
     def create(self, id: str, parent: str | None, *, storage_opts: Mapping[str, str] | None = None) -> None:
         if storage_opts:
@@ -70,7 +67,7 @@ class VfsDriver(NaiveDiffDriver):
                 raise LayerNotFound(f"parent layer {parent} does not exist")
             # Build under a temporary name so a crash never leaves a half-copied layer
             # under the real id; the lock keeps other processes' sweeps off it.
-            staging = transit.transit_path(self.dir, id, transit.CREATING)
+            staging = transit.transit_path(self.layers_dir, id, transit.CREATING)
             staging.mkdir(mode=0o755)
             try:
                 quota = self._quota_for(size)
@@ -94,16 +91,6 @@ class VfsDriver(NaiveDiffDriver):
         if not path.is_dir():
             raise LayerNotFound(f"layer {id} does not exist")
         return path
-
-    def put(self, id: str) -> None:
-        if not self.exists(id):
-            raise LayerNotFound(f"layer {id} does not exist")
-
-    def exists(self, id: str) -> bool:
-        return self._path(id).is_dir()
-
-    def ids(self) -> list[str]:
-        return sorted(n for n in os.listdir(self.dir) if not n.startswith("."))
 
     def metadata(self, id: str) -> dict[str, str]:
         return {"SourceDir": str(self.get(id))}

@@ -1,0 +1,85 @@
+"""What both overlay drivers share: their home directory, one directory per layer id.
+
+A home lives on a filesystem overlayfs can use as upper layer (not overlayfs itself,
+with d_type), next to the drivers' own entries (`l/` short links of overlay2,
+`mountpoints/` counts). Layers are deleted under a `-removing` name, so a crash
+half-way through leaves nothing under the layer's id.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+from cowstore.drivers.common import ids, transit
+from cowstore.drivers.common.refcount import MountRefs
+from cowstore.drivers.naive import NaiveDiffDriver
+from cowstore.drivers.overlay.kernel import unmount
+from cowstore.errors import InvalidOption, NotSupported
+from cowstore.host import fsutil
+
+# Layer ids become directory names next to the driver's own bookkeeping entries.
+_RESERVED_IDS = {"l", "mountpoints"}
+_D_TYPE_HINTS = {"xfs": " (reformat with mkfs.xfs -n ftype=1)", "extfs": " (tune2fs -O filetype)"}
+
+
+def check_id(id: str) -> str:
+    """Refuse ids that would escape the home or collide with the driver's own entries."""
+    if id in _RESERVED_IDS:
+        raise InvalidOption(f"invalid layer id {id!r}: the name is reserved by the overlay drivers")
+    return ids.check_id(id)
+
+
+class OverlayHome(NaiveDiffDriver):
+    """The home, the layer directories and their removal, for overlay and overlay2."""
+
+    def _open_home(self) -> None:
+        """NotSupported unless the kernel has overlayfs and the home's filesystem suits it."""
+        if not fsutil.kernel_has_fs("overlay"):
+            raise NotSupported(f"{self.name}: the kernel has no overlay filesystem (modprobe overlay)")
+        self.home.mkdir(mode=0o710, parents=True, exist_ok=True)
+        self.backing = fsutil.backing_fs(self.home)
+        if self.backing == "overlayfs":
+            raise NotSupported(f"{self.name}: the store cannot live on overlayfs itself; put it on ext4, xfs or btrfs")
+        if not fsutil.supports_d_type(self.home):
+            raise NotSupported(
+                f"{self.name}: the backing {self.backing} filesystem is formatted without d_type support, "
+                f"which leads to incorrect behavior{_D_TYPE_HINTS.get(self.backing, '')}"
+            )
+        self.refs = MountRefs(self.home)
+
+    def _dir(self, id: str) -> pathlib.Path:
+        return self.home / check_id(id)
+
+    def _forget_links(self, layer: pathlib.Path) -> None:
+        """Drop what points at `layer` from outside its directory (overlay2's short link)."""
+
+    def remove(self, id: str) -> None:
+        layer = self._dir(id)
+        with self.refs.locked(id) as ref:
+            if not layer.is_dir():
+                return
+            self._forget_links(layer)
+            unmount(layer / "merged")
+            ref.reset()
+            doomed = transit.transit_path(self.home, id, transit.REMOVING)
+            os.rename(layer, doomed)
+            fsutil.remove_tree(doomed)
+            self.refs.forget(id)
+
+    def exists(self, id: str) -> bool:
+        try:
+            return (self.home / check_id(id)).is_dir()
+        except InvalidOption:
+            return False
+
+    def ids(self) -> list[str]:
+        with os.scandir(self.home) as it:
+            return sorted(
+                e.name
+                for e in it
+                if e.is_dir(follow_symlinks=False) and not e.name.startswith(".") and e.name not in _RESERVED_IDS
+            )
+
+    def cleanup(self) -> None:
+        transit.unmount_below(self.home)
