@@ -1,8 +1,8 @@
 """One driver instance per driver name for the whole conformance run, like moby's graphtest.
 
 Every driver registered in cowstore.drivers is tried; one whose constructor raises
-NotSupported is skipped with the reason. Options a driver needs on this host (a loop
-device for btrfs, small pool sizes for devicemapper) are given here.
+NotSupported is skipped with the reason (support.drivers gives each the options it
+needs on this host).
 """
 
 from __future__ import annotations
@@ -11,19 +11,10 @@ import shutil
 
 import pytest
 
-from cowstore.drivers import Driver, driver_names, open_driver
-from cowstore.errors import NotSupported
+from cowstore.drivers import Driver, driver_names
 from cowstore.host import fsutil
 
-CONFORMANCE_OPTIONS: dict[str, dict[str, str]] = {
-    "btrfs": {"btrfs.loopback": "2G"},
-    "devicemapper": {
-        "dm.loopdatasize": "2G",
-        "dm.loopmetadatasize": "256M",
-        "dm.basesize": "40M",
-        "dm.fs": "ext4",
-    },
-}
+from ..support.drivers import open_or_skip
 
 
 @pytest.fixture(scope="session", params=driver_names())
@@ -31,10 +22,10 @@ def driver(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     name = request.param
     root = tmp_path_factory.mktemp(f"conformance-{name}")
     try:
-        drv = open_driver(name, root / name, CONFORMANCE_OPTIONS.get(name))
-    except NotSupported as exc:
+        drv = open_or_skip(name, root / name)
+    except pytest.skip.Exception:
         shutil.rmtree(root, ignore_errors=True)
-        pytest.skip(f"{name}: {exc}")
+        raise
     try:
         yield drv
     finally:

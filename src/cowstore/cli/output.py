@@ -26,31 +26,28 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         click.echo("   ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
 
 
+# (upper bound in seconds, unit in seconds, wording) for `ago`, in Docker's HumanDuration steps.
+_AGO = (
+    (60, 1, "{} seconds ago"),
+    (120, 60, "About a minute ago"),
+    (3600, 60, "{} minutes ago"),
+    (7200, 3600, "About an hour ago"),
+    (48 * 3600, 3600, "{} hours ago"),
+    (14 * 86400, 86400, "{} days ago"),
+    (60 * 86400, 7 * 86400, "{} weeks ago"),
+    (730 * 86400, 30 * 86400, "{} months ago"),
+)
+
+
 def ago(ts: float) -> str:
     """`3 minutes ago`, the way Docker's units.HumanDuration words it."""
     seconds = max(0.0, time.time() - ts)
     if seconds < 1:
         return "Less than a second ago"
-    if seconds < 60:
-        return f"{int(seconds)} seconds ago"
-    minutes = seconds / 60
-    if minutes < 2:
-        return "About a minute ago"
-    if minutes < 60:
-        return f"{int(minutes)} minutes ago"
-    hours = minutes / 60
-    if hours < 2:
-        return "About an hour ago"
-    if hours < 48:
-        return f"{int(hours)} hours ago"
-    days = hours / 24
-    if days < 14:
-        return f"{int(days)} days ago"
-    if days < 60:
-        return f"{int(days / 7)} weeks ago"
-    if days < 730:
-        return f"{int(days / 30)} months ago"
-    return f"{int(days / 365)} years ago"
+    for bound, unit, wording in _AGO:
+        if seconds < bound:
+            return wording.format(int(seconds / unit))
+    return f"{int(seconds / (365 * 86400))} years ago"
 
 
 def interactive() -> bool:

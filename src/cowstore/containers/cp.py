@@ -168,6 +168,13 @@ def _copy_dir_out(top_src: int, top_dst: int, where: str) -> None:
             os.close(dst_fd)
 
 
+def _open_source(name: str, dir_fd: int, flags: int, what: str) -> int:
+    try:
+        return os.open(name, flags, dir_fd=dir_fd)
+    except OSError as exc:
+        raise CopyError(f"cannot read the container {what}: {exc.strerror}") from None
+
+
 def _copy_entries_out(src_fd: int, dst_fd: int, where: str, stack: list[tuple[int, int, str]]) -> None:
     """Copy the files and symlinks of one directory; push its subdirectories onto `stack`."""
     for name in os.listdir(src_fd):
@@ -175,10 +182,7 @@ def _copy_entries_out(src_fd: int, dst_fd: int, where: str, stack: list[tuple[in
         if st is None:
             continue  # removed by the container meanwhile
         if stat.S_ISDIR(st.st_mode):
-            try:
-                child = os.open(name, _DIR_FLAGS, dir_fd=src_fd)
-            except OSError as exc:
-                raise CopyError(f"cannot read the container directory copied to {where}/{name}: {exc.strerror}") from None
+            child = _open_source(name, src_fd, _DIR_FLAGS, f"directory copied to {where}/{name}")
             try:
                 stack.append((child, _host_dir(dst_fd, name, st, where), f"{where}/{name}"))
             except BaseException:
@@ -189,10 +193,7 @@ def _copy_entries_out(src_fd: int, dst_fd: int, where: str, stack: list[tuple[in
             _make_room(dst_fd, name, where)
             os.symlink(target, name, dir_fd=dst_fd)
         elif stat.S_ISREG(st.st_mode):
-            try:
-                src = os.open(name, _FILE_FLAGS, dir_fd=src_fd)
-            except OSError as exc:
-                raise CopyError(f"cannot read the container file copied to {where}/{name}: {exc.strerror}") from None
+            src = _open_source(name, src_fd, _FILE_FLAGS, f"file copied to {where}/{name}")
             try:
                 now = os.fstat(src)
                 if not stat.S_ISREG(now.st_mode):

@@ -1,0 +1,32 @@
+"""The tests' one way to open a driver: the options each needs on this host, or a skip.
+
+btrfs gets a loop-mounted image when the temp directory is not on btrfs, and
+devicemapper a pool small enough to set up in seconds.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+
+from cowstore.drivers import Driver, open_driver
+from cowstore.errors import NotSupported
+
+HOST_OPTIONS: dict[str, dict[str, str]] = {
+    "btrfs": {"btrfs.loopback": "2G"},
+    "devicemapper": {
+        "dm.loopdatasize": "2G",
+        "dm.loopmetadatasize": "256M",
+        "dm.basesize": "40M",
+        "dm.fs": "ext4",
+    },
+}
+
+
+def open_or_skip(name: str, home: pathlib.Path) -> Driver:
+    """Driver `name` in `home` with this host's options; the test is skipped where it cannot run."""
+    try:
+        return open_driver(name, home, HOST_OPTIONS.get(name))
+    except NotSupported as exc:
+        pytest.skip(f"{name}: {exc}")
