@@ -266,8 +266,7 @@ class ContainerStore:
 
     def forget(self, container_id: str) -> None:
         """Drop a container's record, once its layers are gone (store lock held)."""
-        with self.db.transaction() as tx:
-            tx.execute("DELETE FROM containers WHERE id = ?", (container_id,))
+        self.db.write("DELETE FROM containers WHERE id = ?", (container_id,))
 
     def prune(self) -> tuple[list[Container], int]:
         """Remove every unmounted container; returns them and the bytes they had written."""

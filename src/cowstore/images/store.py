@@ -166,8 +166,7 @@ class ImageStore:
         No layer reference is released: there is no layer left to hold it. The tags go
         with the row (ON DELETE CASCADE).
         """
-        with self.db.transaction() as tx:
-            tx.execute("DELETE FROM images WHERE id = ?", (image_id,))
+        self.db.write("DELETE FROM images WHERE id = ?", (image_id,))
 
     def _is_tag_of(self, ref: str, image: Image) -> bool:
         try:

@@ -106,11 +106,10 @@ class LayerRecords:
 
     def add_layer(self, cache_id: str, parent: str | None) -> None:
         """Record a layer being created: it has no chain id until `publish`."""
-        with self.db.transaction() as tx:
-            tx.execute(
-                "INSERT INTO layers (cache_id, parent, state, created) VALUES (?, ?, 'creating', ?)",
-                (cache_id, parent, time.time()),
-            )
+        self.db.write(
+            "INSERT INTO layers (cache_id, parent, state, created) VALUES (?, ?, 'creating', ?)",
+            (cache_id, parent, time.time()),
+        )
 
     def publish(
         self, cache_id: str, chain: str, diff_id: str, size: int, depth: int, split: bytes, lease: str | None
@@ -140,16 +139,13 @@ class LayerRecords:
                 self.hand_over(tx, lease, chain)
 
     def set_refcount(self, chain: str, refcount: int) -> None:
-        with self.db.transaction() as tx:
-            tx.execute("UPDATE layers SET refcount = ? WHERE chain_id = ?", (refcount, chain))
+        self.db.write("UPDATE layers SET refcount = ? WHERE chain_id = ?", (refcount, chain))
 
     def set_layer_state(self, cache_id: str, state: State) -> None:
-        with self.db.transaction() as tx:
-            tx.execute("UPDATE layers SET state = ? WHERE cache_id = ?", (state, cache_id))
+        self.db.write("UPDATE layers SET state = ? WHERE cache_id = ?", (state, cache_id))
 
     def delete_layer(self, cache_id: str) -> None:
-        with self.db.transaction() as tx:
-            tx.execute("DELETE FROM layers WHERE cache_id = ?", (cache_id,))
+        self.db.write("DELETE FROM layers WHERE cache_id = ?", (cache_id,))
 
     # ---- mounts (container layers) ----------------------------------------------------
 
@@ -169,25 +165,20 @@ class LayerRecords:
 
     def add_mount(self, name: str, mount_id: str, init_id: str | None, parent: str | None) -> None:
         """Record a container layer being created."""
-        with self.db.transaction() as tx:
-            tx.execute(
-                "INSERT INTO mounts (name, mount_id, init_id, parent, state, created) "
-                "VALUES (?, ?, ?, ?, 'creating', ?)",
-                (name, mount_id, init_id, parent, time.time()),
-            )
+        self.db.write(
+            "INSERT INTO mounts (name, mount_id, init_id, parent, state, created) VALUES (?, ?, ?, ?, 'creating', ?)",
+            (name, mount_id, init_id, parent, time.time()),
+        )
 
     def set_mount_state(self, name: str, state: State) -> None:
-        with self.db.transaction() as tx:
-            tx.execute("UPDATE mounts SET state = ? WHERE name = ?", (state, name))
+        self.db.write("UPDATE mounts SET state = ? WHERE name = ?", (state, name))
 
     def count_mount(self, name: str, change: int) -> None:
         """Add `change` (+1 or -1) to the times the container layer is mounted."""
-        with self.db.transaction() as tx:
-            tx.execute("UPDATE mounts SET mount_count = mount_count + ? WHERE name = ?", (change, name))
+        self.db.write("UPDATE mounts SET mount_count = mount_count + ? WHERE name = ?", (change, name))
 
     def delete_mount(self, name: str) -> None:
-        with self.db.transaction() as tx:
-            tx.execute("DELETE FROM mounts WHERE name = ?", (name,))
+        self.db.write("DELETE FROM mounts WHERE name = ?", (name,))
 
     # ---- leases -----------------------------------------------------------------------
 

@@ -119,6 +119,11 @@ class Database:
     def query(self, sql: str, params: tuple | Mapping[str, object] = ()) -> list[sqlite3.Row]:
         return self.conn.execute(sql, params).fetchall()
 
+    def write(self, sql: str, params: tuple | Mapping[str, object] = ()) -> None:
+        """One statement in a transaction of its own (several that belong together share `transaction`)."""
+        with self.transaction() as tx:
+            tx.execute(sql, params)
+
 
 def open_read_only(path: pathlib.Path) -> sqlite3.Connection:
     """A connection that can never write, for a look at a store before (or without) opening it."""

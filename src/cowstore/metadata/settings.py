@@ -15,8 +15,7 @@ from cowstore.metadata.db import DATABASE_FILE, Database, open_read_only
 
 def record(db: Database, key: str, value: str) -> None:
     """Set `key` in the open database `db` unless it already has a value (which is kept)."""
-    with db.transaction() as tx:
-        tx.execute("INSERT OR IGNORE INTO settings (key, value) VALUES (?, ?)", (key, value))
+    db.write("INSERT OR IGNORE INTO settings (key, value) VALUES (?, ?)", (key, value))
 
 
 def recorded(root: pathlib.Path, key: str) -> str | None:
