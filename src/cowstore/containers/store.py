@@ -110,7 +110,10 @@ def _iso(ts: float) -> str:
 
 
 class ContainerStore:
-    """The containers of one store root, backed by the layer store's read-write layers."""
+    """The containers of one store root, backed by the layer store's read-write layers.
+
+    The only module with SQL on the containers table: others (the store's repairs) call `forget`.
+    """
 
     def __init__(self, layers: LayerStore, images: ImageStore) -> None:
         self.layers = layers

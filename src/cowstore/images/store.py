@@ -44,7 +44,10 @@ class Image:
 
 
 class ImageStore:
-    """The images of one store root; `container_users(image_id)` lists containers using one."""
+    """The images of one store root; `container_users(image_id)` lists containers using one.
+
+    The only module with SQL on the images and tags tables: others (the store's repairs) call `forget`.
+    """
 
     def __init__(self, layers: LayerStore, container_users: Callable[[str], list[str]] | None = None) -> None:
         self.layers = layers
