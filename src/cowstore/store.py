@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
-import sqlite3
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any
@@ -25,6 +24,7 @@ from cowstore.host import fsutil, mounts
 from cowstore.images import ImageStore
 from cowstore.layers import LayerStore
 from cowstore.layers.consistency import Problem
+from cowstore.metadata import settings
 
 DEPRECATED = ("aufs", "devicemapper", "overlay")
 
@@ -42,17 +42,7 @@ def default_root() -> pathlib.Path:
 
 def recorded_driver(root: pathlib.Path) -> str | None:
     """The driver name stored in the root's database, if it has one."""
-    path = root / "cowstore.db"
-    if not path.exists():
-        return None
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60)
-    try:
-        row = conn.execute("SELECT value FROM settings WHERE key = 'driver'").fetchone()
-    except sqlite3.OperationalError:  # a store from before the settings table
-        return None
-    finally:
-        conn.close()
-    return row[0] if row else None
+    return settings.recorded(root, "driver")
 
 
 def _prior_drivers(root: pathlib.Path) -> list[str]:
@@ -124,7 +114,8 @@ class Store:
             self.driver.cleanup()
             raise
         try:
-            self._record_driver()
+            with self.layers.lock.exclusive():
+                settings.record(self.layers.db, "driver", self.driver.name)
             self.images = ImageStore(self.layers)
             self.containers = ContainerStore(self.layers, self.images)
             self.images.container_users = self.containers.users_of
@@ -134,10 +125,6 @@ class Store:
             self.layers.close()
             self.driver.cleanup()
             raise
-
-    def _record_driver(self) -> None:
-        with self.layers.lock.exclusive(), self.layers.db.transaction() as tx:
-            tx.execute("INSERT OR IGNORE INTO settings (key, value) VALUES ('driver', ?)", (self.driver.name,))
 
     def close(self) -> None:
         self.layers.close()
@@ -175,7 +162,6 @@ class Store:
             "Warnings": warnings(self.driver.name, status),
         }
 
-
     def check(self, *, repair: bool = False, verify_content: bool = False) -> list[Problem]:
         """`cowstore check`: layers (via the layer store), then images and containers records."""
         with self.layers.lock.exclusive():
@@ -187,8 +173,7 @@ class Store:
                 if image.top_layer and image.top_layer not in stored:
                     problem = Problem("broken-image", image.id, "its layers are gone; remove it and load it again")
                     if repair:
-                        with self.layers.db.transaction() as tx:
-                            tx.execute("DELETE FROM images WHERE id = ?", (image.id,))
+                        self.images.forget(image.id)
                         problem.repaired = True
                     problems.append(problem)
             problems += self._reconcile_containers(repair)
@@ -206,8 +191,7 @@ class Store:
         for missing in sorted(records - rw_names):
             problem = Problem("missing-storage", missing, "container record without its layers")
             if repair:
-                with self.layers.db.transaction() as tx:
-                    tx.execute("DELETE FROM containers WHERE id = ?", (missing,))
+                self.containers.forget(missing)
                 problem.repaired = True
             problems.append(problem)
         for orphan in sorted(rw_names - records):
@@ -231,10 +215,15 @@ def warnings(driver: str, status: list[tuple[str, str]]) -> list[str]:
             "         Use `--storage-opt dm.thinpooldev` to specify a custom block storage device."
         )
     elif any("loop" in key.lower() for key in pairs):
-        found.append(f"WARNING: {driver}: the store lives on a loopback device, which is slower than a real block device.")
+        found.append(
+            f"WARNING: {driver}: the store lives on a loopback device, which is slower than a real block device."
+        )
     if pairs.get("Supports d_type") == "false":
         backing = pairs.get("Backing Filesystem", "<unknown>")
-        text = f"WARNING: {driver}: the backing {backing} filesystem is formatted without d_type support, which leads to incorrect behavior."
+        text = (
+            f"WARNING: {driver}: the backing {backing} filesystem is formatted without d_type support, "
+            "which leads to incorrect behavior."
+        )
         if backing == "xfs":
             text += "\n         Reformat the filesystem with ftype=1 to enable d_type support."
         text += "\n         Running without d_type support will not be supported in future releases."

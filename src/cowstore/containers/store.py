@@ -14,6 +14,7 @@ import os
 import pathlib
 import random
 import re
+import sqlite3
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -109,14 +110,17 @@ def _iso(ts: float) -> str:
 
 
 class ContainerStore:
-    """The containers of one store root, backed by the layer store's read-write layers."""
+    """The containers of one store root, backed by the layer store's read-write layers.
+
+    The only module with SQL on the containers table: others (the store's repairs) call `forget`.
+    """
 
     def __init__(self, layers: LayerStore, images: ImageStore) -> None:
         self.layers = layers
         self.images = images
         self.db = layers.db
 
-    def _row(self, row) -> Container:
+    def _row(self, row: sqlite3.Row) -> Container:
         return Container(row["id"], row["name"], row["image_id"], row["image_ref"], row["created"])
 
     def containers(self) -> list[Container]:
@@ -124,7 +128,8 @@ class ContainerStore:
 
     def users_of(self, image_id: str) -> list[str]:
         """Names of the containers created from an image (for `rmi`)."""
-        return [r["name"] for r in self.db.query("SELECT name FROM containers WHERE image_id = ? ORDER BY name", (image_id,))]
+        rows = self.db.query("SELECT name FROM containers WHERE image_id = ? ORDER BY name", (image_id,))
+        return [r["name"] for r in rows]
 
     def get(self, ref: str) -> Container:
         """By name, full id or unique id prefix (like `docker container inspect`)."""
@@ -145,7 +150,9 @@ class ContainerStore:
                 return name
         return f"{random.choice(_ADJECTIVES)}_{random.choice(_NOUNS)}{random.randint(1, 10**6)}"
 
-    def create(self, image_ref: str, *, name: str | None = None, storage_opts: Mapping[str, str] | None = None) -> Container:
+    def create(
+        self, image_ref: str, *, name: str | None = None, storage_opts: Mapping[str, str] | None = None
+    ) -> Container:
         """Create the container's `-init` and read-write layers on top of the image.
 
         The store lock is held across the layer creation and the record, so that no
@@ -159,7 +166,9 @@ class ContainerStore:
         with self.layers.lock.exclusive():
             name = name or self._new_name()
             if self.db.query("SELECT 1 FROM containers WHERE name = ?", (name,)):
-                raise ContainerExists(f"the container name {name!r} is already in use; remove that container or pick another name")
+                raise ContainerExists(
+                    f"the container name {name!r} is already in use; remove that container or pick another name"
+                )
             container = Container(random_id(), name, image.id, image.tags[0] if image.tags else image.id, time.time())
             self.layers.create_rw(container.id, image.top_layer, init=init_layer, storage_opts=storage_opts)
             try:
@@ -198,7 +207,8 @@ class ContainerStore:
         except ImageNotFound:  # the image was removed with force: rebuild from the layer chain
             rw = self.layers.get_rw(container.id)
             chain = self.layers.chain(rw.parent) if rw.parent else []
-            return {"os": "linux", "rootfs": {"type": "layers", "diff_ids": [layer.diff_id for layer in reversed(chain)]}}
+            diff_ids = [layer.diff_id for layer in reversed(chain)]
+            return {"os": "linux", "rootfs": {"type": "layers", "diff_ids": diff_ids}}
 
     def commit(self, ref: str, *, tag: str | None = None, message: str = "", author: str = "") -> Image:
         """A new image: the container's image plus one layer holding its changes."""
@@ -254,9 +264,12 @@ class ContainerStore:
                 )
             if count >= 0:
                 self.layers.remove_rw(container.id, force=True)
-            with self.db.transaction() as tx:
-                tx.execute("DELETE FROM containers WHERE id = ?", (container.id,))
+            self.forget(container.id)
         return container
+
+    def forget(self, container_id: str) -> None:
+        """Drop a container's record, once its layers are gone (store lock held)."""
+        self.db.write("DELETE FROM containers WHERE id = ?", (container_id,))
 
     def prune(self) -> tuple[list[Container], int]:
         """Remove every unmounted container; returns them and the bytes they had written."""

@@ -44,7 +44,10 @@ class Image:
 
 
 class ImageStore:
-    """The images of one store root; `container_users(image_id)` lists containers using one."""
+    """The images of one store root; `container_users(image_id)` lists containers using one.
+
+    The only module with SQL on the images and tags tables: others (the store's repairs) call `forget`.
+    """
 
     def __init__(self, layers: LayerStore, container_users: Callable[[str], list[str]] | None = None) -> None:
         self.layers = layers
@@ -52,7 +55,8 @@ class ImageStore:
         self.container_users = container_users or (lambda image_id: [])
 
     def _image(self, row: sqlite3.Row) -> Image:
-        tags = tuple(r["ref"] for r in self.db.query("SELECT ref FROM tags WHERE image_id = ? ORDER BY ref", (row["id"],)))
+        rows = self.db.query("SELECT ref FROM tags WHERE image_id = ? ORDER BY ref", (row["id"],))
+        tags = tuple(r["ref"] for r in rows)
         return Image(row["id"], bytes(row["config"]), row["top_layer"], row["created"], tags)
 
     def images(self) -> list[Image]:
@@ -67,7 +71,9 @@ class ImageStore:
             except InvalidReference:  # not a valid tag: it can still be an id prefix
                 normal = None
             if normal is not None:
-                rows = self.db.query("SELECT images.* FROM images JOIN tags ON tags.image_id = images.id WHERE tags.ref = ?", (normal,))
+                rows = self.db.query(
+                    "SELECT images.* FROM images JOIN tags ON tags.image_id = images.id WHERE tags.ref = ?", (normal,)
+                )
         if not rows and reference.is_id_prefix(ref):
             prefix = ref if ref.startswith("sha256:") else f"sha256:{ref}"
             rows = self.db.query("SELECT * FROM images WHERE substr(id, 1, ?) = ?", (len(prefix), prefix))
@@ -156,6 +162,14 @@ class ImageStore:
             if image.top_layer is not None:
                 done += [f"Deleted: {layer.chain_id}" for layer in self.layers.release(image.top_layer)]
             return done
+
+    def forget(self, image_id: str) -> None:
+        """Drop the record of an image whose layers are gone, tags included (store lock held).
+
+        No layer reference is released: there is no layer left to hold it. The tags go
+        with the row (ON DELETE CASCADE).
+        """
+        self.db.write("DELETE FROM images WHERE id = ?", (image_id,))
 
     def _is_tag_of(self, ref: str, image: Image) -> bool:
         try:

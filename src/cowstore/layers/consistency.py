@@ -41,8 +41,8 @@ def check(
     problems += _storage(store, repair)
     if expected_refs is not None:
         held = dict(expected_refs)
-        for row in store.db.query("SELECT chain_id, COUNT(*) AS n FROM leases GROUP BY chain_id"):
-            held[row["chain_id"]] = held.get(row["chain_id"], 0) + row["n"]
+        for chain, count in store.records.lease_counts().items():
+            held[chain] = held.get(chain, 0) + count
         problems += _refcounts(store, held, repair)
     if verify_content:
         for layer in store.layers():
@@ -55,27 +55,14 @@ def check(
 
 def _unfinished(store: LayerStore, repair: bool) -> list[Problem]:
     problems = []
-    rows = store.db.query(
-        "SELECT cache_id AS id FROM layers WHERE state != 'ready' UNION ALL "
-        "SELECT mount_id FROM mounts WHERE state != 'ready' UNION SELECT lease_id FROM leases"
-    )
-    for row in rows:
-        if OperationLock.abandoned(store.tmp, row["id"]):
-            problems.append(Problem("unfinished", row["id"], "operation interrupted by a crash"))
+    for op_id in store.records.unfinished_operation_ids():
+        if OperationLock.abandoned(store.tmp, op_id):
+            problems.append(Problem("unfinished", op_id, "operation interrupted by a crash"))
     if repair and problems:
         store.recover()
         for problem in problems:
             problem.repaired = True
     return problems
-
-
-def _known_ids(store: LayerStore) -> set[str]:
-    known = {r["cache_id"] for r in store.db.query("SELECT cache_id FROM layers")}
-    for row in store.db.query("SELECT mount_id, init_id FROM mounts"):
-        known.add(row["mount_id"])
-        if row["init_id"]:
-            known.add(row["init_id"])
-    return known
 
 
 def _storage(store: LayerStore, repair: bool) -> list[Problem]:
@@ -85,7 +72,7 @@ def _storage(store: LayerStore, repair: bool) -> list[Problem]:
     except NotSupported:
         on_disk = None
     if on_disk is not None:
-        for orphan in sorted(on_disk - _known_ids(store)):
+        for orphan in sorted(on_disk - store.records.storage_ids()):
             if not OperationLock.abandoned(store.tmp, orphan.removesuffix("-init")):
                 continue
             problem = Problem("orphan-storage", orphan, f"{store.driver.name} layer with no record")
@@ -95,9 +82,8 @@ def _storage(store: LayerStore, repair: bool) -> list[Problem]:
             problems.append(problem)
     for layer in store.layers():
         if not store.driver.exists(layer.cache_id):
-            problems.append(
-                Problem("missing-storage", layer.chain_id, f"driver layer {layer.cache_id} is gone; re-import the image")
-            )
+            detail = f"driver layer {layer.cache_id} is gone; re-import the image"
+            problems.append(Problem("missing-storage", layer.chain_id, detail))
     for rw in store.rw_layers():
         missing = [i for i in (rw.mount_id, rw.init_id) if i and not store.driver.exists(i)]
         if missing:
@@ -117,8 +103,7 @@ def _refcounts(store: LayerStore, expected: Mapping[str, int], repair: bool) -> 
             continue
         problem = Problem("refcount", layer.chain_id, f"{layer.refcount} references recorded, {want} held")
         if repair:
-            with store.db.transaction() as tx:
-                tx.execute("UPDATE layers SET refcount = ? WHERE chain_id = ?", (want, layer.chain_id))
+            store.records.set_refcount(layer.chain_id, want)
             problem.repaired = True
         problems.append(problem)
     if repair:

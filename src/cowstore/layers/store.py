@@ -2,8 +2,9 @@
 
 It knows chain ids, diff ids, references and crash recovery, and nothing of any
 particular driver: everything on disk beyond the database goes through the Driver
-interface. Every mutation is staged, verified and then published in one transaction,
-with a state column that tells the next opener what a killed process left half done.
+interface, and every row through LayerRecords. Every mutation is staged, verified and
+then published in one transaction, with a state column that tells the next opener what
+a killed process left half done.
 """
 
 from __future__ import annotations
@@ -13,9 +14,7 @@ import os
 import pathlib
 import sqlite3
 import tempfile
-import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from typing import BinaryIO
 
 from cowstore.archive.changes import Change
@@ -38,51 +37,19 @@ from cowstore.layers import consistency, tarsplit
 from cowstore.layers.consistency import Problem
 from cowstore.layers.faults import fault
 from cowstore.layers.lock import OperationLock, StoreLock
-from cowstore.metadata.db import Database
+from cowstore.layers.records import Layer, LayerRecords, RWLayer
+from cowstore.metadata.db import DATABASE_FILE, Database
 
 MAX_DEPTH = 1000  # a sanity bound; drivers enforce their own (overlay2: 500 lowers)
 _COPY = 1024 * 1024
-
-@dataclass(frozen=True)
-class Layer:
-    """A registered read-only layer."""
-
-    chain_id: str
-    diff_id: str
-    cache_id: str
-    parent: str | None
-    size: int  # bytes of this layer alone (the applied size)
-    depth: int
-    refcount: int
-    created: float
-
-
-@dataclass(frozen=True)
-class RWLayer:
-    """A container's read-write layer and its `-init` layer."""
-
-    name: str
-    mount_id: str
-    init_id: str | None
-    parent: str | None
-    mount_count: int
-    created: float
-
-
-def _layer(row: sqlite3.Row) -> Layer:
-    return Layer(
-        row["chain_id"], row["diff_id"], row["cache_id"], row["parent"], row["size"], row["depth"], row["refcount"], row["created"]
-    )
-
-
-def _rw(row: sqlite3.Row) -> RWLayer:
-    return RWLayer(row["name"], row["mount_id"], row["init_id"], row["parent"], row["mount_count"], row["created"])
 
 
 class LayerStore:
     """Layers of one store root (`<root>/cowstore.db`) kept by one driver."""
 
-    def __init__(self, root: str | os.PathLike, driver: Driver, *, sync: bool = True, limits: Limits | None = None) -> None:
+    def __init__(
+        self, root: str | os.PathLike, driver: Driver, *, sync: bool = True, limits: Limits | None = None
+    ) -> None:
         self.root = pathlib.Path(root)
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         # Layers hold setuid binaries and device nodes: no other user may reach them.
@@ -94,7 +61,8 @@ class LayerStore:
         fsutil.raise_fd_limit()
         self.limits = limits or Limits()
         self.lock = StoreLock(self.root / "store.lock")
-        self.db = Database(self.root / "cowstore.db", durable=sync)
+        self.db = Database(self.root / DATABASE_FILE, durable=sync)
+        self.records = LayerRecords(self.db)
         with self.lock.exclusive():
             self.db.migrate()
             self.recover()
@@ -109,26 +77,24 @@ class LayerStore:
         """Finish what killed processes left in state creating/removing; return what was done."""
         done: list[str] = []
         with self.lock.exclusive():
-            for row in self.db.query("SELECT * FROM mounts WHERE state != 'ready'"):
-                if OperationLock.abandoned(self.tmp, row["mount_id"]):
-                    self._drop_rw_storage(row["mount_id"], row["init_id"])
-                    with self.db.transaction() as tx:
-                        tx.execute("DELETE FROM mounts WHERE name = ?", (row["name"],))
-                    done.append(f"removed unfinished container layer {row['name']}")
-                    if row["parent"]:
-                        self.collect(row["parent"])
-            for row in self.db.query("SELECT * FROM layers WHERE state != 'ready' ORDER BY depth DESC"):
-                if OperationLock.abandoned(self.tmp, row["cache_id"]):
-                    self.driver.remove(row["cache_id"])
-                    with self.db.transaction() as tx:
-                        tx.execute("DELETE FROM layers WHERE cache_id = ?", (row["cache_id"],))
-                    done.append(f"removed unfinished layer {row['cache_id']}")
-                    if row["parent"]:
-                        self.collect(row["parent"])
-            for row in self.db.query("SELECT DISTINCT lease_id FROM leases"):
-                if OperationLock.abandoned(self.tmp, row["lease_id"]):
-                    self._release_lease(row["lease_id"])
-                    done.append(f"released the references of interrupted operation {row['lease_id']}")
+            for rw in self.records.unfinished_mounts():
+                if OperationLock.abandoned(self.tmp, rw.mount_id):
+                    self._drop_rw_storage(rw.mount_id, rw.init_id)
+                    self.records.delete_mount(rw.name)
+                    done.append(f"removed unfinished container layer {rw.name}")
+                    if rw.parent:
+                        self.collect(rw.parent)
+            for unfinished in self.records.unfinished_layers():
+                if OperationLock.abandoned(self.tmp, unfinished.cache_id):
+                    self.driver.remove(unfinished.cache_id)
+                    self.records.delete_layer(unfinished.cache_id)
+                    done.append(f"removed unfinished layer {unfinished.cache_id}")
+                    if unfinished.parent:
+                        self.collect(unfinished.parent)
+            for lease_id in self.records.lease_ids():
+                if OperationLock.abandoned(self.tmp, lease_id):
+                    self._release_lease(lease_id)
+                    done.append(f"released the references of interrupted operation {lease_id}")
             for leftover in self.tmp.glob("spool-*"):
                 with contextlib.suppress(FileNotFoundError):
                     leftover.unlink()
@@ -137,13 +103,13 @@ class LayerStore:
     # ---- read-only layers -----------------------------------------------------------
 
     def get(self, chain: str) -> Layer:
-        rows = self.db.query("SELECT * FROM layers WHERE chain_id = ? AND state = 'ready'", (chain,))
-        if not rows:
+        layer = self.records.layer(chain)
+        if layer is None:
             raise LayerNotFound(f"layer does not exist: {chain}")
-        return _layer(rows[0])
+        return layer
 
     def layers(self) -> list[Layer]:
-        return [_layer(r) for r in self.db.query("SELECT * FROM layers WHERE state = 'ready' ORDER BY created")]
+        return self.records.layers()
 
     def chain(self, chain: str) -> list[Layer]:
         """The layer and its ancestors, top first."""
@@ -164,7 +130,9 @@ class LayerStore:
             while chunk := reader.read(_COPY):
                 spool.write(chunk)
                 if reader.count > self.limits.max_bytes + 64 * 1024 * 1024:
-                    raise ArchiveError(f"layer larger than the limit of {self.limits.max_bytes} bytes (--limit max-bytes)")
+                    raise ArchiveError(
+                        f"layer larger than the limit of {self.limits.max_bytes} bytes (--limit max-bytes)"
+                    )
                 if reader.count >= next_check:
                     self._check_free_disk()
                     next_check = reader.count + 64 * _COPY
@@ -179,11 +147,17 @@ class LayerStore:
         fs = os.statvfs(self.tmp)
         if fs.f_bavail * fs.f_frsize < self.limits.min_free_disk:
             raise StagingSpaceExhausted(
-                f"stopped staging a layer: less than {self.limits.min_free_disk} bytes free on {self.tmp} (--limit min-free-disk)"
+                f"stopped staging a layer: less than {self.limits.min_free_disk} bytes free on {self.tmp} "
+                "(--limit min-free-disk)"
             )
 
     def register(
-        self, stream: BinaryIO, parent: str | None = None, *, expected_diff_id: str | None = None, lease: str | None = None
+        self,
+        stream: BinaryIO,
+        parent: str | None = None,
+        *,
+        expected_diff_id: str | None = None,
+        lease: str | None = None,
     ) -> Layer:
         """Store an uncompressed layer tar on top of `parent`; returns it with one more reference.
 
@@ -203,11 +177,7 @@ class LayerStore:
             cache_id = random_id()
             with self.lock.exclusive():
                 parent_layer = self.get(parent) if parent is not None else None
-                op = self._announce(
-                    cache_id,
-                    "INSERT INTO layers (cache_id, parent, state, created) VALUES (?, ?, 'creating', ?)",
-                    (cache_id, parent, time.time()),
-                )
+                op = self._announce(cache_id, lambda: self.records.add_layer(cache_id, parent))
             try:
                 fault("register:after-insert")
                 parent_cache = parent_layer.cache_id if parent_layer else None
@@ -223,15 +193,14 @@ class LayerStore:
             finally:
                 op.release()
 
-    def _announce(self, op_id: str, sql: str, params: tuple) -> OperationLock:
-        """Take the operation lock of `op_id`, then record the operation in state `creating`.
+    def _announce(self, op_id: str, record: Callable[[], None]) -> OperationLock:
+        """Take the operation lock of `op_id`, then `record` the operation in state `creating`.
 
         In that order: a record whose lock is free is what a dead process left behind.
         """
         op = OperationLock(self.tmp, op_id)
         try:
-            with self.db.transaction() as tx:
-                tx.execute(sql, params)
+            record()
         except BaseException:
             op.release()
             raise
@@ -239,13 +208,9 @@ class LayerStore:
 
     def _retain_if_present(self, chain: str, lease: str | None = None) -> Layer | None:
         with self.lock.exclusive():
-            rows = self.db.query("SELECT * FROM layers WHERE chain_id = ? AND state = 'ready'", (chain,))
-            if not rows:
+            if self.records.layer(chain) is None:
                 return None
-            with self.db.transaction() as tx:
-                tx.execute("UPDATE layers SET refcount = refcount + 1 WHERE chain_id = ?", (chain,))
-                if lease is not None:
-                    tx.execute("INSERT INTO leases (lease_id, chain_id) VALUES (?, ?)", (lease, chain))
+            self.records.retain(chain, lease)
             return self.get(chain)
 
     def _publish(
@@ -256,23 +221,14 @@ class LayerStore:
             if existing is not None:  # a concurrent import of the same layer won
                 self._abandon_layer(cache_id)
                 return existing
-            with self.db.transaction() as tx:
-                tx.execute(
-                    "UPDATE layers SET chain_id = ?, diff_id = ?, size = ?, depth = ?, refcount = 1, tar_split = ?, "
-                    "state = 'ready' WHERE cache_id = ?",
-                    (chain, diff_id, size, (parent.depth + 1) if parent else 1, split, cache_id),
-                )
-                if lease is not None:
-                    tx.execute("INSERT INTO leases (lease_id, chain_id) VALUES (?, ?)", (lease, chain))
+            self.records.publish(cache_id, chain, diff_id, size, (parent.depth + 1) if parent else 1, split, lease)
             return self.get(chain)
 
     def _abandon_layer(self, cache_id: str) -> None:
         with self.lock.exclusive():
-            with self.db.transaction() as tx:
-                tx.execute("UPDATE layers SET state = 'removing' WHERE cache_id = ?", (cache_id,))
+            self.records.set_layer_state(cache_id, "removing")
             self.driver.remove(cache_id)
-            with self.db.transaction() as tx:
-                tx.execute("DELETE FROM layers WHERE cache_id = ?", (cache_id,))
+            self.records.delete_layer(cache_id)
 
     def release(self, chain: str, lease: str | None = None) -> list[Layer]:
         """Drop one reference (of `lease`, if given); delete the layer and unused ancestors.
@@ -283,10 +239,7 @@ class LayerStore:
             layer = self.get(chain)
             if layer.refcount <= 0:
                 raise LayerNotRetained(f"layer not retained: {chain}")
-            with self.db.transaction() as tx:
-                tx.execute("UPDATE layers SET refcount = refcount - 1 WHERE chain_id = ?", (chain,))
-                if lease is not None:
-                    self.hand_over(tx, lease, chain)
+            self.records.release(chain, lease)
             return self.collect(chain)
 
     @contextlib.contextmanager
@@ -310,40 +263,28 @@ class LayerStore:
 
     def hand_over(self, tx: sqlite3.Connection, lease: str, chain: str) -> None:
         """Within the owner's transaction `tx`: the lease's reference on `chain` now belongs to the owner."""
-        tx.execute(
-            "DELETE FROM leases WHERE rowid = (SELECT rowid FROM leases WHERE lease_id = ? AND chain_id = ? LIMIT 1)",
-            (lease, chain),
-        )
+        self.records.hand_over(tx, lease, chain)
 
     def _release_lease(self, lease_id: str) -> None:
         with self.lock.exclusive():
-            for row in self.db.query("SELECT chain_id FROM leases WHERE lease_id = ?", (lease_id,)):
-                self.release(row["chain_id"], lease_id)
+            for chain in self.records.leased(lease_id):
+                self.release(chain, lease_id)
 
     def users(self, chain: str) -> int:
         """References, child layers and containers that keep `chain` alive."""
-        row = self.db.query(
-            "SELECT (SELECT refcount FROM layers WHERE chain_id = :c)"
-            " + (SELECT COUNT(*) FROM layers WHERE parent = :c)"
-            " + (SELECT COUNT(*) FROM mounts WHERE parent = :c) AS users",
-            {"c": chain},  # type: ignore[arg-type]
-        )
-        return row[0]["users"] or 0
+        return self.records.users(chain)
 
     def collect(self, chain: str | None) -> list[Layer]:
         """Delete `chain` and then its ancestors while nothing uses them (lock held)."""
         deleted: list[Layer] = []
         while chain is not None:
-            rows = self.db.query("SELECT * FROM layers WHERE chain_id = ? AND state = 'ready'", (chain,))
-            if not rows or self.users(chain) > 0:
+            layer = self.records.layer(chain)
+            if layer is None or self.users(chain) > 0:
                 break
-            layer = _layer(rows[0])
-            with self.db.transaction() as tx:
-                tx.execute("UPDATE layers SET state = 'removing' WHERE cache_id = ?", (layer.cache_id,))
+            self.records.set_layer_state(layer.cache_id, "removing")
             fault("release:after-mark")
             self.driver.remove(layer.cache_id)
-            with self.db.transaction() as tx:
-                tx.execute("DELETE FROM layers WHERE cache_id = ?", (layer.cache_id,))
+            self.records.delete_layer(layer.cache_id)
             deleted.append(layer)
             chain = layer.parent
         return deleted
@@ -351,7 +292,7 @@ class LayerStore:
     def tar_stream(self, chain: str) -> BinaryIO:
         """The layer's original tar, byte for byte, verified against its diff id."""
         layer = self.get(chain)
-        split = self.db.query("SELECT tar_split FROM layers WHERE chain_id = ?", (chain,))[0]["tar_split"]
+        split = self.records.tar_split(chain)
         out = tempfile.TemporaryFile(dir=self.tmp, prefix="spool-")
         try:
             root = self.driver.get(layer.cache_id)
@@ -370,18 +311,18 @@ class LayerStore:
                 "layer store were modified. Re-pull or re-import the image to fix it."
             )
         out.seek(0)
-        return out  # type: ignore[return-value]
+        return out
 
     # ---- container (read-write) layers ----------------------------------------------
 
     def get_rw(self, name: str) -> RWLayer:
-        rows = self.db.query("SELECT * FROM mounts WHERE name = ? AND state = 'ready'", (name,))
-        if not rows:
+        rw = self.records.mount(name)
+        if rw is None:
             raise LayerNotFound(f"mount does not exist: {name}")
-        return _rw(rows[0])
+        return rw
 
     def rw_layers(self) -> list[RWLayer]:
-        return [_rw(r) for r in self.db.query("SELECT * FROM mounts WHERE state = 'ready' ORDER BY created")]
+        return self.records.mounts()
 
     def create_rw(
         self,
@@ -399,14 +340,10 @@ class LayerStore:
         mount_id = random_id()
         init_id = f"{mount_id}-init" if init is not None else None
         with self.lock.exclusive():
-            if self.db.query("SELECT 1 FROM mounts WHERE name = ?", (name,)):
+            if self.records.mount_name_taken(name):
                 raise LayerExists(f"mount already exists with name: {name}")
             parent_layer = self.get(parent) if parent is not None else None
-            op = self._announce(
-                mount_id,
-                "INSERT INTO mounts (name, mount_id, init_id, parent, state, created) VALUES (?, ?, ?, ?, 'creating', ?)",
-                (name, mount_id, init_id, parent, time.time()),
-            )
+            op = self._announce(mount_id, lambda: self.records.add_mount(name, mount_id, init_id, parent))
         try:
             fault("create-rw:after-insert")
             parent_cache = parent_layer.cache_id if parent_layer else None
@@ -420,14 +357,13 @@ class LayerStore:
                 parent_cache = init_id
                 fault("create-rw:after-init")
             self.driver.create_rw(mount_id, parent_cache, storage_opts=storage_opts)
-            with self.lock.exclusive(), self.db.transaction() as tx:
-                tx.execute("UPDATE mounts SET state = 'ready' WHERE name = ?", (name,))
+            with self.lock.exclusive():
+                self.records.set_mount_state(name, "ready")
             return self.get_rw(name)
         except BaseException:
             with self.lock.exclusive():
                 self._drop_rw_storage(mount_id, init_id)
-                with self.db.transaction() as tx:
-                    tx.execute("DELETE FROM mounts WHERE name = ?", (name,))
+                self.records.delete_mount(name)
             raise
         finally:
             op.release()
@@ -447,8 +383,7 @@ class LayerStore:
         with self.lock.exclusive():
             rw = self.get_rw(name)
             path = self.driver.get(rw.mount_id)
-            with self.db.transaction() as tx:
-                tx.execute("UPDATE mounts SET mount_count = mount_count + 1 WHERE name = ?", (name,))
+            self.records.count_mount(name, +1)
         return path
 
     def unmount(self, name: str) -> None:
@@ -457,8 +392,7 @@ class LayerStore:
             if rw.mount_count <= 0:
                 raise NotMounted(f"not mounted: {name}")
             self.driver.put(rw.mount_id)
-            with self.db.transaction() as tx:
-                tx.execute("UPDATE mounts SET mount_count = mount_count - 1 WHERE name = ?", (name,))
+            self.records.count_mount(name, -1)
 
     def rw_changes(self, name: str) -> list[Change]:
         rw = self.get_rw(name)
@@ -482,15 +416,11 @@ class LayerStore:
             rw = self.get_rw(name)
             if rw.mount_count > 0 and not force:
                 raise LayerInUse(f"mount still active: {name} is mounted {rw.mount_count} time(s)")
-            with self.db.transaction() as tx:
-                tx.execute("UPDATE mounts SET state = 'removing' WHERE name = ?", (name,))
+            self.records.set_mount_state(name, "removing")
             fault("remove-rw:after-mark")
             self._drop_rw_storage(rw.mount_id, rw.init_id)
-            with self.db.transaction() as tx:
-                tx.execute("DELETE FROM mounts WHERE name = ?", (name,))
+            self.records.delete_mount(name)
             return self.collect(rw.parent)
-
-
 
     # ---- consistency ------------------------------------------------------------------
 

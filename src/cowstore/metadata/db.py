@@ -1,7 +1,10 @@
-"""The store's SQLite database (layers, images, containers): schema, migrations, transactions.
+"""The store's SQLite database: its connection, the schema (migrations) and transactions.
 
 One database per store root, in WAL mode with foreign keys on, so that readers never
-block the writer and a parent layer can never be deleted while a child names it.
+block the writer and a parent layer can never be deleted while a child names it. The
+schema is the only SQL here: every statement on a table lives in that table's owner
+module (layers/records.py, images/store.py, containers/store.py, metadata/settings.py),
+which is handed the one open Database.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import pathlib
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 from cowstore.errors import StoreCorrupt
 
@@ -74,6 +77,7 @@ MIGRATIONS: list[str] = [
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
+DATABASE_FILE = "cowstore.db"  # in the store root
 
 
 class Database:
@@ -112,8 +116,18 @@ class Database:
             raise
         self.conn.execute("COMMIT")
 
-    def query(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
+    def query(self, sql: str, params: tuple | Mapping[str, object] = ()) -> list[sqlite3.Row]:
         return self.conn.execute(sql, params).fetchall()
+
+    def write(self, sql: str, params: tuple | Mapping[str, object] = ()) -> None:
+        """One statement in a transaction of its own (several that belong together share `transaction`)."""
+        with self.transaction() as tx:
+            tx.execute(sql, params)
+
+
+def open_read_only(path: pathlib.Path) -> sqlite3.Connection:
+    """A connection that can never write, for a look at a store before (or without) opening it."""
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60)
 
 
 def _statements(script: str) -> list[str]:
