@@ -25,8 +25,8 @@ from typing import BinaryIO
 
 from cowstore.archive import apply_layer, tar_directory
 from cowstore.archive.changes import Change
+from cowstore.archive.whiteouts import META_PREFIX, OPAQUE_MARKER, WHITEOUT_PREFIX
 from cowstore.drivers.aufs.unionfs import daemon
-from cowstore.drivers.aufs.unionfs.branches import META_PREFIX, OPAQUE, WH_PREFIX
 from cowstore.drivers.common import transit
 from cowstore.drivers.common.ids import check_id
 from cowstore.drivers.common.options import parse_bool
@@ -315,14 +315,14 @@ def layer_changes(diff_dir: pathlib.Path, parent_dirs: list[pathlib.Path]) -> li
     for dirpath, dirnames, filenames in os.walk(root):
         rel_dir = os.path.relpath(dirpath, root)
         rel_dir = "" if rel_dir == "." else rel_dir
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(META_PREFIX.decode()))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(META_PREFIX))
         for name in sorted(dirnames + filenames):
-            if name.startswith(META_PREFIX.decode()):
-                if name == OPAQUE.decode():
+            if name.startswith(META_PREFIX):
+                if name == OPAQUE_MARKER:
                     touched.add(rel_dir)
                 continue
-            if name.startswith(WH_PREFIX.decode()):
-                kinds["/" + os.path.join(rel_dir, name[len(WH_PREFIX) :])] = "D"
+            if name.startswith(WHITEOUT_PREFIX):
+                kinds["/" + os.path.join(rel_dir, name[len(WHITEOUT_PREFIX) :])] = "D"
                 touched.add(rel_dir)
                 continue
             rel = os.path.join(rel_dir, name)
