@@ -6,7 +6,7 @@ it) and takes control requests, one JSON object a line, on PATH:
 
 - `mount` {mountpoint, branches, timeout, passthrough, source}: open a FUSE connection,
   mount it, answer INIT, and serve it with a `host.fuse.Session` in a thread of its
-  own; returns {pid, conn, passthrough, branches};
+  own; returns {pid, conn, passthrough};
 - `mounted` {mountpoint}: the same description, or null when nothing is served there;
 - `unmount` {mountpoint}: unmount one (false when it was not served here);
 - `shutdown`: unmount everything and exit; `ping` and `pid` as every service has.
@@ -44,15 +44,13 @@ class Served:
     """One union mount and the thread answering its FUSE connection."""
 
     mountpoint: str
-    branches: list[str]
     fd: int
     session: fuse.Session
     conn: int
     thread: threading.Thread = field(init=False)
 
     def describe(self) -> dict[str, Any]:
-        return {"pid": os.getpid(), "conn": self.conn, "passthrough": self.session.passthrough,
-                "branches": self.branches}
+        return {"pid": os.getpid(), "conn": self.conn, "passthrough": self.session.passthrough}
 
 
 class UnionServer:
@@ -78,7 +76,7 @@ class UnionServer:
                 raise Unavailable("the union server is shutting down")
             if mountpoint in self.mounts or mounts.find_mount(mountpoint) is not None:
                 raise MountError(f"union mount on {mountpoint}: something is mounted there already")
-            served = self._attach(mountpoint, list(branches), ops, passthrough, source)
+            served = self._attach(mountpoint, ops, passthrough, source)
             self.mounts[mountpoint] = served
         log.info("serving %s (connection %d, passthrough %s)", mountpoint, served.conn, served.session.passthrough)
         return served.describe()
@@ -117,7 +115,7 @@ class UnionServer:
         if self._shutdown_by is not None:
             self._shutdown_by.join(_END_WAIT)
 
-    def _attach(self, mountpoint: str, branches: list[str], ops: UnionFS, passthrough: bool, source: str) -> Served:
+    def _attach(self, mountpoint: str, ops: UnionFS, passthrough: bool, source: str) -> Served:
         """Mount a new connection at `mountpoint`, answer INIT, and start its request thread.
 
         OSErrors become MountError: only cowstore errors cross the control socket.
@@ -129,7 +127,7 @@ class UnionServer:
                 try:
                     session = fuse.Session(ops, fd, want_passthrough=passthrough)
                     session.handshake()
-                    served = Served(mountpoint, branches, fd, session, fuse.connection_id(mountpoint))
+                    served = Served(mountpoint, fd, session, fuse.connection_id(mountpoint))
                 except BaseException:
                     fuse.unmount(mountpoint)
                     raise
@@ -183,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                         format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
     os.umask(0)  # modes arrive with the caller's umask already applied by the kernel
+    os.chdir("/")  # a working directory inside a union mount would keep it busy forever
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _terminate)
     server = UnionServer()
