@@ -364,3 +364,19 @@ def test_a_killed_server_is_noticed_and_replaced(driver, home):
     assert not mounts.is_mountpoint(path)
     driver.put("other")  # detaches the dead server's mount
     assert mounts.mounts_under(home) == []
+
+
+def test_a_busy_mount_is_detached_and_served_until_its_last_user_leaves(driver, home):
+    driver.create("base", None)
+    driver.create_rw("ctr", "base")
+    path = driver.get("ctr")
+    pid = _server_pid(home)
+    with open(path / "f", "w") as held:
+        driver.put("ctr")
+        assert not mounts.is_mountpoint(path)
+        held.write("still served")
+    assert (home / "diff" / "ctr" / "f").read_text() == "still served"
+    deadline = time.monotonic() + 5
+    while _fuse_fds(pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _fuse_fds(pid) == 0

@@ -10,8 +10,9 @@ Docker's layout under `aufs/`:
 Mainline kernels never had aufs, so the union is `unionfs`, a FUSE filesystem with
 aufs semantics whose file data goes through FUSE_PASSTHROUGH, served for every mount
 of this home by one union server (its socket and log under `unionfs/`); a kernel that
-does have aufs gets the real thing with the same branches. Because a layer's diff dir is its changeset, diff, changes,
-diff_size and apply_diff against the direct parent read or write that dir alone.
+does have aufs gets the real thing with the same branches. Because a layer's diff dir
+is its changeset, diff, changes, diff_size and apply_diff against the direct parent
+read or write that dir alone.
 """
 
 from __future__ import annotations
