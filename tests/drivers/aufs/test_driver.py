@@ -380,3 +380,21 @@ def test_a_busy_mount_is_detached_and_served_until_its_last_user_leaves(driver, 
     while _fuse_fds(pid) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert _fuse_fds(pid) == 0
+
+
+def test_a_terminated_server_unmounts_what_it_served(driver, home):
+    driver.create("base", None)
+    for id in ("a", "b"):
+        driver.create_rw(id, "base")
+        driver.get(id)
+    pid = _server_pid(home)
+    os.kill(pid, signal.SIGTERM)
+    _wait_gone(pid)
+    assert not service.running(pid)
+    assert mounts.mounts_under(home) == []
+    assert not (home / "unionfs" / "control.sock").exists()
+    path = driver.get("a")
+    try:
+        assert mounts.is_mountpoint(path)
+    finally:
+        driver.put("a")
