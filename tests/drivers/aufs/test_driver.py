@@ -277,18 +277,29 @@ def test_one_server_serves_every_mount(driver, home):
     assert not any(mounts.is_mountpoint(p) for p in paths)
 
 
-def test_cleanup_stops_the_server_and_leaves_nothing(driver, home):
+def _mount_two(driver, home: pathlib.Path) -> int:
+    """Mount layers `a` and `b`; returns the pid of the server serving them."""
     driver.create("base", None)
     for id in ("a", "b"):
         driver.create_rw(id, "base")
         driver.get(id)
     pid = _server_pid(home)
     assert pid is not None
-    driver.cleanup()
+    return pid
+
+
+def _assert_server_gone(home: pathlib.Path, pid: int) -> None:
+    _wait_gone(pid)
     assert not service.running(pid)
     assert _server_pid(home) is None
     assert not (home / "unionfs" / "control.sock").exists()
     assert mounts.mounts_under(home) == []
+
+
+def test_cleanup_stops_the_server_and_leaves_nothing(driver, home):
+    pid = _mount_two(driver, home)
+    driver.cleanup()
+    _assert_server_gone(home, pid)
     assert driver.metadata("a")["Union"] == "fuse"
     path = driver.get("a")  # a new server on the next get
     try:
@@ -383,16 +394,9 @@ def test_a_busy_mount_is_detached_and_served_until_its_last_user_leaves(driver, 
 
 
 def test_a_terminated_server_unmounts_what_it_served(driver, home):
-    driver.create("base", None)
-    for id in ("a", "b"):
-        driver.create_rw(id, "base")
-        driver.get(id)
-    pid = _server_pid(home)
+    pid = _mount_two(driver, home)
     os.kill(pid, signal.SIGTERM)
-    _wait_gone(pid)
-    assert not service.running(pid)
-    assert mounts.mounts_under(home) == []
-    assert not (home / "unionfs" / "control.sock").exists()
+    _assert_server_gone(home, pid)
     path = driver.get("a")
     try:
         assert mounts.is_mountpoint(path)
