@@ -25,7 +25,7 @@ FSTYPE = "fuse.unionfs"
 _ERRORS = {cls.__name__: cls for cls in (MountError, BranchError)}
 
 
-def target(mountpoint: str | os.PathLike) -> str:
+def _target(mountpoint: str | os.PathLike) -> str:
     """The mount point as the mount table spells it, resolved without entering it (a
     mount of a dead server would answer ENOTCONN, a hung one would never answer)."""
     path = os.path.abspath(mountpoint)
@@ -58,7 +58,7 @@ class UnionClient:
         The request goes straight to the server; only when none answers is one started
         (a separate ping first would cost every mount a round trip).
         """
-        args = {"mountpoint": target(mountpoint), "branches": list(branches), "timeout": timeout,
+        args = {"mountpoint": _target(mountpoint), "branches": list(branches), "timeout": timeout,
                 "passthrough": passthrough, "source": source}
         try:
             reply: dict[str, Any] = self.client.call("mount", **args)
@@ -70,14 +70,14 @@ class UnionClient:
     def info(self, mountpoint: str | os.PathLike) -> dict[str, Any] | None:
         """The live server's description of the mount at `mountpoint`; None if none serves it."""
         try:
-            reply: dict[str, Any] | None = self.client.call("mounted", mountpoint=target(mountpoint))
+            reply: dict[str, Any] | None = self.client.call("mounted", mountpoint=_target(mountpoint))
         except ServiceUnavailable:
             return None
         return reply
 
     def unmount(self, mountpoint: str | os.PathLike) -> None:
         """Unmount `mountpoint`, also when the server that mounted it is gone."""
-        path = target(mountpoint)
+        path = _target(mountpoint)
         if mounts.find_mount(path) is None:
             return
         try:
@@ -85,14 +85,14 @@ class UnionClient:
                 return
         except ServiceUnavailable:
             pass
-        clear_orphan(path)
+        _clear_orphan(path)
 
     def stop(self) -> None:
         """Unmount everything the server serves and wait until it has exited."""
         service.stop(self.client)
 
 
-def clear_orphan(mountpoint: str) -> None:
+def _clear_orphan(mountpoint: str) -> None:
     """Detach a union mount that no server answers (its requests fail with ENOTCONN)."""
     found = mounts.find_mount(mountpoint)
     if found is None or found.fstype != FSTYPE:
