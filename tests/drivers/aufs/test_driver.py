@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
@@ -16,11 +17,11 @@ import pytest
 
 from cowstore.archive.changes import Change
 from cowstore.drivers import open_driver
-from cowstore.drivers.aufs.unionfs import daemon
+from cowstore.drivers.aufs.unionfs.client import FSTYPE, UnionClient
 from cowstore.drivers.common import transit
 from cowstore.drivers.common.refcount import MountRefs
-from cowstore.errors import LayerNotFound, MountError, NotSupported
-from cowstore.host import fsutil, mounts
+from cowstore.errors import InvalidArgument, LayerNotFound, MountError, NotSupported
+from cowstore.host import mounts, service
 
 
 @pytest.fixture
@@ -37,12 +38,32 @@ def driver(home):
     try:
         yield drv
     finally:
-        drv.cleanup()
-        for state_file in (home / "unionfs").glob("*.json"):
-            state = daemon.DaemonState.load(state_file)
-            if daemon.alive(state):
-                os.kill(state.pid, signal.SIGKILL)
-        mounts.unmount_all(home)
+        try:
+            drv.cleanup()
+        finally:
+            _kill_server(home)
+            mounts.unmount_all(home)
+
+
+def _server_pid(home: pathlib.Path) -> int | None:
+    """The pid of the union server answering for `home`, if one does."""
+    try:
+        return UnionClient(home / "unionfs").client.call("pid")
+    except service.ServiceUnavailable:
+        return None
+
+
+def _kill_server(home: pathlib.Path) -> None:
+    pid = _server_pid(home)
+    if pid is not None:
+        os.kill(pid, signal.SIGKILL)
+        _wait_gone(pid)
+
+
+def _wait_gone(pid: int) -> None:
+    deadline = time.monotonic() + 5
+    while service.running(pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def _hex(i: int) -> str:
@@ -66,7 +87,7 @@ def test_get_paths_and_mounted(driver, home):
     assert not mounts.is_mountpoint(home / "diff" / "1")
     path = driver.get("2")
     assert path == home / "mnt" / "2"
-    assert mounts.fstype_of(path) == daemon.FSTYPE
+    assert mounts.fstype_of(path) == FSTYPE
     driver.remove("2")  # while mounted
     assert not mounts.is_mountpoint(path)
     driver.put("1")
@@ -146,7 +167,9 @@ def test_metadata_lists_branches_top_first(driver, home):
             f"{home}/diff/img=ro+wh",
         ]
         assert meta["Union"].startswith("fuse")
-        assert int(meta["DaemonPid"]) > 0
+        assert int(meta["ServerPid"]) > 0
+        assert int(meta["FuseConnection"]) > 0
+        assert meta["ServerLog"] == str(home / "unionfs" / "server.log")
     finally:
         driver.put("ctr")
 
@@ -196,39 +219,94 @@ def test_layer_id_ending_in_removing_survives_a_reopen(driver, home):
     assert (home / "diff" / "x-removing").is_dir()
 
 
-def _log_holders(log: pathlib.Path) -> list[int]:
-    """Processes whose stderr is `log`: the daemons started with it."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
+def _fuse_fds(pid: int) -> int:
+    """How many FUSE connections process `pid` holds open."""
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
         try:
-            if os.readlink(f"/proc/{pid}/fd/2") == str(log):
-                found.append(int(pid))
+            count += os.readlink(f"/proc/{pid}/fd/{fd}") == "/dev/fuse"
         except OSError:
             continue
-    return found
+    return count
 
 
-def test_a_daemon_that_misses_its_deadline_is_killed(tmp_path):
-    if not (fsutil.kernel_has_fs("fuse") and os.path.exists("/dev/fuse")):
-        pytest.skip("no FUSE on this host")
-    top, mnt, log = tmp_path / "top", tmp_path / "mnt", tmp_path / "union.log"
+def test_a_failed_mount_leaves_nothing_and_the_server_serves_on(driver, home, tmp_path):
+    driver.create("base", None)
+    driver.create_rw("ctr", "base")
+    path = driver.get("ctr")
+    pid = _server_pid(home)
+    top = tmp_path / "top"
     top.mkdir()
-    mnt.mkdir()
-    state_file = tmp_path / "state.json"
+    missing = tmp_path / "missing"
     try:
-        try:
-            daemon.start(mnt, [f"{top}=rw"], state_file=state_file, log_file=log, wait=0)
-        except MountError:
-            pass
-        else:
-            daemon.stop(mnt, state_file)
-            pytest.skip("the daemon was ready before a zero deadline passed")
-        assert _log_holders(log) == []
-        assert not mounts.is_mountpoint(mnt)
+        with pytest.raises(InvalidArgument):
+            driver.union.mount(tmp_path, [f"{missing}=rw"], timeout=1.0, passthrough=True, source="t")
+        with pytest.raises(MountError):
+            driver.union.mount(missing, [f"{top}=rw"], timeout=1.0, passthrough=True, source="t")
+        with pytest.raises(MountError):  # never stacked over a mount
+            driver.union.mount(path, [f"{top}=rw"], timeout=1.0, passthrough=True, source="t")
+        assert _fuse_fds(pid) == 1
+        assert mounts.mounts_under(tmp_path) == [str(path)]
+        (path / "f").write_text("x")
+        assert _server_pid(home) == pid
     finally:
-        for pid in _log_holders(log):
-            os.kill(pid, signal.SIGKILL)
-        mounts.unmount_all(mnt)
+        driver.put("ctr")
+    assert _fuse_fds(pid) == 0
+
+
+def test_one_server_serves_every_mount(driver, home):
+    driver.create("base", None)
+    ids = [f"c{i}" for i in range(4)]
+    for id in ids:
+        driver.create_rw(id, "base")
+    paths = [driver.get(id) for id in ids]
+    try:
+        metas = [driver.metadata(id) for id in ids]
+        assert len({m["ServerPid"] for m in metas}) == 1
+        assert len({m["FuseConnection"] for m in metas}) == len(ids)
+        for id, path in zip(ids, paths, strict=True):
+            (path / "who").write_text(id)
+        assert [(home / "diff" / id / "who").read_text() for id in ids] == ids
+        assert _fuse_fds(int(metas[0]["ServerPid"])) == len(ids)
+    finally:
+        for id in ids[1:]:
+            driver.put(id)
+    assert mounts.is_mountpoint(paths[0])  # the others' unmounts left it alone
+    assert (paths[0] / "who").read_text() == "c0"
+    driver.put(ids[0])
+    assert not any(mounts.is_mountpoint(p) for p in paths)
+
+
+def _mount_two(driver, home: pathlib.Path) -> int:
+    """Mount layers `a` and `b`; returns the pid of the server serving them."""
+    driver.create("base", None)
+    for id in ("a", "b"):
+        driver.create_rw(id, "base")
+        driver.get(id)
+    pid = _server_pid(home)
+    assert pid is not None
+    return pid
+
+
+def _assert_server_gone(home: pathlib.Path, pid: int) -> None:
+    _wait_gone(pid)
+    assert not service.running(pid)
+    assert _server_pid(home) is None
+    assert not (home / "unionfs" / "control.sock").exists()
+    assert mounts.mounts_under(home) == []
+
+
+def test_cleanup_stops_the_server_and_leaves_nothing(driver, home):
+    pid = _mount_two(driver, home)
+    driver.cleanup()
+    _assert_server_gone(home, pid)
+    assert driver.metadata("a")["Union"] == "fuse"
+    path = driver.get("a")  # a new server on the next get
+    try:
+        assert mounts.is_mountpoint(path)
+        assert _server_pid(home) not in (None, pid)
+    finally:
+        driver.put("a")
 
 
 def test_concurrent_get_put(driver):
@@ -276,20 +354,51 @@ def test_mount_survives_the_starting_process_and_is_found_again(driver, home):
     assert (home / "diff" / "ctr" / "f").read_text() == "x"
 
 
-def test_dead_daemon_is_noticed_and_replaced(driver, home):
+def test_a_killed_server_is_noticed_and_replaced(driver, home):
     driver.create("base", None)
-    driver.create_rw("ctr", "base")
-    path = driver.get("ctr")
-    (path / "f").write_text("x")
-    state = daemon.DaemonState.load(home / "unionfs" / "ctr.json")
-    os.kill(state.pid, signal.SIGKILL)
-    deadline = time.monotonic() + 5
-    while daemon.alive(state) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    for id in ("ctr", "other"):
+        driver.create_rw(id, "base")
+        (driver.get(id) / "f").write_text(id)
+    old = int(driver.metadata("ctr")["ServerPid"])
+    os.kill(old, signal.SIGKILL)
+    _wait_gone(old)
+    with pytest.raises(OSError) as exc:  # what a dead server's mount answers
+        os.listdir(home / "mnt" / "ctr")
+    assert exc.value.errno in (errno.ENOTCONN, errno.ECONNABORTED)
     path = driver.get("ctr")
     try:
-        assert (path / "f").read_text() == "x"
-        assert daemon.DaemonState.load(home / "unionfs" / "ctr.json").pid != state.pid
+        assert (path / "f").read_text() == "ctr"
+        assert int(driver.metadata("ctr")["ServerPid"]) not in (0, old)
+        assert "ServerPid" not in driver.metadata("other")  # still the dead server's mount
     finally:
         driver.put("ctr")
     assert not mounts.is_mountpoint(path)
+    driver.put("other")  # detaches the dead server's mount
+    assert mounts.mounts_under(home) == []
+
+
+def test_a_busy_mount_is_detached_and_served_until_its_last_user_leaves(driver, home):
+    driver.create("base", None)
+    driver.create_rw("ctr", "base")
+    path = driver.get("ctr")
+    pid = _server_pid(home)
+    with open(path / "f", "w") as held:
+        driver.put("ctr")
+        assert not mounts.is_mountpoint(path)
+        held.write("still served")
+    assert (home / "diff" / "ctr" / "f").read_text() == "still served"
+    deadline = time.monotonic() + 5
+    while _fuse_fds(pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _fuse_fds(pid) == 0
+
+
+def test_a_terminated_server_unmounts_what_it_served(driver, home):
+    pid = _mount_two(driver, home)
+    os.kill(pid, signal.SIGTERM)
+    _assert_server_gone(home, pid)
+    path = driver.get("a")
+    try:
+        assert mounts.is_mountpoint(path)
+    finally:
+        driver.put("a")

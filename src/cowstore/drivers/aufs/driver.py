@@ -7,11 +7,12 @@ Docker's layout under `aufs/`:
     layers/<id>   the parent chain, nearest first, one id a line (empty: base layer)
     mnt/<id>/     the union mount point while the layer is in use
 
-Mainline kernels never had aufs, so the union is `cowstore.unionfs`, a FUSE server
-with aufs semantics whose file data goes through FUSE_PASSTHROUGH (one daemon per
-mount, recorded under `unionfs/`); a kernel that does have aufs gets the real thing
-with the same branches. Because a layer's diff dir is its changeset, diff, changes,
-diff_size and apply_diff against the direct parent read or write that dir alone.
+Mainline kernels never had aufs, so the union is `unionfs`, a FUSE filesystem with
+aufs semantics whose file data goes through FUSE_PASSTHROUGH, served for every mount
+of this home by one union server (its socket and log under `unionfs/`); a kernel that
+does have aufs gets the real thing with the same branches. Because a layer's diff dir
+is its changeset, diff, changes, diff_size and apply_diff against the direct parent
+read or write that dir alone.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from typing import BinaryIO
 
 from cowstore.archive import apply_layer, tar_directory
 from cowstore.archive.changes import Change
-from cowstore.drivers.aufs.unionfs import daemon
-from cowstore.drivers.aufs.unionfs.branches import META_PREFIX, OPAQUE, WH_PREFIX
+from cowstore.archive.whiteouts import META_PREFIX, OPAQUE_MARKER, WHITEOUT_PREFIX
+from cowstore.drivers.aufs.unionfs.client import UnionClient
 from cowstore.drivers.common import transit
 from cowstore.drivers.common.ids import check_id
 from cowstore.drivers.common.options import parse_bool
@@ -77,6 +78,7 @@ class AufsDriver(NaiveDiffDriver):
         for sub in ("diff", "layers", "mnt", "unionfs"):
             (home / sub).mkdir(mode=0o710, exist_ok=True)
         self.refs = MountRefs(home)
+        self.union = UnionClient(home / "unionfs")
         self._sweep()
 
     # ----------------------------------------------------------------- paths
@@ -89,9 +91,6 @@ class AufsDriver(NaiveDiffDriver):
 
     def _layers_file(self, id: str) -> pathlib.Path:
         return self.home / "layers" / check_id(id)
-
-    def _state_file(self, id: str) -> pathlib.Path:
-        return self.home / "unionfs" / f"{id}.json"
 
     def _parents(self, id: str) -> list[str]:
         """The ancestors of `id`, nearest first (the `layers/<id>` file)."""
@@ -142,13 +141,9 @@ class AufsDriver(NaiveDiffDriver):
                 return self._diff(id)
             mnt = self._mnt(id)
             mounted = mounts.is_mountpoint(mnt)
-            if (
-                mounted
-                and not self.kernel_aufs
-                and not daemon.is_serving(daemon.DaemonState.load(self._state_file(id)))
-            ):
-                # The daemon died: its mount only answers ENOTCONN. Start over.
-                daemon.stop(mnt, self._state_file(id))
+            if mounted and not self.kernel_aufs and self.union.info(mnt) is None:
+                # Its server died: the mount only answers ENOTCONN. Start over.
+                self.union.unmount(mnt)
                 ref.reset()
                 mounted = False
             if ref.increment(mounted) > 1:
@@ -165,14 +160,8 @@ class AufsDriver(NaiveDiffDriver):
         if self.kernel_aufs:
             self._mount_kernel_aufs(mnt, self.branches(id))
             return
-        daemon.start(
-            mnt,
-            self.branches(id),
-            state_file=self._state_file(id),
-            log_file=self.home / "unionfs" / f"{id}.log",
-            timeout=self.cache_timeout,
-            passthrough=self.passthrough,
-            source="cowstore-aufs",
+        self.union.mount(
+            mnt, self.branches(id), timeout=self.cache_timeout, passthrough=self.passthrough, source="cowstore-aufs"
         )
 
     @staticmethod
@@ -204,7 +193,7 @@ class AufsDriver(NaiveDiffDriver):
         if self.kernel_aufs:
             mounts.umount(mnt, 0)
         else:
-            daemon.stop(mnt, self._state_file(id))
+            self.union.unmount(mnt)
 
     # ---------------------------------------------------------------- remove
 
@@ -257,19 +246,21 @@ class AufsDriver(NaiveDiffDriver):
         if self.kernel_aufs:
             data["Union"] = "aufs"
             return data
-        state = daemon.DaemonState.load(self._state_file(id))
         data["Union"] = "fuse"
-        if daemon.is_serving(state):
-            assert state is not None
-            data["Union"] = "fuse+passthrough" if state.passthrough else "fuse"
-            data["DaemonPid"] = str(state.pid)
-            data["FuseConnection"] = str(state.conn)
-            data["DaemonLog"] = state.log
+        info = self.union.info(self._mnt(id))
+        if info is not None:
+            data["Union"] = "fuse+passthrough" if info["passthrough"] else "fuse"
+            data["ServerPid"] = str(info["pid"])
+            data["FuseConnection"] = str(info["conn"])
+            data["ServerLog"] = str(self.union.log)
         return data
 
     def cleanup(self) -> None:
+        """Unmount every layer and stop the union server (mounts of a dead one are detached)."""
+        if not self.kernel_aufs:
+            self.union.stop()
         for name in os.listdir(self.home / "mnt"):
-            if mounts.is_mountpoint(self.home / "mnt" / name) or self._state_file(name).exists():
+            if mounts.is_mountpoint(self.home / "mnt" / name):
                 self._unmount(name)
         transit.unmount_below(self.home)
 
@@ -315,14 +306,14 @@ def layer_changes(diff_dir: pathlib.Path, parent_dirs: list[pathlib.Path]) -> li
     for dirpath, dirnames, filenames in os.walk(root):
         rel_dir = os.path.relpath(dirpath, root)
         rel_dir = "" if rel_dir == "." else rel_dir
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(META_PREFIX.decode()))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(META_PREFIX))
         for name in sorted(dirnames + filenames):
-            if name.startswith(META_PREFIX.decode()):
-                if name == OPAQUE.decode():
+            if name.startswith(META_PREFIX):
+                if name == OPAQUE_MARKER:
                     touched.add(rel_dir)
                 continue
-            if name.startswith(WH_PREFIX.decode()):
-                kinds["/" + os.path.join(rel_dir, name[len(WH_PREFIX) :])] = "D"
+            if name.startswith(WHITEOUT_PREFIX):
+                kinds["/" + os.path.join(rel_dir, name[len(WHITEOUT_PREFIX) :])] = "D"
                 touched.add(rel_dir)
                 continue
             rel = os.path.join(rel_dir, name)

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import shutil
 import signal
 import subprocess
+from typing import Any
 
 import pytest
 
-from cowstore.drivers.aufs.unionfs import daemon
+from cowstore.drivers.aufs.unionfs.client import UnionClient
 from cowstore.host import mounts
+from cowstore.host.service import ServiceUnavailable
 
 
 def _fuse_available() -> str | None:
@@ -28,42 +31,53 @@ def _fuse_available() -> str | None:
 class Union:
     """A running union mount: `mnt`, `branches` (top first) and mount/unmount helpers."""
 
-    def __init__(self, root: pathlib.Path, layers: int, passthrough: bool) -> None:
+    def __init__(self, server: UnionClient, root: pathlib.Path, layers: int, passthrough: bool) -> None:
+        self.server = server
         self.root = root
         self.mnt = root / "mnt"
         self.branches = [root / f"b{i}" for i in range(layers)]
         self.passthrough = passthrough
-        self.state_file = root / "daemon.json"
-        self.log_file = root / "daemon.log"
-        self.state: daemon.DaemonState | None = None
+        self.info: dict[str, Any] | None = None
         self.mnt.mkdir(parents=True)
         for path in self.branches:
             path.mkdir()
 
     def mount(self) -> None:
         specs = [f"{self.branches[0]}=rw"] + [f"{b}=ro+wh" for b in self.branches[1:]]
-        self.state = daemon.start(
-            self.mnt, specs, state_file=self.state_file, log_file=self.log_file, passthrough=self.passthrough
-        )
+        self.info = self.server.mount(self.mnt, specs, timeout=10.0, passthrough=self.passthrough, source="unionfs")
 
     def unmount(self) -> None:
-        daemon.stop(self.mnt, self.state_file)
+        self.server.unmount(self.mnt)
 
     def remount(self) -> None:
         self.unmount()
         self.mount()
 
 
-@pytest.fixture(params=["passthrough", "python-data"])
-def union_factory(request, tmp_path):
-    """Make unions (mounted by the caller); every one is unmounted and its daemon ended."""
+@pytest.fixture(scope="session")
+def union_server(tmp_path_factory):
+    """One union server for every union of the run, as a driver home has; always stopped."""
     reason = _fuse_available()
     if reason:
         pytest.skip(reason)
+    server = UnionClient(tmp_path_factory.mktemp("unionserver"))
+    try:
+        yield server
+    finally:
+        try:
+            server.stop()
+        finally:
+            with contextlib.suppress(ServiceUnavailable, ProcessLookupError):  # a server that would not stop
+                os.kill(server.client.call("pid"), signal.SIGKILL)
+
+
+@pytest.fixture(params=["passthrough", "python-data"])
+def union_factory(request, tmp_path, union_server):
+    """Make unions (mounted by the caller); every one is unmounted again."""
     made: list[Union] = []
 
     def make(layers: int = 3) -> Union:
-        union = Union(tmp_path / f"u{len(made)}", layers, request.param == "passthrough")
+        union = Union(union_server, tmp_path / f"u{len(made)}", layers, request.param == "passthrough")
         made.append(union)
         return union
 
@@ -76,8 +90,6 @@ def union_factory(request, tmp_path):
             finally:
                 if mounts.is_mountpoint(union.mnt):
                     mounts.umount(union.mnt, mounts.MNT_DETACH)
-                if daemon.alive(union.state):
-                    os.kill(union.state.pid, signal.SIGKILL)
 
 
 def copy_view(src: pathlib.Path, dst: pathlib.Path) -> None:

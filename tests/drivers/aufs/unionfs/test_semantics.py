@@ -207,7 +207,7 @@ def test_statfs_is_top_branch(layered):
 
 
 def test_passthrough_negotiated(layered):
-    assert layered.state.passthrough == layered.passthrough
+    assert layered.info["passthrough"] == layered.passthrough
 
 
 def test_copy_up_while_open_for_reading(layered):

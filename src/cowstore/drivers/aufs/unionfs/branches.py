@@ -11,12 +11,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from cowstore.archive.whiteouts import META_PREFIX_BYTES, OPAQUE_MARKER_BYTES, WHITEOUT_PREFIX_BYTES
+from cowstore.archive.whiteouts import WHITEOUT_PREFIX_BYTES
 from cowstore.errors import InvalidArgument
 
-WH_PREFIX = WHITEOUT_PREFIX_BYTES
-META_PREFIX = META_PREFIX_BYTES
-OPAQUE = OPAQUE_MARKER_BYTES
 MODES = ("rw", "ro", "ro+wh")
 
 
@@ -53,9 +50,9 @@ def parse_branch(spec: str) -> Branch:
 
 def whiteout(name: bytes) -> bytes:
     """The whiteout file name that hides `name` in lower branches."""
-    return WH_PREFIX + name
+    return WHITEOUT_PREFIX_BYTES + name
 
 
 def is_reserved(name: bytes) -> bool:
     """Names the union never shows and refuses to create (`.wh.*`)."""
-    return name.startswith(WH_PREFIX)
+    return name.startswith(WHITEOUT_PREFIX_BYTES)
