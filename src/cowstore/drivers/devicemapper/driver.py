@@ -19,6 +19,7 @@ import pathlib
 import shutil
 import subprocess
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from cowstore.drivers.common.ids import check_id
@@ -37,7 +38,19 @@ _DEFAULTS = {"dm.basesize": "10G", "dm.loopdatasize": "100G", "dm.loopmetadatasi
              "dm.blocksize": "64K", "dm.min_free_space": "10%", "dm.no_space_policy": "error",
              "dm.blkdiscard": "true", "dm.server_cgroup": "/sys/fs/cgroup/memory/cowstore-thinpool"}
 _MULTI = ("dm.mkfsarg", "dm.mountopt")
+_META_BLOCK = 4096  # the pool's metadata block size
 _BOOL_FALSE_ONLY = ("dm.use_deferred_removal", "dm.use_deferred_deletion", "dm.override_udev_sync_check")
+
+
+@dataclass(frozen=True)
+class PoolUsage:
+    """Bytes of the thin pool: data blocks in use and in all, metadata blocks likewise."""
+
+    data_used: int
+    data_total: int
+    metadata_used: int
+    metadata_total: int
+    block_size: int  # of a data block, the unit of allocation and copy-on-write
 
 
 def _write_json(path: pathlib.Path, value: dict[str, Any]) -> None:
@@ -303,8 +316,11 @@ class DeviceMapperDriver(NaiveDiffDriver):
             self._grow_fs(id)
 
     def _grow_fs(self, id: str) -> None:
+        info = self._info(id)
+        if info is None:
+            raise LayerNotFound(f"devmapper: Unknown device {id}")
         try:
-            with loop.attached(self._activate(id, self._info(id)["device_id"]), direct_io=True) as device:
+            with loop.attached(self._activate(id, info["device_id"]), direct_io=True) as device:
                 self._grow(id, device)
         finally:
             self._deactivate(id)
@@ -397,11 +413,19 @@ class DeviceMapperDriver(NaiveDiffDriver):
         return {"DeviceId": str(info["device_id"]), "DeviceSize": str(info["size"]),
                 "DeviceName": self._device_name(id)}
 
-    def status(self) -> list[tuple[str, str]]:
+    def pool_usage(self) -> PoolUsage:
+        """The pool's space in bytes, exact (status() rounds it for people): how much data and
+        metadata its blocks hold, e.g. to see that a write allocates and a discard frees."""
         st = self.client.call("status")
         bs = st["data_block_size"]
-        data_total, data_used = st["total_data_blocks"] * bs, st["used_data_blocks"] * bs
-        meta_total, meta_used = st["total_meta_blocks"] * 4096, st["used_meta_blocks"] * 4096
+        return PoolUsage(data_used=st["used_data_blocks"] * bs, data_total=st["total_data_blocks"] * bs,
+                         metadata_used=st["used_meta_blocks"] * _META_BLOCK,
+                         metadata_total=st["total_meta_blocks"] * _META_BLOCK, block_size=bs)
+
+    def status(self) -> list[tuple[str, str]]:
+        usage = self.pool_usage()
+        bs, data_total, data_used = usage.block_size, usage.data_total, usage.data_used
+        meta_total, meta_used = usage.metadata_total, usage.metadata_used
 
         def available(total: int, used: int, path: pathlib.Path) -> int:
             free = total - used
@@ -430,7 +454,7 @@ class DeviceMapperDriver(NaiveDiffDriver):
             ("Metadata Space Used", human_size(meta_used)),
             ("Metadata Space Total", human_size(meta_total)),
             ("Metadata Space Available", human_size(available(meta_total, meta_used, self.meta_file))),
-            ("Thin Pool Minimum Free Space", human_size(st["total_data_blocks"] * self.opts["min_free"] // 100 * bs)),
+            ("Thin Pool Minimum Free Space", human_size(data_total // bs * self.opts["min_free"] // 100 * bs)),
             ("Deferred Removal Enabled", "false"),
             ("Deferred Deletion Enabled", "false"),
             ("Deferred Deleted Device Count", "0"),
