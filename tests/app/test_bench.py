@@ -1,4 +1,5 @@
-"""`cowstore bench --quick` on vfs and overlay2 writes a well-formed JSON and report (no timings); scales."""
+"""`cowstore bench --quick` on vfs and overlay2 writes a well-formed JSON and report (no timings); the
+baselines of other drivers run and clean up; scales."""
 
 from __future__ import annotations
 
@@ -6,24 +7,43 @@ import importlib.util
 import json
 import os
 import pathlib
+import shutil
 
 import pytest
 from click.testing import CliRunner
 
 from cowstore.app.bench import bench_command
-from cowstore.app.bench.experiments import ALL
+from cowstore.app.bench.baselines import BASELINES
+from cowstore.app.bench.experiments import ALL, Context
+from cowstore.app.bench.experiments.container_cost import ContainerCost
+from cowstore.app.bench.experiments.seq_write import SeqWrite
+from cowstore.app.bench.images import ImageCache
+from cowstore.app.bench.runner import run_experiment
 from cowstore.app.bench.scale import Scale
-from cowstore.host import mounts
+from cowstore.app.bench.scratch import Scratch
+from cowstore.app.bench.subjects import NativeSubject
+from cowstore.host import loop, mounts
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the bench mounts a loop-backed scratch store: needs root")
 
 
-def test_quick_bench_writes_json_and_report(tmp_path: pathlib.Path) -> None:
+def _leftovers(base: pathlib.Path) -> list[str]:
+    """Mounts and loop devices of the scratch space `base` (other processes' are not counted)."""
+    devices = [str(d) for d in pathlib.Path("/sys/block").glob("loop*")
+               if (loop.backing_file(d.name) or "").startswith(f"{base}/")]
+    return mounts.mounts_under(base) + devices
+
+
+def test_quick_bench_writes_json_and_report(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "report"
-    before = set(mounts.mounts_under("/var/tmp"))
-    result = CliRunner().invoke(bench_command, ["--quick", "--driver", "vfs", "--driver", "overlay2", "--out", str(out)])
+    scratches: list[Scratch] = []
+    enter = Scratch.__enter__
+    monkeypatch.setattr(Scratch, "__enter__", lambda self: scratches.append(self) or enter(self))
+    args = ["--quick", "--driver", "vfs", "--driver", "overlay2", "--out", str(out)]
+    result = CliRunner().invoke(bench_command, args)
     assert result.exit_code == 0, result.output
-    assert set(mounts.mounts_under("/var/tmp")) == before, "the bench left mounts behind"
+    assert not _leftovers(scratches[0].base), "the bench left mounts or loop devices behind"
+    assert not scratches[0].base.exists()
 
     data = json.loads((out / "report.json").read_text())
     assert data["scale"] == "quick"
@@ -37,6 +57,12 @@ def test_quick_bench_writes_json_and_report(tmp_path: pathlib.Path) -> None:
         assert point["min"] <= point["median"] <= point["max"] and point["n"] == len(point["samples"])
     assert any(v["subject"] == "vfs" and v["status"] in ("confirmed", "not confirmed") for v in cost["verdicts"])
     assert "thin pools are devicemapper's" in data["experiments"][keys.index("thin_pool")]["skipped"]["vfs"]
+    assert keys[-1] == "walk" and "vfs" in data["experiments"][-1]["series"]
+    if "overlay2" in data["subjects"]:  # overlay2's baselines ran in their experiments only
+        deep = data["experiments"][keys.index("deep_layers")]
+        assert "overlayfs" in deep["series"] and not deep["errors"]
+        assert "overlayfs" not in data["experiments"][0]["series"]
+        assert "overlay2@xfs" in data["subjects"] or "overlay2@xfs" in data["unavailable"]
 
     report = (out / "report.md").read_text()
     assert report.startswith("# cowstore bench report") and "`--scale quick`" in report
@@ -46,16 +72,38 @@ def test_quick_bench_writes_json_and_report(tmp_path: pathlib.Path) -> None:
             assert experiment["plot"] and (out / experiment["plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_baselines_of_devicemapper_and_btrfs_run_and_leave_nothing() -> None:
+    """loop-lvm, loop-dio and btrfs-plain in experiment 4, btrfs-cli in experiment 1, without their drivers."""
+    wanted = ["loop-lvm", "loop-dio"] + (["btrfs-plain", "btrfs-cli"] if shutil.which("mkfs.btrfs") else [])
+    with Scratch(3 * 2**30) as scratch:
+        ctx = Context(Scale.QUICK, ImageCache(scratch.path("images")), scratch, log=lambda message: None)
+        subjects = [NativeSubject(scratch.path("native"))]
+        try:
+            subjects += [BASELINES[name].open(scratch) for name in wanted]
+            results = [run_experiment(experiment, subjects, ctx) for experiment in (SeqWrite(), ContainerCost())]
+        finally:
+            for subject in reversed(subjects):
+                subject.close()
+    assert not _leftovers(scratch.base) and not scratch.base.exists()
+    seq, cost = results
+    assert not seq.errors and not cost.errors
+    assert {"native", "loop-lvm", "loop-dio"} <= set(seq.subjects())
+    assert all(seq.median(s, "cold_mb_s", 64) for s in seq.subjects())
+    if "btrfs-cli" in wanted:
+        assert cost.subjects() == ["btrfs-cli"] and cost.median("btrfs-cli", "disk_kib", 5) is not None
+
+
 def test_adjtimex_readings_are_parsed_to_milliseconds() -> None:
     """The docker copy-up figure comes from busybox adjtimex output printed inside the container."""
     from cowstore.app.bench.experiments.copy_up import _adjtimex_ms
 
-    one = "    mode:         0\n    time.tv_sec:  100\n    time.tv_usec: 250\n    return value: 5 (clock not synchronized)\n"
+    one = ("    mode:         0\n    time.tv_sec:  100\n    time.tv_usec: 250\n"
+           "    return value: 5 (clock not synchronized)\n")
     two = one.replace("250", "1250").replace("100", "101")
     assert _adjtimex_ms(one + two) == [100_000.25, 101_001.25]
 
 
-def test_full_scale_has_the_issues_sizes_and_quick_is_smallest() -> None:
+def test_full_scale_has_the_largest_sizes_and_quick_is_smallest() -> None:
     """Without running: `full` reaches 1000 containers, 1 GiB copy-up and 500 layers; no scale shrinks a point set."""
     points = {e.key: {scale: e.points(scale) for scale in Scale} for e in ALL}
     assert max(points["container_cost"][Scale.FULL]) == 1000

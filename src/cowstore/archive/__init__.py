@@ -27,7 +27,17 @@ _HOMES = {
     "TarReader": "tarstream",
 }
 
-__all__ = sorted(_HOMES)
+__all__ = [
+    "Change",
+    "Limits",
+    "TarEntry",
+    "TarReader",
+    "apply_layer",
+    "changes_dirs",
+    "changes_size",
+    "export_changes",
+    "tar_directory",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 
@@ -11,6 +12,7 @@ import pytest
 from cowstore.drivers import open_driver
 from cowstore.errors import NotSupported
 from cowstore.store import warnings
+from cowstore.units import human_size
 
 OPTIONS = {"dm.loopdatasize": "1G", "dm.loopmetadatasize": "64M", "dm.basesize": "256M", "dm.fs": "ext4",
            "dm.server_cgroup": ""}
@@ -65,6 +67,23 @@ def test_status_fields(driver):
     assert status["Base Device Size"] == "268.4MB"
     assert status["Data Space Total"] == "1.074GB"
     assert any("loopback" in warning for warning in warnings(driver.name, driver.status()))
+
+
+def test_pool_usage_is_status_unrounded_and_counts_written_blocks(driver):
+    before = driver.pool_usage()
+    assert before.block_size == 64 * 1024 and before.data_total == 1 << 30
+    assert 0 < before.metadata_used <= before.metadata_total
+    driver.create("img", None)
+    root = driver.get("img")
+    try:
+        with open(root / "f", "wb") as fh:
+            fh.write(os.urandom(1 << 20))
+            os.fsync(fh.fileno())
+    finally:
+        driver.put("img")
+    after = driver.pool_usage()
+    assert after.data_used - before.data_used >= 1 << 20
+    assert dict(driver.status())["Data Space Used"] == human_size(after.data_used)
 
 
 def test_rollback_of_unfinished_transaction(driver, tmp_path):

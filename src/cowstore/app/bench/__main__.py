@@ -1,4 +1,4 @@
-"""`python -m cowstore.bench`: the same command as `cowstore bench`."""
+"""`python -m cowstore.app.bench`: the same command as `cowstore bench`."""
 
 from cowstore.app.bench import bench_command
 

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import pathlib
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import click
 from rich.console import Console
 
 from cowstore.app.bench import report
+from cowstore.app.bench.baselines import BASELINES
 from cowstore.app.bench.experiments import ALL, Context, Result
 from cowstore.app.bench.images import ImageCache
 from cowstore.app.bench.peers import PEERS, open_peer
@@ -24,7 +27,8 @@ from cowstore.errors import CowstoreError, NotSupported
 
 GIB = 1024**3
 # The sparse ext4 every subject shares: `full` holds 1 GiB copy-up images in every store at
-# once and 1000 vfs containers (two copies of the base image each).
+# once and 1000 vfs containers (two copies of the base image each); the baselines' own
+# filesystems are sparse files in it too.
 _SCRATCH_GIB = {Scale.QUICK: 4, Scale.STANDARD: 32, Scale.FULL: 64}
 
 
@@ -33,26 +37,31 @@ def _split(values: tuple[str, ...]) -> list[str]:
 
 
 @contextlib.contextmanager
-def _subjects(scratch: Scratch, drivers: list[str], peers: list[str],
+def _subjects(scratch: Scratch, drivers: list[str], baselines: set[str], peers: list[str],
               unavailable: dict[str, str], log: Callable[[str], None]) -> Iterator[list[Subject]]:
-    """Open every subject that can run here; close them all, in reverse, on any exit."""
+    """Open every subject that can run here (a baseline only if its driver did); close them
+    all, in reverse, on any exit."""
     opened: list[Subject] = []
+
+    def attempt(name: str, opener: Callable[[], Subject]) -> None:
+        log(f"opening {name}")
+        try:
+            opened.append(opener())
+        except NotSupported as exc:
+            unavailable[name] = str(exc)
+        except (CowstoreError, OSError) as exc:
+            unavailable[name] = f"failed to open: {exc}"
+
     try:
         for name in drivers:
-            log(f"opening driver {name}")
-            try:
-                opened.append(DriverSubject(name, scratch))
-            except NotSupported as exc:
-                unavailable[name] = str(exc)
-            except (CowstoreError, OSError) as exc:
-                unavailable[name] = f"failed to open: {exc}"
-        opened.append(NativeSubject(scratch))
+            attempt(name, functools.partial(DriverSubject, name, scratch.path(f"store-{name}")))
+        opened.append(NativeSubject(scratch.path("native")))
+        running = {s.name for s in opened}
+        for baseline in BASELINES.values():
+            if baseline.name in baselines and baseline.driver in running:
+                attempt(baseline.name, functools.partial(baseline.open, scratch))
         for name in peers:
-            log(f"opening peer {name}")
-            try:
-                opened.append(open_peer(name, scratch))
-            except (CowstoreError, OSError) as exc:
-                unavailable[name] = str(exc)
+            attempt(name, functools.partial(open_peer, name, scratch))
         yield opened
     finally:
         for subject in reversed(opened):
@@ -67,7 +76,7 @@ def _subjects(scratch: Scratch, drivers: list[str], peers: list[str],
               help="Driver to measure (repeatable, or comma-separated); default: every driver that opens here.")
 @click.option("--scale", "scale_name", type=click.Choice([s.value for s in Scale]), default=None,
               help="Sizes: quick (under 2 minutes), standard (the default, ~10-25 minutes here), "
-                   "full (the issue's: 1000 containers, 1 GiB copy-up, 500 layers; hours).")
+                   "full (1000 containers, 1 GiB copy-up, 500 layers; hours).")
 @click.option("--quick", is_flag=True, help="Same as --scale quick.")
 @click.option("--compare", "compare", default="", metavar="PEERS",
               help="Peers to measure side by side, e.g. podman,docker (skipped with a reason when absent).")
@@ -78,7 +87,8 @@ def _subjects(scratch: Scratch, drivers: list[str], peers: list[str],
               help=f"Run only these experiments ({', '.join(e.key for e in ALL)}).")
 def bench_command(drivers: tuple[str, ...], scale_name: str | None, quick: bool, compare: str, out: pathlib.Path,
                   only: tuple[str, ...]) -> None:
-    """Measure the talk's claims per driver, on a scratch store, and write a report."""
+    """Measure the claims of the talk "Deep dive into Docker storage drivers" per driver, on a scratch
+    store, against baselines, and write a report."""
     if quick and scale_name not in (None, Scale.QUICK):
         raise click.BadParameter(f"--quick contradicts --scale {scale_name}", param_hint="--quick")
     scale = Scale.QUICK if quick else Scale(scale_name or Scale.STANDARD)
@@ -105,11 +115,12 @@ def bench_command(drivers: tuple[str, ...], scale_name: str | None, quick: bool,
 
     unavailable: dict[str, str] = {}
     results: list[Result] = []
-    run = {"created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "scale": scale.value,
-           "host": report.host_facts()}
+    created = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    run: dict[str, Any] = {"created": created, "scale": scale.value, "host": report.host_facts()}
     with interrupts_as_exceptions(), Scratch(_SCRATCH_GIB[scale] * GIB) as scratch:
         log(f"scratch store in {scratch.base} on {scratch.backing}")
-        with _subjects(scratch, chosen, peers, unavailable, log) as subjects:
+        baselines = {name for experiment in experiments for name in experiment.baselines}
+        with _subjects(scratch, chosen, baselines, peers, unavailable, log) as subjects:
             ctx = Context(scale=scale, images=ImageCache(scratch.path("images")), scratch=scratch, log=log)
             for experiment in experiments:
                 result = run_experiment(experiment, subjects, ctx)

@@ -10,7 +10,7 @@ Docker has no "mount" command: `docker create` prepares the container's layers b
 overlay is mounted only while the container runs. So the docker subject is not
 `mountable`; experiments measure what it does honestly (create alone, or work done
 inside `docker run`) and say so. Its containerd shims double-fork: a
-:class:`~cowstore.bench.reaper.Subreaper` collects them, and close() kills any the
+:class:`~cowstore.app.bench.reaper.Subreaper` collects them, and close() kills any the
 daemon left behind.
 """
 
@@ -20,15 +20,13 @@ import contextlib
 import os
 import pathlib
 import shutil
-import statistics
 import subprocess
-import tempfile
 import time
 from collections.abc import Sequence
 
+from cowstore.app.bench.cli_peer import CliPeer, short_run_dir
 from cowstore.app.bench.reaper import Subreaper
 from cowstore.app.bench.scratch import Scratch
-from cowstore.app.bench.subjects import Subject, Usage, fs_usage
 from cowstore.errors import CowstoreError, NotSupported, Unavailable
 from cowstore.host import fsutil, mounts
 
@@ -46,10 +44,9 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else ""
 
 
-class DockerSubject(Subject):
+class DockerSubject(CliPeer):
     """Docker 20.10 (dockerd + containerd + runc) with its overlay2 driver, private to this run."""
 
-    kind = "peer"
     mountable = False
 
     def __init__(self, scratch: Scratch, driver: str = "overlay2") -> None:
@@ -59,9 +56,9 @@ class DockerSubject(Subject):
                                "apt-get install docker.io")
         self.name = f"docker-{driver}"
         self.driver = driver
-        self.data_root = scratch.path("docker")
+        self.data_root = self.storage = scratch.path("docker")
         self.state = scratch.path("docker-state")
-        self.exec_root = pathlib.Path(tempfile.mkdtemp(prefix="cbd-", dir="/run" if os.access("/run", os.W_OK) else None))
+        self.exec_root = short_run_dir("cbd-")
         self.socket = self.state / "docker.sock"
         if len(str(self.socket)) > 100:
             self.socket = self.exec_root / "docker.sock"
@@ -72,7 +69,7 @@ class DockerSubject(Subject):
         try:
             self._start(daemon)
             self.version = self._run("version", "--format", "{{.Server.Version}}")
-            self.floor_ms = self._floor()
+            self.floor_ms = self._floor("--format", "{{.Server.Version}}")
         except BaseException:
             self.close()
             raise
@@ -112,17 +109,9 @@ class DockerSubject(Subject):
         result = self._call(*args)
         self.reaper.reap()
         if result.returncode != 0:
-            raise DockerError(f"docker {args[0]} failed: {_last_line(result.stderr or result.stdout) or result.returncode}")
+            reason = _last_line(result.stderr or result.stdout) or result.returncode
+            raise DockerError(f"docker {args[0]} failed: {reason}")
         return result.stdout.strip()
-
-    def _floor(self) -> float:
-        """Median of an API round trip that touches no storage: what every docker figure includes."""
-        samples = []
-        for _ in range(3):
-            start = time.perf_counter()
-            self._run("version", "--format", "{{.Server.Version}}")
-            samples.append((time.perf_counter() - start) * 1000)
-        return statistics.median(samples)
 
     def describe(self) -> str:
         runtime = self._run("info", "--format", "{{.DefaultRuntime}}")
@@ -134,31 +123,13 @@ class DockerSubject(Subject):
         """`docker import` of the layer tar: the same one-layer image every subject imports."""
         return self._run("import", str(tar), f"cowstore-bench/{tar.stem}:latest")
 
-    def drop_image(self, image: str) -> None:
-        self._run("rmi", "-f", image)
-
-    def create(self, image: str, name: str) -> str:
-        return self._run("create", "--network", "none", "--name", name, image, "/bin/sh")
-
     def run(self, image: str, argv: Sequence[str], name: str | None = None) -> str:
         """Run `argv` in a new container to completion; kept as `name` when given, else removed."""
         keep = ["--name", name] if name else ["--rm"]
         return self._run("run", *keep, "--network", "none", image, *argv)
 
-    def remove(self, container: str) -> None:
-        self._run("rm", "-f", container)
-
-    def changes(self, container: str) -> int:
-        return len(self._run("diff", container).splitlines())
-
     def commit(self, container: str) -> str:
         return self._run("commit", container)
-
-    def drop_commit(self, image: str) -> None:
-        self._run("rmi", "-f", image)
-
-    def usage(self) -> Usage:
-        return fs_usage(self.data_root)
 
     def close(self) -> None:
         """Stop the daemon (SIGTERM, then SIGKILL), end its helpers, undo its mounts; never raises."""

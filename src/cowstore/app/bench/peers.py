@@ -3,23 +3,20 @@
 Each peer keeps its storage in the scratch space (`--root`), never in the system's
 store. Every per-command figure of a peer includes one CLI round trip, so the run
 also measures that floor (`podman version`) and reports it beside the results. The
-docker peer, which has to start and stop a daemon, lives in `cowstore.bench.docker_peer`.
+docker peer, which has to start and stop a daemon, lives in `cowstore.app.bench.docker_peer`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import pathlib
 import shutil
-import statistics
 import subprocess
-import tempfile
-import time
 
+from cowstore.app.bench.cli_peer import CliPeer, short_run_dir
 from cowstore.app.bench.docker_peer import DockerSubject
 from cowstore.app.bench.scratch import Scratch
-from cowstore.app.bench.subjects import Subject, Usage, fs_usage
+from cowstore.app.bench.subjects import Subject
 from cowstore.errors import NotSupported, Unavailable
 from cowstore.host import fsutil, mounts
 
@@ -30,10 +27,8 @@ class PeerError(Unavailable):
     """A peer command failed."""
 
 
-class PodmanSubject(Subject):
+class PodmanSubject(CliPeer):
     """podman (containers/storage, its overlay driver) on a private root in the scratch space."""
-
-    kind = "peer"
 
     def __init__(self, scratch: Scratch, driver: str = "overlay") -> None:
         self.exe = shutil.which("podman")
@@ -41,9 +36,9 @@ class PodmanSubject(Subject):
             raise NotSupported("podman is not installed (apt-get install podman)")
         self.name = f"podman-{driver}"
         self.driver = driver
-        self.root = scratch.path("podman")
+        self.root = self.storage = scratch.path("podman")
         # podman refuses a runroot longer than 50 characters: keep it short, under /run.
-        self.runroot = pathlib.Path(tempfile.mkdtemp(prefix="cb-", dir="/run" if os.access("/run", os.W_OK) else None))
+        self.runroot = short_run_dir("cb-")
         self._images = 0
         self.floor_ms = self._floor()
 
@@ -56,15 +51,6 @@ class PodmanSubject(Subject):
             raise PeerError(f"podman {args[0]} failed: {lines[-1] if lines else result.returncode}")
         return result.stdout.strip()
 
-    def _floor(self) -> float:
-        """Median of an API-free round trip: what every podman figure includes."""
-        samples = []
-        for _ in range(3):
-            start = time.perf_counter()
-            self._run("version")
-            samples.append((time.perf_counter() - start) * 1000)
-        return statistics.median(samples)
-
     def describe(self) -> str:
         version = self._run("version", "--format", "{{.Client.Version}}")
         return (f"podman {version}, --storage-driver {self.driver}, root on {fsutil.backing_fs(self.root)}; "
@@ -76,32 +62,14 @@ class PodmanSubject(Subject):
         self._run("import", "-q", str(tar), tag)
         return tag
 
-    def drop_image(self, image: str) -> None:
-        self._run("rmi", "-f", image)
-
-    def create(self, image: str, name: str) -> str:
-        return self._run("create", "--network", "none", "--name", name, image, "/bin/sh")
-
     def mount(self, container: str) -> pathlib.Path:
         return pathlib.Path(self._run("mount", container))
 
     def unmount(self, container: str) -> None:
         self._run("unmount", container)
 
-    def remove(self, container: str) -> None:
-        self._run("rm", "-f", container)
-
-    def changes(self, container: str) -> int:
-        return len(self._run("diff", container).splitlines())
-
     def commit(self, container: str) -> str:
         return self._run("commit", "-q", container)
-
-    def drop_commit(self, image: str) -> None:
-        self._run("rmi", "-f", image)
-
-    def usage(self) -> Usage:
-        return fs_usage(self.root)
 
     def close(self) -> None:
         try:

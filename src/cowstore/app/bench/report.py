@@ -18,12 +18,13 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from cowstore.app.bench.experiments import PEER_EXPERIMENTS, Result
+from cowstore.app.bench.experiments import ALL, PEER_EXPERIMENTS, Result
 from cowstore.app.bench.stats import fmt, summarize
 
 FORMAT_VERSION = 1
 _STATUS_MARK = {"confirmed": "✅ confirmed", "not confirmed": "❌ not confirmed",
-                "not claimed": "➖ not claimed", "measured": "📏 measured"}
+                "not claimed": "➖ not claimed", "measured": "📏 measured",
+                "met": "🎯 target met", "missed": "🔻 target missed"}
 
 
 def host_facts() -> dict[str, Any]:
@@ -93,7 +94,7 @@ def _plot(result: Result, path: pathlib.Path) -> bool:
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 4), squeeze=False)
     subjects = result.subjects()
     numeric = all(isinstance(p, int) for p in result.points)
-    for ax, metric in zip(axes[0], metrics):
+    for ax, metric in zip(axes[0], metrics, strict=True):
         for index, subject in enumerate(subjects):
             points = result.measured_points(subject, metric.key)
             stats = [result.summary(subject, metric.key, p) for p in points]
@@ -185,7 +186,7 @@ def markdown(run: dict[str, Any], results: Sequence[Result], plots: dict[str, st
         for subject, error in r.errors.items():
             lines.append(f"- ⚠️ **{subject}** failed {error}")
         lines += [f"- note: {n}" for n in r.notes]
-    lines += ["", "## 10. Peers", ""]
+    lines += ["", f"## {len(ALL) + 1}. Peers", ""]
     if peers:
         lines += ["Ratios of medians, cowstore / peer (below 1: cowstore is faster or smaller).", "",
                   "| experiment | metric | x | driver | peer | driver median | peer median | ratio |",

@@ -3,9 +3,10 @@
 For each round and each point every subject takes one sample, and the order of the
 subjects rotates from round to round: a burst of load from another process then hits
 all of them alike instead of one whole series, so the ratios between subjects hold on
-a noisy machine. A subject that fails is recorded with the error and dropped from the
-experiment; the run goes on with the others (a bench must report, not crash). Ctrl-C
-and SIGTERM are not failures: they propagate so the caller can clean up.
+a noisy machine. A baseline takes part only where the experiment lists it. A subject
+that fails is recorded with the error and dropped from the experiment; the run goes on
+with the others (a bench must report, not crash). Ctrl-C and SIGTERM are not failures:
+they propagate so the caller can clean up.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ def run_experiment(experiment: Experiment, subjects: Sequence[Subject], ctx: Con
     active: list[Subject] = []
     try:
         for subject in subjects:
+            if subject.kind == "baseline" and subject.name not in experiment.baselines:
+                continue
             reason = experiment.supports(subject)
             if reason:
                 result.skipped[subject.name] = reason

@@ -5,7 +5,7 @@ equal terms: the host's root filesystem can be several times slower for small fi
 than a loop-mounted image of the same disk, and it carries other workers' dirty data.
 Nothing is kept: the user's store is never touched, and on exit (normal, exception,
 Ctrl-C or SIGTERM) every mount under the scratch dir is undone, the image's loop device
-detaches itself (util-linux sets autoclear on `mount -o loop`) and the dir is deleted.
+detaches itself (it is attached with autoclear) and the dir is deleted.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from __future__ import annotations
 import contextlib
 import pathlib
 import signal
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from types import FrameType
 from typing import Self
 
+from cowstore.app.bench.loopfs import LoopFilesystem
 from cowstore.errors import CowstoreError
 from cowstore.host import fsutil, mounts
 
@@ -34,6 +34,7 @@ class Scratch:
         self.base = pathlib.Path()
         self.root = pathlib.Path()
         self.backing = "unset"
+        self.filesystem: LoopFilesystem | None = None
         self._counter = 0
 
     def __enter__(self) -> Self:
@@ -49,22 +50,17 @@ class Scratch:
 
     def _mount_ext4(self) -> str:
         """Mount a sparse ext4 image on `root`; fall back to the plain dir, saying why."""
-        image = self.base / "backing.ext4"
-        with open(image, "wb") as fh:
-            fh.truncate(self.size)
-        steps = (["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", str(image)],
-                 ["mount", "-o", "loop,noatime", "-t", "ext4", str(image), str(self.root)])
-        for cmd in steps:
-            try:
-                result = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            except FileNotFoundError:
-                image.unlink()
-                return f"plain directory on {fsutil.backing_fs(self.root)} ({cmd[0]} not found)"
-            if result.returncode != 0:
-                image.unlink()
-                reason = (result.stderr or result.stdout).strip().splitlines()
-                return f"plain directory on {fsutil.backing_fs(self.root)} ({cmd[0]} failed: {reason[-1] if reason else '?'})"
-        return f"loop-mounted ext4 image of {self.size // 2**30} GiB ({image})"
+        try:
+            self.filesystem = LoopFilesystem(self.base / "backing.ext4", self.root, self.size)
+        except (CowstoreError, OSError) as exc:
+            return f"plain directory on {fsutil.backing_fs(self.root)} (no loop-mounted ext4: {exc})"
+        return f"loop-mounted ext4 image of {self.size // 2**30} GiB ({self.filesystem.image})"
+
+    @property
+    def image(self) -> pathlib.Path | None:
+        """The file behind the common backing, if it is one: its pages hold a second copy of
+        everything read or written on the backing, so a cold read must evict it too."""
+        return self.filesystem.image if self.filesystem is not None else None
 
     def path(self, name: str) -> pathlib.Path:
         """A new, empty directory on the common backing, unique within the run."""
@@ -85,6 +81,8 @@ class Scratch:
                 mounts.umount(point, 0)
             except CowstoreError:
                 mounts.umount(point)
+        if self.filesystem is not None:
+            self.filesystem.close()
         fsutil.remove_tree(self.base)
 
 

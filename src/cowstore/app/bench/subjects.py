@@ -1,21 +1,22 @@
-"""What the experiments measure: a cowstore driver, a peer engine, or a plain directory.
+"""What the experiments measure: a cowstore driver, a peer engine, a plain directory, or a baseline.
 
-Experiments 1, 2, 6 and 9 speak only the small container API of :class:`Subject`
-(import an image, create, mount, change, commit), so the same code measures cowstore
-drivers and the peers (`cowstore.bench.peers`). The other experiments need the layer
-store or the driver itself and run on :class:`DriverSubject` only; :class:`NativeSubject`
-is the no-copy-on-write baseline: a plain directory on the same backing filesystem.
+Most experiments speak only the small container API of :class:`Subject` (import an
+image or stack a layer, create, mount, change, commit), so the same code measures
+cowstore drivers, the peers (`cowstore.app.bench.peers`) and the baselines that stand
+in for a driver (`cowstore.app.bench.baselines`). :class:`PlainSubject` is a plain
+directory, written to directly: :class:`NativeSubject`, the no-copy-on-write baseline
+on the common backing, is one.
 """
 
 from __future__ import annotations
 
-import abc
 import os
 import pathlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import BinaryIO
 
-from cowstore.app.bench.scratch import Scratch
+from cowstore.archive import changes_dirs
 from cowstore.drivers import Driver, open_driver
 from cowstore.host import fsutil
 from cowstore.host.fsutil import syncfs
@@ -64,11 +65,11 @@ def docker_like_init(root: pathlib.Path) -> None:
         (root / name).touch()
 
 
-class Subject(abc.ABC):
+class Subject:
     """One thing measured side by side with the others."""
 
     name: str
-    kind: str  # "driver", "peer" or "native"
+    kind: str  # "driver", "peer", "native" or "baseline" (the reference for a driver, see baselines.py)
     # False for an engine that mounts a container only while it runs (docker): experiments
     # then change files with `run` instead of through a mount point.
     mountable: bool = True
@@ -76,10 +77,15 @@ class Subject(abc.ABC):
     def load_image(self, tar: pathlib.Path) -> str:
         raise NotImplementedError
 
+    def load_layer(self, stream: BinaryIO, parent: str | None) -> str:
+        """Stack one layer tar on `parent` (None: a base layer); drop it with drop_image."""
+        raise NotImplementedError
+
     def drop_image(self, image: str) -> None:
         raise NotImplementedError
 
-    def create(self, image: str, name: str) -> str:
+    def create(self, image: str, name: str, *, init: bool = True) -> str:
+        """A container of `image`; with `init`, under an `-init` layer as Docker makes one (where it can)."""
         raise NotImplementedError
 
     def mount(self, container: str) -> pathlib.Path:
@@ -108,8 +114,9 @@ class Subject(abc.ABC):
     def usage(self) -> Usage:
         raise NotImplementedError
 
-    def plain_dir(self) -> pathlib.Path:
-        """A directory without copy-on-write on the subject's backing (native only)."""
+    def storage_dir(self) -> pathlib.Path:
+        """The directory holding every file of the subject, backing files included: evicting
+        the page cache of everything below it makes the next read cold."""
         raise NotImplementedError
 
     def describe(self) -> str:
@@ -120,32 +127,57 @@ class Subject(abc.ABC):
 
 
 class DriverSubject(Subject):
-    """A cowstore driver with its own layer store in the scratch space."""
+    """A cowstore driver with its own layer store in `root`."""
 
     kind = "driver"
 
-    def __init__(self, name: str, scratch: Scratch, options: dict[str, str] | None = None) -> None:
-        self.name = name
-        self.root = scratch.path(f"store-{name}")
-        self.driver: Driver = open_driver(name, self.root / name, DRIVER_OPTIONS.get(name, {}) | (options or {}))
+    def __init__(self, driver: str, root: pathlib.Path, *, name: str | None = None) -> None:
+        self.name = name or driver
+        self.driver_name = driver
+        self.root = root
+        self._open()
+
+    def _open(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.driver: Driver = open_driver(self.driver_name, self.root / self.driver_name,
+                                          DRIVER_OPTIONS.get(self.driver_name, {}))
         try:
             self.store = LayerStore(self.root, self.driver)
         except BaseException:
             self.driver.cleanup()
             raise
+        self._closed = False
+
+    def _close_store(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.store.close()
+        finally:
+            self.driver.cleanup()
+
+    def reopen(self) -> None:
+        """Close the store and the driver, then open both on the same root: a daemon restart.
+        Unmount the subject's containers first."""
+        self._close_store()
+        self._open()
 
     def describe(self) -> str:
-        return f"cowstore {self.name} driver, home on {fsutil.backing_fs(self.driver.home)}"
+        return f"cowstore {self.driver_name} driver, home on {fsutil.backing_fs(self.driver.home)}"
 
     def load_image(self, tar: pathlib.Path) -> str:
         with open(tar, "rb") as stream:
-            return self.store.register(stream, None).chain_id
+            return self.load_layer(stream, None)
+
+    def load_layer(self, stream: BinaryIO, parent: str | None) -> str:
+        return self.store.register(stream, parent).chain_id
 
     def drop_image(self, image: str) -> None:
         self.store.release(image)
 
-    def create(self, image: str, name: str) -> str:
-        self.store.create_rw(name, image, init=docker_like_init)
+    def create(self, image: str, name: str, *, init: bool = True) -> str:
+        self.store.create_rw(name, image, init=docker_like_init if init else None)
         return name
 
     def mount(self, container: str) -> pathlib.Path:
@@ -159,6 +191,22 @@ class DriverSubject(Subject):
 
     def changes(self, container: str) -> int:
         return len(self.store.rw_changes(container))
+
+    def naive_changes(self, container: str) -> int:
+        """The changes found by comparing the mounted container with its mounted parent tree:
+        what a driver without a native diff does, and the baseline a native diff must beat."""
+        rw = self.store.get_rw(container)
+        parent = rw.init_id or (self.store.get(rw.parent).cache_id if rw.parent else None)
+        root = self.store.mount(container)
+        try:
+            if parent is None:
+                return len(changes_dirs(root, None))
+            try:
+                return len(changes_dirs(root, self.driver.get(parent)))
+            finally:
+                self.driver.put(parent)
+        finally:
+            self.store.unmount(container)
 
     def commit(self, container: str) -> str:
         rw = self.store.get_rw(container)
@@ -180,24 +228,33 @@ class DriverSubject(Subject):
         skip = {self.driver.home.name, f"{self.driver.home.name}.img"}
         return Usage(home.bytes + _files_usage(self.root, skip), home.inodes)
 
+    def storage_dir(self) -> pathlib.Path:
+        return self.root
+
     def close(self) -> None:
-        try:
-            self.store.close()
-        finally:
-            self.driver.cleanup()
+        self._close_store()
 
 
-class NativeSubject(Subject):
-    """The baseline: a plain directory on the common backing, no copy-on-write at all."""
+class PlainSubject(Subject):
+    """A plain directory, no copy-on-write: experiments write their files into `dir` directly."""
+
+    dir: pathlib.Path
+
+    def storage_dir(self) -> pathlib.Path:
+        return self.dir
+
+    def usage(self) -> Usage:
+        return fs_usage(self.dir)
+
+
+class NativeSubject(PlainSubject):
+    """The baseline of every driver: a plain directory on the common backing."""
 
     kind = "native"
 
-    def __init__(self, scratch: Scratch) -> None:
+    def __init__(self, directory: pathlib.Path) -> None:
         self.name = "native"
-        self.dir = scratch.path("native")
+        self.dir = directory
 
     def describe(self) -> str:
         return f"native (plain directory on {fsutil.backing_fs(self.dir)})"
-
-    def plain_dir(self) -> pathlib.Path:
-        return self.dir

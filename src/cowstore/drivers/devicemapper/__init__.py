@@ -1,5 +1,5 @@
 """devicemapper: thin devices of one pool (`thinpool`), served as block devices by `server`."""
 
-from cowstore.drivers.devicemapper.driver import DeviceMapperDriver
+from cowstore.drivers.devicemapper.driver import DeviceMapperDriver, PoolUsage
 
-__all__ = ["DeviceMapperDriver"]
+__all__ = ["DeviceMapperDriver", "PoolUsage"]

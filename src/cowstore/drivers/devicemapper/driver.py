@@ -16,6 +16,7 @@ import os
 import pathlib
 import subprocess
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from cowstore.drivers.common.ids import check_id
@@ -28,6 +29,19 @@ from cowstore.errors import InvalidOption, LayerExists, LayerNotFound, MountErro
 from cowstore.host import fsutil, loop
 from cowstore.host.mounts import is_mountpoint, mount, umount
 from cowstore.units import human_size, parse_size
+
+_META_BLOCK = 4096  # the pool's metadata block size
+
+
+@dataclass(frozen=True)
+class PoolUsage:
+    """Bytes of the thin pool: data blocks in use and in all, metadata blocks likewise."""
+
+    data_used: int
+    data_total: int
+    metadata_used: int
+    metadata_total: int
+    block_size: int  # of a data block, the unit of allocation and copy-on-write
 
 
 class DeviceMapperDriver(NaiveDiffDriver):
@@ -218,11 +232,19 @@ class DeviceMapperDriver(NaiveDiffDriver):
         return {"DeviceId": str(info["device_id"]), "DeviceSize": str(info["size"]),
                 "DeviceName": self.devices.device_name(id)}
 
-    def status(self) -> list[tuple[str, str]]:
+    def pool_usage(self) -> PoolUsage:
+        """The pool's space in bytes, exact (status() rounds it for people): how much data and
+        metadata its blocks hold, e.g. to see that a write allocates and a discard frees."""
         st = self.client.call("status")
         bs = st["data_block_size"]
-        data_total, data_used = st["total_data_blocks"] * bs, st["used_data_blocks"] * bs
-        meta_total, meta_used = st["total_meta_blocks"] * 4096, st["used_meta_blocks"] * 4096
+        return PoolUsage(data_used=st["used_data_blocks"] * bs, data_total=st["total_data_blocks"] * bs,
+                         metadata_used=st["used_meta_blocks"] * _META_BLOCK,
+                         metadata_total=st["total_meta_blocks"] * _META_BLOCK, block_size=bs)
+
+    def status(self) -> list[tuple[str, str]]:
+        usage = self.pool_usage()
+        bs, data_total, data_used = usage.block_size, usage.data_total, usage.data_used
+        meta_total, meta_used = usage.metadata_total, usage.metadata_used
 
         def available(total: int, used: int, path: pathlib.Path) -> int:
             free = total - used
@@ -251,7 +273,7 @@ class DeviceMapperDriver(NaiveDiffDriver):
             ("Metadata Space Used", human_size(meta_used)),
             ("Metadata Space Total", human_size(meta_total)),
             ("Metadata Space Available", human_size(available(meta_total, meta_used, self.meta_file))),
-            ("Thin Pool Minimum Free Space", human_size(st["total_data_blocks"] * self.opts.min_free_pct // 100 * bs)),
+            ("Thin Pool Minimum Free Space", human_size(data_total // bs * self.opts.min_free_pct // 100 * bs)),
             ("Deferred Removal Enabled", "false"),
             ("Deferred Deletion Enabled", "false"),
             ("Deferred Deleted Device Count", "0"),

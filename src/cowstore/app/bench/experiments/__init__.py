@@ -1,7 +1,8 @@
-"""The experiments of `cowstore bench`, in report order; each tests one claim of the talk.
+"""The experiments of `cowstore bench`, in report order; each tests one claim of the talk
+"Deep dive into Docker storage drivers" and, for some drivers, cowstore's own targets.
 
-Peers (experiment 10 of the issue) are not an experiment of their own: experiments 1,
-2 and 6 measure them beside the drivers and the report gives the ratios.
+Peers are not an experiment of their own: experiments 1, 2 and 6 measure them beside
+the drivers, and the report's last section gives the ratios.
 """
 
 from cowstore.app.bench.experiments.base import Context, Experiment, Metric, Point, Result, Verdict
@@ -14,9 +15,10 @@ from cowstore.app.bench.experiments.page_cache import PageCache
 from cowstore.app.bench.experiments.seq_write import SeqWrite
 from cowstore.app.bench.experiments.thin_pool import ThinPool
 from cowstore.app.bench.experiments.vfs_linear import VfsLinear
+from cowstore.app.bench.experiments.walk import Walk
 
 ALL: tuple[Experiment, ...] = (ContainerCost(), CopyUp(), PageCache(), SeqWrite(), DeepLayers(), CommitDiff(),
-                               ThinPool(), BtrfsChunks(), VfsLinear())
+                               ThinPool(), BtrfsChunks(), VfsLinear(), Walk())
 PEER_EXPERIMENTS = ("container_cost", "copy_up", "commit_diff")
 
 __all__ = ["ALL", "PEER_EXPERIMENTS", "Context", "Experiment", "Metric", "Point", "Result", "Verdict"]

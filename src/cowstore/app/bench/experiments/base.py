@@ -2,15 +2,16 @@
 
 An experiment declares its points (the x axis: a container count, a file size, a
 chain depth or a named step), its metrics, and takes one sample of one subject at one
-point at a time, so the runner can interleave subjects and rounds. It then judges the
-talk's claim from the medians, per subject.
+point at a time, so the runner can interleave subjects and rounds. It then judges,
+per subject, the claim of the talk "Deep dive into Docker storage drivers" that it
+tests, and cowstore's own targets for a driver against that driver's baseline.
 """
 
 from __future__ import annotations
 
 import abc
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,11 +33,30 @@ class Metric:
 
 @dataclass(frozen=True)
 class Verdict:
-    """Whether this machine confirms the claim for one subject, and the figures why."""
+    """What the figures of one subject say, and which figures.
+
+    On a claim of the talk: "confirmed", "not confirmed", "not claimed" (the talk says
+    nothing of this subject) or "measured" (the experiment has no criterion). On one of
+    cowstore's own targets for a driver, set against a baseline of the same run: "met"
+    or "missed".
+    """
 
     subject: str
-    status: str  # "confirmed", "not confirmed" or "inconclusive"
+    status: str
     detail: str
+
+
+def judged(subject: str, expected: Mapping[str, str], found: str, detail: str) -> Verdict:
+    """The verdict on a claim that `subject` behaves as `expected[subject]` ("grows", "once"...),
+    where the figures show `found`; "not claimed" when the talk says nothing of `subject`."""
+    if subject not in expected:
+        return Verdict(subject, "not claimed", detail)
+    return Verdict(subject, "confirmed" if found == expected[subject] else "not confirmed", detail)
+
+
+def target(subject: str, ok: bool, detail: str) -> Verdict:
+    """The verdict on one of cowstore's targets for `subject`."""
+    return Verdict(subject, "met" if ok else "missed", detail)
 
 
 @dataclass
@@ -85,6 +105,24 @@ class Result:
         have = self.samples.get(subject, {}).get(metric, {})
         return [p for p in self.points if have.get(p)]
 
+    def ends(self, metric: str, least: int = 1) -> Iterator[tuple[str, Point, Point]]:
+        """(subject, first point, last point) of every subject with `least` or more points of `metric`."""
+        for subject in self.subjects():
+            points = self.measured_points(subject, metric)
+            if len(points) >= least:
+                yield subject, points[0], points[-1]
+
+    def ratio(self, subject: str, reference: str, metric: str, point: Point) -> float | None:
+        """The median of `subject` over that of `reference` at `point` (None: one is missing or zero)."""
+        mine, theirs = self.median(subject, metric, point), self.median(reference, metric, point)
+        return mine / theirs if mine is not None and theirs else None
+
+    def versus(self, subject: str, references: Sequence[str], metric: str, point: Point) -> str:
+        """` (0.74x loop-lvm, 0.58x loop-dio)`: the ratios to the references measured at `point`, or ""."""
+        ratios = ((ref, self.ratio(subject, ref, metric, point)) for ref in references)
+        shown = ", ".join(f"{r:.2f}x {ref}" for ref, r in ratios if r is not None)
+        return f" ({shown})" if shown else ""
+
 
 class Experiment(abc.ABC):
     """One claim of the talk, measured on every subject that supports it."""
@@ -94,6 +132,9 @@ class Experiment(abc.ABC):
     claim: str
     x_label: str
     metrics: tuple[Metric, ...]
+    # The baselines (see cowstore.app.bench.baselines) measured beside the drivers here;
+    # a baseline takes part in no other experiment.
+    baselines: tuple[str, ...] = ()
 
     def rounds(self, scale: Scale) -> int:
         return scale.pick(2, 3)
@@ -103,8 +144,8 @@ class Experiment(abc.ABC):
         """The x values, in the order they are measured."""
 
     def supports(self, subject: Subject) -> str | None:
-        """Why `subject` cannot take part (None: it can). Default: cowstore drivers only."""
-        return None if subject.kind == "driver" else "cowstore drivers only"
+        """Why `subject` cannot take part (None: it can). Default: cowstore drivers (and the baselines listed)."""
+        return None if subject.kind in ("driver", "baseline") else "cowstore drivers only"
 
     def limit(self, subject: Subject, state: Any, point: Point, scale: Scale) -> str | None:
         """Why `point` is not measured on `subject` (None: it is)."""
@@ -122,7 +163,7 @@ class Experiment(abc.ABC):
     def sample(self, subject: Subject, state: Any, point: Point, ctx: Context) -> dict[str, float]:
         """One measurement of every metric at `point`."""
 
-    def finish(self, subject: Subject, state: Any) -> None:
+    def finish(self, subject: Subject, state: Any) -> None:  # noqa: B027 - a hook: most prepare nothing
         """Undo prepare."""
 
     @abc.abstractmethod

@@ -24,8 +24,8 @@ from cowstore.app.bench.experiments.common import MIB
 from cowstore.app.bench.scale import Scale
 from cowstore.app.bench.subjects import Subject
 from cowstore.drivers import open_driver
-from cowstore.drivers.btrfs import BtrfsDriver, balance
-from cowstore.drivers.btrfs.space import BalanceError, allocation
+from cowstore.drivers.btrfs import BtrfsDriver, allocation, balance
+from cowstore.errors import ResourceExhausted
 from cowstore.host.fsutil import syncfs
 
 FILLED = "filled with data"
@@ -85,9 +85,9 @@ def _balance(driver: BtrfsDriver, small: pathlib.Path, created: int) -> int:
         try:
             balance(driver, 50)
             return deleted
-        except BalanceError:
+        except ResourceExhausted:  # the balance ran out of space part-way
             continue
-    raise BalanceError(f"balance kept failing with ENOSPC after deleting {deleted} of {created} small files")
+    raise ResourceExhausted(f"balance kept failing with ENOSPC after deleting {deleted} of {created} small files")
 
 
 class BtrfsChunks(Experiment):
@@ -161,6 +161,7 @@ class BtrfsChunks(Experiment):
             fixed = (again or 0) > 2 * (deleted or 0)
             verdicts.append(Verdict(subject, "confirmed" if trapped and fixed else "not confirmed",
                                     f"ENOSPC after {created:.0f} small files while df showed {free:.0f} MiB free; "
-                                    f"after deleting {deleted:.0f} of them the balance left {freed:.0f} MiB unallocated and "
-                                    f"{again:.0f} new files fit (of {2 * (deleted or 0) + 100:.0f} tried)"))
+                                    f"after deleting {deleted:.0f} of them the balance left {freed:.0f} MiB "
+                                    f"unallocated and {again:.0f} new files fit (of {2 * (deleted or 0) + 100:.0f} "
+                                    "tried)"))
         return verdicts

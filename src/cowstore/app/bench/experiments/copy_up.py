@@ -1,5 +1,9 @@
 """Experiment 2 — copy-up: the first open-for-write of a lower file of 1 MiB ... 1 GiB.
 
+overlay2 and aufs are measured a second time with their store on an xfs with reflink
+(`overlay2@xfs`, `aufs@xfs`), where a copy-up can share the lower file's extents
+instead of copying its bytes; aufs is also set against overlay2 on the same backing.
+
 An engine without a mount command (docker) is measured inside `docker run`: busybox
 `adjtimex` prints the wall clock to the microsecond around a `dd conv=notrunc` that opens
 the file for writing and writes 4 KiB, and around a read-only `dd` of the same file
@@ -11,16 +15,18 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from cowstore.app.bench.experiments.base import Context, Experiment, Metric, Point, Result, Verdict
+from cowstore.app.bench.experiments.base import Context, Experiment, Metric, Point, Result, Verdict, judged
 from cowstore.app.bench.experiments.common import MIB, Timer, container
 from cowstore.app.bench.images import BigFile
 from cowstore.app.bench.scale import Scale
-from cowstore.app.bench.subjects import Subject
+from cowstore.app.bench.subjects import PlainSubject, Subject
 
-# Which way the talk says each design goes: file-level union copies the whole file,
-# block-level and snapshotting drivers copy (at most) one block.
+# Which way each design goes in "Deep dive into Docker storage drivers": a file-level union
+# copies the whole file, block-level and snapshotting drivers copy (at most) one block.
 _EXPECTED = {"overlay": "grows", "overlay2": "grows", "aufs": "grows", "podman-overlay": "grows",
              "docker-overlay2": "grows", "btrfs": "flat", "devicemapper": "flat"}
+# aufs's reference on each backing: the kernel's overlayfs through the overlay2 driver.
+_REFERENCE = {"aufs": ("overlay2",), "aufs@xfs": ("overlay2@xfs",)}
 
 
 def _sizes(scale: Scale) -> list[int]:
@@ -68,6 +74,7 @@ class CopyUp(Experiment):
              "is copied up); block-level drivers copy one block.")
     x_label = "size of the lower file (MiB)"
     metrics = (Metric("open_ms", "first open-for-write + 4 KiB write", "ms"),)
+    baselines = ("overlay2@xfs", "aufs@xfs")
 
     def points(self, scale: Scale) -> list[Point]:
         return list(_sizes(scale))
@@ -84,8 +91,8 @@ class CopyUp(Experiment):
     def prepare(self, subject: Subject, ctx: Context) -> Any:
         big = [BigFile(f"big/{size}M", size * MIB) for size in _sizes(ctx.scale)]
         tar = ctx.images.get("copyup", big=big)
-        if subject.kind == "native":
-            directory = subject.plain_dir() / "copyup"
+        if isinstance(subject, PlainSubject):
+            directory = subject.dir / "copyup"
             directory.mkdir()
             for item in big:
                 with open(directory / os.path.basename(item.path), "wb") as fh:
@@ -94,7 +101,7 @@ class CopyUp(Experiment):
         return subject.load_image(tar)
 
     def sample(self, subject: Subject, state: Any, point: Point, ctx: Context) -> dict[str, float]:
-        if subject.kind == "native":
+        if isinstance(subject, PlainSubject):
             return {"open_ms": _open_for_write(state / f"{point}M")}
         if not subject.mountable:
             return {"open_ms": _open_in_run(subject, state, f"/big/{point}M")}
@@ -102,23 +109,16 @@ class CopyUp(Experiment):
             return {"open_ms": _open_for_write(root / "big" / f"{point}M")}
 
     def finish(self, subject: Subject, state: Any) -> None:
-        if subject.kind != "native":
+        if not isinstance(subject, PlainSubject):
             subject.drop_image(state)
 
     def judge(self, result: Result) -> list[Verdict]:
         verdicts = []
-        for subject in result.subjects():
-            points = result.measured_points(subject, "open_ms")
-            if len(points) < 2:
-                continue
-            small, big = (result.median(subject, "open_ms", p) or 0.0 for p in (points[0], points[-1]))
+        for subject, low, high in result.ends("open_ms", least=2):
+            small, big = (result.median(subject, "open_ms", p) or 0.0 for p in (low, high))
             growth = big / small if small else float("inf")
             shape = "grows" if growth > 5 else "flat"
-            detail = f"{small:.2f} ms at {points[0]} MiB, {big:.2f} ms at {points[-1]} MiB ({growth:.1f}x): {shape}"
-            expected = _EXPECTED.get(subject)
-            if expected is None:
-                status = "not claimed"
-            else:
-                status = "confirmed" if shape == expected else "not confirmed"
-            verdicts.append(Verdict(subject, status, detail))
+            versus = result.versus(subject, _REFERENCE.get(subject, ()), "open_ms", high)
+            detail = f"{small:.2f} ms at {low} MiB, {big:.2f} ms at {high} MiB ({growth:.1f}x){versus}: {shape}"
+            verdicts.append(judged(subject, _EXPECTED, shape, detail))
         return verdicts

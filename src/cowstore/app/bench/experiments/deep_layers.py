@@ -1,9 +1,11 @@
 """Experiment 5 — deep layers: mount, lookup and read of a bottom-layer file as the chain grows.
 
 The container here has no `-init` layer: it plays no part in a bottom-layer lookup, and
-it would take one of the kernel's 500 overlay lowers, so overlay2 could not reach the
-issue's 500 image layers. Each depth is probed once (create + mount) before the rounds:
-a depth the driver refuses is reported as a limit with the driver's reason, not an error.
+it would take one of the kernel's 500 overlay lowers, so overlay2 could not reach 500
+image layers. Each depth is probed once (create + mount) before the rounds: a depth
+the driver refuses is reported as a limit with the driver's reason, not an error. The
+`overlayfs` baseline mounts the same layers with mount(2) alone, so overlay2's figures
+can be split into the kernel's share and the driver's.
 """
 
 from __future__ import annotations
@@ -14,13 +16,16 @@ import tarfile
 from dataclasses import dataclass, field
 from typing import Any
 
-from cowstore.app.bench.experiments.base import Context, Experiment, Metric, Point, Result, Verdict
-from cowstore.app.bench.experiments.common import Timer, unique
+from cowstore.app.bench.experiments.base import Context, Experiment, Metric, Point, Result, Verdict, target
+from cowstore.app.bench.experiments.common import Timer, container
 from cowstore.app.bench.scale import Scale
-from cowstore.app.bench.subjects import DriverSubject, Subject
+from cowstore.app.bench.subjects import Subject
 from cowstore.errors import CowstoreError
 
 _BOTTOM = 64 * 1024
+# cowstore's targets for mounting a container: (driver, chain depth, milliseconds at most).
+_MOUNT_TARGETS = (("overlay2", 1, 2.0), ("overlay2", 128, 5.0), ("aufs", 10, 50.0))
+_REFERENCES = {"overlay2": ("overlayfs",)}
 
 
 def _layer_tar(depth: int) -> io.BytesIO:
@@ -42,7 +47,7 @@ def _layer_tar(depth: int) -> io.BytesIO:
 
 @dataclass
 class _Chain:
-    chain_ids: dict[int, str] = field(default_factory=dict)  # depth -> chain id, measured depths
+    chain_ids: dict[int, str] = field(default_factory=dict)  # depth -> top layer, measured depths
     registered: list[str] = field(default_factory=list)  # every layer, bottom first (one ref each)
     stopped: str | None = None  # why the chain could not grow further
     refused: dict[int, str] = field(default_factory=dict)  # depth -> why no container mounts on it
@@ -56,6 +61,7 @@ class DeepLayers(Experiment):
     x_label = "image layers in the chain"
     metrics = (Metric("mount_ms", "mount of a container", "ms"),
                Metric("read_ms", "first stat + open + read of a bottom-layer file", "ms"))
+    baselines = ("overlayfs",)
 
     def points(self, scale: Scale) -> list[Point]:
         return scale.pick([1, 8, 32], [1, 16, 64, 128], [1, 16, 64, 128, 500])
@@ -68,13 +74,12 @@ class DeepLayers(Experiment):
         return f"chain stops at {len(state.registered)} layers: {state.stopped}"
 
     def prepare(self, subject: Subject, ctx: Context) -> Any:
-        assert isinstance(subject, DriverSubject)
         chain = _Chain()
         wanted = {p for p in self.points(ctx.scale) if isinstance(p, int)}
         parent = None
         for depth in range(1, max(wanted) + 1):
             try:
-                parent = subject.store.register(_layer_tar(depth), parent).chain_id
+                parent = subject.load_layer(_layer_tar(depth), parent)
                 chain.registered.append(parent)
             except CowstoreError as exc:
                 chain.stopped = str(exc)
@@ -83,7 +88,8 @@ class DeepLayers(Experiment):
                 chain.chain_ids[depth] = parent
         for depth in sorted(chain.chain_ids, reverse=True):
             try:
-                self._mount_once(subject, chain.chain_ids[depth])
+                with container(subject, chain.chain_ids[depth], "deep-probe", init=False):
+                    pass
             except CowstoreError as exc:
                 chain.refused[depth] = str(exc)
                 del chain.chain_ids[depth]
@@ -91,53 +97,45 @@ class DeepLayers(Experiment):
             break
         return chain
 
-    @staticmethod
-    def _mount_once(subject: DriverSubject, chain_id: str) -> None:
-        """Create and mount a container on `chain_id`, then undo it: does this depth work at all?"""
-        name = unique("deep-probe")
-        subject.store.create_rw(name, chain_id)
-        try:
-            subject.store.mount(name)
-            subject.store.unmount(name)
-        finally:
-            subject.store.remove_rw(name, force=True)
-
     def sample(self, subject: Subject, state: Any, point: Point, ctx: Context) -> dict[str, float]:
-        assert isinstance(subject, DriverSubject) and isinstance(point, int)
-        store = subject.store
-        name = unique("deep")
-        store.create_rw(name, state.chain_ids[point])
-        try:
-            with Timer() as mount_timer:
-                root = store.mount(name)
-            try:
-                with Timer() as read_timer:
-                    os.stat(root / "deep" / "bottom")
-                    with open(root / "deep" / "bottom", "rb") as fh:
-                        fh.read()
-            finally:
-                store.unmount(name)
-        finally:
-            store.remove_rw(name, force=True)
+        assert isinstance(point, int)
+        mount_timer = Timer()
+        with container(subject, state.chain_ids[point], "deep", init=False, mount_timer=mount_timer) as (_, root), \
+                Timer() as read_timer:
+            os.stat(root / "deep" / "bottom")
+            with open(root / "deep" / "bottom", "rb") as fh:
+                fh.read()
         return {"mount_ms": mount_timer.ms, "read_ms": read_timer.ms}
 
     def finish(self, subject: Subject, state: Any) -> None:
-        assert isinstance(subject, DriverSubject)
-        for chain_id in reversed(state.registered):
-            subject.store.release(chain_id)
+        for layer in reversed(state.registered):
+            subject.drop_image(layer)
 
     def judge(self, result: Result) -> list[Verdict]:
         verdicts = []
-        for subject in result.subjects():
-            points = result.measured_points(subject, "read_ms")
-            if len(points) < 2:
-                continue
-            low, high = points[0], points[-1]
+        for subject, low, high in result.ends("read_ms", least=2):
             parts = []
             for metric in ("mount_ms", "read_ms"):
                 a, b = result.median(subject, metric, low) or 0.0, result.median(subject, metric, high) or 0.0
-                parts.append(f"{metric} {a:.2f} -> {b:.2f} ms ({b / a if a else float('inf'):.1f}x)")
+                versus = result.versus(subject, _REFERENCES.get(subject, ()), metric, high)
+                parts.append(f"{metric} {a:.2f} -> {b:.2f} ms ({b / a if a else float('inf'):.1f}x){versus}")
             stop = result.limits.get(subject)
             suffix = f"; {next(iter(stop.values()))}" if stop else ""
             verdicts.append(Verdict(subject, "measured", f"{low} -> {high} layers: {', '.join(parts)}{suffix}"))
+        return verdicts + self._targets(result)
+
+    @staticmethod
+    def _targets(result: Result) -> list[Verdict]:
+        """Mount time against cowstore's targets, at the first depth measured at or beyond the
+        target's (the deepest measured when the scale stops short of it)."""
+        verdicts = []
+        for subject, depth, bound in _MOUNT_TARGETS:
+            points = result.measured_points(subject, "mount_ms")
+            if not points:
+                continue
+            at = min((p for p in points if isinstance(p, int) and p >= depth), default=points[-1])
+            ms = result.median(subject, "mount_ms", at) or 0.0
+            versus = result.versus(subject, _REFERENCES.get(subject, ()), "mount_ms", at)
+            verdicts.append(target(subject, ms <= bound, f"mount <= {bound:g} ms on a {depth}-layer chain: "
+                                                         f"{ms:.2f} ms on {at} layers{versus}"))
         return verdicts

@@ -1,26 +1,27 @@
-"""Experiment 7 — thin pool behaviour (devicemapper): allocation on first write, discard.
+"""Experiment 7 — thin pool behaviour (devicemapper): allocation on first write, discard, metadata.
 
 One container walks through the steps in order (one round): pool blocks in use after
 creating it, after each sequential write, after deleting the files, and after an
-explicit discard (FITRIM, what `fstrim` does) returns the blocks to the pool.
+explicit discard (FITRIM, what `fstrim` does) returns the blocks to the pool. Metadata
+grows with the blocks mapped; the store is also closed and opened again (a daemon
+restart: the pool server stops, then starts and loads the metadata) once with the pool
+nearly empty and once after the writes, to see what opening a pool costs as it fills.
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
-import struct
 from typing import Any
 
 from cowstore.app.bench.experiments.base import Context, Experiment, Metric, Point, Result, Verdict
-from cowstore.app.bench.experiments.common import MIB, unique, write_file
+from cowstore.app.bench.experiments.common import MIB, Timer, fstrim, unique, write_file
 from cowstore.app.bench.scale import Scale
 from cowstore.app.bench.subjects import DriverSubject, Subject
-from cowstore.errors import CowstoreError
+from cowstore.drivers.devicemapper import DeviceMapperDriver, PoolUsage
 from cowstore.host.fsutil import syncfs
 
-FITRIM = 0xC0185879
 CREATED = "container created"
+REOPENED = "store reopened"
 DELETED = "files deleted"
 TRIMMED = "after fstrim"
 
@@ -29,20 +30,9 @@ def _writes(scale: Scale) -> list[int]:
     return scale.pick([1, 16, 64], [1, 16, 256, 1024])
 
 
-def _pool_used(subject: DriverSubject) -> int:
-    client = getattr(subject.driver, "client", None)
-    if client is None:
-        raise CowstoreError("the devicemapper driver exposes no pool client to read usage from")
-    status = client.call("status")
-    return status["used_data_blocks"] * status["data_block_size"]
-
-
-def _fstrim(path: os.PathLike) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        fcntl.ioctl(fd, FITRIM, bytearray(struct.pack("QQQ", 0, 2**64 - 1, 0)))
-    finally:
-        os.close(fd)
+def _usage(subject: DriverSubject) -> PoolUsage:
+    assert isinstance(subject.driver, DeviceMapperDriver)
+    return subject.driver.pool_usage()
 
 
 class ThinPool(Experiment):
@@ -51,7 +41,9 @@ class ThinPool(Experiment):
     claim = ("devicemapper allocates pool blocks only when first written (thin), and discard returns "
              "freed blocks to the pool.")
     x_label = "step"
-    metrics = (Metric("pool_mib", "pool data in use (growth since the container was created)", "MiB"),)
+    metrics = (Metric("pool_mib", "pool data in use (growth since the container was created)", "MiB"),
+               Metric("meta_per_block", "pool metadata per data block mapped since then", "bytes"),
+               Metric("reopen_ms", "close and reopen the store (pool server restart)", "ms"))
 
     def rounds(self, scale: Scale) -> int:
         return 1
@@ -61,7 +53,7 @@ class ThinPool(Experiment):
         for size in _writes(scale):
             total += size
             steps.append(f"written {total} MiB")
-        return [*steps, DELETED, TRIMMED]
+        return [*steps, REOPENED, DELETED, TRIMMED]
 
     def supports(self, subject: Subject) -> str | None:
         return None if subject.name == "devicemapper" else "thin pools are devicemapper's"
@@ -71,24 +63,40 @@ class ThinPool(Experiment):
         image = subject.load_image(ctx.images.get("base"))
         name = unique("thin")
         subject.create(image, name)
-        return {"image": image, "name": name, "root": subject.mount(name), "base": 0, "files": 0}
+        return {"image": image, "name": name, "root": subject.mount(name), "base": None, "files": 0}
+
+    @staticmethod
+    def _reopen(subject: DriverSubject, state: Any) -> float:
+        """Milliseconds to close and reopen the store, the container unmounted around it."""
+        subject.unmount(state["name"])
+        with Timer() as timer:
+            subject.reopen()
+        state["root"] = subject.mount(state["name"])
+        return timer.ms
 
     def sample(self, subject: Subject, state: Any, point: Point, ctx: Context) -> dict[str, float]:
         assert isinstance(subject, DriverSubject)
         root = state["root"]
-        if point == CREATED:
-            state["base"] = _pool_used(subject)
+        figures: dict[str, float] = {}
+        if point in (CREATED, REOPENED):
+            figures["reopen_ms"] = self._reopen(subject, state)
+            if point == CREATED:
+                state["base"] = _usage(subject)
         elif point == DELETED:
             for i in range(state["files"]):
                 (root / "tmp" / f"thin{i}").unlink()
             syncfs(root)
         elif point == TRIMMED:
-            _fstrim(root)
+            fstrim(root)
         else:
             size = _writes(ctx.scale)[state["files"]]
             write_file(root / "tmp" / f"thin{state['files']}", size * MIB, os.urandom(MIB))
             state["files"] += 1
-        return {"pool_mib": (_pool_used(subject) - state["base"]) / MIB}
+        now, base = _usage(subject), state["base"]
+        grown = now.data_used - base.data_used
+        if point not in (CREATED, REOPENED, DELETED, TRIMMED) and grown > 0:
+            figures["meta_per_block"] = (now.metadata_used - base.metadata_used) / (grown / now.block_size)
+        return {**figures, "pool_mib": grown / MIB}
 
     def finish(self, subject: Subject, state: Any) -> None:
         subject.unmount(state["name"])
@@ -97,17 +105,20 @@ class ThinPool(Experiment):
 
     def judge(self, result: Result) -> list[Verdict]:
         verdicts = []
+        last = [p for p in result.points if isinstance(p, str) and p.startswith("written")][-1]
+        total = float(last.split()[1])
         for subject in result.subjects():
-            written = [p for p in result.points if isinstance(p, str) and p.startswith("written")]
-            values = {p: result.median(subject, "pool_mib", p) for p in result.points}
-            if any(v is None for v in values.values()):
+            pool = {p: result.median(subject, "pool_mib", p) for p in result.points}
+            meta = result.median(subject, "meta_per_block", last)
+            reopen = [result.median(subject, "reopen_ms", p) for p in (CREATED, REOPENED)]
+            written, deleted, trimmed = pool[last], pool[DELETED], pool[TRIMMED]
+            if written is None or deleted is None or trimmed is None or meta is None or None in reopen:
                 continue
-            last = written[-1]
-            total = float(last.split()[1])
-            thin = abs((values[last] or 0) - total) <= max(0.25 * total, 2)
-            returned = (values[TRIMMED] or 0) < 0.5 * (values[last] or 0)
-            status = "confirmed" if thin and returned else "not confirmed"
-            verdicts.append(Verdict(subject, status,
-                                    f"{values[last]:.1f} MiB of pool after writing {total:.0f} MiB; "
-                                    f"{values[DELETED]:.1f} MiB after deleting; {values[TRIMMED]:.1f} MiB after fstrim"))
+            thin = abs(written - total) <= max(0.25 * total, 2)
+            returned = trimmed < 0.5 * written
+            verdicts.append(Verdict(subject, "confirmed" if thin and returned else "not confirmed",
+                                    f"{written:.1f} MiB of pool after writing {total:.0f} MiB; {deleted:.1f} MiB "
+                                    f"after deleting; {trimmed:.1f} MiB after fstrim; {meta:.1f} bytes of metadata "
+                                    f"per mapped block; reopen {reopen[0]:.0f} ms nearly empty, "
+                                    f"{reopen[1]:.0f} ms with {written:.0f} MiB mapped"))
         return verdicts
