@@ -19,7 +19,7 @@ import os
 import struct
 import zlib
 from collections.abc import Callable, Iterator
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from cowstore.archive.apply import clean_name
 from cowstore.archive.tarstream import DIRECTORY, REGULAR, Limits, TarReader
@@ -35,7 +35,16 @@ class TarSplitError(Corrupt):
     """The stored layer no longer matches its recorded tar (files changed on disk)."""
 
 
-def _record(out: BinaryIO, tag: bytes, body: bytes) -> None:
+class _Payload(NamedTuple):
+    """Where a file's bytes sit in the spooled tar, and how to recognise them later."""
+
+    name: str
+    size: int
+    crc: int
+    offset: int
+
+
+def _record(out: gzip.GzipFile, tag: bytes, body: bytes) -> None:
     out.write(tag + struct.pack("<Q", len(body)) + body)
 
 
@@ -47,7 +56,7 @@ def disassemble(spool: BinaryIO, limits: Limits | None = None) -> bytes:
     as a file: it was overwritten by a later entry of the same name, its directory was
     replaced by a non-directory, or it lies under a whiteout name (never extracted).
     """
-    items: list[tuple[str, object]] = []
+    items: list[bytes | _Payload] = []  # raw segments and file payloads, in tar order
     pending = bytearray()
 
     def on_segment(raw: bytes) -> None:
@@ -58,7 +67,7 @@ def disassemble(spool: BinaryIO, limits: Limits | None = None) -> bytes:
     dirs: set[tuple[str, ...]] = set()
     for entry in reader:
         if pending:
-            items.append(("S", bytes(pending)))
+            items.append(bytes(pending))
             pending.clear()
         key = tuple(clean_name(entry.name, entry.name))
         files.pop(key, None)
@@ -71,23 +80,21 @@ def disassemble(spool: BinaryIO, limits: Limits | None = None) -> bytes:
             crc = 0
             for chunk in reader.read_payload():
                 crc = zlib.crc32(chunk, crc)
-            items.append(("F", (entry.name, entry.size, crc, offset)))
+            items.append(_Payload(entry.name, entry.size, crc, offset))
             if not any(part.startswith(WHITEOUT_PREFIX) for part in key):
                 files[key] = len(items) - 1
     if pending:
-        items.append(("S", bytes(pending)))
+        items.append(bytes(pending))
     keep_as_file = set(files.values())
     buf = io.BytesIO()
     with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as out:
-        for index, (kind, value) in enumerate(items):
-            if kind == "S":
-                _record(out, _SEGMENT, value)  # type: ignore[arg-type]
-                continue
-            name, size, crc, offset = value  # type: ignore[misc]
-            if index in keep_as_file:
-                _record(out, _FILE, struct.pack("<QI", size, crc) + os.fsencode(name))
+        for index, item in enumerate(items):
+            if isinstance(item, bytes):
+                _record(out, _SEGMENT, item)
+            elif index in keep_as_file:
+                _record(out, _FILE, struct.pack("<QI", item.size, item.crc) + os.fsencode(item.name))
             else:
-                _record_from(out, spool, offset, size)
+                _record_from(out, spool, item.offset, item.size)
     return buf.getvalue()
 
 
@@ -99,7 +106,7 @@ def _forget_below(key: tuple[str, ...], files: dict[tuple[str, ...], int], dirs:
     dirs.difference_update({d for d in dirs if d[:depth] == key})
 
 
-def _record_from(out: BinaryIO, spool: BinaryIO, offset: int, size: int) -> None:
+def _record_from(out: gzip.GzipFile, spool: BinaryIO, offset: int, size: int) -> None:
     """A segment record whose body is `size` bytes of the spool, copied in chunks."""
     out.write(_SEGMENT + struct.pack("<Q", size))
     spool.seek(offset)
