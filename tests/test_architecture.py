@@ -21,8 +21,14 @@ SRC = pathlib.Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "cowstore"
 MAX_MODULE_LINES = 600
 MAX_CLASS_LINES = 420
-DRIVER_FOLDERS = {"vfs": "vfs", "overlay2": "overlay", "overlay": "overlay", "btrfs": "btrfs", "aufs": "aufs",
-                  "devicemapper": "devicemapper"}
+DRIVER_FOLDERS = {
+    "vfs": "vfs",
+    "overlay2": "overlay",
+    "overlay": "overlay",
+    "btrfs": "btrfs",
+    "aufs": "aufs",
+    "devicemapper": "devicemapper",
+}
 
 
 def _modules() -> list[pathlib.Path]:
@@ -82,16 +88,27 @@ for name in driver_names():
 
 def test_cli_import_loads_neither_the_bench_nor_rich() -> None:
     done = _python(
-        "import sys, cowstore.cli\n"
-        "print(sorted(m for m in sys.modules if m.startswith(('cowstore.app', 'rich'))))"
+        "import sys, cowstore.cli\nprint(sorted(m for m in sys.modules if m.startswith(('cowstore.app', 'rich'))))"
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
 
 
 def test_no_comment_points_outside_the_repository() -> None:
-    phrases = ("the talk", "the issue", "issue #", "issue 1", "issue 2", "issue 3", "issue 4", "issue 5",
-               "issue 6", "issue 7", "issue 8", "issue 9")
+    phrases = (
+        "the talk",
+        "the issue",
+        "issue #",
+        "issue 1",
+        "issue 2",
+        "issue 3",
+        "issue 4",
+        "issue 5",
+        "issue 6",
+        "issue 7",
+        "issue 8",
+        "issue 9",
+    )
     found = [
         f"{p.relative_to(SRC)}:{i}"
         for p in _modules()

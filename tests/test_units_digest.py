@@ -9,7 +9,14 @@ from cowstore.units import human_size, parse_size
 
 @pytest.mark.parametrize(
     "text,value",
-    [("50M", 52_428_800), ("10G", 10 * 1024**3), ("64k", 65536), ("1024", 1024), ("1.5KiB", 1536), ("2gb", 2 * 1024**3)],
+    [
+        ("50M", 52_428_800),
+        ("10G", 10 * 1024**3),
+        ("64k", 65536),
+        ("1024", 1024),
+        ("1.5KiB", 1536),
+        ("2gb", 2 * 1024**3),
+    ],
 )
 def test_parse_size(text: str, value: int) -> None:
     assert parse_size(text) == value
@@ -21,7 +28,8 @@ def test_parse_size_rejects_garbage() -> None:
 
 
 @pytest.mark.parametrize(
-    "value,text", [(65536, "65.54kB"), (10 * 1024**3, "10.74GB"), (100 * 1024**3, "107.4GB"), (2 * 1024**3, "2.147GB"), (0, "0B")]
+    "value,text",
+    [(65536, "65.54kB"), (10 * 1024**3, "10.74GB"), (100 * 1024**3, "107.4GB"), (2 * 1024**3, "2.147GB"), (0, "0B")],
 )
 def test_human_size_matches_docker(value: int, text: str) -> None:
     assert human_size(value) == text
@@ -37,7 +45,9 @@ def test_chain_id_definition() -> None:
     assert chain_id(d1, d2) == sha256_bytes(f"{d1} {d2}".encode())
 
 
-@pytest.mark.parametrize("bad", ["sha256:../../x", "sha256:" + "A" * 64, "sha256:abc", "md5:" + "0" * 32, "", "sha256:" + "0" * 65])
+@pytest.mark.parametrize(
+    "bad", ["sha256:../../x", "sha256:" + "A" * 64, "sha256:abc", "md5:" + "0" * 32, "", "sha256:" + "0" * 65]
+)
 def test_bad_digests_rejected(bad: str) -> None:
     with pytest.raises(InvalidDigest):
         check_digest(bad)

@@ -29,8 +29,11 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the bench mounts a lo
 
 def _leftovers(base: pathlib.Path) -> list[str]:
     """Mounts and loop devices of the scratch space `base` (other processes' are not counted)."""
-    devices = [str(d) for d in pathlib.Path("/sys/block").glob("loop*")
-               if (loop.backing_file(d.name) or "").startswith(f"{base}/")]
+    devices = [
+        str(d)
+        for d in pathlib.Path("/sys/block").glob("loop*")
+        if (loop.backing_file(d.name) or "").startswith(f"{base}/")
+    ]
     return mounts.mounts_under(base) + devices
 
 
@@ -97,8 +100,10 @@ def test_adjtimex_readings_are_parsed_to_milliseconds() -> None:
     """The docker copy-up figure comes from busybox adjtimex output printed inside the container."""
     from cowstore.app.bench.experiments.copy_up import _adjtimex_ms
 
-    one = ("    mode:         0\n    time.tv_sec:  100\n    time.tv_usec: 250\n"
-           "    return value: 5 (clock not synchronized)\n")
+    one = (
+        "    mode:         0\n    time.tv_sec:  100\n    time.tv_usec: 250\n"
+        "    return value: 5 (clock not synchronized)\n"
+    )
     two = one.replace("250", "1250").replace("100", "101")
     assert _adjtimex_ms(one + two) == [100_000.25, 101_001.25]
 

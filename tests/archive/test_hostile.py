@@ -35,7 +35,15 @@ def fingerprint(root: pathlib.Path) -> dict[str, tuple]:
             elif stat.S_ISLNK(st.st_mode):
                 data = os.readlink(p)
             xattrs = () if stat.S_ISLNK(st.st_mode) else tuple(sorted(os.listxattr(p, follow_symlinks=False)))
-            result[os.path.relpath(p, root)] = (st.st_mode, st.st_uid, st.st_gid, st.st_nlink, data, xattrs, st.st_mtime_ns)
+            result[os.path.relpath(p, root)] = (
+                st.st_mode,
+                st.st_uid,
+                st.st_gid,
+                st.st_nlink,
+                data,
+                xattrs,
+                st.st_mtime_ns,
+            )
     return result
 
 
@@ -173,7 +181,9 @@ def test_12_symlink_replaced_by_file(env: Env) -> None:
 
 
 def test_13_symlink_loop(env: Env) -> None:
-    env.rejected(build(E("a", kind="symlink", target="b"), E("b", kind="symlink", target="a"), E("a/f")), "symbolic links")
+    env.rejected(
+        build(E("a", kind="symlink", target="b"), E("b", kind="symlink", target="a"), E("a/f")), "symbolic links"
+    )
 
 
 def test_14_metadata_through_lower_symlink(env: Env) -> None:
@@ -344,7 +354,11 @@ def test_devices_fifos_and_setuid_kept_inside(env: Env) -> None:
 
 def test_capability_survives_chown(env: Env) -> None:
     cap = bytes.fromhex("0100000200040000000000000000000000000000")
-    env.apply(build(E("ping", data=b"elf", uid=1, mode=0o755, pax={"SCHILY.xattr.security.capability": cap.decode("latin-1")})))
+    env.apply(
+        build(
+            E("ping", data=b"elf", uid=1, mode=0o755, pax={"SCHILY.xattr.security.capability": cap.decode("latin-1")})
+        )
+    )
     value = os.getxattr(env.layer / "ping", "security.capability")
     assert value == cap.decode("latin-1").encode("utf-8") or value == cap
 

@@ -160,7 +160,9 @@ def test_demo_runs(cli, tmp_path: pathlib.Path) -> None:
 
 @pytest.mark.parametrize("opt", ["size=abc", "bogus=1"])
 def test_bad_storage_options_are_one_line_errors(tmp_path: pathlib.Path, opt: str) -> None:
-    result = CliRunner().invoke(main, ["--root", str(tmp_path / "r"), "--driver", "vfs", "--storage-opt", opt, "images"])
+    result = CliRunner().invoke(
+        main, ["--root", str(tmp_path / "r"), "--driver", "vfs", "--storage-opt", opt, "images"]
+    )
     assert result.exit_code == 1
     assert result.stderr.startswith("cowstore: ") and result.stderr.count("\n") == 1
     assert "Traceback" not in result.output

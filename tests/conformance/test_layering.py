@@ -284,8 +284,8 @@ def _list_tree(root: pathlib.Path) -> list[str]:
 
 WHITEOUT_SEQUENCE = [
     (
-        ".baz bar/ bar/bax bar/bay/ baz foo/ foo/.abc foo/.bcd/ foo/.bcd/a foo/cde/ foo/cde/def foo/cde/efg foo/fgh foobar",
-        ".baz bar/ bar/bax bar/bay/ baz foo/ foo/.abc foo/.bcd/ foo/.bcd/a foo/cde/ foo/cde/def foo/cde/efg foo/fgh foobar",
+        ".baz bar/ bar/bax bar/bay/ baz foo/ foo/.abc foo/.bcd/ foo/.bcd/a foo/cde/ foo/cde/def foo/cde/efg foo/fgh foobar",  # noqa: E501
+        ".baz bar/ bar/bax bar/bay/ baz foo/ foo/.abc foo/.bcd/ foo/.bcd/a foo/cde/ foo/cde/def foo/cde/efg foo/fgh foobar",  # noqa: E501
     ),
     (
         ".bay .wh.baz foo/ foo/.bce foo/.wh..wh..opq foo/cde/ foo/cde/efg",

@@ -31,7 +31,13 @@ Model = dict[str, tuple]
 
 paths = st.lists(st.sampled_from(NAMES), min_size=1, max_size=3).map("/".join)
 ops = st.one_of(
-    st.tuples(st.just("file"), paths, st.binary(max_size=64), st.sampled_from([0o644, 0o755, 0o600, 0o4755]), st.sampled_from([0, 1000])),
+    st.tuples(
+        st.just("file"),
+        paths,
+        st.binary(max_size=64),
+        st.sampled_from([0o644, 0o755, 0o600, 0o4755]),
+        st.sampled_from([0, 1000]),
+    ),
     st.tuples(st.just("dir"), paths, st.sampled_from([0o755, 0o700, 0o1777]), st.sampled_from([0, 1000])),
     st.tuples(st.just("symlink"), paths, st.sampled_from(["a", "../b", "/c/d", "nowhere"])),
     st.tuples(st.just("hardlink"), paths, paths),

@@ -86,7 +86,10 @@ def test_write_diff_commit_and_isolation(store: Store, image) -> None:
     os.unlink(root / "etc" / "group")
     store.containers.umount("a")
     assert store.containers.diff("a") == [
-        Change("/etc", "C"), Change("/etc/group", "D"), Change("/etc/motd", "C"), Change("/new.txt", "A")
+        Change("/etc", "C"),
+        Change("/etc/group", "D"),
+        Change("/etc/motd", "C"),
+        Change("/new.txt", "A"),
     ]
     assert store.containers.diff("b") == []
     written, virtual = store.containers.size(a)

@@ -37,7 +37,9 @@ def config_for(layers: list[bytes], comment: str = "test") -> bytes:
             "created": "2024-01-02T03:04:05.123456789Z",
             "config": {"Cmd": ["/bin/sh"]},
             "rootfs": {"type": "layers", "diff_ids": [sha(layer) for layer in layers]},
-            "history": [{"created": "2024-01-02T03:04:05Z", "created_by": f"{comment} {i}"} for i in range(len(layers))],
+            "history": [
+                {"created": "2024-01-02T03:04:05Z", "created_by": f"{comment} {i}"} for i in range(len(layers))
+            ],
         }
     ).encode()
 
@@ -57,8 +59,12 @@ def tar_of(members: dict[str, bytes], symlinks: dict[str, str] | None = None) ->
 
 
 def docker_archive(
-    images: list[tuple[list[bytes], list[str]]], compression: str = "plain", *, config_override: bytes | None = None,
-    drop: str | None = None, repeat_as_symlink: bool = True,
+    images: list[tuple[list[bytes], list[str]]],
+    compression: str = "plain",
+    *,
+    config_override: bytes | None = None,
+    drop: str | None = None,
+    repeat_as_symlink: bool = True,
 ) -> bytes:
     """A `docker save` tar of images given as (layer tars bottom to top, tags)."""
     members: dict[str, bytes] = {}
@@ -89,7 +95,10 @@ def docker_archive(
 
 
 def oci_layout(
-    target: pathlib.Path, layers: list[bytes], ref: str | None = "latest", compression: str = "gzip",
+    target: pathlib.Path,
+    layers: list[bytes],
+    ref: str | None = "latest",
+    compression: str = "gzip",
     corrupt_layer: bool = False,
 ) -> pathlib.Path:
     """An OCI layout directory with one image; `corrupt_layer` breaks the first blob's digest."""
@@ -111,7 +120,11 @@ def oci_layout(
         {
             "schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha(config), "size": len(config)},
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": sha(config),
+                "size": len(config),
+            },
             "layers": descriptors,
         }
     ).encode()

@@ -100,7 +100,7 @@ def test_44_dotdot_layer_path_in_manifest(cli, tmp_path: pathlib.Path) -> None:
 def test_45_helper_binaries_in_layers_are_never_run(cli, tmp_path: pathlib.Path) -> None:
     marker = tmp_path / "pwned"
     script = f"#!/bin/sh\ntouch {marker}\n".encode()
-    bait = {path: script for path in ("usr/bin/xz", "usr/bin/unpigz", "usr/bin/gzip", "bin/tar", "usr/bin/zstd")}
+    bait = dict.fromkeys(("usr/bin/xz", "usr/bin/unpigz", "usr/bin/gzip", "bin/tar", "usr/bin/zstd"), script)
     layer = layer_tar(bait, dirs=("usr", "usr/bin", "bin"))
     archive = tmp_path / "bait.tar"
     archive.write_bytes(docker_archive([([layer], ["bait:1"])], compression="gzip"))

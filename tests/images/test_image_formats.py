@@ -156,7 +156,10 @@ def test_digest_mismatch_changes_nothing(store: Store, tmp_path: pathlib.Path) -
     wrong = json.loads(docker_archive_config([BASE, TOP]))
     wrong["rootfs"]["diff_ids"][1] = sha(b"something else")
     with pytest.raises(DigestMismatch, match="expected"):
-        load(store.images, io.BytesIO(docker_archive([([BASE, TOP], ["x:1"])], config_override=json.dumps(wrong).encode())))
+        load(
+            store.images,
+            io.BytesIO(docker_archive([([BASE, TOP], ["x:1"])], config_override=json.dumps(wrong).encode())),
+        )
     with pytest.raises(DigestMismatch):
         load(store.images, oci_layout(tmp_path / "bad", [BASE, TOP], compression="plain", corrupt_layer=True))
     assert snapshot(store) == before
@@ -194,7 +197,9 @@ def test_archive_symlink_escape_is_refused(store: Store) -> None:
 
     config = docker_archive_config([BASE])
     manifest = [{"Config": "c.json", "RepoTags": ["x:1"], "Layers": ["l/layer.tar"]}]
-    archive = tar_of({"c.json": config, "manifest.json": json.dumps(manifest).encode()}, {"l/layer.tar": "../../../etc/passwd"})
+    archive = tar_of(
+        {"c.json": config, "manifest.json": json.dumps(manifest).encode()}, {"l/layer.tar": "../../../etc/passwd"}
+    )
     with pytest.raises(BadImageArchive, match="outside"):
         load(store.images, io.BytesIO(archive))
 

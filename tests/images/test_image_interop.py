@@ -90,8 +90,19 @@ def test_podman_loads_our_save(store: Store, demo_image, tmp_path: pathlib.Path)
     with open(archive, "wb") as out:
         save(store.images, ["busybox-demo:latest"], out)
     run_root = pathlib.Path("/tmp") / f"cs-podman-{tmp_path.name[-20:]}"  # podman wants a short runroot
-    base = ["podman", "--root", tmp_path / "podman", "--runroot", run_root, "--storage-driver", "vfs",
-            "--cgroup-manager", "cgroupfs", "--events-backend", "file"]
+    base = [
+        "podman",
+        "--root",
+        tmp_path / "podman",
+        "--runroot",
+        run_root,
+        "--storage-driver",
+        "vfs",
+        "--cgroup-manager",
+        "cgroupfs",
+        "--events-backend",
+        "file",
+    ]
     try:
         output = run(*base, "load", "-i", archive)
         assert "busybox-demo:latest" in output

@@ -72,7 +72,7 @@ def test_eight_processes_share_a_store(tmp_path: pathlib.Path, driver: str) -> N
     ]
     try:
         results = [p.communicate(SHARED, timeout=300) for p in procs]
-        for proc, (out, err) in zip(procs, results):
+        for proc, (out, err) in zip(procs, results, strict=True):
             assert proc.returncode == 0, err.decode()
             assert int(out) >= 1
         assert store.check(verify_content=True, expected_refs={keeper.chain_id: 1}) == []

@@ -143,7 +143,8 @@ def test_kill_cli_operations(tmp_path: pathlib.Path, command: str, point: str) -
         extra = {"COWSTORE_FAULT": fault} if fault else {}
         return subprocess.run(
             [sys.executable, "-m", "cowstore", "--root", str(root), "--driver", "vfs", *args],
-            env={**env, **extra}, capture_output=True,
+            env={**env, **extra},
+            capture_output=True,
         )
 
     assert cowstore("load", "-i", str(archive)).returncode == 0

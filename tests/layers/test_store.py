@@ -106,7 +106,11 @@ def test_tar_stream_is_byte_identical(store: LayerStore) -> None:
     # a file slipped into the layer behind the store's back must not leak into the tar
     (store.driver.get(l1.cache_id) / "etc" / "shadow").write_text("secret")
     tar2 = layer_tar(
-        {"etc/hosts": (b"mydomain 10.0.0.2", 0o644), "etc/profile": (b"PATH=/usr/bin", 0o664), "root/.bashrc": (b"x", 0o644)}
+        {
+            "etc/hosts": (b"mydomain 10.0.0.2", 0o644),
+            "etc/profile": (b"PATH=/usr/bin", 0o664),
+            "root/.bashrc": (b"x", 0o644),
+        }
     )
     l2 = store.register(io.BytesIO(tar2), l1.chain_id)
     assert store.tar_stream(l1.chain_id).read() == tar1 + bytes(10240)

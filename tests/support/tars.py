@@ -36,7 +36,9 @@ _TYPES = {
 
 def build(*entries: E) -> bytes:
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT, encoding="utf-8", errors="surrogateescape") as tar:
+    with tarfile.open(
+        fileobj=buf, mode="w", format=tarfile.PAX_FORMAT, encoding="utf-8", errors="surrogateescape"
+    ) as tar:
         for e in entries:
             info = tarfile.TarInfo(e.name)
             info.type = _TYPES[e.kind]
@@ -64,7 +66,9 @@ def layer_tar(
     return build(*entries)
 
 
-def raw_header(name: bytes, typeflag: bytes = b"0", size: int = 0, linkname: bytes = b"", size_field: bytes | None = None) -> bytes:
+def raw_header(
+    name: bytes, typeflag: bytes = b"0", size: int = 0, linkname: bytes = b"", size_field: bytes | None = None
+) -> bytes:
     """A hand-made ustar header block with a correct checksum."""
     block = bytearray(512)
     block[0 : len(name)] = name

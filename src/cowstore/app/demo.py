@@ -162,8 +162,14 @@ Table = Callable[[Sequence[str], Sequence[Sequence[object]]], None]
 
 
 def run(
-    *, driver: str | None = None, storage_opts: dict[str, str] | None = None, count: int = 100, keep: bool = False,
-    root: pathlib.Path | None = None, echo: Callable[[str], None], table: Table,
+    *,
+    driver: str | None = None,
+    storage_opts: dict[str, str] | None = None,
+    count: int = 100,
+    keep: bool = False,
+    root: pathlib.Path | None = None,
+    echo: Callable[[str], None],
+    table: Table,
 ) -> dict:
     """Run the demo in a fresh temporary store; returns the measurements.
 
@@ -186,8 +192,10 @@ def run(
         archive = build_image_archive()
         t0 = time.monotonic()
         [image] = load(store.images, io.BytesIO(archive))
-        echo(f"loaded {image.tags[0]} ({image.short_id}): {len(image.diff_ids)} layers, "
-             f"{human_size(store.images.size(image))}, {len(archive) // 1024} KiB archive, {time.monotonic() - t0:.2f}s")
+        echo(
+            f"loaded {image.tags[0]} ({image.short_id}): {len(image.diff_ids)} layers, "
+            f"{human_size(store.images.size(image))}, {len(archive) // 1024} KiB archive, {time.monotonic() - t0:.2f}s"
+        )
         results = _containers(store, image.tags[0], count, echo, table)
         _isolation(store, image.tags[0], results["names"], echo)
         results.pop("names")
@@ -218,7 +226,7 @@ def _btrfs_used(home: pathlib.Path) -> int:
 
 def _containers(store: Store, ref: str, count: int, echo: Callable[[str], None], table: Table) -> dict:
     home = store.driver.home
-    skip = {p for p in mounts.mounts_under(home)}
+    skip = set(mounts.mounts_under(home))
     on_btrfs = store.driver.name == "btrfs"
     before = _btrfs_used(home) if on_btrfs else _du([home], skip)
     rows, times, costs, names = [], [], [], []
@@ -251,11 +259,24 @@ def _containers(store: Store, ref: str, count: int, echo: Callable[[str], None],
         [
             ("create+mount time (median)", f"{median_t * 1000:.1f} ms", "< 0.1 s", _verdict(median_t, CLAIM_SECONDS)),
             ("create+mount time (max)", f"{max_t * 1000:.1f} ms", "< 0.1 s", _verdict(max_t, CLAIM_SECONDS)),
-            ("disk per container (median)", human_size(statistics.median(costs)), "< 1 MB", _verdict(statistics.median(costs), CLAIM_BYTES)),
-            ("disk per container (store delta / N)", human_size(average_cost), "< 1 MB", _verdict(average_cost, CLAIM_BYTES)),
+            (
+                "disk per container (median)",
+                human_size(statistics.median(costs)),
+                "< 1 MB",
+                _verdict(statistics.median(costs), CLAIM_BYTES),
+            ),
+            (
+                "disk per container (store delta / N)",
+                human_size(average_cost),
+                "< 1 MB",
+                _verdict(average_cost, CLAIM_BYTES),
+            ),
         ],
     )
-    echo("(disk = allocated blocks of the driver's new files, each inode once; on btrfs, the filesystem's own used bytes)")
+    echo(
+        "(disk = allocated blocks of the driver's new files, each inode once; "
+        "on btrfs, the filesystem's own used bytes)"
+    )
     return {
         "driver": store.driver.name,
         "containers": count,
@@ -292,15 +313,19 @@ def _isolation(store: Store, ref: str, names: list[str], echo: Callable[[str], N
     image_clean = not (path / "hello.txt").exists() and (path / "etc" / "motd").read_text().count("\n") == 1
     store.containers.umount(fresh.id)
     store.containers.remove(fresh.id)
-    echo(f"other containers unchanged: {unchanged}/{len(others)}; image unchanged (seen from a new container): "
-         f"{'yes' if image_clean else 'NO'}")
+    echo(
+        f"other containers unchanged: {unchanged}/{len(others)}; image unchanged (seen from a new container): "
+        f"{'yes' if image_clean else 'NO'}"
+    )
     echo(f"$ cowstore diff {writer}")
     for change in store.containers.diff(writer):
         echo(f"  {change}")
     t0 = time.monotonic()
     committed = store.containers.commit(writer, tag="busybox-demo:committed", message="demo commit")
-    echo(f"committed {writer} as {committed.tags[0]} ({committed.short_id}, {len(committed.diff_ids)} layers) "
-         f"in {(time.monotonic() - t0) * 1000:.0f} ms")
+    echo(
+        f"committed {writer} as {committed.tags[0]} ({committed.short_id}, {len(committed.diff_ids)} layers) "
+        f"in {(time.monotonic() - t0) * 1000:.0f} ms"
+    )
     second = store.containers.create(committed.id, name="demo-from-commit")
     path = store.containers.mount(second.id)
     try:

@@ -72,20 +72,32 @@ class _Main(click.Group):
 
 @click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
-    "--root", type=click.Path(file_okay=False, path_type=pathlib.Path), envvar="COWSTORE_ROOT", default=None,
+    "--root",
+    type=click.Path(file_okay=False, path_type=pathlib.Path),
+    envvar="COWSTORE_ROOT",
+    default=None,
     help="Store root [default: /var/lib/cowstore as root, $XDG_DATA_HOME/cowstore otherwise; env COWSTORE_ROOT].",
 )
 @click.option(
-    "--driver", "-s", envvar="COWSTORE_DRIVER", default=None,
-    help="Storage driver [default: the root's driver, else btrfs on btrfs, else overlay2, else vfs; env COWSTORE_DRIVER].",
+    "--driver",
+    "-s",
+    envvar="COWSTORE_DRIVER",
+    default=None,
+    help="Storage driver [default: the root's driver, else btrfs on btrfs, else overlay2, else vfs; "
+    "env COWSTORE_DRIVER].",
 )
 @click.option("--storage-opt", "opts", multiple=True, metavar="KEY=VALUE", help="Driver option (repeatable).")
 @click.option(
-    "--sync/--no-sync", default=True, show_default=True,
+    "--sync/--no-sync",
+    default=True,
+    show_default=True,
     help="Make every stored layer durable (syncfs + database fsync) before reporting it stored.",
 )
 @click.option(
-    "--limit", "limits", multiple=True, metavar="KEY=VALUE",
+    "--limit",
+    "limits",
+    multiple=True,
+    metavar="KEY=VALUE",
     help="Bound hostile layers: max-bytes, max-entries, max-name, max-path, max-extended-header, "
     "max-xattr-bytes, min-free-disk (repeatable).",
 )

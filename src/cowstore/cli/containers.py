@@ -22,7 +22,9 @@ def container_group() -> None:
 @container_group.command("create")
 @click.argument("image")
 @click.option("--name", default=None, help="Assign a name to the container.")
-@click.option("--storage-opt", "opts", multiple=True, metavar="KEY=VALUE", help="Per-container storage option (size=...).")
+@click.option(
+    "--storage-opt", "opts", multiple=True, metavar="KEY=VALUE", help="Per-container storage option (size=...)."
+)
 def container_create(image: str, name: str | None, opts: tuple[str, ...]) -> None:
     """Create a container's layers from an image; prints its id."""
     container = app().store.containers.create(image, name=name, storage_opts=parse_opts(opts) or None)
@@ -49,8 +51,16 @@ def container_ls(quiet: bool, all_: bool, with_size: bool, fmt: str) -> None:
     if fmt == "json":
         emit_json(
             [
-                {"ID": c.id, "Names": c.name, "Image": c.image_ref, "ImageID": c.image_id, "Created": c.created,
-                 "Mounted": count > 0, "SizeRw": written, "SizeRootFs": virtual}
+                {
+                    "ID": c.id,
+                    "Names": c.name,
+                    "Image": c.image_ref,
+                    "ImageID": c.image_id,
+                    "Created": c.created,
+                    "Mounted": count > 0,
+                    "SizeRw": written,
+                    "SizeRootFs": virtual,
+                }
                 for c, count, written, virtual in rows
             ]
         )
@@ -58,7 +68,11 @@ def container_ls(quiet: bool, all_: bool, with_size: bool, fmt: str) -> None:
     headers = ["CONTAINER ID", "IMAGE", "CREATED", "MOUNTED"] + (["SIZE"] if with_size else []) + ["NAMES"]
     lines = []
     for c, count, written, virtual in rows:
-        size = [f"{human_size(written)} (virtual {human_size(virtual)})"] if written is not None and virtual is not None else []
+        size = (
+            [f"{human_size(written)} (virtual {human_size(virtual)})"]
+            if written is not None and virtual is not None
+            else []
+        )
         lines.append([c.short_id, c.image_ref, ago(c.created), "yes" if count else "no", *size, c.name])
     table(headers, lines)
 
@@ -113,7 +127,9 @@ def container_export(container: str, output: str | None) -> None:
     store.containers.get(container)
     if output is None:
         if sys.stdout.isatty():
-            raise ArchiveToTerminal("cowstore export refuses to write an archive to a terminal; use -o FILE or redirect")
+            raise ArchiveToTerminal(
+                "cowstore export refuses to write an archive to a terminal; use -o FILE or redirect"
+            )
         store.containers.export(container, sys.stdout.buffer)
         return
     target = pathlib.Path(output)
@@ -158,7 +174,11 @@ def container_cp(source: str, destination: str) -> None:
 @container_group.command("inspect")
 @click.argument("containers", nargs=-1, required=True)
 @click.option(
-    "-s/-S", "--size/--no-size", "with_size", default=True, show_default=True,
+    "-s/-S",
+    "--size/--no-size",
+    "with_size",
+    default=True,
+    show_default=True,
     help="Include SizeRw and SizeRootFs (--no-size skips walking the container's files).",
 )
 @click.option("--format", "fmt", type=JSON_ONLY, default="json", show_default=True, help=JSON_ONLY_HELP)

@@ -50,7 +50,13 @@ def image_ls(quiet: bool, fmt: str) -> None:
     if fmt == "json":
         emit_json(
             [
-                {"Repository": _repo_tag(tag)[0], "Tag": _repo_tag(tag)[1], "ID": image.id, "Created": image.created, "Size": size}
+                {
+                    "Repository": _repo_tag(tag)[0],
+                    "Tag": _repo_tag(tag)[1],
+                    "ID": image.id,
+                    "Created": image.created,
+                    "Size": size,
+                }
                 for image, tag, size in rows
             ]
         )
@@ -80,7 +86,9 @@ def image_import(source: str, reference: str | None, message: str, cmd: str | No
         if update:
             update(source, 0, 1)
         if source == "-":
-            image = imagelib.import_rootfs(store.images, sys.stdin.buffer, "stdin", tag=reference, message=message, cmd=command)
+            image = imagelib.import_rootfs(
+                store.images, sys.stdin.buffer, "stdin", tag=reference, message=message, cmd=command
+            )
         else:
             with open_input(source) as handle:
                 image = imagelib.import_rootfs(
@@ -125,7 +133,11 @@ def image_load(source: str, quiet: bool) -> None:
 @click.argument("images", nargs=-1, required=True)
 @click.option("-o", "--output", default=None, help="Write to this file (OCI directory for oci-dir) instead of stdout.")
 @click.option(
-    "--format", "fmt", type=click.Choice(imagelib.FORMATS), default="docker-archive", show_default=True,
+    "--format",
+    "fmt",
+    type=click.Choice(imagelib.FORMATS),
+    default="docker-archive",
+    show_default=True,
     help="docker-archive (docker/podman load), oci-archive (OCI layout tar) or oci-dir.",
 )
 def image_save(images: tuple[str, ...], output: str | None, fmt: str) -> None:
@@ -212,11 +224,14 @@ def image_history(image: str, fmt: str, no_trunc: bool) -> None:
     if fmt == "json":
         emit_json(rows)
         return
-    ids = [found.short_id] + ["<missing>"] * (len(rows) - 1)
+    ids = [found.short_id if n == 0 else "<missing>" for n in range(len(rows))]
     created_by = [r["CreatedBy"] if no_trunc or len(r["CreatedBy"]) <= 45 else r["CreatedBy"][:44] + "…" for r in rows]
     table(
         ("IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"),
-        [(i, ago(parse_time(r["Created"])), c, human_size(r["Size"]), r["Comment"]) for i, r, c in zip(ids, rows, created_by)],
+        [
+            (i, ago(parse_time(r["Created"])), c, human_size(r["Size"]), r["Comment"])
+            for i, r, c in zip(ids, rows, created_by, strict=True)
+        ],
     )
 
 

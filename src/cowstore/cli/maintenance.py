@@ -43,7 +43,13 @@ def btrfs_group() -> None:
 
 
 @btrfs_group.command("balance")
-@click.option("--dusage", default=50, show_default=True, type=click.IntRange(0, 100), help="Relocate data chunks up to this % full.")
+@click.option(
+    "--dusage",
+    default=50,
+    show_default=True,
+    type=click.IntRange(0, 100),
+    help="Relocate data chunks up to this % full.",
+)
 def btrfs_balance(dusage: int) -> None:
     """Compact half-empty data chunks: the fix for "no space left" while df shows free space."""
     from cowstore.drivers.btrfs import balance
@@ -66,7 +72,10 @@ def devicemapper_ls() -> None:
     """Thin devices of the pool, like `dmsetup ls`."""
     click.echo("ID\tLAYER\tSIZE\tMAPPED BLOCKS\tACTIVE AS")
     for dev in _driver_of("devicemapper").list_devices():
-        click.echo(f"{dev['id']}\t{dev['layer'] or '-'}\t{human_size(dev['size'])}\t{dev['mapped_blocks']}\t{dev['name'] or '-'}")
+        click.echo(
+            f"{dev['id']}\t{dev['layer'] or '-'}\t{human_size(dev['size'])}\t"
+            f"{dev['mapped_blocks']}\t{dev['name'] or '-'}"
+        )
 
 
 @devicemapper_group.command("status")

@@ -35,7 +35,9 @@ def info(fmt: str) -> None:
 
 @click.command("inspect")
 @click.argument("objects", nargs=-1, required=True)
-@click.option("--type", "kind", type=click.Choice(["container", "image"]), default=None, help="Only look for this kind.")
+@click.option(
+    "--type", "kind", type=click.Choice(["container", "image"]), default=None, help="Only look for this kind."
+)
 @click.option("--format", "fmt", type=click.Choice(["json"]), default="json", show_default=True)
 def inspect(objects: tuple[str, ...], kind: str | None, fmt: str) -> None:
     """Details of containers or images as JSON (containers are looked up first)."""
@@ -67,8 +69,15 @@ def demo(count: int, keep: bool) -> None:
     from cowstore.app.demo import run
 
     context = app()
-    run(driver=context.driver, storage_opts=context.storage_opts, count=count, keep=keep, root=context.root,
-        echo=click.echo, table=table)
+    run(
+        driver=context.driver,
+        storage_opts=context.storage_opts,
+        count=count,
+        keep=keep,
+        root=context.root,
+        echo=click.echo,
+        table=table,
+    )
 
 
 __all__ = ["container_group", "demo", "info", "inspect"]

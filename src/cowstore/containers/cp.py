@@ -239,7 +239,9 @@ def _copy_file_in(source: pathlib.Path, parent_fd: int, name: str) -> None:
         os.unlink(name, dir_fd=parent_fd)  # replace, never write through a symlink or hard link
     st = os.stat(source)
     with open(source, "rb") as src:
-        dst = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=parent_fd)
+        dst = os.open(
+            name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=parent_fd
+        )
         try:
             _copy_fd(src.fileno(), dst)
             _copy_meta(st, dst)

@@ -81,7 +81,7 @@ class Driver(abc.ABC):
     def diff_size(self, id: str, parent: str | None = None) -> int:
         """Bytes of the changes of `id` against `parent`."""
 
-    def cleanup(self) -> None:
+    def cleanup(self) -> None:  # noqa: B027 - optional: most drivers have something to release
         """Release everything this driver mounted or attached (shutdown)."""
 
     def ids(self) -> list[str]:

@@ -65,7 +65,9 @@ def _copy_xattrs(src: str, dst: str, skip_prefixes: tuple[str, ...]) -> None:
                 raise
 
 
-def copy_tree(src: str | os.PathLike, dst: str | os.PathLike, *, hardlink: bool = False, copy_overlay_xattrs: bool = False) -> None:
+def copy_tree(
+    src: str | os.PathLike, dst: str | os.PathLike, *, hardlink: bool = False, copy_overlay_xattrs: bool = False
+) -> None:
     """Copy the contents of `src` into the existing directory `dst`.
 
     `hardlink=True` links regular files instead of copying them (legacy overlay's image

@@ -79,7 +79,9 @@ def mount_table() -> list[Mount]:
             sep = fields.index(b"-")
             major, _, minor = fields[2].partition(b":")
             rows.append(
-                Mount(_unescape(fields[4]), fields[sep + 1].decode(), _unescape(fields[sep + 2]), int(major), int(minor))
+                Mount(
+                    _unescape(fields[4]), fields[sep + 1].decode(), _unescape(fields[sep + 2]), int(major), int(minor)
+                )
             )
     return rows
 

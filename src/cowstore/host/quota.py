@@ -100,16 +100,18 @@ class ProjectQuota:
         try:
             self._limit(project_id(home) or _FIRST_PROJECT_ID, 0)
         except OSError as exc:
-            raise NotSupported(
-                f"size limits need xfs mounted with the pquota option ({exc.strerror})"
-            ) from None
+            raise NotSupported(f"size limits need xfs mounted with the pquota option ({exc.strerror})") from None
 
     def _quotactl(self, cmd: int, id: int, arg: _FsDiskQuota) -> None:
         qcmd = (cmd << 8) | _PRJQUOTA
         fd = os.open(self.home, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             rc = LIBC.syscall(
-                ctypes.c_long(_SYS_QUOTACTL_FD), ctypes.c_long(fd), ctypes.c_long(qcmd), ctypes.c_long(id), ctypes.byref(arg)
+                ctypes.c_long(_SYS_QUOTACTL_FD),
+                ctypes.c_long(fd),
+                ctypes.c_long(qcmd),
+                ctypes.c_long(id),
+                ctypes.byref(arg),
             )
         finally:
             os.close(fd)

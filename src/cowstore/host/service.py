@@ -130,8 +130,11 @@ class ControlServer:
                     reply = {"result": self.handle(json.loads(line))}
                 except CowstoreError as exc:
                     category = errors.category(exc)
-                    reply = {"error": str(exc), "kind": type(exc).__name__,
-                             "category": category.__name__ if category else ""}
+                    reply = {
+                        "error": str(exc),
+                        "kind": type(exc).__name__,
+                        "category": category.__name__ if category else "",
+                    }
                 except (TypeError, ValueError, KeyError) as exc:
                     reply = {"error": f"bad control request: {exc}", "kind": "", "category": "InvalidArgument"}
                 stream.write(json.dumps(reply).encode() + b"\n")
@@ -154,8 +157,15 @@ def start(
     child_env = dict(os.environ, **(env or {}))
     child_env["PYTHONPATH"] = os.pathsep.join([src, *filter(None, [os.environ.get("PYTHONPATH")])])
     with open(log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", module, *args], stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=out, env=child_env, start_new_session=True, close_fds=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", module, *args],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            env=child_env,
+            start_new_session=True,
+            close_fds=True,
+        )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if client.alive():

@@ -37,7 +37,7 @@ def parse_time(value: object) -> float:
     if "." in text:  # Go writes nanoseconds; Python parses at most microseconds
         head, _, rest = text.partition(".")
         digits = "".join(c for c in rest if c.isdigit())
-        text = f"{head}.{digits[:6]}{rest[len(digits):]}"
+        text = f"{head}.{digits[:6]}{rest[len(digits) :]}"
     try:
         return datetime.datetime.fromisoformat(text).timestamp()
     except ValueError:
@@ -59,7 +59,11 @@ def parse_config(raw: bytes, what: str = "image config") -> dict:
     if not isinstance(config, dict):
         raise BadImageArchive(f"{what} is not a JSON object")
     rootfs = config.get("rootfs")
-    if not isinstance(rootfs, dict) or rootfs.get("type") != "layers" or not isinstance(rootfs.get("diff_ids", []), list):
+    if (
+        not isinstance(rootfs, dict)
+        or rootfs.get("type") != "layers"
+        or not isinstance(rootfs.get("diff_ids", []), list)
+    ):
         raise BadImageArchive(f"{what} has no rootfs of type layers")
     for diff_id in rootfs.get("diff_ids") or []:
         try:

@@ -45,7 +45,11 @@ def read_sources(tree: TarTree | DirTree) -> list[ImageSource]:
     sources = []
     for index, entry in enumerate(manifest):
         what = f"{tree.what}: manifest.json entry {index}"
-        if not isinstance(entry, dict) or not isinstance(entry.get("Config"), str) or not isinstance(entry.get("Layers"), list):
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("Config"), str)
+            or not isinstance(entry.get("Layers"), list)
+        ):
             raise BadImageArchive(f"{what} needs a Config name and a Layers list")
         layers = entry["Layers"]
         if not all(isinstance(name, str) for name in layers):
@@ -61,7 +65,11 @@ def read_sources(tree: TarTree | DirTree) -> list[ImageSource]:
             if not tree.exists(name):
                 raise BadImageArchive(f"{what} names {name}, which is missing from the archive")
         blobs = [
-            LayerBlob(open=opener(tree, name), what=f"{tree.what}: {name}", digest=_digest_in_name(name) if "blobs/" in name else None)
+            LayerBlob(
+                open=opener(tree, name),
+                what=f"{tree.what}: {name}",
+                digest=_digest_in_name(name) if "blobs/" in name else None,
+            )
             for name in layers
         ]
         sources.append(ImageSource(raw_config, blobs, tags))
@@ -118,8 +126,14 @@ def write_archive(
 
 
 def _write_layer_dir(
-    sink: TarSink, layers: LayerStore, diff_id: str, chain: str, v1: str, parent_v1: str | None,
-    written: dict[str, str], image: Image,
+    sink: TarSink,
+    layers: LayerStore,
+    diff_id: str,
+    chain: str,
+    v1: str,
+    parent_v1: str | None,
+    written: dict[str, str],
+    image: Image,
 ) -> None:
     sink.mkdir(v1)
     sink.add_bytes(f"{v1}/VERSION", b"1.0")

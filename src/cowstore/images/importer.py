@@ -70,7 +70,8 @@ def validate(source: ImageSource, what: str) -> list[str]:
     config = parse_config(source.raw_config, f"{what}: image config")
     if len(diff_ids(config)) != len(source.layers):
         raise BadImageArchive(
-            f"{what}: the manifest lists {len(source.layers)} layers but the config has {len(diff_ids(config))} diff ids"
+            f"{what}: the manifest lists {len(source.layers)} layers "
+            f"but the config has {len(diff_ids(config))} diff ids"
         )
     for blob in source.layers:
         if blob.digest is not None:
@@ -92,7 +93,7 @@ def import_image(images: ImageStore, source: ImageSource, what: str, progress: P
     layers = images.layers
     top: str | None = None
     with layers.lease() as lease:
-        for index, (blob, diff_id) in enumerate(zip(source.layers, expected)):
+        for index, (blob, diff_id) in enumerate(zip(source.layers, expected, strict=True)):
             if progress:
                 progress(blob.what, index, len(expected))
             with blob.open() as handle:
@@ -100,7 +101,10 @@ def import_image(images: ImageStore, source: ImageSource, what: str, progress: P
                 plain, _ = decompressed(raw, blob.what)  # type: ignore[arg-type]
                 try:
                     layer = layers.register(
-                        _VerifyAtEnd(plain, raw, blob.digest, blob.what), top, expected_diff_id=diff_id, lease=lease  # type: ignore[arg-type]
+                        _VerifyAtEnd(plain, raw, blob.digest, blob.what),
+                        top,
+                        expected_diff_id=diff_id,
+                        lease=lease,  # type: ignore[arg-type]
                     )
                 except DigestMismatch as exc:
                     raise DigestMismatch(f"{blob.what}: {exc}") from None
@@ -114,7 +118,9 @@ def import_image(images: ImageStore, source: ImageSource, what: str, progress: P
         return dataclasses.replace(image, tags=tuple(tags))
 
 
-def import_all(images: ImageStore, sources: list[ImageSource], what: str, progress: Progress | None = None) -> list[Image]:
+def import_all(
+    images: ImageStore, sources: list[ImageSource], what: str, progress: Progress | None = None
+) -> list[Image]:
     """Import several images; on failure, undo what this call did (new images, moved tags)."""
     for source in sources:
         validate(source, what)

@@ -135,7 +135,10 @@ def read_sources(tree: TarTree | DirTree, default_name: str | None = None) -> li
 
 def _image_source(tree: TarTree | DirTree, descriptor: dict, what: str, tags: list[str]) -> ImageSource:
     manifest = load_json(_read_blob(tree, descriptor, what), f"{what}: manifest")
-    if not isinstance(manifest, dict) or manifest.get("mediaType", MANIFEST_TYPE) not in (MANIFEST_TYPE, DOCKER_MANIFEST):
+    if not isinstance(manifest, dict) or manifest.get("mediaType", MANIFEST_TYPE) not in (
+        MANIFEST_TYPE,
+        DOCKER_MANIFEST,
+    ):
         raise BadImageArchive(f"{what}: not an image manifest")
     raw_config = _read_blob(tree, manifest.get("config"), f"{what}: config")
     layer_descriptors = manifest.get("layers")
@@ -158,7 +161,10 @@ def _descriptor(media_type: str, digest: str, size: int, **extra: object) -> dic
 
 
 def write_layout(
-    entries: list[tuple[Image, list[str]]], layers: LayerStore, sink: TarSink | DirSink, progress: Progress | None = None
+    entries: list[tuple[Image, list[str]]],
+    layers: LayerStore,
+    sink: TarSink | DirSink,
+    progress: Progress | None = None,
 ) -> None:
     """Write an OCI layout of the images (each with the tags to annotate) into `sink`.
 
@@ -174,7 +180,7 @@ def write_layout(
     count = 0
     for image, tags in entries:
         layer_descriptors = []
-        chains = [layer for layer in reversed(layers.chain(image.top_layer))] if image.top_layer else []
+        chains = list(reversed(layers.chain(image.top_layer))) if image.top_layer else []
         for layer in chains:
             if progress:
                 progress(layer.diff_id[7:19], count, total)
@@ -207,7 +213,10 @@ def write_layout(
             if annotations:
                 entry["annotations"] = annotations
             index.append(entry)
-    sink.add_bytes(INDEX, json.dumps({"schemaVersion": 2, "mediaType": INDEX_TYPE, "manifests": index}, separators=(",", ":")).encode())
+    sink.add_bytes(
+        INDEX,
+        json.dumps({"schemaVersion": 2, "mediaType": INDEX_TYPE, "manifests": index}, separators=(",", ":")).encode(),
+    )
     if progress:
         progress("done", total, total)
 

@@ -11,7 +11,13 @@ from cowstore.images.store import Image, ImageStore
 
 
 def import_rootfs(
-    images: ImageStore, stream: BinaryIO, what: str, *, tag: str | None = None, message: str = "", cmd: list[str] | None = None
+    images: ImageStore,
+    stream: BinaryIO,
+    what: str,
+    *,
+    tag: str | None = None,
+    message: str = "",
+    cmd: list[str] | None = None,
 ) -> Image:
     """Register `stream` as the only layer of a new image with a fresh config."""
     tags = [reference.normalize(tag)] if tag else []

@@ -166,7 +166,9 @@ class DirTree:
     def _open(self, name: str) -> int:
         """A read-only descriptor of regular file `name`, resolved beneath the layout."""
         try:
-            fd = openat2(self._fd, _clean(name) or ".", os.O_RDONLY | os.O_NONBLOCK, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)
+            fd = openat2(
+                self._fd, _clean(name) or ".", os.O_RDONLY | os.O_NONBLOCK, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS
+            )
         except FileNotFoundError:
             raise MissingMember(f"{self.what}: {name} is missing") from None
         except OSError as exc:

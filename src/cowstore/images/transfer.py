@@ -34,7 +34,9 @@ def load(images: ImageStore, source: str | os.PathLike | BinaryIO, progress: Pro
         elif ocilayout.is_oci_layout(tree):
             sources = ocilayout.read_sources(tree, _layout_name(source))
         else:
-            raise BadImageArchive(f"{tree.what}: neither a docker-save archive (manifest.json) nor an OCI layout (oci-layout)")
+            raise BadImageArchive(
+                f"{tree.what}: neither a docker-save archive (manifest.json) nor an OCI layout (oci-layout)"
+            )
         return import_all(images, sources, tree.what, progress)
 
 
@@ -59,7 +61,11 @@ def _matches(ref: str, tag: str) -> bool:
 
 
 def save(
-    images: ImageStore, refs: list[str], out: BinaryIO | os.PathLike | str, *, fmt: str = "docker-archive",
+    images: ImageStore,
+    refs: list[str],
+    out: BinaryIO | os.PathLike | str,
+    *,
+    fmt: str = "docker-archive",
     progress: Progress | None = None,
 ) -> None:
     """Write images as a docker-save tar, an OCI layout tar, or an OCI layout directory."""

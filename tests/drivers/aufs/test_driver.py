@@ -197,9 +197,7 @@ def test_126_layers_with_whiteouts(driver):
 
 def test_stale_removing_dirs_are_swept_unless_locked(home):
     leftovers = [
-        transit.transit_path(home / sub, id, transit.REMOVING)
-        for sub in ("diff", "mnt")
-        for id in ("123", "456")
+        transit.transit_path(home / sub, id, transit.REMOVING) for sub in ("diff", "mnt") for id in ("123", "456")
     ]
     for path in leftovers:
         path.mkdir(parents=True)

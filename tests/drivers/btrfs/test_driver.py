@@ -285,8 +285,16 @@ def test_status_names_versions_and_chunk_allocation(driver: BtrfsDriver) -> None
     keys = [k for k, _ in status]
     assert keys[:2] == ["Build Version", "Library Version"]
     assert dict(status)["Build Version"].startswith("Btrfs v")
-    for key in ("Device Size", "Device Allocated", "Device Unallocated", "Data Space Allocated",
-                "Data Space Used", "Metadata Space Allocated", "Metadata Space Used", "Quotas"):
+    for key in (
+        "Device Size",
+        "Device Allocated",
+        "Device Unallocated",
+        "Data Space Allocated",
+        "Data Space Used",
+        "Metadata Space Allocated",
+        "Metadata Space Used",
+        "Quotas",
+    ):
         assert key in keys
     assert "WARNING" not in keys
 
@@ -367,8 +375,7 @@ def _mutate(root: pathlib.Path, rng: random.Random, steps: int) -> None:
         files = [p for p in entries if p.is_file() and not p.is_symlink()]
         dirs = [p for p in entries if p.is_dir() and not p.is_symlink()]
         op = rng.randrange(14)
-        with contextlib.suppress(FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
-                                 OSError):
+        with contextlib.suppress(FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, OSError):
             if op == 0 and files:
                 rng.choice(files).write_bytes(rng.randbytes(rng.randint(1, 5000)))
             elif op == 1 and files:

@@ -223,8 +223,16 @@ def _view(root: pathlib.Path) -> dict[str, str]:
 
 
 def test_whiteout_and_opaque_round_trip(driver: Overlay2Driver) -> None:
-    base_files = {"gone": b"g", "kept": b"k", "dir/": None, "dir/sub/": None, "dir/sub/deep": b"d",
-                  "replaced/": None, "replaced/a": b"a", "replaced/b": b"b"}
+    base_files = {
+        "gone": b"g",
+        "kept": b"k",
+        "dir/": None,
+        "dir/sub/": None,
+        "dir/sub/deep": b"d",
+        "replaced/": None,
+        "replaced/a": b"a",
+        "replaced/b": b"b",
+    }
     driver.create("base", None)
     driver.apply_diff("base", None, _tar({k.rstrip("/"): v for k, v in base_files.items()}))
     driver.create_rw("c", "base")

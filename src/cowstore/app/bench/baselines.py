@@ -240,12 +240,15 @@ class Baseline:
     open: Callable[[Scratch], Subject]
 
 
-BASELINES = {b.name: b for b in (
-    Baseline("loop-lvm", "devicemapper", lambda scratch: LoopSubject("loop-lvm", scratch, EXT4)),
-    Baseline("loop-dio", "devicemapper", lambda scratch: LoopSubject("loop-dio", scratch, EXT4, direct_io=True)),
-    Baseline("btrfs-plain", "btrfs", lambda scratch: LoopSubject("btrfs-plain", scratch, BTRFS)),
-    Baseline("btrfs-cli", "btrfs", BtrfsCliSubject),
-    Baseline("overlayfs", "overlay2", KernelOverlaySubject),
-    Baseline("overlay2@xfs", "overlay2", lambda scratch: XfsDriverSubject("overlay2", scratch)),
-    Baseline("aufs@xfs", "aufs", lambda scratch: XfsDriverSubject("aufs", scratch)),
-)}
+BASELINES = {
+    b.name: b
+    for b in (
+        Baseline("loop-lvm", "devicemapper", lambda scratch: LoopSubject("loop-lvm", scratch, EXT4)),
+        Baseline("loop-dio", "devicemapper", lambda scratch: LoopSubject("loop-dio", scratch, EXT4, direct_io=True)),
+        Baseline("btrfs-plain", "btrfs", lambda scratch: LoopSubject("btrfs-plain", scratch, BTRFS)),
+        Baseline("btrfs-cli", "btrfs", BtrfsCliSubject),
+        Baseline("overlayfs", "overlay2", KernelOverlaySubject),
+        Baseline("overlay2@xfs", "overlay2", lambda scratch: XfsDriverSubject("overlay2", scratch)),
+        Baseline("aufs@xfs", "aufs", lambda scratch: XfsDriverSubject("aufs", scratch)),
+    )
+}

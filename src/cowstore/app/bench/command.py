@@ -37,8 +37,14 @@ def _split(values: tuple[str, ...]) -> list[str]:
 
 
 @contextlib.contextmanager
-def _subjects(scratch: Scratch, drivers: list[str], baselines: set[str], peers: list[str],
-              unavailable: dict[str, str], log: Callable[[str], None]) -> Iterator[list[Subject]]:
+def _subjects(
+    scratch: Scratch,
+    drivers: list[str],
+    baselines: set[str],
+    peers: list[str],
+    unavailable: dict[str, str],
+    log: Callable[[str], None],
+) -> Iterator[list[Subject]]:
     """Open every subject that can run here (a baseline only if its driver did); close them
     all, in reverse, on any exit."""
     opened: list[Subject] = []
@@ -72,21 +78,52 @@ def _subjects(scratch: Scratch, drivers: list[str], baselines: set[str], peers: 
 
 
 @click.command("bench")
-@click.option("--driver", "drivers", multiple=True, metavar="D",
-              help="Driver to measure (repeatable, or comma-separated); default: every driver that opens here.")
-@click.option("--scale", "scale_name", type=click.Choice([s.value for s in Scale]), default=None,
-              help="Sizes: quick (under 2 minutes), standard (the default, ~10-25 minutes here), "
-                   "full (1000 containers, 1 GiB copy-up, 500 layers; hours).")
+@click.option(
+    "--driver",
+    "drivers",
+    multiple=True,
+    metavar="D",
+    help="Driver to measure (repeatable, or comma-separated); default: every driver that opens here.",
+)
+@click.option(
+    "--scale",
+    "scale_name",
+    type=click.Choice([s.value for s in Scale]),
+    default=None,
+    help="Sizes: quick (under 2 minutes), standard (the default, ~10-25 minutes here), "
+    "full (1000 containers, 1 GiB copy-up, 500 layers; hours).",
+)
 @click.option("--quick", is_flag=True, help="Same as --scale quick.")
-@click.option("--compare", "compare", default="", metavar="PEERS",
-              help="Peers to measure side by side, e.g. podman,docker (skipped with a reason when absent).")
-@click.option("--out", "out", type=click.Path(file_okay=False, path_type=pathlib.Path),
-              default=pathlib.Path("cowstore-bench"), show_default=True,
-              help="Directory for report.md, report.json and the plots.")
-@click.option("--only", "only", multiple=True, metavar="KEY",
-              help=f"Run only these experiments ({', '.join(e.key for e in ALL)}).")
-def bench_command(drivers: tuple[str, ...], scale_name: str | None, quick: bool, compare: str, out: pathlib.Path,
-                  only: tuple[str, ...]) -> None:
+@click.option(
+    "--compare",
+    "compare",
+    default="",
+    metavar="PEERS",
+    help="Peers to measure side by side, e.g. podman,docker (skipped with a reason when absent).",
+)
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(file_okay=False, path_type=pathlib.Path),
+    default=pathlib.Path("cowstore-bench"),
+    show_default=True,
+    help="Directory for report.md, report.json and the plots.",
+)
+@click.option(
+    "--only",
+    "only",
+    multiple=True,
+    metavar="KEY",
+    help=f"Run only these experiments ({', '.join(e.key for e in ALL)}).",
+)
+def bench_command(
+    drivers: tuple[str, ...],
+    scale_name: str | None,
+    quick: bool,
+    compare: str,
+    out: pathlib.Path,
+    only: tuple[str, ...],
+) -> None:
     """Measure the claims of the talk "Deep dive into Docker storage drivers" per driver, on a scratch
     store, against baselines, and write a report."""
     if quick and scale_name not in (None, Scale.QUICK):
@@ -95,8 +132,9 @@ def bench_command(drivers: tuple[str, ...], scale_name: str | None, quick: bool,
     chosen = _split(drivers) or driver_names()
     for name in chosen:
         if name not in driver_names():
-            raise click.BadParameter(f"unknown driver {name!r} (known: {', '.join(driver_names())})",
-                                     param_hint="--driver")
+            raise click.BadParameter(
+                f"unknown driver {name!r} (known: {', '.join(driver_names())})", param_hint="--driver"
+            )
     peers = _split((compare,))
     for name in peers:
         if name not in PEERS:
@@ -104,8 +142,9 @@ def bench_command(drivers: tuple[str, ...], scale_name: str | None, quick: bool,
     keys = _split(only)
     unknown = [k for k in keys if k not in {e.key for e in ALL}]
     if unknown:
-        raise click.BadParameter(f"unknown experiment {unknown[0]!r} (known: {', '.join(e.key for e in ALL)})",
-                                 param_hint="--only")
+        raise click.BadParameter(
+            f"unknown experiment {unknown[0]!r} (known: {', '.join(e.key for e in ALL)})", param_hint="--only"
+        )
     experiments = [e for e in ALL if not keys or e.key in keys]
     console = Console()
     started = time.perf_counter()
@@ -127,8 +166,12 @@ def bench_command(drivers: tuple[str, ...], scale_name: str | None, quick: bool,
                 results.append(result)
                 report.print_result(console, result)
             descriptions = {s.name: {"kind": s.kind, "description": s.describe()} for s in subjects}
-        run |= {"backing": scratch.backing, "subjects": descriptions, "unavailable": unavailable,
-                "seconds": round(time.perf_counter() - started, 1)}
+        run |= {
+            "backing": scratch.backing,
+            "subjects": descriptions,
+            "unavailable": unavailable,
+            "seconds": round(time.perf_counter() - started, 1),
+        }
     peer_names = [n for n, d in descriptions.items() if d["kind"] == "peer"]
     driver_subjects = [n for n, d in descriptions.items() if d["kind"] == "driver"]
     ratios = report.peer_ratios(results, peer_names, driver_subjects)

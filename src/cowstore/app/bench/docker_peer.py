@@ -52,8 +52,10 @@ class DockerSubject(CliPeer):
     def __init__(self, scratch: Scratch, driver: str = "overlay2") -> None:
         daemon = shutil.which("dockerd")
         if daemon is None or not CLIENT.exists():
-            raise NotSupported(f"no Docker engine: {'dockerd' if daemon is None else CLIENT} is not installed; "
-                               "apt-get install docker.io")
+            raise NotSupported(
+                f"no Docker engine: {'dockerd' if daemon is None else CLIENT} is not installed; "
+                "apt-get install docker.io"
+            )
         self.name = f"docker-{driver}"
         self.driver = driver
         self.data_root = self.storage = scratch.path("docker")
@@ -75,16 +77,39 @@ class DockerSubject(CliPeer):
             raise
 
     def _start(self, daemon: str) -> None:
-        cmd = [daemon, "--data-root", str(self.data_root), "--exec-root", str(self.exec_root),
-               "--pidfile", str(self.state / "docker.pid"), "--config-file", str(self.state / "daemon.json"),
-               "-H", f"unix://{self.socket}", "--storage-driver", self.driver,
-               "--iptables=false", "--bridge=none", "--ip-masq=false",
-               "--exec-opt", "native.cgroupdriver=cgroupfs", "--log-level", "warn"]
+        cmd = [
+            daemon,
+            "--data-root",
+            str(self.data_root),
+            "--exec-root",
+            str(self.exec_root),
+            "--pidfile",
+            str(self.state / "docker.pid"),
+            "--config-file",
+            str(self.state / "daemon.json"),
+            "-H",
+            f"unix://{self.socket}",
+            "--storage-driver",
+            self.driver,
+            "--iptables=false",
+            "--bridge=none",
+            "--ip-masq=false",
+            "--exec-opt",
+            "native.cgroupdriver=cgroupfs",
+            "--log-level",
+            "warn",
+        ]
         log = open(self.state / "dockerd.log", "wb")  # noqa: SIM115 - the daemon writes to it until close()
         try:
             # Its own session: a Ctrl-C on the terminal reaches the bench, which stops the daemon in order.
-            self.daemon = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                           env=self.env, start_new_session=True)
+            self.daemon = subprocess.Popen(
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.env,
+                start_new_session=True,
+            )
         finally:
             log.close()
         deadline = time.monotonic() + _START_TIMEOUT
@@ -102,8 +127,13 @@ class DockerSubject(CliPeer):
         return _last_line("\n".join(errors) or text) or "no output"
 
     def _call(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(CLIENT), "-H", f"unix://{self.socket}", *args], capture_output=True, text=True,
-                              check=False, env=self.env)
+        return subprocess.run(
+            [str(CLIENT), "-H", f"unix://{self.socket}", *args],
+            capture_output=True,
+            text=True,
+            check=False,
+            env=self.env,
+        )
 
     def _run(self, *args: str) -> str:
         result = self._call(*args)
@@ -115,9 +145,11 @@ class DockerSubject(CliPeer):
 
     def describe(self) -> str:
         runtime = self._run("info", "--format", "{{.DefaultRuntime}}")
-        return (f"docker {self.version} (dockerd from docker.io), --storage-driver {self.driver}, runtime {runtime}, "
-                f"data root on {fsutil.backing_fs(self.data_root)}; CLI round trip floor {self.floor_ms:.0f} ms; "
-                "create is not a mount (docker mounts a container only while it runs)")
+        return (
+            f"docker {self.version} (dockerd from docker.io), --storage-driver {self.driver}, runtime {runtime}, "
+            f"data root on {fsutil.backing_fs(self.data_root)}; CLI round trip floor {self.floor_ms:.0f} ms; "
+            "create is not a mount (docker mounts a container only while it runs)"
+        )
 
     def load_image(self, tar: pathlib.Path) -> str:
         """`docker import` of the layer tar: the same one-layer image every subject imports."""
@@ -149,4 +181,3 @@ class DockerSubject(CliPeer):
                 with contextlib.suppress(CowstoreError):
                     mounts.unmount_all(root)
             fsutil.remove_tree(self.exec_root)
-

@@ -16,9 +16,37 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 _BUSYBOX = "/bin/busybox"
-_APPLETS = ("sh", "ls", "cat", "cp", "mv", "rm", "mkdir", "echo", "sleep", "env", "ps", "mount", "grep", "sed",
-            "awk", "tar", "vi", "wc", "head", "tail", "sort", "find", "chmod", "chown", "ln", "touch", "date",
-            "dd", "adjtimex")
+_APPLETS = (
+    "sh",
+    "ls",
+    "cat",
+    "cp",
+    "mv",
+    "rm",
+    "mkdir",
+    "echo",
+    "sleep",
+    "env",
+    "ps",
+    "mount",
+    "grep",
+    "sed",
+    "awk",
+    "tar",
+    "vi",
+    "wc",
+    "head",
+    "tail",
+    "sort",
+    "find",
+    "chmod",
+    "chown",
+    "ln",
+    "touch",
+    "date",
+    "dd",
+    "adjtimex",
+)
 _ETC = {
     "etc/passwd": b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
     "etc/group": b"root:x:0:\nnogroup:x:65534:\n",
@@ -53,8 +81,15 @@ class _RepeatingReader(io.RawIOBase):
         return count
 
 
-def _add(tar: tarfile.TarFile, name: str, data: bytes = b"", *, kind: bytes = tarfile.REGTYPE,
-         mode: int = 0o644, link: str = "") -> None:
+def _add(
+    tar: tarfile.TarFile,
+    name: str,
+    data: bytes = b"",
+    *,
+    kind: bytes = tarfile.REGTYPE,
+    mode: int = 0o644,
+    link: str = "",
+) -> None:
     info = tarfile.TarInfo(name)
     info.type = kind
     info.mode = mode
@@ -75,8 +110,9 @@ def _base(tar: tarfile.TarFile) -> None:
         _add(tar, name, data)
 
 
-def write_image(path: pathlib.Path, *, big: Iterable[BigFile] = (), small_files: int = 0,
-                small_size: int = 512, base: bool = True) -> pathlib.Path:
+def write_image(
+    path: pathlib.Path, *, big: Iterable[BigFile] = (), small_files: int = 0, small_size: int = 512, base: bool = True
+) -> pathlib.Path:
     """Write a layer tar at `path`: the busybox base, `small_files` files, then `big` files."""
     block = os.urandom(_CHUNK)
     with open(path, "wb") as out, tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:

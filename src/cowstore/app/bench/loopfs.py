@@ -32,8 +32,15 @@ def _last_line(text: str) -> str:
 class LoopFilesystem:
     """A new filesystem of `size` bytes (sparse) in `image`, mounted on `mountpoint` until close()."""
 
-    def __init__(self, image: pathlib.Path, mountpoint: pathlib.Path, size: int, mkfs: Sequence[str] = EXT4, *,
-                 direct_io: bool = False) -> None:
+    def __init__(
+        self,
+        image: pathlib.Path,
+        mountpoint: pathlib.Path,
+        size: int,
+        mkfs: Sequence[str] = EXT4,
+        *,
+        direct_io: bool = False,
+    ) -> None:
         if shutil.which(mkfs[0]) is None:
             raise NotSupported(f"{mkfs[0]} is not installed")
         self.image, self.mountpoint = image, mountpoint

@@ -43,8 +43,20 @@ class PodmanSubject(CliPeer):
         self.floor_ms = self._floor()
 
     def _run(self, *args: str) -> str:
-        cmd = [self.exe or "podman", "--root", str(self.root), "--runroot", str(self.runroot),
-               "--storage-driver", self.driver, "--cgroup-manager", "cgroupfs", "--events-backend", "file", *args]
+        cmd = [
+            self.exe or "podman",
+            "--root",
+            str(self.root),
+            "--runroot",
+            str(self.runroot),
+            "--storage-driver",
+            self.driver,
+            "--cgroup-manager",
+            "cgroupfs",
+            "--events-backend",
+            "file",
+            *args,
+        ]
         result = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             lines = (result.stderr or result.stdout).strip().splitlines()
@@ -53,8 +65,10 @@ class PodmanSubject(CliPeer):
 
     def describe(self) -> str:
         version = self._run("version", "--format", "{{.Client.Version}}")
-        return (f"podman {version}, --storage-driver {self.driver}, root on {fsutil.backing_fs(self.root)}; "
-                f"CLI round trip floor {self.floor_ms:.0f} ms")
+        return (
+            f"podman {version}, --storage-driver {self.driver}, root on {fsutil.backing_fs(self.root)}; "
+            f"CLI round trip floor {self.floor_ms:.0f} ms"
+        )
 
     def load_image(self, tar: pathlib.Path) -> str:
         self._images += 1

@@ -22,17 +22,27 @@ from cowstore.app.bench.experiments import ALL, PEER_EXPERIMENTS, Result
 from cowstore.app.bench.stats import fmt, summarize
 
 FORMAT_VERSION = 1
-_STATUS_MARK = {"confirmed": "✅ confirmed", "not confirmed": "❌ not confirmed",
-                "not claimed": "➖ not claimed", "measured": "📏 measured",
-                "met": "🎯 target met", "missed": "🔻 target missed"}
+_STATUS_MARK = {
+    "confirmed": "✅ confirmed",
+    "not confirmed": "❌ not confirmed",
+    "not claimed": "➖ not claimed",
+    "measured": "📏 measured",
+    "met": "🎯 target met",
+    "missed": "🔻 target missed",
+}
 
 
 def host_facts() -> dict[str, Any]:
     with open("/proc/meminfo") as fh:
         mem_kib = int(fh.readline().split()[1])
-    return {"kernel": platform.release(), "machine": platform.machine(), "cpus": os.cpu_count(),
-            "memory_gib": round(mem_kib / 2**20, 1), "python": platform.python_version(),
-            "load_average": [round(v, 2) for v in os.getloadavg()]}
+    return {
+        "kernel": platform.release(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "memory_gib": round(mem_kib / 2**20, 1),
+        "python": platform.python_version(),
+        "load_average": [round(v, 2) for v in os.getloadavg()],
+    }
 
 
 def _series(result: Result) -> dict[str, dict[str, list[dict[str, Any]]]]:
@@ -59,23 +69,43 @@ def peer_ratios(results: Sequence[Result], peers: Sequence[str], drivers: Sequen
                         mine = result.median(driver, metric.key, point)
                         theirs = result.median(peer, metric.key, point)
                         if mine is not None and theirs:
-                            rows.append({"experiment": result.key, "metric": metric.key, "unit": metric.unit,
-                                         "x": point, "driver": driver, "peer": peer, "driver_median": mine,
-                                         "peer_median": theirs, "ratio": mine / theirs})
+                            rows.append(
+                                {
+                                    "experiment": result.key,
+                                    "metric": metric.key,
+                                    "unit": metric.unit,
+                                    "x": point,
+                                    "driver": driver,
+                                    "peer": peer,
+                                    "driver_median": mine,
+                                    "peer_median": theirs,
+                                    "ratio": mine / theirs,
+                                }
+                            )
     return rows
 
 
 def to_json(run: dict[str, Any], results: Sequence[Result], plots: dict[str, str]) -> dict[str, Any]:
     experiments = []
     for r in results:
-        experiments.append({
-            "key": r.key, "title": r.title, "claim": r.claim, "x_label": r.x_label, "seconds": round(r.seconds, 2),
-            "metrics": [{"key": m.key, "label": m.label, "unit": m.unit} for m in r.metrics],
-            "points": r.points, "series": _series(r), "skipped": r.skipped, "errors": r.errors,
-            "limits": {k: v for k, v in r.limits.items() if v}, "notes": r.notes,
-            "verdicts": [{"subject": v.subject, "status": v.status, "detail": v.detail} for v in r.verdicts],
-            "plot": plots.get(r.key),
-        })
+        experiments.append(
+            {
+                "key": r.key,
+                "title": r.title,
+                "claim": r.claim,
+                "x_label": r.x_label,
+                "seconds": round(r.seconds, 2),
+                "metrics": [{"key": m.key, "label": m.label, "unit": m.unit} for m in r.metrics],
+                "points": r.points,
+                "series": _series(r),
+                "skipped": r.skipped,
+                "errors": r.errors,
+                "limits": {k: v for k, v in r.limits.items() if v},
+                "notes": r.notes,
+                "verdicts": [{"subject": v.subject, "status": v.status, "detail": v.detail} for v in r.verdicts],
+                "plot": plots.get(r.key),
+            }
+        )
     return {"format": FORMAT_VERSION, **run, "experiments": experiments}
 
 
@@ -113,8 +143,9 @@ def _plot(result: Result, path: pathlib.Path) -> bool:
             if values and max(values) / min(values) >= 50:
                 ax.set_xscale("log")
         else:
-            ax.set_xticks(range(len(result.points)), [str(p) for p in result.points], rotation=20, ha="right",
-                          fontsize=8)
+            ax.set_xticks(
+                range(len(result.points)), [str(p) for p in result.points], rotation=20, ha="right", fontsize=8
+            )
         ax.set_title(metric.label, fontsize=10)
         ax.set_xlabel(result.x_label, fontsize=9)
         ax.set_ylabel(metric.unit)
@@ -143,8 +174,16 @@ def _table_rows(result: Result) -> list[list[str]]:
             for point in result.measured_points(subject, metric.key):
                 s = result.summary(subject, metric.key, point)
                 assert s is not None
-                rows.append([subject, f"{metric.label} ({metric.unit})", str(point), fmt(s.median),
-                             f"{fmt(s.low)} – {fmt(s.high)}", str(s.count)])
+                rows.append(
+                    [
+                        subject,
+                        f"{metric.label} ({metric.unit})",
+                        str(point),
+                        fmt(s.median),
+                        f"{fmt(s.low)} – {fmt(s.high)}",
+                        str(s.count),
+                    ]
+                )
     return rows
 
 
@@ -154,10 +193,13 @@ _HEADERS = ["subject", "metric", "x", "median", "min – max", "n"]
 def markdown(run: dict[str, Any], results: Sequence[Result], plots: dict[str, str], peers: list[dict[str, Any]]) -> str:
     host = run["host"]
     lines = [
-        "# cowstore bench report", "",
+        "# cowstore bench report",
+        "",
         f"- Run: {run['created']} (`--scale {run['scale']}`), {run['seconds']:.0f} s in all",
-        (f"- Host: kernel {host['kernel']}, {host['cpus']} CPUs, {host['memory_gib']} GiB RAM, "
-         f"load average at start {host['load_average']}"),
+        (
+            f"- Host: kernel {host['kernel']}, {host['cpus']} CPUs, {host['memory_gib']} GiB RAM, "
+            f"load average at start {host['load_average']}"
+        ),
         f"- Backing: {run['backing']}",
         "- Subjects: " + "; ".join(f"**{n}**: {d['description']}" for n, d in run["subjects"].items()),
     ]
@@ -188,11 +230,17 @@ def markdown(run: dict[str, Any], results: Sequence[Result], plots: dict[str, st
         lines += [f"- note: {n}" for n in r.notes]
     lines += ["", f"## {len(ALL) + 1}. Peers", ""]
     if peers:
-        lines += ["Ratios of medians, cowstore / peer (below 1: cowstore is faster or smaller).", "",
-                  "| experiment | metric | x | driver | peer | driver median | peer median | ratio |",
-                  "|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {p['experiment']} | {p['metric']} ({p['unit']}) | {p['x']} | {p['driver']} | {p['peer']} | "
-                  f"{fmt(p['driver_median'])} | {fmt(p['peer_median'])} | {p['ratio']:.2f} |" for p in peers]
+        lines += [
+            "Ratios of medians, cowstore / peer (below 1: cowstore is faster or smaller).",
+            "",
+            "| experiment | metric | x | driver | peer | driver median | peer median | ratio |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {p['experiment']} | {p['metric']} ({p['unit']}) | {p['x']} | {p['driver']} | {p['peer']} | "
+            f"{fmt(p['driver_median'])} | {fmt(p['peer_median'])} | {p['ratio']:.2f} |"
+            for p in peers
+        ]
     else:
         lines.append("No peer measured in this run (`--compare podman,docker`).")
     for name, reason in run["unavailable"].items():
@@ -219,8 +267,9 @@ def print_result(console: Console, result: Result) -> None:
         console.print(f"  {subject} failed {error}", style="yellow")
 
 
-def write_outputs(out: pathlib.Path, run: dict[str, Any], results: Sequence[Result],
-                  peers: list[dict[str, Any]]) -> tuple[pathlib.Path, pathlib.Path]:
+def write_outputs(
+    out: pathlib.Path, run: dict[str, Any], results: Sequence[Result], peers: list[dict[str, Any]]
+) -> tuple[pathlib.Path, pathlib.Path]:
     """Write report.json, report.md and the PNGs into `out`; return the two report paths."""
     out.mkdir(parents=True, exist_ok=True)
     plots = write_plots(results, out)

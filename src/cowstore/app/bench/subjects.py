@@ -139,8 +139,9 @@ class DriverSubject(Subject):
 
     def _open(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        self.driver: Driver = open_driver(self.driver_name, self.root / self.driver_name,
-                                          DRIVER_OPTIONS.get(self.driver_name, {}))
+        self.driver: Driver = open_driver(
+            self.driver_name, self.root / self.driver_name, DRIVER_OPTIONS.get(self.driver_name, {})
+        )
         try:
             self.store = LayerStore(self.root, self.driver)
         except BaseException:

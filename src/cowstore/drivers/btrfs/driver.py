@@ -88,7 +88,8 @@ class BtrfsDriver(PlainDirectories, NaiveDiffDriver):
         if fs != "btrfs":
             raise NotSupported(
                 f"btrfs needs its home on a btrfs filesystem, but {home} is on {fs}: "
-                "put the store on btrfs or give the option btrfs.loopback=SIZE")
+                "put the store on btrfs or give the option btrfs.loopback=SIZE"
+            )
         self.subvolumes = self.layers_dir = home / "subvolumes"
         self.quotas = home / "quotas"
         self.removing = home / "removing"

@@ -146,8 +146,9 @@ def subvol_info(fd: int) -> SubvolInfo:
     parent_id, dirid, generation, flags = struct.unpack_from("=4Q", args, 264)
     uid, puid = bytes(args[296:312]), bytes(args[312:328])
     ctransid, otransid = struct.unpack_from("=2Q", args, 344)
-    return SubvolInfo(treeid, parent_id, dirid, generation, flags, UUID(bytes=uid),
-                      UUID(bytes=puid), ctransid, otransid)
+    return SubvolInfo(
+        treeid, parent_id, dirid, generation, flags, UUID(bytes=uid), UUID(bytes=puid), ctransid, otransid
+    )
 
 
 @dataclass(frozen=True)
@@ -161,9 +162,18 @@ class Item:
     data: bytes
 
 
-def tree_search(fd: int, tree_id: int, *, min_objectid: int = 0, max_objectid: int = 2**64 - 1,
-                min_type: int = 0, max_type: int = 255, min_offset: int = 0,
-                max_offset: int = 2**64 - 1, min_transid: int = 0) -> Iterator[Item]:
+def tree_search(
+    fd: int,
+    tree_id: int,
+    *,
+    min_objectid: int = 0,
+    max_objectid: int = 2**64 - 1,
+    min_type: int = 0,
+    max_type: int = 255,
+    min_offset: int = 0,
+    max_offset: int = 2**64 - 1,
+    min_transid: int = 0,
+) -> Iterator[Item]:
     """Items of tree `tree_id` between two keys (needs CAP_SYS_ADMIN).
 
     The key range is a range over (objectid, type, offset) in key order, as in the
@@ -174,8 +184,25 @@ def tree_search(fd: int, tree_id: int, *, min_objectid: int = 0, max_objectid: i
     objectid, type_, offset = min_objectid, min_type, min_offset
     while True:
         args = bytearray(4096)
-        _SEARCH_KEY.pack_into(args, 0, tree_id, objectid, max_objectid, offset, max_offset,
-                              min_transid, 2**64 - 1, type_, max_type, 4096, 0, 0, 0, 0, 0)
+        _SEARCH_KEY.pack_into(
+            args,
+            0,
+            tree_id,
+            objectid,
+            max_objectid,
+            offset,
+            max_offset,
+            min_transid,
+            2**64 - 1,
+            type_,
+            max_type,
+            4096,
+            0,
+            0,
+            0,
+            0,
+            0,
+        )
         fcntl.ioctl(fd, IOC_TREE_SEARCH, args)
         count = struct.unpack_from("=I", args, 64)[0]
         if count == 0:
@@ -207,8 +234,14 @@ def child_subvolumes(fd: int, parent_id: int) -> list[tuple[int, int, str]]:
     search instead of a walk over every file of the layer.
     """
     children = []
-    for item in tree_search(fd, ROOT_TREE_OBJECTID, min_objectid=parent_id, max_objectid=parent_id,
-                            min_type=ROOT_REF_KEY, max_type=ROOT_REF_KEY):
+    for item in tree_search(
+        fd,
+        ROOT_TREE_OBJECTID,
+        min_objectid=parent_id,
+        max_objectid=parent_id,
+        min_type=ROOT_REF_KEY,
+        max_type=ROOT_REF_KEY,
+    ):
         if item.type != ROOT_REF_KEY:
             continue
         dirid, _sequence, name_len = struct.unpack_from("=QQH", item.data, 0)
@@ -246,9 +279,18 @@ def quota_rescan_wait(fd: int) -> None:
 def qgroup_usage(fd: int, qgroupid: int) -> tuple[int, int] | None:
     """(referenced, exclusive) bytes of a qgroup; None when quotas are off or it is unknown."""
     try:
-        items = list(tree_search(fd, QUOTA_TREE_OBJECTID, min_objectid=0, max_objectid=0,
-                                 min_type=QGROUP_INFO_KEY, max_type=QGROUP_INFO_KEY,
-                                 min_offset=qgroupid, max_offset=qgroupid))
+        items = list(
+            tree_search(
+                fd,
+                QUOTA_TREE_OBJECTID,
+                min_objectid=0,
+                max_objectid=0,
+                min_type=QGROUP_INFO_KEY,
+                max_type=QGROUP_INFO_KEY,
+                min_offset=qgroupid,
+                max_offset=qgroupid,
+            )
+        )
     except FileNotFoundError:
         return None
     for item in items:
@@ -271,8 +313,15 @@ def sync(fd: int) -> None:
 def changed_inodes(fd: int, tree_id: int, since: int) -> dict[int, bool]:
     """{inode number: is a directory} of inodes whose item changed after transaction `since`."""
     changed = {}
-    for item in tree_search(fd, tree_id, min_objectid=FIRST_FREE_OBJECTID, max_objectid=LAST_FREE_OBJECTID,
-                            min_type=INODE_ITEM_KEY, max_type=INODE_ITEM_KEY, min_transid=since + 1):
+    for item in tree_search(
+        fd,
+        tree_id,
+        min_objectid=FIRST_FREE_OBJECTID,
+        max_objectid=LAST_FREE_OBJECTID,
+        min_type=INODE_ITEM_KEY,
+        max_type=INODE_ITEM_KEY,
+        min_transid=since + 1,
+    ):
         if item.type != INODE_ITEM_KEY:
             continue
         transid = struct.unpack_from("=Q", item.data, 8)[0]
@@ -285,8 +334,9 @@ def changed_inodes(fd: int, tree_id: int, since: int) -> dict[int, bool]:
 def inode_names(fd: int, tree_id: int, ino: int) -> list[tuple[int, str]]:
     """(parent directory inode, name) of every hard link of inode `ino`."""
     names = []
-    for item in tree_search(fd, tree_id, min_objectid=ino, max_objectid=ino,
-                            min_type=INODE_REF_KEY, max_type=INODE_EXTREF_KEY):
+    for item in tree_search(
+        fd, tree_id, min_objectid=ino, max_objectid=ino, min_type=INODE_REF_KEY, max_type=INODE_EXTREF_KEY
+    ):
         pos = 0
         while pos < len(item.data):
             if item.type == INODE_REF_KEY:

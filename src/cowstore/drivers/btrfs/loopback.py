@@ -48,8 +48,9 @@ def _make_image(image: pathlib.Path, size: int) -> None:
     with open(partial, "wb") as fh:
         fh.truncate(size)
     try:
-        result = subprocess.run(["mkfs.btrfs", "-q", "-f", "-L", "cowstore", str(partial)],
-                                capture_output=True, text=True, check=False)
+        result = subprocess.run(
+            ["mkfs.btrfs", "-q", "-f", "-L", "cowstore", str(partial)], capture_output=True, text=True, check=False
+        )
     except FileNotFoundError:
         partial.unlink()
         raise MountError("mkfs.btrfs not found: install btrfs-progs to use btrfs.loopback") from None

@@ -88,8 +88,11 @@ def allocation(path: pathlib.Path) -> Allocation:
             if flags & btrfsioctl.SPACE_INFO_GLOBAL_RSV:
                 reserve = total
                 continue
-            for kind, bit in (("data", btrfsioctl.BLOCK_GROUP_DATA), ("metadata", btrfsioctl.BLOCK_GROUP_METADATA),
-                              ("system", btrfsioctl.BLOCK_GROUP_SYSTEM)):
+            for kind, bit in (
+                ("data", btrfsioctl.BLOCK_GROUP_DATA),
+                ("metadata", btrfsioctl.BLOCK_GROUP_METADATA),
+                ("system", btrfsioctl.BLOCK_GROUP_SYSTEM),
+            ):
                 if flags & bit:
                     totals[kind][0] += total
                     totals[kind][1] += used
@@ -103,10 +106,13 @@ def allocation(path: pathlib.Path) -> Allocation:
     finally:
         os.close(fd)
     (data_allocated, data_used), (meta_allocated, meta_used), (sys_allocated, sys_used) = (
-        totals["data"], totals["metadata"], totals["system"]
+        totals["data"],
+        totals["metadata"],
+        totals["system"],
     )
-    return Allocation(size, allocated, data_allocated, data_used, meta_allocated, meta_used, sys_allocated, sys_used,
-                      reserve)
+    return Allocation(
+        size, allocated, data_allocated, data_used, meta_allocated, meta_used, sys_allocated, sys_used, reserve
+    )
 
 
 def status_lines(path: pathlib.Path) -> list[tuple[str, str]]:
@@ -151,7 +157,8 @@ def balance_path(path: pathlib.Path, dusage: int) -> dict[str, int]:
                 if exc.errno == errno.ENOSPC:
                     raise BalanceNoSpace(
                         f"balance at dusage={step} ran out of space on {path}: delete some data "
-                        "or add a device, then balance again with a lower --dusage") from None
+                        "or add a device, then balance again with a lower --dusage"
+                    ) from None
                 raise BalanceError(f"balance of {path} at dusage={step}: {exc.strerror}") from None
             considered += seen
             relocated += moved

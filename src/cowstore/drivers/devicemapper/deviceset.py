@@ -79,8 +79,11 @@ class DeviceSet:
 
     def layer_ids(self) -> list[str]:
         """Every layer that has a device (not the base device)."""
-        return sorted(p.name for p in self.dir.iterdir() if not p.name.startswith(".")
-                      and p.name not in (BASE, _DEVICESET, _TRANSACTION))
+        return sorted(
+            p.name
+            for p in self.dir.iterdir()
+            if not p.name.startswith(".") and p.name not in (BASE, _DEVICESET, _TRANSACTION)
+        )
 
     def layers_by_device(self) -> dict[int, str]:
         """Device id -> layer id (the base device included), for `dmsetup ls`."""
@@ -110,8 +113,9 @@ class DeviceSet:
     def _open(self, layer: str, device_id: int, op: str, **args: Any) -> int:
         """Record the open transaction, then send the pool its message; returns the old id."""
         current: int = self.client.call("status")["transaction_id"]
-        _write_json(self.dir / _TRANSACTION,
-                    {"open_transaction_id": current + 1, "device_hash": layer, "device_id": device_id})
+        _write_json(
+            self.dir / _TRANSACTION, {"open_transaction_id": current + 1, "device_hash": layer, "device_id": device_id}
+        )
         self.client.call(op, **args)
         return current
 
@@ -134,8 +138,16 @@ class DeviceSet:
                 device_id = (device_id + 1) & _MAX_DEVICE_ID
         if origin is not None and size:
             self.client.call("set_device_size", id=device_id, size=size)
-        _write_json(self._path(id), {"device_id": device_id, "size": size, "transaction_id": current + 1,
-                                     "initialized": origin is not None, "deleted": False})
+        _write_json(
+            self._path(id),
+            {
+                "device_id": device_id,
+                "size": size,
+                "transaction_id": current + 1,
+                "initialized": origin is not None,
+                "deleted": False,
+            },
+        )
         self.update_facts(next_device_id=(device_id + 1) & _MAX_DEVICE_ID)
         self._close(current)
         return device_id

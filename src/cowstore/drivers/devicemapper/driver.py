@@ -57,11 +57,17 @@ class DeviceMapperDriver(NaiveDiffDriver):
         self.data_file, self.meta_file = backing_files(home, self.opts)
         devices_dir = home / "devicemapper" / "mapper"
         self.client = server.start_server(
-            metadata=self.meta_file, data=self.data_file, mountpoint=devices_dir,
-            socket=home / "devicemapper" / "control.sock", log=home / "devicemapper" / "server.log",
-            block_size=self.opts.block_size, no_space_policy=self.opts.no_space_policy,
-            min_free_pct=self.opts.min_free_pct, cgroup=self.opts.server_cgroup,
-            discard_passdown=self.opts.blkdiscard)
+            metadata=self.meta_file,
+            data=self.data_file,
+            mountpoint=devices_dir,
+            socket=home / "devicemapper" / "control.sock",
+            log=home / "devicemapper" / "server.log",
+            block_size=self.opts.block_size,
+            no_space_policy=self.opts.no_space_policy,
+            min_free_pct=self.opts.min_free_pct,
+            cgroup=self.opts.server_cgroup,
+            discard_passdown=self.opts.blkdiscard,
+        )
         self.devices = DeviceSet(home, self.client, devices_dir)
         try:
             self.devices.rollback()
@@ -229,17 +235,24 @@ class DeviceMapperDriver(NaiveDiffDriver):
         info = self.devices.info(check_id(id))
         if info is None:
             raise LayerNotFound(f"devmapper: Unknown device {id}")
-        return {"DeviceId": str(info["device_id"]), "DeviceSize": str(info["size"]),
-                "DeviceName": self.devices.device_name(id)}
+        return {
+            "DeviceId": str(info["device_id"]),
+            "DeviceSize": str(info["size"]),
+            "DeviceName": self.devices.device_name(id),
+        }
 
     def pool_usage(self) -> PoolUsage:
         """The pool's space in bytes, exact (status() rounds it for people): how much data and
         metadata its blocks hold, e.g. to see that a write allocates and a discard frees."""
         st = self.client.call("status")
         bs = st["data_block_size"]
-        return PoolUsage(data_used=st["used_data_blocks"] * bs, data_total=st["total_data_blocks"] * bs,
-                         metadata_used=st["used_meta_blocks"] * _META_BLOCK,
-                         metadata_total=st["total_meta_blocks"] * _META_BLOCK, block_size=bs)
+        return PoolUsage(
+            data_used=st["used_data_blocks"] * bs,
+            data_total=st["total_data_blocks"] * bs,
+            metadata_used=st["used_meta_blocks"] * _META_BLOCK,
+            metadata_total=st["total_meta_blocks"] * _META_BLOCK,
+            block_size=bs,
+        )
 
     def status(self) -> list[tuple[str, str]]:
         usage = self.pool_usage()

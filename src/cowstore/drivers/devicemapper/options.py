@@ -17,10 +17,19 @@ from cowstore.drivers.common.options import parse_bool
 from cowstore.errors import InvalidOption, NotSupported
 from cowstore.units import parse_size
 
-_DEFAULTS = {"dm.basesize": "10G", "dm.loopdatasize": "100G", "dm.loopmetadatasize": "2G", "dm.fs": "ext4",
-             "dm.blocksize": "64K", "dm.min_free_space": "10%", "dm.no_space_policy": "error",
-             "dm.blkdiscard": "true", "dm.server_cgroup": "/sys/fs/cgroup/memory/cowstore-thinpool",
-             "dm.datadev": "", "dm.metadatadev": ""}
+_DEFAULTS = {
+    "dm.basesize": "10G",
+    "dm.loopdatasize": "100G",
+    "dm.loopmetadatasize": "2G",
+    "dm.fs": "ext4",
+    "dm.blocksize": "64K",
+    "dm.min_free_space": "10%",
+    "dm.no_space_policy": "error",
+    "dm.blkdiscard": "true",
+    "dm.server_cgroup": "/sys/fs/cgroup/memory/cowstore-thinpool",
+    "dm.datadev": "",
+    "dm.metadatadev": "",
+}
 _MULTI = ("dm.mkfsarg", "dm.mountopt")
 _BOOL_FALSE_ONLY = ("dm.use_deferred_removal", "dm.use_deferred_deletion", "dm.override_udev_sync_check")
 
@@ -101,8 +110,10 @@ def check_host(opts: DmOptions) -> None:
 def backing_files(home: pathlib.Path, opts: DmOptions) -> tuple[pathlib.Path, pathlib.Path]:
     """dm.datadev / dm.metadatadev, or sparse files grown (never shrunk) to the loop sizes."""
     files = []
-    for device, name, size in ((opts.data_dev, "data", opts.data_size),
-                               (opts.metadata_dev, "metadata", opts.metadata_size)):
+    for device, name, size in (
+        (opts.data_dev, "data", opts.data_size),
+        (opts.metadata_dev, "metadata", opts.metadata_size),
+    ):
         if device:
             files.append(pathlib.Path(device))
             continue

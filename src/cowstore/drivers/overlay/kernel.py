@@ -46,6 +46,7 @@ _AT_FDCWD = -100
 
 _PARAMS = pathlib.Path("/sys/module/overlay/parameters")
 
+
 @functools.cache
 def in_user_namespace() -> bool:
     """True inside a user namespace, where overlay needs `userxattr` and trusted.* is off limits."""
@@ -166,7 +167,9 @@ def _mount_new_api(spec: OverlaySpec, target: pathlib.Path) -> None:
         detail = _fs_messages(fsfd) if fsfd >= 0 else ""
         if exc.errno == errno.EINVAL and step.startswith("lowerdir+") and "too many" in detail.lower():
             raise _depth_error(spec, f"({detail})") from None
-        raise MountError(f"overlay mount on {target} failed at {step}: {exc.strerror}" + (f" ({detail})" if detail else "")) from None
+        raise MountError(
+            f"overlay mount on {target} failed at {step}: {exc.strerror}" + (f" ({detail})" if detail else "")
+        ) from None
     finally:
         if fsfd >= 0:
             os.close(fsfd)
@@ -227,7 +230,9 @@ def is_mounted(target: pathlib.Path) -> bool:
         return False
 
 
-def acquire_mount(ref: RefCount, target: pathlib.Path, spec: Callable[[], OverlaySpec], *, classic: bool = False) -> None:
+def acquire_mount(
+    ref: RefCount, target: pathlib.Path, spec: Callable[[], OverlaySpec], *, classic: bool = False
+) -> None:
     """Count one more user of `target`; the first user mounts (`spec` is built only then)."""
     if ref.increment(is_mounted(target)) > 1:
         return

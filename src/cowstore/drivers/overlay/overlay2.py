@@ -317,4 +317,3 @@ class Overlay2Driver(OverlayHome):
             return upperdir.upper_changes(upper, view)
         finally:
             self.put(parent)
-

@@ -17,8 +17,18 @@ from cowstore.app.bench.experiments.thin_pool import ThinPool
 from cowstore.app.bench.experiments.vfs_linear import VfsLinear
 from cowstore.app.bench.experiments.walk import Walk
 
-ALL: tuple[Experiment, ...] = (ContainerCost(), CopyUp(), PageCache(), SeqWrite(), DeepLayers(), CommitDiff(),
-                               ThinPool(), BtrfsChunks(), VfsLinear(), Walk())
+ALL: tuple[Experiment, ...] = (
+    ContainerCost(),
+    CopyUp(),
+    PageCache(),
+    SeqWrite(),
+    DeepLayers(),
+    CommitDiff(),
+    ThinPool(),
+    BtrfsChunks(),
+    VfsLinear(),
+    Walk(),
+)
 PEER_EXPERIMENTS = ("container_cost", "copy_up", "commit_diff")
 
 __all__ = ["ALL", "PEER_EXPERIMENTS", "Context", "Experiment", "Metric", "Point", "Result", "Verdict"]

@@ -78,7 +78,8 @@ class Result:
     metrics: tuple[Metric, ...]
     points: list[Point]
     samples: dict[str, dict[str, dict[Point, list[float]]]] = field(
-        default_factory=lambda: defaultdict(lambda: defaultdict(lambda: defaultdict(list))))
+        default_factory=lambda: defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    )
     skipped: dict[str, str] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
     limits: dict[str, dict[str, str]] = field(default_factory=lambda: defaultdict(dict))

@@ -93,12 +93,16 @@ def _balance(driver: BtrfsDriver, small: pathlib.Path, created: int) -> int:
 class BtrfsChunks(Experiment):
     key = "btrfs_chunks"
     title = "8. btrfs chunk trap"
-    claim = ("btrfs can fail with 'No space left on device' while df shows free space (all chunks "
-             "allocated); a balance (`-dusage`) fixes it.")
+    claim = (
+        "btrfs can fail with 'No space left on device' while df shows free space (all chunks "
+        "allocated); a balance (`-dusage`) fixes it."
+    )
     x_label = "step"
-    metrics = (Metric("df_free_mib", "free space df shows", "MiB"),
-               Metric("unallocated_mib", "device space in no chunk", "MiB"),
-               Metric("files", "small files created (deleted, for the balance) in the step", "files"))
+    metrics = (
+        Metric("df_free_mib", "free space df shows", "MiB"),
+        Metric("unallocated_mib", "device space in no chunk", "MiB"),
+        Metric("files", "small files created (deleted, for the balance) in the step", "files"),
+    )
 
     def rounds(self, scale: Scale) -> int:
         return 1
@@ -137,8 +141,11 @@ class BtrfsChunks(Experiment):
             files = _small_files(root / "small", "b", 2 * state["deleted"] + 100)[0]
         syncfs(root)
         st = os.statvfs(root)
-        return {"df_free_mib": st.f_bavail * st.f_frsize / MIB,
-                "unallocated_mib": allocation(root).unallocated / MIB, "files": files}
+        return {
+            "df_free_mib": st.f_bavail * st.f_frsize / MIB,
+            "unallocated_mib": allocation(root).unallocated / MIB,
+            "files": files,
+        }
 
     def finish(self, subject: Subject, state: Any) -> None:
         driver = state["driver"]
@@ -159,9 +166,14 @@ class BtrfsChunks(Experiment):
                 continue
             trapped = created is not None and created < _MAX_SMALL and (free or 0) > 32
             fixed = (again or 0) > 2 * (deleted or 0)
-            verdicts.append(Verdict(subject, "confirmed" if trapped and fixed else "not confirmed",
-                                    f"ENOSPC after {created:.0f} small files while df showed {free:.0f} MiB free; "
-                                    f"after deleting {deleted:.0f} of them the balance left {freed:.0f} MiB "
-                                    f"unallocated and {again:.0f} new files fit (of {2 * (deleted or 0) + 100:.0f} "
-                                    "tried)"))
+            verdicts.append(
+                Verdict(
+                    subject,
+                    "confirmed" if trapped and fixed else "not confirmed",
+                    f"ENOSPC after {created:.0f} small files while df showed {free:.0f} MiB free; "
+                    f"after deleting {deleted:.0f} of them the balance left {freed:.0f} MiB "
+                    f"unallocated and {again:.0f} new files fit (of {2 * (deleted or 0) + 100:.0f} "
+                    "tried)",
+                )
+            )
         return verdicts

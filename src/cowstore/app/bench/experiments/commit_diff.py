@@ -33,11 +33,16 @@ def _big_mib(scale: Scale) -> int:
 class CommitDiff(Experiment):
     key = "commit_diff"
     title = "6. Commit and diff"
-    claim = ("Changes are tracked as a difference: diff and commit of a container cost what "
-             "changed, not the size of the image.")
+    claim = (
+        "Changes are tracked as a difference: diff and commit of a container cost what "
+        "changed, not the size of the image."
+    )
     x_label = "change made in the container"
-    metrics = (Metric("diff_ms", "diff (list changes)", "ms"), Metric("commit_ms", "commit to a new layer/image", "ms"),
-               Metric("naive_ms", "naive diff (compare the mounted trees)", "ms"))
+    metrics = (
+        Metric("diff_ms", "diff (list changes)", "ms"),
+        Metric("commit_ms", "commit to a new layer/image", "ms"),
+        Metric("naive_ms", "naive diff (compare the mounted trees)", "ms"),
+    )
 
     def points(self, scale: Scale) -> list[Point]:
         return [SMALL_IN_FEW, SMALL, BIG]
@@ -64,8 +69,11 @@ class CommitDiff(Experiment):
         """A stopped container holding the change of `point` (untimed)."""
         big_mib = _big_mib(ctx.scale)
         if not subject.mountable:
-            script = (f"dd if=/dev/urandom of=/big/file bs=1M count={big_mib} conv=fsync 2>/dev/null" if point == BIG
-                      else "echo changed > /data/d0/f0")
+            script = (
+                f"dd if=/dev/urandom of=/big/file bs=1M count={big_mib} conv=fsync 2>/dev/null"
+                if point == BIG
+                else "echo changed > /data/d0/f0"
+            )
             name = unique("commit")
             subject.run(image, ["sh", "-c", script], name=name)
             return name
@@ -114,12 +122,21 @@ class CommitDiff(Experiment):
             if few is None or diff is None or small is None or big is None:
                 continue
             baseline = f" (naive {naive:.1f} ms)" if naive is not None else ""
-            verdicts.append(Verdict(subject, "measured",
-                                    f"diff of one small file {few:.1f} ms in {FEW} files, {diff:.1f} ms in many"
-                                    f"{baseline}; commit {small:.1f} ms for one small file, {big:.0f} ms for the "
-                                    "rewritten big file"))
+            verdicts.append(
+                Verdict(
+                    subject,
+                    "measured",
+                    f"diff of one small file {few:.1f} ms in {FEW} files, {diff:.1f} ms in many"
+                    f"{baseline}; commit {small:.1f} ms for one small file, {big:.0f} ms for the "
+                    "rewritten big file",
+                )
+            )
             if subject in _FLAT_DIFF:
-                verdicts.append(target(subject, diff <= _FLAT_DIFF[subject] * few,
-                                       f"diff in many files <= {_FLAT_DIFF[subject]:g}x diff in {FEW}: "
-                                       f"{diff / few:.2f}x"))
+                verdicts.append(
+                    target(
+                        subject,
+                        diff <= _FLAT_DIFF[subject] * few,
+                        f"diff in many files <= {_FLAT_DIFF[subject]:g}x diff in {FEW}: {diff / few:.2f}x",
+                    )
+                )
         return verdicts

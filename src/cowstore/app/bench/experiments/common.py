@@ -40,8 +40,9 @@ class Timer:
 
 
 @contextmanager
-def container(subject: Subject, image: str, prefix: str, *, init: bool = True,
-              mount_timer: Timer | None = None) -> Iterator[tuple[str, pathlib.Path]]:
+def container(
+    subject: Subject, image: str, prefix: str, *, init: bool = True, mount_timer: Timer | None = None
+) -> Iterator[tuple[str, pathlib.Path]]:
     """A created and mounted container, unmounted and removed afterwards; only the mount is
     timed, and only by `mount_timer` when given."""
     name = subject.create(image, unique(prefix), init=init)

@@ -24,9 +24,11 @@ class ContainerCost(Experiment):
     title = "1. Container cost"
     claim = "One container costs under 0.1 s to start and under 1 MB of disk."
     x_label = "containers created and mounted (N)"
-    metrics = (Metric("time_ms", "time per container", "ms"),
-               Metric("disk_kib", "disk per container", "KiB"),
-               Metric("inodes", "inodes per container", "inodes"))
+    metrics = (
+        Metric("time_ms", "time per container", "ms"),
+        Metric("disk_kib", "disk per container", "KiB"),
+        Metric("inodes", "inodes per container", "inodes"),
+    )
     baselines = ("btrfs-cli",)
 
     def points(self, scale: Scale) -> list[Point]:
@@ -65,8 +67,10 @@ class ContainerCost(Experiment):
     def caveat(self, subject: Subject) -> str | None:
         if subject.mountable:
             return None
-        return ("timed on create alone: the engine has no mount command and mounts a container's layers "
-                "only while it runs; disk and inodes are those of the created containers")
+        return (
+            "timed on create alone: the engine has no mount command and mounts a container's layers "
+            "only while it runs; disk and inodes are those of the created containers"
+        )
 
     def judge(self, result: Result) -> list[Verdict]:
         verdicts = []
@@ -74,6 +78,11 @@ class ContainerCost(Experiment):
             ms = result.median(subject, "time_ms", n) or 0.0
             kib = result.median(subject, "disk_kib", n) or 0.0
             versus = result.versus(subject, _REFERENCES.get(subject, ()), "time_ms", n)
-            verdicts.append(Verdict(subject, "confirmed" if ms < 100 and kib < 1024 else "not confirmed",
-                                    f"{ms:.1f} ms{versus} and {kib:.0f} KiB per container at N={n}"))
+            verdicts.append(
+                Verdict(
+                    subject,
+                    "confirmed" if ms < 100 and kib < 1024 else "not confirmed",
+                    f"{ms:.1f} ms{versus} and {kib:.0f} KiB per container at N={n}",
+                )
+            )
         return verdicts

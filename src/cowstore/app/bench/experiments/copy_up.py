@@ -23,8 +23,15 @@ from cowstore.app.bench.subjects import PlainSubject, Subject
 
 # Which way each design goes in "Deep dive into Docker storage drivers": a file-level union
 # copies the whole file, block-level and snapshotting drivers copy (at most) one block.
-_EXPECTED = {"overlay": "grows", "overlay2": "grows", "aufs": "grows", "podman-overlay": "grows",
-             "docker-overlay2": "grows", "btrfs": "flat", "devicemapper": "flat"}
+_EXPECTED = {
+    "overlay": "grows",
+    "overlay2": "grows",
+    "aufs": "grows",
+    "podman-overlay": "grows",
+    "docker-overlay2": "grows",
+    "btrfs": "flat",
+    "devicemapper": "flat",
+}
 # aufs's reference on each backing: the kernel's overlayfs through the overlay2 driver.
 _REFERENCE = {"aufs": ("overlay2",), "aufs@xfs": ("overlay2@xfs",)}
 
@@ -47,8 +54,10 @@ def _adjtimex_ms(output: str) -> list[float]:
 
 def _open_in_run(subject: Subject, image: str, path: str) -> float:
     """Copy-up measured inside a running container: (write dd) - (read-only dd), in ms."""
-    script = (f"adjtimex; dd if={path} of=/dev/null bs=4096 count=1 2>/dev/null; adjtimex; "
-              f"dd if=/dev/zero of={path} bs=4096 count=1 conv=notrunc 2>/dev/null; adjtimex")
+    script = (
+        f"adjtimex; dd if={path} of=/dev/null bs=4096 count=1 2>/dev/null; adjtimex; "
+        f"dd if=/dev/zero of={path} bs=4096 count=1 conv=notrunc 2>/dev/null; adjtimex"
+    )
     readings = _adjtimex_ms(subject.run(image, ["sh", "-c", script]))
     if len(readings) != 3:
         raise ValueError(f"expected 3 adjtimex readings from the container, got {len(readings)}")
@@ -70,8 +79,10 @@ def _open_for_write(path: os.PathLike) -> float:
 class CopyUp(Experiment):
     key = "copy_up"
     title = "2. Copy-up"
-    claim = ("The first open-for-write of a big lower file is slow on aufs/overlay (the whole file "
-             "is copied up); block-level drivers copy one block.")
+    claim = (
+        "The first open-for-write of a big lower file is slow on aufs/overlay (the whole file "
+        "is copied up); block-level drivers copy one block."
+    )
     x_label = "size of the lower file (MiB)"
     metrics = (Metric("open_ms", "first open-for-write + 4 KiB write", "ms"),)
     baselines = ("overlay2@xfs", "aufs@xfs")
@@ -85,8 +96,10 @@ class CopyUp(Experiment):
     def caveat(self, subject: Subject) -> str | None:
         if subject.mountable:
             return None
-        return ("measured inside `run` with busybox adjtimex around `dd conv=notrunc` (open for write + 4 KiB), "
-                "minus the same around a read-only dd of the file")
+        return (
+            "measured inside `run` with busybox adjtimex around `dd conv=notrunc` (open for write + 4 KiB), "
+            "minus the same around a read-only dd of the file"
+        )
 
     def prepare(self, subject: Subject, ctx: Context) -> Any:
         big = [BigFile(f"big/{size}M", size * MIB) for size in _sizes(ctx.scale)]

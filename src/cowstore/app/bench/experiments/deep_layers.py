@@ -56,11 +56,15 @@ class _Chain:
 class DeepLayers(Experiment):
     key = "deep_layers"
     title = "5. Deep layers"
-    claim = ("Union drivers look a file up through every layer; as the chain grows, finding and "
-             "reading a file of the bottom layer gets slower where the driver stacks layers at run time.")
+    claim = (
+        "Union drivers look a file up through every layer; as the chain grows, finding and "
+        "reading a file of the bottom layer gets slower where the driver stacks layers at run time."
+    )
     x_label = "image layers in the chain"
-    metrics = (Metric("mount_ms", "mount of a container", "ms"),
-               Metric("read_ms", "first stat + open + read of a bottom-layer file", "ms"))
+    metrics = (
+        Metric("mount_ms", "mount of a container", "ms"),
+        Metric("read_ms", "first stat + open + read of a bottom-layer file", "ms"),
+    )
     baselines = ("overlayfs",)
 
     def points(self, scale: Scale) -> list[Point]:
@@ -100,8 +104,10 @@ class DeepLayers(Experiment):
     def sample(self, subject: Subject, state: Any, point: Point, ctx: Context) -> dict[str, float]:
         assert isinstance(point, int)
         mount_timer = Timer()
-        with container(subject, state.chain_ids[point], "deep", init=False, mount_timer=mount_timer) as (_, root), \
-                Timer() as read_timer:
+        with (
+            container(subject, state.chain_ids[point], "deep", init=False, mount_timer=mount_timer) as (_, root),
+            Timer() as read_timer,
+        ):
             os.stat(root / "deep" / "bottom")
             with open(root / "deep" / "bottom", "rb") as fh:
                 fh.read()
@@ -136,6 +142,11 @@ class DeepLayers(Experiment):
             at = min((p for p in points if isinstance(p, int) and p >= depth), default=points[-1])
             ms = result.median(subject, "mount_ms", at) or 0.0
             versus = result.versus(subject, _REFERENCES.get(subject, ()), "mount_ms", at)
-            verdicts.append(target(subject, ms <= bound, f"mount <= {bound:g} ms on a {depth}-layer chain: "
-                                                         f"{ms:.2f} ms on {at} layers{versus}"))
+            verdicts.append(
+                target(
+                    subject,
+                    ms <= bound,
+                    f"mount <= {bound:g} ms on a {depth}-layer chain: {ms:.2f} ms on {at} layers{versus}",
+                )
+            )
         return verdicts

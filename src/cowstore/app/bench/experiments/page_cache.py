@@ -27,11 +27,15 @@ def _file_mib(scale: Scale) -> int:
 class PageCache(Experiment):
     key = "page_cache"
     title = "3. Shared page cache"
-    claim = ("Many containers of one image reading the same file: aufs/overlay cache it once; "
-             "devicemapper caches it once per container.")
+    claim = (
+        "Many containers of one image reading the same file: aufs/overlay cache it once; "
+        "devicemapper caches it once per container."
+    )
     x_label = "containers reading the file (N)"
-    metrics = (Metric("copies", "page cache growth / file size", "copies"),
-               Metric("growth_mib", "page cache growth", "MiB"))
+    metrics = (
+        Metric("copies", "page cache growth / file size", "copies"),
+        Metric("growth_mib", "page cache growth", "MiB"),
+    )
 
     def rounds(self, scale: Scale) -> int:
         return scale.pick(1, 2)

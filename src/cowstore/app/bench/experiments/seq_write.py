@@ -35,8 +35,10 @@ from cowstore.app.bench.subjects import PlainSubject, Subject
 _CLAIMED = {"btrfs": 0.6, "devicemapper": 0.7}
 _REFERENCES = {"btrfs": ("btrfs-plain",), "devicemapper": ("loop-lvm", "loop-dio"), "aufs": ("overlay2",)}
 # cowstore's targets: at least this share of the reference's throughput, for these metrics.
-_TARGETS = {"aufs": ("overlay2", 0.8, ("write_mb_s", "warm_mb_s")),
-            "devicemapper": ("loop-lvm", 0.5, ("write_mb_s", "cold_mb_s"))}
+_TARGETS = {
+    "aufs": ("overlay2", 0.8, ("write_mb_s", "warm_mb_s")),
+    "devicemapper": ("loop-lvm", 0.5, ("write_mb_s", "cold_mb_s")),
+}
 
 
 def _measure(subject: Subject, path: pathlib.Path, size: int, ctx: Context) -> dict[str, float]:
@@ -50,18 +52,23 @@ def _measure(subject: Subject, path: pathlib.Path, size: int, ctx: Context) -> d
     with Timer() as warm:
         read_file(path)
     path.unlink()
-    return {"write_mb_s": mb_per_s(size, write.ms), "cold_mb_s": mb_per_s(size, cold.ms),
-            "warm_mb_s": mb_per_s(size, warm.ms)}
+    return {
+        "write_mb_s": mb_per_s(size, write.ms),
+        "cold_mb_s": mb_per_s(size, cold.ms),
+        "warm_mb_s": mb_per_s(size, warm.ms),
+    }
 
 
 class SeqWrite(Experiment):
     key = "seq_write"
     title = "4. Sequential I/O"
-    claim = ("Sequential writes in a container: btrfs can run at half native speed; "
-             "devicemapper on loop files is slow.")
+    claim = "Sequential writes in a container: btrfs can run at half native speed; devicemapper on loop files is slow."
     x_label = "file size (MiB): written in 1 MiB blocks + fsync, read cold, read again warm"
-    metrics = (Metric("write_mb_s", "write + fsync", "MB/s"), Metric("cold_mb_s", "cold read", "MB/s"),
-               Metric("warm_mb_s", "warm read", "MB/s"))
+    metrics = (
+        Metric("write_mb_s", "write + fsync", "MB/s"),
+        Metric("cold_mb_s", "cold read", "MB/s"),
+        Metric("warm_mb_s", "warm read", "MB/s"),
+    )
     baselines = ("loop-lvm", "loop-dio", "btrfs-plain")
 
     def points(self, scale: Scale) -> list[Point]:

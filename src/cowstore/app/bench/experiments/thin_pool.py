@@ -38,12 +38,16 @@ def _usage(subject: DriverSubject) -> PoolUsage:
 class ThinPool(Experiment):
     key = "thin_pool"
     title = "7. Thin pool behaviour"
-    claim = ("devicemapper allocates pool blocks only when first written (thin), and discard returns "
-             "freed blocks to the pool.")
+    claim = (
+        "devicemapper allocates pool blocks only when first written (thin), and discard returns "
+        "freed blocks to the pool."
+    )
     x_label = "step"
-    metrics = (Metric("pool_mib", "pool data in use (growth since the container was created)", "MiB"),
-               Metric("meta_per_block", "pool metadata per data block mapped since then", "bytes"),
-               Metric("reopen_ms", "close and reopen the store (pool server restart)", "ms"))
+    metrics = (
+        Metric("pool_mib", "pool data in use (growth since the container was created)", "MiB"),
+        Metric("meta_per_block", "pool metadata per data block mapped since then", "bytes"),
+        Metric("reopen_ms", "close and reopen the store (pool server restart)", "ms"),
+    )
 
     def rounds(self, scale: Scale) -> int:
         return 1
@@ -116,9 +120,14 @@ class ThinPool(Experiment):
                 continue
             thin = abs(written - total) <= max(0.25 * total, 2)
             returned = trimmed < 0.5 * written
-            verdicts.append(Verdict(subject, "confirmed" if thin and returned else "not confirmed",
-                                    f"{written:.1f} MiB of pool after writing {total:.0f} MiB; {deleted:.1f} MiB "
-                                    f"after deleting; {trimmed:.1f} MiB after fstrim; {meta:.1f} bytes of metadata "
-                                    f"per mapped block; reopen {reopen[0]:.0f} ms nearly empty, "
-                                    f"{reopen[1]:.0f} ms with {written:.0f} MiB mapped"))
+            verdicts.append(
+                Verdict(
+                    subject,
+                    "confirmed" if thin and returned else "not confirmed",
+                    f"{written:.1f} MiB of pool after writing {total:.0f} MiB; {deleted:.1f} MiB "
+                    f"after deleting; {trimmed:.1f} MiB after fstrim; {meta:.1f} bytes of metadata "
+                    f"per mapped block; reopen {reopen[0]:.0f} ms nearly empty, "
+                    f"{reopen[1]:.0f} ms with {written:.0f} MiB mapped",
+                )
+            )
         return verdicts

@@ -16,8 +16,14 @@ from cowstore.app.bench.images import BigFile
 from cowstore.app.bench.scale import Scale
 from cowstore.app.bench.subjects import Subject
 
-_EXPECTED = {"vfs": "linear", "overlay": "flat", "overlay2": "flat", "aufs": "flat", "btrfs": "flat",
-             "devicemapper": "flat"}
+_EXPECTED = {
+    "vfs": "linear",
+    "overlay": "flat",
+    "overlay2": "flat",
+    "aufs": "flat",
+    "btrfs": "flat",
+    "devicemapper": "flat",
+}
 
 
 def _sizes(scale: Scale) -> list[int]:
@@ -27,11 +33,15 @@ def _sizes(scale: Scale) -> list[int]:
 class VfsLinear(Experiment):
     key = "vfs_linear"
     title = "9. vfs: no copy-on-write"
-    claim = ("vfs copies every layer in full: container time and space grow linearly with the image size; "
-             "a copy-on-write driver's container costs the same space whatever the image's size.")
+    claim = (
+        "vfs copies every layer in full: container time and space grow linearly with the image size; "
+        "a copy-on-write driver's container costs the same space whatever the image's size."
+    )
     x_label = "image size (MiB of 1 MiB files)"
-    metrics = (Metric("create_ms", "create + mount of a container", "ms"),
-               Metric("disk_mib", "disk used by the container", "MiB"))
+    metrics = (
+        Metric("create_ms", "create + mount of a container", "ms"),
+        Metric("disk_mib", "disk used by the container", "MiB"),
+    )
 
     def points(self, scale: Scale) -> list[Point]:
         return list(_sizes(scale))
@@ -69,7 +79,9 @@ class VfsLinear(Experiment):
                 shape = "flat"
             else:
                 shape = "in between"
-            detail = (f"disk grows {disk_slope:.2f} MiB per image MiB, create+mount {t_low:.0f} -> {t_high:.0f} ms "
-                      f"({time_growth:.1f}x) from {low} to {high} MiB: {shape}")
+            detail = (
+                f"disk grows {disk_slope:.2f} MiB per image MiB, create+mount {t_low:.0f} -> {t_high:.0f} ms "
+                f"({time_growth:.1f}x) from {low} to {high} MiB: {shape}"
+            )
             verdicts.append(judged(subject, _EXPECTED, shape, detail))
         return verdicts

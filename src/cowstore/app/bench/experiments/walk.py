@@ -36,8 +36,10 @@ def _walk(root: pathlib.Path) -> float:
 class Walk(Experiment):
     key = "walk"
     title = "10. Tree walk"
-    claim = ("Reads and writes run at native speed once a file is open (not claimed for lookups: this "
-             "measures what finding files costs through each driver).")
+    claim = (
+        "Reads and writes run at native speed once a file is open (not claimed for lookups: this "
+        "measures what finding files costs through each driver)."
+    )
     x_label = "small files in the image"
     metrics = (Metric("walk_ms", "warm walk with lstat of every entry", "ms"),)
 
@@ -80,6 +82,7 @@ class Walk(Experiment):
             verdicts.append(Verdict(subject, "measured", f"{ms:.1f} ms for {point} files{versus}"))
             ratio = result.ratio(subject, "overlay2", "walk_ms", point)
             if subject == "aufs" and ratio is not None:
-                verdicts.append(target(subject, ratio <= _AUFS_VS_OVERLAY2,
-                                       f"<= {_AUFS_VS_OVERLAY2:g}x overlay2: {ratio:.2f}x"))
+                verdicts.append(
+                    target(subject, ratio <= _AUFS_VS_OVERLAY2, f"<= {_AUFS_VS_OVERLAY2:g}x overlay2: {ratio:.2f}x")
+                )
         return verdicts

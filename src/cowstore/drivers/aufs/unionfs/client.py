@@ -50,16 +50,22 @@ class UnionClient:
         finally:
             os.close(fd)
 
-    def mount(self, mountpoint: str | os.PathLike, branches: Sequence[str], *, timeout: float, passthrough: bool,
-              source: str) -> dict[str, Any]:
+    def mount(
+        self, mountpoint: str | os.PathLike, branches: Sequence[str], *, timeout: float, passthrough: bool, source: str
+    ) -> dict[str, Any]:
         """Mount `branches` (top first, `DIR=MODE`) at `mountpoint`; returns the server's
         description of the mount ({pid, conn, passthrough}).
 
         The request goes straight to the server; only when none answers is one started
         (a separate ping first would cost every mount a round trip).
         """
-        args = {"mountpoint": _target(mountpoint), "branches": list(branches), "timeout": timeout,
-                "passthrough": passthrough, "source": source}
+        args = {
+            "mountpoint": _target(mountpoint),
+            "branches": list(branches),
+            "timeout": timeout,
+            "passthrough": passthrough,
+            "source": source,
+        }
         try:
             reply: dict[str, Any] = self.client.call("mount", **args)
         except ServiceUnavailable:

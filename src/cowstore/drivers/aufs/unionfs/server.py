@@ -66,8 +66,14 @@ class UnionServer:
     def op_ping(self) -> bool:
         return not self.stopping.is_set()
 
-    def op_mount(self, mountpoint: str, branches: list[str], timeout: float = 10.0, passthrough: bool = True,
-                 source: str = "unionfs") -> dict[str, Any]:
+    def op_mount(
+        self,
+        mountpoint: str,
+        branches: list[str],
+        timeout: float = 10.0,
+        passthrough: bool = True,
+        source: str = "unionfs",
+    ) -> dict[str, Any]:
         if not os.path.isabs(mountpoint):
             raise InvalidArgument(f"mount point {mountpoint!r} is not an absolute path")
         ops = UnionFS([parse_branch(spec) for spec in branches], timeout=timeout)
@@ -174,12 +180,15 @@ def _terminate(signum: int, frame: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cowstore.drivers.aufs.unionfs.server",
-                                     description="serve the union mounts of one aufs driver home")
+    parser = argparse.ArgumentParser(
+        prog="python -m cowstore.drivers.aufs.unionfs.server",
+        description="serve the union mounts of one aufs driver home",
+    )
     parser.add_argument("--socket", required=True, help="control socket path")
     args = parser.parse_args(argv)
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
-                        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
+    )
     os.umask(0)  # modes arrive with the caller's umask already applied by the kernel
     os.chdir("/")  # a working directory inside a union mount would keep it busy forever
     for sig in (signal.SIGTERM, signal.SIGINT):
