@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import mmap
 import os
 import pathlib
 import shutil
 import subprocess
-import mmap
+import threading
 
 import pytest
 
@@ -149,3 +151,29 @@ def test_read_replies_end_at_the_device_end(tmp_path, request, offset, expected)
     got = fs.read_into(CTX, node, devices.open(node), offset, reply[:4096])
     assert got == expected
     assert bytes(reply[:got]) == b"0123456789"[10 - expected:]
+
+
+def test_a_name_activated_again_is_a_new_node():
+    """A node the kernel still knows never reaches the device a name serves next."""
+    devices = Devices()
+    devices.activate("thin", 1)
+    old, _ = devices.lookup("thin")
+    assert devices.open(old) == 1
+    assert not devices.deactivate("thin")  # open
+    devices.release(old)
+    assert devices.deactivate("thin")
+    devices.activate("thin", 2)
+    new, dev_id = devices.lookup("thin")
+    assert (new, dev_id) != (old, 1) and dev_id == 2
+    with pytest.raises(OSError) as failed:
+        devices.open(old)
+    assert failed.value.errno == errno.ENOENT
+
+
+def test_watchdog_aborts_when_a_request_is_stuck():
+    watchdog = Watchdog(1 << 30, 0.2)  # no such connection: the abort itself is a no-op
+    checker = threading.Thread(target=watchdog.run, daemon=True)
+    with watchdog.request():
+        checker.start()
+        checker.join(5)
+    assert watchdog.aborted and not checker.is_alive()

@@ -37,14 +37,17 @@ def _split_names(data: memoryview, count: int) -> list[bytes]:
 class Session:
     """One mounted FUSE connection and its request loop."""
 
-    def __init__(self, ops: Operations, fd: int, *, want_passthrough: bool = True, async_dio: bool = False) -> None:
+    def __init__(self, ops: Operations, fd: int, *, want_passthrough: bool = True, async_dio: bool = False,
+                 max_background: int = 12) -> None:
         """`async_dio` lets the kernel send the requests of one O_DIRECT read or write in
         parallel and complete asynchronous direct I/O (a loop device's) without waiting
-        on each: without it a loop device has one request in flight at a time."""
+        on each. `max_background` caps such asynchronous requests (and readahead) in
+        flight; the kernel's default is 12. Both matter only to a multi-threaded server."""
         self.ops = ops
         self.fd = fd
         self.want_passthrough = want_passthrough
         self.async_dio = async_dio
+        self.max_background = max_background
         self.passthrough = False
         self.proto_minor = 0
         self._channel = Channel(fd)
@@ -206,8 +209,8 @@ class Session:
             self.proto_minor,
             max_readahead,
             granted & 0xFFFFFFFF,
-            12,
-            9,
+            self.max_background,
+            self.max_background * 3 // 4,  # congestion threshold, at the kernel's default ratio
             MAX_WRITE,
             1,
             MAX_PAGES,

@@ -35,7 +35,11 @@ from cowstore.host import fuse, service
 log = logging.getLogger("cowstore.thinpool.blockserver")
 
 FSTYPE = "cowstore-thinpool"
-THREADS = 4
+# Measured with bench/bench_devicemapper.py: ext4 writeback and readahead keep the
+# kernel's default 12 asynchronous requests in flight all the time; 32, with 16 threads
+# to serve them, raised both sequential write and cold read by about a fifth.
+THREADS = 16
+MAX_BACKGROUND = 32
 
 
 def join_cgroup(path: pathlib.Path) -> None:
@@ -72,7 +76,8 @@ def serve_devices(pool: ThinPool, devices: Devices, ready: threading.Event, moun
         fuse.mount_fd(fd, mountpoint, fstype=FSTYPE, source=FSTYPE)
         try:
             watchdog = Watchdog(fuse.connection_id(mountpoint), args.watchdog)
-            session = fuse.Session(DeviceFS(pool, devices, watchdog), fd, want_passthrough=False, async_dio=True)
+            session = fuse.Session(DeviceFS(pool, devices, watchdog), fd, want_passthrough=False, async_dio=True,
+                                   max_background=MAX_BACKGROUND)
             session.handshake()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda signum, frame: fuse.abort_connection(watchdog.conn))
