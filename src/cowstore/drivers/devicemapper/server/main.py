@@ -36,8 +36,9 @@ log = logging.getLogger("cowstore.thinpool.blockserver")
 
 FSTYPE = "cowstore-thinpool"
 # Measured with bench/bench_devicemapper.py: ext4 writeback and readahead keep the
-# kernel's default 12 asynchronous requests in flight all the time; 32, with 16 threads
-# to serve them, raised both sequential write and cold read by about a fifth.
+# kernel's default of 12 asynchronous requests in flight most of the time; 32, with 16
+# threads to serve them, gave a quarter more sequential write and a third more cold
+# read than 12 with 8 threads (medians of 4 runs on a shared 2-core VM).
 THREADS = 16
 MAX_BACKGROUND = 32
 
