@@ -105,8 +105,8 @@ class Session:
 
         The calling thread serves, and `threads - 1` more, each with its own Channel;
         the kernel hands each request to one of them. Returns once all have ended, then
-        raising the error that ended a helper thread, if one did. Operations must be
-        thread-safe when `threads` > 1.
+        raising the error that ended a helper thread, if one did; an error in the calling
+        thread's loop propagates at once. Operations must be thread-safe when `threads` > 1.
         """
         failures: list[Exception] = []
         helpers = [

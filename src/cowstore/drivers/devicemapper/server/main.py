@@ -8,8 +8,9 @@ that writeback (a deadlock measured on this kernel).
 The device files are served by the in-house FUSE stack (`host.fuse`) with several
 threads: a loop device with direct I/O keeps several requests in flight (the kernel
 sends them in parallel with FUSE_ASYNC_DIO), and each thread spends most of a request
-in system calls that release the GIL. SIGTERM and SIGINT abort the connection (what
-closing it at exit did under libfuse), so the threads end and the pool closes cleanly.
+in system calls that release the GIL. SIGTERM and SIGINT abort the connection, as
+exiting would anyway (the kernel aborts a connection whose last descriptor closes),
+but first, so that the threads end and the pool is closed cleanly.
 
 Usage: python3 -m cowstore.drivers.devicemapper.server.main --metadata M --data D --mountpoint DIR --socket S
 """
@@ -80,8 +81,13 @@ def serve_devices(pool: ThinPool, devices: Devices, ready: threading.Event, moun
             session = fuse.Session(DeviceFS(pool, devices, watchdog), fd, want_passthrough=False, async_dio=True,
                                    max_background=MAX_BACKGROUND)
             session.handshake()
+
+            def terminate(signum: int, frame: object) -> None:
+                log.info("signal %d: aborting FUSE connection %d", signum, watchdog.conn)
+                fuse.abort_connection(watchdog.conn)
+
             for sig in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(sig, lambda signum, frame: fuse.abort_connection(watchdog.conn))
+                signal.signal(sig, terminate)
             threading.Thread(target=watchdog.run, daemon=True).start()
             ready.set()
             session.serve(threads=args.threads)
