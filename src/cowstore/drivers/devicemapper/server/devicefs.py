@@ -1,9 +1,9 @@
 """The device files: a flat FUSE directory with one file per active thin device.
 
 `losetup --direct-io=on <mountpoint>/<name>` turns a file into a real block device.
-Its reads and writes arrive as READ and WRITE requests and go to the pool with
-O_DIRECT: a READ into the serving thread's page-aligned reply buffer, a WRITE from the
-page-aligned request buffer it landed in. Discards arrive as
+Its reads and writes arrive as READ and WRITE requests: a READ goes to the pool with
+O_DIRECT straight into the serving thread's page-aligned reply buffer, a WRITE hands
+the pool its data where it landed, page-aligned, in the request buffer. Discards arrive as
 `fallocate(PUNCH_HOLE)` / `fallocate(ZERO_RANGE)` and unmap blocks; FLUSH/FUA arrive as
 fsync and commit the metadata.
 
