@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import mmap
 import os
 import pathlib
 import shutil
@@ -12,13 +14,17 @@ import threading
 import pytest
 
 from cowstore.drivers.devicemapper import server as pool_server
+from cowstore.drivers.devicemapper.server.devicefs import DeviceFS, Devices
+from cowstore.drivers.devicemapper.server.watchdog import Watchdog
 from cowstore.drivers.devicemapper.thinpool import ThinPool
 from cowstore.host import loop
+from cowstore.host.fuse import Context
 from cowstore.host.mounts import mount, umount
 
 from .thinpool.conftest import make_files
 
 MiB = 1024 * 1024
+CTX = Context(0, 0, 0)
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root for loop devices and mounts"),
@@ -29,7 +35,6 @@ pytestmark = [
 
 @pytest.fixture
 def server(tmp_path: pathlib.Path):
-    pytest.importorskip("mfusepy")
     data, meta = tmp_path / "data", tmp_path / "metadata"
     data.write_bytes(b"")
     os.truncate(data, 512 * MiB)
@@ -132,23 +137,43 @@ def test_writer_in_memory_limited_cgroup_does_not_deadlock(server, attached):
 
 @pytest.mark.parametrize("offset, expected", [(MiB - 10, 10), (MiB, 0), (MiB + 4096, 0)])
 def test_read_replies_end_at_the_device_end(tmp_path, request, offset, expected):
-    """The server's read reply (a libfuse bufvec it hands over) is cut at the device's
-    end, and empty at or past it, like a file's."""
-    import ctypes
-
-    blockserver = pytest.importorskip("cowstore.drivers.devicemapper.server.blockserver")
+    """A read is answered from the reply buffer, cut at the device's end and empty at or
+    past it, like a file's."""
     pool = ThinPool.open(*make_files(tmp_path), min_free_pct=0)
     request.addfinalizer(pool.abandon)
     pool.create_thin(1, MiB)
     pool.write(1, MiB - 10, b"0123456789")
-    watchdog = blockserver.Watchdog("/nonexistent", 0)
-    fs = blockserver.BlockFS(pool, blockserver.Devices(), threading.Event(), watchdog)
-    bufp = ctypes.c_void_p()
-    assert fs.read_buf("/thin-1", ctypes.pointer(bufp), 4096, offset, 1) == 0
-    vec = blockserver._FuseBufvec.from_address(bufp.value)
-    try:
-        assert vec.count == 1 and vec.buf[0].size == expected
-        assert ctypes.string_at(vec.buf[0].mem, expected) == b"0123456789"[10 - expected:]
-    finally:
-        blockserver.LIBC.free(vec.buf[0].mem)
-        blockserver.LIBC.free(bufp.value)
+    devices = Devices()
+    devices.activate("thin-1", 1)
+    node, _ = devices.lookup("thin-1")
+    fs = DeviceFS(pool, devices, Watchdog(0, 0))
+    reply = memoryview(mmap.mmap(-1, 8192))
+    got = fs.read_into(CTX, node, devices.open(node), offset, reply[:4096])
+    assert got == expected
+    assert bytes(reply[:got]) == b"0123456789"[10 - expected:]
+
+
+def test_a_name_activated_again_is_a_new_node():
+    """A node the kernel still knows never reaches the device a name serves next."""
+    devices = Devices()
+    devices.activate("thin", 1)
+    old, _ = devices.lookup("thin")
+    assert devices.open(old) == 1
+    assert not devices.deactivate("thin")  # open
+    devices.release(old)
+    assert devices.deactivate("thin")
+    devices.activate("thin", 2)
+    new, dev_id = devices.lookup("thin")
+    assert (new, dev_id) != (old, 1) and dev_id == 2
+    with pytest.raises(OSError) as failed:
+        devices.open(old)
+    assert failed.value.errno == errno.ENOENT
+
+
+def test_watchdog_aborts_when_a_request_is_stuck():
+    watchdog = Watchdog(1 << 30, 0.2)  # no such connection: the abort itself is a no-op
+    checker = threading.Thread(target=watchdog.run, daemon=True)
+    with watchdog.request():
+        checker.start()
+        checker.join(5)
+    assert watchdog.aborted and not checker.is_alive()

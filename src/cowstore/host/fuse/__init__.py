@@ -2,12 +2,13 @@
 
 libfuse 3.14 (Debian 12) predates FUSE_PASSTHROUGH, and the Python bindings add a
 per-request cost we do not need; the protocol itself is small. `Session` runs the
-request loop over an `Operations` object; `device` opens, mounts and registers
-passthrough backing files.
+request loop, in one thread or several, over an `Operations` object; `device` opens,
+mounts, aborts and registers passthrough backing files.
 """
 
 from cowstore.host.fuse.device import abort_connection, connection_id, mount_fd, open_device, unmount
-from cowstore.host.fuse.session import Context, Entry, Opened, Operations, Session, SetAttr
+from cowstore.host.fuse.operations import Context, Entry, Opened, Operations, SetAttr
+from cowstore.host.fuse.session import Session
 
 __all__ = [
     "Context",

@@ -1,11 +1,15 @@
 """A FUSE request loop: decode kernel requests, call an Operations object, encode replies.
 
 It is deliberately filesystem-agnostic (a union filesystem and a single-file block
-device server can both sit on it). Handlers raise OSError for errors; anything else
+device server both sit on it). Handlers raise OSError for errors; anything else
 becomes EIO and is logged, so one bad request never kills the mount.
 
-The loop is single-threaded: with FUSE_PASSTHROUGH, READ and WRITE never arrive here,
-so what is left is metadata, for which one thread under the GIL is as fast as several.
+`serve` runs the loop in one thread or in several. With FUSE_PASSTHROUGH, READ and
+WRITE never arrive here, so what is left is metadata, for which one thread under the
+GIL is as fast as several. A server whose data does pass through here (the block
+server) wants several: each request spends most of its time in a system call that
+releases the GIL (the read from /dev/fuse, the pool's disk I/O, the reply), so the
+threads overlap the requests that a loop device sends in parallel.
 """
 
 from __future__ import annotations
@@ -14,166 +18,15 @@ import errno
 import logging
 import os
 import stat
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import NamedTuple
+import threading
+from collections.abc import Callable
 
 from cowstore.host.fuse import device
 from cowstore.host.fuse import protocol as proto
+from cowstore.host.fuse.channel import MAX_PAGES, MAX_WRITE, Channel, Request
+from cowstore.host.fuse.operations import Context, Entry, Opened, Operations, SetAttr
 
 log = logging.getLogger("cowstore.fuse")
-
-MAX_WRITE = 1 << 20
-_MAX_PAGES = MAX_WRITE // 4096
-_BUFSIZE = MAX_WRITE + 4096
-
-
-class Context(NamedTuple):
-    """Who made the request (fsuid/fsgid/pid of the calling thread).
-
-    A NamedTuple, not a frozen dataclass: one is built for every request, and building
-    a NamedTuple costs half as much.
-    """
-
-    uid: int
-    gid: int
-    pid: int
-
-
-@dataclass
-class Entry:
-    """A LOOKUP-style answer: node id plus attributes and how long the kernel may cache them."""
-
-    nodeid: int
-    attr: os.stat_result
-    entry_timeout: float
-    attr_timeout: float
-
-
-@dataclass
-class Opened:
-    """An OPEN/CREATE answer: the handle and, for passthrough, the backing id."""
-
-    fh: int
-    flags: int = 0
-    backing_id: int = 0
-
-
-@dataclass
-class SetAttr:
-    """The decoded fields of a SETATTR request; None means "leave unchanged".
-
-    `kill_suidgid` asks for what the VFS does when a caller without CAP_FSETID writes,
-    truncates or chowns: drop S_ISUID, and S_ISGID if the file is group-executable or
-    the caller is not in its group.
-    It also arrives alone, for the KILL_SUIDGID flag of an OPEN or WRITE request.
-    """
-
-    mode: int | None = None
-    uid: int | None = None
-    gid: int | None = None
-    size: int | None = None
-    atime_ns: int | None = None
-    mtime_ns: int | None = None
-    atime_now: bool = False
-    mtime_now: bool = False
-    fh: int | None = None
-    kill_suidgid: bool = False
-
-
-class Operations:
-    """Handler interface; every method not overridden answers ENOSYS."""
-
-    def init(self, session: Session) -> None:
-        """Called once INIT is negotiated (session.passthrough is then known)."""
-
-    def lookup(self, ctx: Context, parent: int, name: bytes) -> Entry:
-        raise OSError(errno.ENOSYS, "lookup")
-
-    def forget(self, items: Iterable[tuple[int, int]]) -> None:
-        """Drop kernel references: (nodeid, count) pairs; no reply is sent."""
-
-    def getattr(self, ctx: Context, node: int, fh: int | None) -> tuple[os.stat_result, float]:
-        raise OSError(errno.ENOSYS, "getattr")
-
-    def setattr(self, ctx: Context, node: int, change: SetAttr) -> tuple[os.stat_result, float]:
-        raise OSError(errno.ENOSYS, "setattr")
-
-    def readlink(self, ctx: Context, node: int) -> bytes:
-        raise OSError(errno.ENOSYS, "readlink")
-
-    def symlink(self, ctx: Context, parent: int, name: bytes, target: bytes) -> Entry:
-        raise OSError(errno.ENOSYS, "symlink")
-
-    def mknod(self, ctx: Context, parent: int, name: bytes, mode: int, rdev: int) -> Entry:
-        raise OSError(errno.ENOSYS, "mknod")
-
-    def mkdir(self, ctx: Context, parent: int, name: bytes, mode: int) -> Entry:
-        raise OSError(errno.ENOSYS, "mkdir")
-
-    def unlink(self, ctx: Context, parent: int, name: bytes) -> None:
-        raise OSError(errno.ENOSYS, "unlink")
-
-    def rmdir(self, ctx: Context, parent: int, name: bytes) -> None:
-        raise OSError(errno.ENOSYS, "rmdir")
-
-    def rename(self, ctx: Context, parent: int, name: bytes, new_parent: int, new_name: bytes, flags: int) -> None:
-        raise OSError(errno.ENOSYS, "rename")
-
-    def link(self, ctx: Context, node: int, new_parent: int, new_name: bytes) -> Entry:
-        raise OSError(errno.ENOSYS, "link")
-
-    def open(self, ctx: Context, node: int, flags: int) -> Opened:
-        raise OSError(errno.ENOSYS, "open")
-
-    def create(self, ctx: Context, parent: int, name: bytes, mode: int, flags: int) -> tuple[Entry, Opened]:
-        raise OSError(errno.ENOSYS, "create")
-
-    def read(self, ctx: Context, node: int, fh: int, offset: int, size: int) -> bytes:
-        raise OSError(errno.ENOSYS, "read")
-
-    def write(self, ctx: Context, node: int, fh: int, offset: int, data: memoryview) -> int:
-        raise OSError(errno.ENOSYS, "write")
-
-    def statfs(self, ctx: Context, node: int) -> os.statvfs_result:
-        raise OSError(errno.ENOSYS, "statfs")
-
-    def release(self, ctx: Context, node: int, fh: int) -> None:
-        """Last close of an open file."""
-
-    def flush(self, ctx: Context, node: int, fh: int) -> None:
-        """close(2) of one descriptor."""
-
-    def fsync(self, ctx: Context, node: int, fh: int, datasync: bool) -> None:
-        """fsync/fdatasync."""
-
-    def setxattr(self, ctx: Context, node: int, name: bytes, value: bytes, flags: int) -> None:
-        raise OSError(errno.ENOSYS, "setxattr")
-
-    def getxattr(self, ctx: Context, node: int, name: bytes) -> bytes:
-        raise OSError(errno.ENOSYS, "getxattr")
-
-    def listxattr(self, ctx: Context, node: int) -> list[bytes]:
-        raise OSError(errno.ENOSYS, "listxattr")
-
-    def removexattr(self, ctx: Context, node: int, name: bytes) -> None:
-        raise OSError(errno.ENOSYS, "removexattr")
-
-    def opendir(self, ctx: Context, node: int, flags: int) -> int:
-        return 0
-
-    def readdir(self, ctx: Context, node: int, fh: int, offset: int) -> Iterable[tuple[bytes, int, int, int]]:
-        """Yield (name, ino, d_type, next offset) starting after `offset`."""
-        raise OSError(errno.ENOSYS, "readdir")
-
-    def releasedir(self, ctx: Context, node: int, fh: int) -> None:
-        """closedir."""
-
-    def fallocate(self, ctx: Context, node: int, fh: int, offset: int, length: int, mode: int) -> None:
-        raise OSError(errno.ENOSYS, "fallocate")
-
-    def lseek(self, ctx: Context, node: int, fh: int, offset: int, whence: int) -> int:
-        raise OSError(errno.ENOSYS, "lseek")
 
 
 def _split_names(data: memoryview, count: int) -> list[bytes]:
@@ -184,15 +37,20 @@ def _split_names(data: memoryview, count: int) -> list[bytes]:
 class Session:
     """One mounted FUSE connection and its request loop."""
 
-    def __init__(self, ops: Operations, fd: int, *, want_passthrough: bool = True) -> None:
+    def __init__(self, ops: Operations, fd: int, *, want_passthrough: bool = True, async_dio: bool = False,
+                 max_background: int = 12) -> None:
+        """`async_dio` lets the kernel send the requests of one O_DIRECT read or write in
+        parallel and complete asynchronous direct I/O (a loop device's) without waiting
+        on each. `max_background` caps such asynchronous requests (and readahead) in
+        flight; the kernel's default is 12. Both matter only to a multi-threaded server."""
         self.ops = ops
         self.fd = fd
         self.want_passthrough = want_passthrough
+        self.async_dio = async_dio
+        self.max_background = max_background
         self.passthrough = False
         self.proto_minor = 0
-        # One reused buffer: allocating 1 MiB per request would dominate small requests.
-        self._buffer = bytearray(_BUFSIZE)
-        self._view = memoryview(self._buffer)
+        self._channel = Channel(fd)
         self._handlers: dict[int, Callable[[Context, int, memoryview], bytes | None]] = {
             proto.LOOKUP: self._lookup,
             proto.FORGET: self._forget,
@@ -203,15 +61,13 @@ class Session:
             proto.SYMLINK: self._symlink,
             proto.MKNOD: self._mknod,
             proto.MKDIR: self._mkdir,
-            proto.UNLINK: lambda c, n, a: self._empty(self.ops.unlink(c, n, _split_names(a, 1)[0])),
-            proto.RMDIR: lambda c, n, a: self._empty(self.ops.rmdir(c, n, _split_names(a, 1)[0])),
+            proto.UNLINK: self._unlink,
+            proto.RMDIR: self._rmdir,
             proto.RENAME: self._rename,
             proto.RENAME2: self._rename2,
             proto.LINK: self._link,
             proto.OPEN: self._open,
             proto.CREATE: self._create,
-            proto.READ: self._read,
-            proto.WRITE: self._write,
             proto.STATFS: self._statfs,
             proto.RELEASE: self._release,
             proto.FLUSH: self._flush,
@@ -219,7 +75,7 @@ class Session:
             proto.SETXATTR: self._setxattr,
             proto.GETXATTR: self._getxattr,
             proto.LISTXATTR: self._listxattr,
-            proto.REMOVEXATTR: lambda c, n, a: self._empty(self.ops.removexattr(c, n, _split_names(a, 1)[0])),
+            proto.REMOVEXATTR: self._removexattr,
             proto.OPENDIR: self._opendir,
             proto.READDIR: self._readdir,
             proto.RELEASEDIR: self._releasedir,
@@ -235,68 +91,69 @@ class Session:
     def handshake(self) -> None:
         """Read and answer INIT (the kernel sends it right after mount)."""
         while True:
-            request = self._read_request()
+            request = self._channel.receive()
             if request is None:
                 raise OSError(errno.ENODEV, "FUSE connection closed before INIT")
-            opcode, unique, _, _, args = request
-            if opcode == proto.INIT:
-                self._reply(unique, self._init(args))
+            if request.opcode == proto.INIT:
+                self._channel.reply(request.unique, self._init(request.args))
                 self.ops.init(self)
                 return
-            self._reply_error(unique, errno.EIO)
+            self._channel.reply_error(request.unique, errno.EIO)
 
-    def serve(self) -> None:
-        """Answer requests until the filesystem is unmounted (ENODEV on read)."""
-        while True:
-            request = self._read_request()
-            if request is None:
-                return
-            opcode, unique, nodeid, ctx, args = request
-            handler = self._handlers.get(opcode)
-            if handler is None:
-                self._reply_error(unique, errno.ENOSYS)
-                continue
-            try:
-                payload = handler(ctx, nodeid, args)
-            except OSError as exc:
-                self._reply_error(unique, exc.errno or errno.EIO)
-                continue
-            except Exception:
-                log.exception("opcode %d on node %d failed", opcode, nodeid)
-                self._reply_error(unique, errno.EIO)
-                continue
-            if payload is not None:
-                self._reply(unique, payload)
+    def serve(self, threads: int = 1) -> None:
+        """Answer requests until the filesystem is unmounted or aborted (ENODEV on read).
 
-    def _read_request(self) -> tuple[int, int, int, Context, memoryview] | None:
-        while True:
-            try:
-                size = os.readv(self.fd, [self._buffer])
-            except InterruptedError:
-                continue
-            except OSError as exc:
-                if exc.errno == errno.ENOENT:  # the request was interrupted before we read it
-                    continue
-                if exc.errno == errno.ENODEV:
-                    return None
-                raise
-            length, opcode, unique, nodeid, uid, gid, pid, extlen, _ = proto.IN_HEADER.unpack_from(self._buffer)
-            end = min(length, size) - extlen * 8
-            view = self._view[proto.IN_HEADER.size : end]
-            return opcode, unique, nodeid, Context(uid, gid, pid), view
+        The calling thread serves, and `threads - 1` more, each with its own Channel;
+        the kernel hands each request to one of them. Returns once all have ended, then
+        raising the error that ended a helper thread, if one did; an error in the calling
+        thread's loop propagates at once. Operations must be thread-safe when `threads` > 1.
+        """
+        failures: list[Exception] = []
+        helpers = [
+            threading.Thread(target=self._serve_helper, args=(Channel(self.fd), failures), daemon=True)
+            for _ in range(1, threads)
+        ]
+        for helper in helpers:
+            helper.start()
+        self._serve_channel(self._channel)
+        for helper in helpers:
+            helper.join()
+        if failures:
+            raise failures[0]
 
-    def _reply(self, unique: int, payload: bytes | memoryview) -> None:
-        header = proto.OUT_HEADER.pack(proto.OUT_HEADER.size + len(payload), 0, unique)
-        self._write_reply(header, payload)
-
-    def _reply_error(self, unique: int, err: int) -> None:
-        self._write_reply(proto.OUT_HEADER.pack(proto.OUT_HEADER.size, -err, unique), b"")
-
-    def _write_reply(self, header: bytes, payload: bytes | memoryview) -> None:
+    def _serve_helper(self, channel: Channel, failures: list[Exception]) -> None:
         try:
-            os.writev(self.fd, [header, payload])
-        except FileNotFoundError:
-            pass  # the request was interrupted and the kernel no longer waits for it
+            self._serve_channel(channel)
+        except Exception as exc:
+            log.exception("a FUSE serving thread failed")
+            failures.append(exc)
+
+    def _serve_channel(self, channel: Channel) -> None:
+        while (request := channel.receive()) is not None:
+            self._answer(channel, request)
+
+    def _answer(self, channel: Channel, request: Request) -> None:
+        opcode, unique, nodeid, ctx, args = request
+        try:
+            if opcode == proto.READ:  # READ and WRITE use the channel's page-aligned body
+                payload: bytes | memoryview | None = self._read(ctx, nodeid, args, channel.body)
+            elif opcode == proto.WRITE:
+                payload = self._write(ctx, nodeid, args, channel)
+            else:
+                handler = self._handlers.get(opcode)
+                if handler is None:
+                    channel.reply_error(unique, errno.ENOSYS)
+                    return
+                payload = handler(ctx, nodeid, args)
+        except OSError as exc:
+            channel.reply_error(unique, exc.errno or errno.EIO)
+            return
+        except Exception:
+            log.exception("opcode %d on node %d failed", opcode, nodeid)
+            channel.reply_error(unique, errno.EIO)
+            return
+        if payload is not None:
+            channel.reply(unique, payload)
 
     # -- passthrough helpers for Operations -------------------------------------------
 
@@ -342,6 +199,8 @@ class Session:
         )
         if self.want_passthrough:
             want |= proto.PASSTHROUGH
+        if self.async_dio:
+            want |= proto.ASYNC_DIO
         granted = want & offered
         self.passthrough = bool(granted & proto.PASSTHROUGH)
         log.info("FUSE %d.%d, passthrough %s", major, self.proto_minor, "on" if self.passthrough else "off")
@@ -350,19 +209,15 @@ class Session:
             self.proto_minor,
             max_readahead,
             granted & 0xFFFFFFFF,
-            12,
-            9,
+            self.max_background,
+            self.max_background * 3 // 4,  # congestion threshold, at the kernel's default ratio
             MAX_WRITE,
             1,
-            _MAX_PAGES,
+            MAX_PAGES,
             0,
             granted >> 32,
             1 if self.passthrough else 0,
         )
-
-    @staticmethod
-    def _empty(_: object) -> bytes:
-        return b""
 
     @staticmethod
     def _entry(entry: Entry) -> bytes:
@@ -425,6 +280,14 @@ class Session:
         name = _split_names(args[proto.MKDIR_IN.size :], 1)[0]
         return self._entry(self.ops.mkdir(ctx, node, name, stat.S_IFDIR | (mode & 0o7777)))
 
+    def _unlink(self, ctx: Context, node: int, args: memoryview) -> bytes:
+        self.ops.unlink(ctx, node, _split_names(args, 1)[0])
+        return b""
+
+    def _rmdir(self, ctx: Context, node: int, args: memoryview) -> bytes:
+        self.ops.rmdir(ctx, node, _split_names(args, 1)[0])
+        return b""
+
     def _rename(self, ctx: Context, node: int, args: memoryview) -> bytes:
         (new_dir,) = proto.RENAME_IN.unpack_from(args)
         old, new = _split_names(args[proto.RENAME_IN.size :], 2)
@@ -459,16 +322,16 @@ class Session:
         entry, opened = self.ops.create(ctx, node, name, mode, flags)
         return self._entry(entry) + self._opened(opened)
 
-    def _read(self, ctx: Context, node: int, args: memoryview) -> bytes:
+    def _read(self, ctx: Context, node: int, args: memoryview, body: memoryview) -> bytes | memoryview:
         fh, offset, size, *_ = proto.READ_IN.unpack_from(args)
-        return self.ops.read(ctx, node, fh, offset, size)
+        got = self.ops.read_into(ctx, node, fh, offset, body[:size])
+        return body[:got] if isinstance(got, int) else got
 
-    def _write(self, ctx: Context, node: int, args: memoryview) -> bytes:
+    def _write(self, ctx: Context, node: int, args: memoryview, channel: Channel) -> bytes:
         fh, offset, size, write_flags, *_ = proto.WRITE_IN.unpack_from(args)
-        data = args[proto.WRITE_IN.size : proto.WRITE_IN.size + size]
         if write_flags & proto.WRITE_KILL_SUIDGID:
             self.ops.setattr(ctx, node, SetAttr(fh=fh, kill_suidgid=True))
-        return proto.WRITE_OUT.pack(self.ops.write(ctx, node, fh, offset, data), 0)
+        return proto.WRITE_OUT.pack(self.ops.write(ctx, node, fh, offset, channel.data(size)), 0)
 
     def _statfs(self, ctx: Context, node: int, args: memoryview) -> bytes:
         sv = self.ops.statfs(ctx, node)
@@ -507,6 +370,10 @@ class Session:
         size, _ = proto.GETXATTR_IN.unpack_from(args)
         names = self.ops.listxattr(ctx, node)
         return self._sized(b"".join(n + b"\0" for n in names), size)
+
+    def _removexattr(self, ctx: Context, node: int, args: memoryview) -> bytes:
+        self.ops.removexattr(ctx, node, _split_names(args, 1)[0])
+        return b""
 
     @staticmethod
     def _sized(value: bytes, size: int) -> bytes:

@@ -1,10 +1,11 @@
 """The pool's block server: one process per driver home owns the open pool.
 
-It serves each active thin device as a file through FUSE (`blockserver`), which a
-loop device turns into a real block device, and takes device requests (create,
-snapshot, delete, activate) on its control socket, the way Docker sends messages to
-the dm-thin target. It runs in its own session, so it outlives the command that
-started it (like a dm table outlives dmsetup), and by default in its own memory
+It serves each active thin device as a file through FUSE (`devicefs`), which a loop
+device turns into a real block device, and takes device requests (create, snapshot,
+delete, activate) on its control socket (`control`), the way Docker sends messages to
+the dm-thin target; `watchdog` aborts the FUSE connection when a request is stuck,
+and `main` starts it all. It runs in its own session, so it outlives the command
+that started it (like a dm table outlives dmsetup), and by default in its own memory
 cgroup, so that writers under memory pressure cannot deadlock it.
 """
 
@@ -17,7 +18,7 @@ from cowstore.host import service
 from cowstore.host.mounts import is_mountpoint, umount
 from cowstore.host.service import ServiceClient
 
-MODULE = "cowstore.drivers.devicemapper.server.blockserver"
+MODULE = "cowstore.drivers.devicemapper.server.main"
 DEFAULT_CGROUP = "/sys/fs/cgroup/memory/cowstore-thinpool"
 
 
@@ -43,7 +44,7 @@ def start_server(*, metadata: pathlib.Path, data: pathlib.Path, mountpoint: path
             "--cgroup", cgroup, "--watchdog", str(watchdog)]
     if not discard_passdown:
         args.append("--no-discard-passdown")
-    return service.start(MODULE, args, client=pool, log=log, timeout=timeout, env={"FUSE_LIBRARY_NAME": "fuse3"})
+    return service.start(MODULE, args, client=pool, log=log, timeout=timeout)
 
 
 def stop_server(pool: ServiceClient, mountpoint: pathlib.Path, timeout: float = 20.0) -> None:
