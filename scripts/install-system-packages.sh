@@ -4,7 +4,7 @@ set -euo pipefail
 packages=(
   busybox-static      # the demo's and tests' real image content
   e2fsprogs xfsprogs btrfs-progs util-linux   # mkfs, losetup, fincore, fstrim
-  fuse3               # fusermount3 for the aufs and devicemapper FUSE servers
+  fuse3               # fusermount3 (unmounting by hand); the FUSE servers mount through mount(2)
   thin-provisioning-tools  # thin_check / thin_restore interop of the devicemapper pool
   skopeo umoci podman # round-trip tests of image formats with real tools
   attr                # getfattr/setfattr for debugging layers

@@ -35,7 +35,7 @@ ROOT = 1
 _ATTR_TIMEOUT = 1.0
 _BLOCK = 4096
 
-log = logging.getLogger("cowstore.thinpool.blockserver")
+log = logging.getLogger("cowstore.drivers.devicemapper.server")
 
 
 class Devices:

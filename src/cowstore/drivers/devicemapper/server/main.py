@@ -33,7 +33,7 @@ from cowstore.drivers.devicemapper.thinpool.errors import PoolExists
 from cowstore.drivers.devicemapper.thinpool.pool import ThinPool
 from cowstore.host import fuse, service
 
-log = logging.getLogger("cowstore.thinpool.blockserver")
+log = logging.getLogger("cowstore.drivers.devicemapper.server")
 
 FSTYPE = "cowstore-thinpool"
 # Measured with bench/bench_devicemapper.py: ext4 writeback and readahead keep the

@@ -15,7 +15,7 @@ from types import TracebackType
 
 from cowstore.host import fuse
 
-log = logging.getLogger("cowstore.thinpool.blockserver")
+log = logging.getLogger("cowstore.drivers.devicemapper.server")
 
 
 class Watchdog:

@@ -1,8 +1,8 @@
-"""A userspace thin-provisioning pool (dm-thin's model) and its block-device exposure.
+"""A userspace thin-provisioning pool (dm-thin's model).
 
 `pool.ThinPool` is the engine (usable without any mount); `xmldump` speaks
-thin_dump's XML; `blockserver` serves active thin devices as files through FUSE so
-that `losetup --direct-io=on` turns them into real block devices.
+thin_dump's XML. The driver's block server (`..server`) exposes active thin devices
+as files through FUSE, which direct-I/O loop devices turn into real block devices.
 """
 
 from cowstore.drivers.devicemapper.thinpool.errors import (
