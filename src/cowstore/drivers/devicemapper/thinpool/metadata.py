@@ -115,6 +115,9 @@ class Metadata:
         self.meta_map.recount_free()
         self.data_map.recount_free()
 
+    def close(self) -> None:
+        os.close(self._fd)
+
     def _load_device_table(self) -> None:
         block = self.sb.devtab_root
         while block:
@@ -245,6 +248,10 @@ class Metadata:
         self.dirty = True
 
     # --------------------------------------------------------------- mappings
+
+    def data_block(self, dev: Device, vblock: int) -> int:
+        """The data block `vblock` is mapped to, -1 if none (what a read needs)."""
+        return self.trees.lookup(dev.root, dev.depth, vblock)[0] - 1
 
     def lookup(self, dev: Device, vblock: int) -> tuple[int, bool]:
         """(data block or -1, whether the device alone owns it and may write in place)."""

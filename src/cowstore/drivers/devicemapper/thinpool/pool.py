@@ -49,7 +49,6 @@ class ThinPool:
             raise InvalidRequest(f"invalid no-space policy {no_space_policy!r}: use 'error' or 'queue'")
         if not 0 <= min_free_pct <= 99:
             raise InvalidRequest(f"invalid minimum free space {min_free_pct}%: use 0 to 99")
-        self._meta_fd = meta_fd
         self.block_size = sb.data_block_size
         self.no_space_policy = no_space_policy
         self.queue_timeout = queue_timeout
@@ -139,7 +138,7 @@ class ThinPool:
 
     def _close_files(self) -> None:
         self._closed = True
-        os.close(self._meta_fd)
+        self._md.close()
         self._data.close()
 
     def __enter__(self) -> ThinPool:
@@ -326,7 +325,7 @@ class ThinPool:
             self._data.end_io()
 
     def _locate(self, dev: Device, vblock: int, inblock: int, count: int) -> int:
-        data = self._md.lookup(dev, vblock)[0]
+        data = self._md.data_block(dev, vblock)
         return data * self.block_size + inblock if data >= 0 else -1
 
     def write(self, dev_id: int, offset: int, data: bytes | bytearray | memoryview) -> int:
@@ -426,7 +425,7 @@ class ThinPool:
         while start < end:
             vblock, inblock = divmod(start, bs)
             count = min(bs - inblock, end - start)
-            if self._md.lookup(dev, vblock)[0] >= 0:
+            if self._md.data_block(dev, vblock) >= 0:
                 where = self._map_for_write(dev, vblock, inblock, count)
                 self._data.write_cached(bytes(count), where)
             start += count
