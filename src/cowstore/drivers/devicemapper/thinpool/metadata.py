@@ -114,6 +114,7 @@ class Metadata:
                 self.trees.count_parents(dev.root, dev.depth - 1)
         self.meta_map.recount_free()
         self.data_map.recount_free()
+        self._deepest = self._measure_deepest()
 
     def close(self) -> None:
         os.close(self._fd)
@@ -152,8 +153,17 @@ class Metadata:
     def metadata_exhausted(self) -> bool:
         """Whether too few metadata blocks are free for one more change and its commit:
         a change shadows one path of a device tree and of the count tree."""
-        deepest = max([dev.depth for dev in self.devices.values()] + [self.sb.ref_depth])
-        return self.meta_map.free < 2 * (deepest + 2)
+        return self.meta_map.free < 2 * (self._deepest + 2)
+
+    def _measure_deepest(self) -> int:
+        return max([dev.depth for dev in self.devices.values()] + [self.sb.ref_depth])
+
+    def _devices_changed(self) -> None:
+        """Devices, or the depth of a tree, changed: the transaction has something to
+        commit, and the deepest tree is measured again here rather than at every
+        allocation (which would cost a pass over all devices per block written)."""
+        self.dirty = True
+        self._deepest = self._measure_deepest()
 
     def check_min_free(self, pct: int) -> None:
         """Refuse a new device when free data or metadata is below `pct` percent
@@ -189,7 +199,7 @@ class Metadata:
             if sb.ref_root:
                 sb.ref_root = self.trees.new_node(first=sb.ref_root)
             sb.ref_depth += 1
-        self.dirty = True
+        self._devices_changed()
 
     # ---------------------------------------------------------------- devices
 
@@ -210,7 +220,7 @@ class Metadata:
         sb = self.sb
         self.devices[dev_id] = Device(dev_id=dev_id, size=blocks * self.block_size, depth=depth_for(blocks),
                                       transaction=sb.transaction_id, creation_time=sb.time, snap_time=sb.time)
-        self.dirty = True
+        self._devices_changed()
 
     def add_snapshot(self, dev_id: int, origin: Device) -> None:
         """A new device sharing the origin's tree: one more parent for its root."""
@@ -221,14 +231,14 @@ class Metadata:
         origin.snap_time = sb.time
         self.devices[dev_id] = replace(origin, dev_id=dev_id, transaction=sb.transaction_id,
                                        creation_time=sb.time, snap_time=sb.time)
-        self.dirty = True
+        self._devices_changed()
 
     def add_imported(self, dev: Device) -> Device:
         """An empty device with the facts of `dev` (restoring a dump), sized to whole blocks."""
         blocks = -(-dev.size // self.block_size)
         dev = replace(dev, size=blocks * self.block_size, depth=depth_for(blocks), root=0, mapped=0)
         self.devices[dev.dev_id] = dev
-        self.dirty = True
+        self._devices_changed()
         return dev
 
     def remove(self, dev: Device) -> None:
@@ -236,7 +246,7 @@ class Metadata:
         if dev.root:
             self.trees.drop(dev.root, dev.depth - 1)
         del self.devices[dev.dev_id]
-        self.dirty = True
+        self._devices_changed()
 
     def grow_device(self, dev: Device, blocks: int) -> None:
         """Make `dev` `blocks` blocks long, adding levels above its root as needed."""
@@ -245,7 +255,7 @@ class Metadata:
                 dev.root = self.trees.new_node(first=dev.root)
             dev.depth += 1
         dev.size = blocks * self.block_size
-        self.dirty = True
+        self._devices_changed()
 
     # --------------------------------------------------------------- mappings
 
