@@ -26,7 +26,7 @@ def check(md: Metadata) -> list[str]:
         meta[block] += 1
     _count_data_count_tree(md, meta)
     for dev in md.devices.values():
-        if dev.mapped != sum(1 for _ in md.mapped(dev)):
+        if dev.mapped != sum(1 for _ in md.trees.items(dev.root, dev.depth)):
             problems.append(f"device {dev.dev_id}: mapped count {dev.mapped} is wrong")
         if dev.root:
             problems += _count_device_tree(md, dev.root, dev.depth, meta, data)

@@ -164,8 +164,9 @@ class ThinPool:
                 self._data.sync()
 
     def _commit(self) -> None:
-        # Mapped blocks must hold their data before the mapping is committed (the I/O in
-        # flight finishes first), and the blocks freed become reusable, and are punched.
+        """Commit the open transaction once the I/O in flight is done (a mapped block must
+        hold its data before its mapping is committed), then punch the blocks it freed
+        and wake writes waiting for space."""
         self._data.wait_idle()
         freed = self._md.commit(self._data.sync)
         if self._data.zeroed_free and freed:
