@@ -62,7 +62,7 @@ class Store:
 
     def cold(self) -> RadixTrees:
         """Trees that read every node from the file, as after a crash."""
-        return RadixTrees(self.fd, MetadataSpaceMap(self.meta.nr_blocks), DataSpaceMap(DATA_BLOCKS))
+        return RadixTrees(self.fd, MetadataSpaceMap(len(self.meta.counts)), DataSpaceMap(DATA_BLOCKS))
 
     def close(self) -> None:
         os.close(self.fd)

@@ -117,8 +117,10 @@ class DataMapMachine(RuleBasedStateMachine):
         self.unsafe: set[int] = set()
         self.touched_leaves: set[int] = set()
 
-    def _referenced(self) -> list[int]:
-        return sorted(self.refs)
+    def _draw_referenced(self, data: st.DataObject) -> int:
+        block = data.draw(st.sampled_from(sorted(self.refs)))
+        self.touched_leaves.add(block // REFS_PER_LEAF)
+        return block
 
     @rule()
     def alloc(self) -> None:
@@ -131,18 +133,17 @@ class DataMapMachine(RuleBasedStateMachine):
         self.refs[block] = 1
         self.touched_leaves.add(block // REFS_PER_LEAF)
 
-    @precondition(lambda self: self._referenced())
+    @precondition(lambda self: self.refs)
     @rule(data=st.data())
     def share(self, data: st.DataObject) -> None:
-        block = data.draw(st.sampled_from(self._referenced()))
+        block = self._draw_referenced(data)
         self.map.inc(block)
         self.refs[block] += 1
-        self.touched_leaves.add(block // REFS_PER_LEAF)
 
-    @precondition(lambda self: self._referenced())
+    @precondition(lambda self: self.refs)
     @rule(data=st.data())
     def drop(self, data: st.DataObject) -> None:
-        block = data.draw(st.sampled_from(self._referenced()))
+        block = self._draw_referenced(data)
         self.map.dec(block)
         self.refs[block] -= 1
         if not self.refs[block]:
@@ -150,7 +151,6 @@ class DataMapMachine(RuleBasedStateMachine):
             self.pending.add(block)
         else:
             self.unsafe.add(block)
-        self.touched_leaves.add(block // REFS_PER_LEAF)
 
     @rule(block=st.integers(0, 2 * REFS_PER_LEAF))
     def claim(self, block: int) -> None:
@@ -185,7 +185,7 @@ class DataMapMachine(RuleBasedStateMachine):
 
     @invariant()
     def counts_match(self) -> None:
-        assert self.map.nr_blocks == self.size
+        assert len(self.map.refs) == self.size
         want = array("I", bytes(4 * self.size))
         for block, refs in self.refs.items():
             want[block] = refs

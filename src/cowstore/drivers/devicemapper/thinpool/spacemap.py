@@ -41,10 +41,6 @@ class MetadataSpaceMap:
         self.pending: list[int] = []
         self._cursor = SUPERBLOCK_SLOTS
 
-    @property
-    def nr_blocks(self) -> int:
-        return len(self.counts)
-
     def recount_free(self) -> None:
         """Count the free blocks once every reference has been counted (opening a pool)."""
         self.free = self.counts.count(0)
@@ -115,10 +111,6 @@ class DataSpaceMap:
         self.unsafe: set[int] = set()
         self.dirty_leaves: set[int] = set()
         self._cursor = 0
-
-    @property
-    def nr_blocks(self) -> int:
-        return len(self.refs)
 
     def load_leaf(self, leaf: int, raw: bytes) -> None:
         """Take the counts of stored leaf number `leaf` (opening a pool)."""
