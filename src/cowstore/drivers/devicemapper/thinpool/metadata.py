@@ -319,6 +319,7 @@ class Metadata:
         self.data_map.claim(data)
         leaf[index] = data + 1
         dev.mapped += 1
+        self.dirty = True
 
     # ----------------------------------------------------------------- commit
 

@@ -421,7 +421,7 @@ class ThinPool:
                 self._md.unmap(dev, vblock)
 
     def _zero_partial(self, dev: Device, start: int, end: int) -> None:
-        """Zero the mapped part of [start, end), under the lock (one block at most)."""
+        """Zero the mapped blocks' part of [start, end) (partial blocks of a discard), under the lock."""
         bs = self.block_size
         while start < end:
             vblock, inblock = divmod(start, bs)
