@@ -197,10 +197,8 @@ TestTrees.settings = settings(max_examples=40, stateful_step_count=40, deadline=
 @pytest.fixture
 def store(tmp_path: pathlib.Path) -> Iterator[Store]:
     s = Store(tmp_path / "metadata")
-    try:
-        yield s
-    finally:
-        s.close()
+    yield s  # pytest closes it after the test, passed or failed
+    s.close()
 
 
 def test_depth_covers_the_keys() -> None:
