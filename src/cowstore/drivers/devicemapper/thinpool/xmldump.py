@@ -67,7 +67,8 @@ def dump(pool: ThinPool) -> str:
 def _int(element: ElementTree.Element, name: str) -> int:
     value = element.get(name)
     if value is None or not value.isdigit():
-        raise BadMetadata(f"thin_dump XML: <{element.tag}> needs a numeric {name}= attribute, got {quoteattr(str(value))}")
+        raise BadMetadata(f"thin_dump XML: <{element.tag}> needs a numeric {name}= attribute, "
+                          f"got {quoteattr(str(value))}")
     return int(value)
 
 
@@ -91,7 +92,7 @@ def restore(xml: str | os.PathLike | TextIO, metadata: str | os.PathLike, data: 
     `data` must be at least nr_data_blocks × block size long; `sizes` gives device
     sizes in bytes (default: up to the last mapped block).
     """
-    source = xml if hasattr(xml, "read") else open(xml)
+    source = open(xml) if isinstance(xml, (str, os.PathLike)) else xml
     try:
         root = ElementTree.parse(source).getroot()
     except ElementTree.ParseError as exc:
