@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from cowstore.errors import DigestMismatch, InvalidDigest
 
@@ -46,10 +46,16 @@ def random_id() -> str:
             return value
 
 
+class Reader(Protocol):
+    """Anything bytes are read from: a file, a decompressor, a verifying wrapper."""
+
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
 class DigestingReader:
     """A read-through stream that hashes every byte; `verify` checks the expected digest."""
 
-    def __init__(self, stream: BinaryIO) -> None:
+    def __init__(self, stream: Reader) -> None:
         self._stream = stream
         self._hash = hashlib.sha256()
         self.count = 0

@@ -15,6 +15,7 @@ from typing import BinaryIO, Protocol, cast
 
 import zstandard
 
+from cowstore.digest import Reader
 from cowstore.images.errors import BadImageArchive
 
 _MAGIC = {
@@ -28,7 +29,7 @@ _MAGIC = {
 class _Prefixed:
     """A stream with bytes already read (the magic) put back in front."""
 
-    def __init__(self, head: bytes, stream: BinaryIO) -> None:
+    def __init__(self, head: bytes, stream: Reader) -> None:
         self._head = head
         self._stream = stream
 
@@ -74,7 +75,7 @@ class _Decoding:
             raise BadImageArchive(f"{self._what}: corrupt or truncated {self._kind} data ({exc})") from None
 
 
-def decompressed(stream: BinaryIO, what: str) -> tuple[BinaryIO, str]:
+def decompressed(stream: Reader, what: str) -> tuple[BinaryIO, str]:
     """Wrap `stream` so reads yield the uncompressed bytes; returns (stream, compression)."""
     head = b""
     while len(head) < 6:

@@ -98,13 +98,13 @@ def import_image(images: ImageStore, source: ImageSource, what: str, progress: P
                 progress(blob.what, index, len(expected))
             with blob.open() as handle:
                 raw = DigestingReader(handle)
-                plain, _ = decompressed(raw, blob.what)  # type: ignore[arg-type]
+                plain, _ = decompressed(raw, blob.what)
                 try:
                     layer = layers.register(
                         _VerifyAtEnd(plain, raw, blob.digest, blob.what),
                         top,
                         expected_diff_id=diff_id,
-                        lease=lease,  # type: ignore[arg-type]
+                        lease=lease,
                     )
                 except DigestMismatch as exc:
                     raise DigestMismatch(f"{blob.what}: {exc}") from None

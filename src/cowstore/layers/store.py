@@ -19,7 +19,7 @@ from typing import BinaryIO
 
 from cowstore.archive.changes import Change
 from cowstore.archive.tarstream import Limits
-from cowstore.digest import DigestingReader, DigestingWriter, chain_id, check_digest, random_id
+from cowstore.digest import DigestingReader, DigestingWriter, Reader, chain_id, check_digest, random_id
 from cowstore.drivers.driver import Driver
 from cowstore.errors import (
     ArchiveError,
@@ -122,7 +122,7 @@ class LayerStore:
         return sum(layer.size for layer in self.chain(chain))
 
     @contextlib.contextmanager
-    def _spooled(self, stream: BinaryIO, expected_diff_id: str | None) -> Iterator[tuple[BinaryIO, str, bytes]]:
+    def _spooled(self, stream: Reader, expected_diff_id: str | None) -> Iterator[tuple[BinaryIO, str, bytes]]:
         """Copy the tar to a private file while hashing it; verify before any extraction."""
         with tempfile.TemporaryFile(dir=self.tmp, prefix="spool-") as spool:
             reader = DigestingReader(stream)
@@ -153,7 +153,7 @@ class LayerStore:
 
     def register(
         self,
-        stream: BinaryIO,
+        stream: Reader,
         parent: str | None = None,
         *,
         expected_diff_id: str | None = None,

@@ -41,8 +41,9 @@ def server(tmp_path: pathlib.Path):
     meta.write_bytes(b"")
     os.truncate(meta, 16 * MiB)
     mnt = tmp_path / "devices"
-    client = pool_server.start_server(metadata=meta, data=data, mountpoint=mnt, socket=tmp_path / "ctl",
-                                      log=tmp_path / "server.log", min_free_pct=0)
+    client = pool_server.start_server(
+        metadata=meta, data=data, mountpoint=mnt, socket=tmp_path / "ctl", log=tmp_path / "server.log", min_free_pct=0
+    )
     try:
         yield client, mnt, data
     finally:
@@ -150,7 +151,7 @@ def test_read_replies_end_at_the_device_end(tmp_path, request, offset, expected)
     reply = memoryview(mmap.mmap(-1, 8192))
     got = fs.read_into(CTX, node, devices.open(node), offset, reply[:4096])
     assert got == expected
-    assert bytes(reply[:got]) == b"0123456789"[10 - expected:]
+    assert bytes(reply[:got]) == b"0123456789"[10 - expected :]
 
 
 def test_a_name_activated_again_is_a_new_node():

@@ -14,8 +14,13 @@ from cowstore.errors import NotSupported
 from cowstore.store import warnings
 from cowstore.units import human_size
 
-OPTIONS = {"dm.loopdatasize": "1G", "dm.loopmetadatasize": "64M", "dm.basesize": "256M", "dm.fs": "ext4",
-           "dm.server_cgroup": ""}
+OPTIONS = {
+    "dm.loopdatasize": "1G",
+    "dm.loopmetadatasize": "64M",
+    "dm.basesize": "256M",
+    "dm.fs": "ext4",
+    "dm.server_cgroup": "",
+}
 
 
 @pytest.fixture
@@ -57,10 +62,23 @@ def test_layout_names_and_metadata(driver):
 
 def test_status_fields(driver):
     keys = [key for key, _ in driver.status()]
-    for key in ("Pool Name", "Pool Blocksize", "Base Device Size", "Backing Filesystem", "Data file",
-                "Metadata file", "Data Space Used", "Data Space Total", "Data Space Available",
-                "Metadata Space Used", "Metadata Space Total", "Metadata Space Available",
-                "Thin Pool Minimum Free Space", "Deferred Removal Enabled", "Data loop file"):
+    for key in (
+        "Pool Name",
+        "Pool Blocksize",
+        "Base Device Size",
+        "Backing Filesystem",
+        "Data file",
+        "Metadata file",
+        "Data Space Used",
+        "Data Space Total",
+        "Data Space Available",
+        "Metadata Space Used",
+        "Metadata Space Total",
+        "Metadata Space Available",
+        "Thin Pool Minimum Free Space",
+        "Deferred Removal Enabled",
+        "Data loop file",
+    ):
         assert key in keys
     status = dict(driver.status())
     assert status["Pool Blocksize"] == "65.54kB"
@@ -91,7 +109,8 @@ def test_rollback_of_unfinished_transaction(driver, tmp_path):
     device_id = json.loads((driver.home / "metadata" / "a").read_text())["device_id"]
     current = driver.client.call("status")["transaction_id"]
     (driver.home / "metadata" / "transaction-metadata").write_text(
-        json.dumps({"open_transaction_id": current + 1, "device_hash": "a", "device_id": device_id}))
+        json.dumps({"open_transaction_id": current + 1, "device_hash": "a", "device_id": device_id})
+    )
     driver.devices.rollback()
     assert not driver.exists("a")
     assert device_id not in [d["id"] for d in driver.client.call("list")]
@@ -120,8 +139,11 @@ def loop_devices(tmp_path):
             backing = tmp_path / f"{name}-backing"
             with open(backing, "wb") as fh:
                 fh.truncate(size)
-            devices.append(subprocess.run(["losetup", "--find", "--show", str(backing)], capture_output=True,
-                                          text=True, check=True).stdout.strip())
+            devices.append(
+                subprocess.run(
+                    ["losetup", "--find", "--show", str(backing)], capture_output=True, text=True, check=True
+                ).stdout.strip()
+            )
         yield devices
     finally:
         for device in devices:

@@ -31,9 +31,10 @@ _WAIT = 10.0
 
 
 def _stat(node: int, mode: int, size: int) -> os.stat_result:
-    return os.stat_result((mode, node, 0, 1, 0, 0, size, 0, 0, 0),
-                          {"st_atime_ns": 0, "st_mtime_ns": 0, "st_ctime_ns": 0, "st_blksize": 0,
-                           "st_blocks": 0, "st_rdev": 0})
+    return os.stat_result(
+        (mode, node, 0, 1, 0, 0, size, 0, 0, 0),
+        {"st_atime_ns": 0, "st_mtime_ns": 0, "st_ctime_ns": 0, "st_blksize": 0, "st_blocks": 0, "st_rdev": 0},
+    )
 
 
 class Files(Operations):
@@ -66,7 +67,7 @@ class Files(Operations):
 
     def _content(self, node: int, offset: int, size: int) -> bytes:
         data = bytes((node + i) % 251 for i in range(SIZE))
-        return data[offset:offset + size]
+        return data[offset : offset + size]
 
     def read_into(self, ctx: Context, node: int, fh: int, offset: int, buf: memoryview) -> int | bytes:
         with self.lock:
@@ -77,7 +78,7 @@ class Files(Operations):
         if node % 2:
             return data
         assert ctypes.addressof(ctypes.c_char.from_buffer(buf)) % mmap.PAGESIZE == 0
-        buf[:len(data)] = data
+        buf[: len(data)] = data
         return len(data)
 
     def write(self, ctx: Context, node: int, fh: int, offset: int, data: memoryview) -> int:
@@ -148,6 +149,7 @@ def test_concurrent_requests_are_answered_by_several_threads(tmp_path):
     with served(tmp_path, ops, threads=FILES) as (mnt, _):
         fds = [os.open(mnt / f"f{i}", os.O_RDONLY) for i in range(FILES)]
         try:
+
             def read(index: int) -> None:
                 try:
                     results[index] = os.pread(fds[index], SIZE, 0)

@@ -37,8 +37,15 @@ def _split_names(data: memoryview, count: int) -> list[bytes]:
 class Session:
     """One mounted FUSE connection and its request loop."""
 
-    def __init__(self, ops: Operations, fd: int, *, want_passthrough: bool = True, async_dio: bool = False,
-                 max_background: int = 12) -> None:
+    def __init__(
+        self,
+        ops: Operations,
+        fd: int,
+        *,
+        want_passthrough: bool = True,
+        async_dio: bool = False,
+        max_background: int = 12,
+    ) -> None:
         """`async_dio` lets the kernel send the requests of one O_DIRECT read or write in
         parallel and complete asynchronous direct I/O (a loop device's) without waiting
         on each. `max_background` caps such asynchronous requests (and readahead) in

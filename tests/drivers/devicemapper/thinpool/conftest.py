@@ -11,7 +11,9 @@ from cowstore.drivers.devicemapper.thinpool import ThinPool
 MiB = 1024 * 1024
 
 
-def make_files(tmp: pathlib.Path, data_size: int = 64 * MiB, meta_size: int = 4 * MiB) -> tuple[pathlib.Path, pathlib.Path]:
+def make_files(
+    tmp: pathlib.Path, data_size: int = 64 * MiB, meta_size: int = 4 * MiB
+) -> tuple[pathlib.Path, pathlib.Path]:
     meta, data = tmp / "metadata", tmp / "data"
     with open(meta, "wb") as f:
         f.truncate(meta_size)

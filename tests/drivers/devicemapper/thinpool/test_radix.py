@@ -28,7 +28,7 @@ META_BLOCKS = 1024
 DATA_BLOCKS = 4096
 DEPTH = 2
 # keys in a few leaves, first and last entries of a leaf included, and one far away
-KEYS = st.one_of(st.integers(0, 2 * FANOUT + 1), st.sampled_from([FANOUT - 1, FANOUT, FANOUT ** DEPTH - 1]))
+KEYS = st.one_of(st.integers(0, 2 * FANOUT + 1), st.sampled_from([FANOUT - 1, FANOUT, FANOUT**DEPTH - 1]))
 
 
 class Store:
@@ -202,7 +202,7 @@ def store(tmp_path: pathlib.Path) -> Iterator[Store]:
 
 
 def test_depth_covers_the_keys() -> None:
-    assert [depth_for(n) for n in (1, FANOUT, FANOUT + 1, FANOUT ** 2, FANOUT ** 2 + 1)] == [1, 1, 2, 2, 3]
+    assert [depth_for(n) for n in (1, FANOUT, FANOUT + 1, FANOUT**2, FANOUT**2 + 1)] == [1, 1, 2, 2, 3]
 
 
 def test_a_shared_path_is_shadowed_once_then_changed_in_place(store: Store) -> None:

@@ -12,8 +12,10 @@ from cowstore.drivers.devicemapper.thinpool import BadMetadata, ThinPool, xmldum
 from .conftest import MiB
 
 BS = 64 * 1024
-needs_tools = pytest.mark.skipif(shutil.which("thin_restore") is None or shutil.which("thin_check") is None,
-                                 reason="thin-provisioning-tools not installed")
+needs_tools = pytest.mark.skipif(
+    shutil.which("thin_restore") is None or shutil.which("thin_check") is None,
+    reason="thin-provisioning-tools not installed",
+)
 
 
 def populate(pool: ThinPool) -> None:

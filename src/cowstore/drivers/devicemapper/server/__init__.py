@@ -27,10 +27,22 @@ def client(socket: pathlib.Path) -> ServiceClient:
     return ServiceClient(socket, error_classes=ERROR_CLASSES)
 
 
-def start_server(*, metadata: pathlib.Path, data: pathlib.Path, mountpoint: pathlib.Path, socket: pathlib.Path,
-                 log: pathlib.Path, block_size: int = 65536, no_space_policy: str = "error",
-                 queue_timeout: float = 60.0, min_free_pct: int = 10, cgroup: str = DEFAULT_CGROUP,
-                 discard_passdown: bool = True, watchdog: float = 120.0, timeout: float = 20.0) -> ServiceClient:
+def start_server(
+    *,
+    metadata: pathlib.Path,
+    data: pathlib.Path,
+    mountpoint: pathlib.Path,
+    socket: pathlib.Path,
+    log: pathlib.Path,
+    block_size: int = 65536,
+    no_space_policy: str = "error",
+    queue_timeout: float = 60.0,
+    min_free_pct: int = 10,
+    cgroup: str = DEFAULT_CGROUP,
+    discard_passdown: bool = True,
+    watchdog: float = 120.0,
+    timeout: float = 20.0,
+) -> ServiceClient:
     """Start a block server (unless one already answers on `socket`) and wait until it serves."""
     pool = client(socket)
     if pool.alive():
@@ -38,10 +50,28 @@ def start_server(*, metadata: pathlib.Path, data: pathlib.Path, mountpoint: path
     if is_mountpoint(mountpoint):
         umount(mountpoint)  # left by a server that died
     mountpoint.mkdir(mode=0o700, parents=True, exist_ok=True)
-    args = ["--metadata", str(metadata), "--data", str(data), "--mountpoint", str(mountpoint),
-            "--socket", str(socket), "--block-size", str(block_size), "--no-space-policy", no_space_policy,
-            "--queue-timeout", str(queue_timeout), "--min-free-pct", str(min_free_pct),
-            "--cgroup", cgroup, "--watchdog", str(watchdog)]
+    args = [
+        "--metadata",
+        str(metadata),
+        "--data",
+        str(data),
+        "--mountpoint",
+        str(mountpoint),
+        "--socket",
+        str(socket),
+        "--block-size",
+        str(block_size),
+        "--no-space-policy",
+        no_space_policy,
+        "--queue-timeout",
+        str(queue_timeout),
+        "--min-free-pct",
+        str(min_free_pct),
+        "--cgroup",
+        cgroup,
+        "--watchdog",
+        str(watchdog),
+    ]
     if not discard_passdown:
         args.append("--no-discard-passdown")
     return service.start(MODULE, args, client=pool, log=log, timeout=timeout)

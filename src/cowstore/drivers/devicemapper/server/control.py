@@ -72,13 +72,20 @@ class Control:
 
     def op_list(self) -> list[dict[str, Any]]:
         active = self.devices.names()
-        return [{"id": dev.dev_id, "size": dev.size, "mapped_blocks": dev.mapped, "name": active.get(dev.dev_id)}
-                for dev in self.pool.devices()]
+        return [
+            {"id": dev.dev_id, "size": dev.size, "mapped_blocks": dev.mapped, "name": active.get(dev.dev_id)}
+            for dev in self.pool.devices()
+        ]
 
     def op_status(self) -> dict[str, Any]:
         status = self.pool.status()
-        return {**status.__dict__, "no_space_policy": self.pool.no_space_policy,
-                "min_free_pct": self.pool.min_free_pct, "cgroup": self.cgroup, "pid": os.getpid()}
+        return {
+            **status.__dict__,
+            "no_space_policy": self.pool.no_space_policy,
+            "min_free_pct": self.pool.min_free_pct,
+            "cgroup": self.cgroup,
+            "pid": os.getpid(),
+        }
 
     def op_dump(self) -> str:
         return xmldump.dump(self.pool)

@@ -138,8 +138,10 @@ class DeviceFS(fuse.Operations):
     def _stat(self, node: int, mode: int, size: int) -> os.stat_result:
         times = {"st_atime_ns": self.started, "st_mtime_ns": self.started, "st_ctime_ns": self.started}
         when = self.started // 1_000_000_000
-        return os.stat_result((mode, node, 0, 2 if stat.S_ISDIR(mode) else 1, 0, 0, size, when, when, when),
-                              {**times, "st_blksize": 0, "st_blocks": size // 512, "st_rdev": 0})
+        return os.stat_result(
+            (mode, node, 0, 2 if stat.S_ISDIR(mode) else 1, 0, 0, size, when, when, when),
+            {**times, "st_blksize": 0, "st_blocks": size // 512, "st_rdev": 0},
+        )
 
     def _file(self, node: int, dev_id: int) -> os.stat_result:
         with self._pool_call("getattr"):

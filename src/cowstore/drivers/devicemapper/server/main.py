@@ -51,8 +51,9 @@ def join_cgroup(path: pathlib.Path) -> None:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="cowstore.drivers.devicemapper.server.main",
-                                     description=(__doc__ or "").split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="cowstore.drivers.devicemapper.server.main", description=(__doc__ or "").split("\n")[0]
+    )
     parser.add_argument("--metadata", required=True)
     parser.add_argument("--data", required=True)
     parser.add_argument("--mountpoint", required=True)
@@ -62,24 +63,34 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--queue-timeout", type=float, default=60.0)
     parser.add_argument("--min-free-pct", type=int, default=10)
     parser.add_argument("--cgroup", default="", help="memory cgroup directory to run in ('' keeps the current)")
-    parser.add_argument("--no-discard-passdown", action="store_true",
-                        help="keep freed blocks allocated in the data area (dm.blkdiscard=false)")
-    parser.add_argument("--watchdog", type=float, default=120.0,
-                        help="seconds before a stuck request aborts the connection")
+    parser.add_argument(
+        "--no-discard-passdown",
+        action="store_true",
+        help="keep freed blocks allocated in the data area (dm.blkdiscard=false)",
+    )
+    parser.add_argument(
+        "--watchdog", type=float, default=120.0, help="seconds before a stuck request aborts the connection"
+    )
     parser.add_argument("--threads", type=int, default=THREADS, help="threads serving FUSE requests")
     return parser.parse_args(argv)
 
 
-def serve_devices(pool: ThinPool, devices: Devices, ready: threading.Event, mountpoint: str,
-                  args: argparse.Namespace) -> None:
+def serve_devices(
+    pool: ThinPool, devices: Devices, ready: threading.Event, mountpoint: str, args: argparse.Namespace
+) -> None:
     """Mount the device directory and serve it until it is unmounted or aborted."""
     fd = fuse.open_device()
     try:
         fuse.mount_fd(fd, mountpoint, fstype=FSTYPE, source=FSTYPE)
         try:
             watchdog = Watchdog(fuse.connection_id(mountpoint), args.watchdog)
-            session = fuse.Session(DeviceFS(pool, devices, watchdog), fd, want_passthrough=False, async_dio=True,
-                                   max_background=MAX_BACKGROUND)
+            session = fuse.Session(
+                DeviceFS(pool, devices, watchdog),
+                fd,
+                want_passthrough=False,
+                async_dio=True,
+                max_background=MAX_BACKGROUND,
+            )
             session.handshake()
 
             def terminate(signum: int, frame: object) -> None:
@@ -109,9 +120,14 @@ def main(argv: list[str] | None = None) -> int:
             log.warning("cannot join memory cgroup %s: %s", args.cgroup, exc)
     with contextlib.suppress(PoolExists):
         ThinPool.format(args.metadata, args.data, block_size=args.block_size)
-    pool = ThinPool.open(args.metadata, args.data, no_space_policy=args.no_space_policy,
-                         queue_timeout=args.queue_timeout, min_free_pct=args.min_free_pct,
-                         discard_passdown=not args.no_discard_passdown)
+    pool = ThinPool.open(
+        args.metadata,
+        args.data,
+        no_space_policy=args.no_space_policy,
+        queue_timeout=args.queue_timeout,
+        min_free_pct=args.min_free_pct,
+        discard_passdown=not args.no_discard_passdown,
+    )
     mountpoint = os.path.abspath(args.mountpoint)
     devices = Devices()
     ready = threading.Event()

@@ -36,8 +36,9 @@ def open_direct(fd: int) -> int:
         return -1
 
 
-def plan_runs(offset: int, length: int, block_size: int, locate: Callable[[int, int, int], int],
-              runs: list[Run]) -> list[Run]:
+def plan_runs(
+    offset: int, length: int, block_size: int, locate: Callable[[int, int, int], int], runs: list[Run]
+) -> list[Run]:
     """Append to `runs` the runs covering `length` bytes from `offset`, and return it.
 
     `locate(vblock, inblock, count)` places each block's part (an offset in the data
@@ -135,12 +136,12 @@ class DataArea:
         """Fill `buf` from `runs`; zeros where a run is unmapped or past the area's end."""
         for pos, count, where in runs:
             while where >= 0 and count:
-                got = self.pread(buf[pos:pos + count], where)
+                got = self.pread(buf[pos : pos + count], where)
                 if not got:
                     break  # beyond the end of the data file: reads as zeros
                 pos, count, where = pos + got, count - got, where + got
             if count:
-                buf[pos:pos + count] = bytes(count)
+                buf[pos : pos + count] = bytes(count)
 
     def write_runs(self, view: memoryview, runs: list[Run], pwrite: Callable[[memoryview, int], int]) -> None:
         """Write the parts of `view` that `runs` place, each chunk with `pwrite` (the
@@ -151,8 +152,8 @@ class DataArea:
             return
         buffer = self._aligned_buffer(len(view))
         try:
-            buffer[:len(view)] = view
-            self._write_chunks(buffer[:len(view)], runs, pwrite)
+            buffer[: len(view)] = view
+            self._write_chunks(buffer[: len(view)], runs, pwrite)
         finally:
             if len(buffer) == _WRITE_BUFFER:  # bigger ones, for rare big writes, are not kept
                 self._buffers.append(buffer)
@@ -161,7 +162,7 @@ class DataArea:
     def _write_chunks(source: memoryview, runs: list[Run], pwrite: Callable[[memoryview, int], int]) -> None:
         for pos, count, where in runs:
             while count:
-                done = pwrite(source[pos:pos + count], where)
+                done = pwrite(source[pos : pos + count], where)
                 pos, count, where = pos + done, count - done, where + done
 
     def _aligned_buffer(self, size: int) -> memoryview:

@@ -75,7 +75,15 @@ class OutOfRange(PoolError, InvalidArgument):
 
 ERROR_CLASSES: dict[str, type[PoolError]] = {
     cls.__name__: cls
-    for cls in (InvalidRequest, PoolExists, PoolFull, MinFreeSpace, DeviceExists, DeviceNotFound, DeviceBusy,
-                BadMetadata, OutOfRange)
+    for cls in (
+        InvalidRequest,
+        PoolExists,
+        PoolFull,
+        MinFreeSpace,
+        DeviceExists,
+        DeviceNotFound,
+        DeviceBusy,
+        BadMetadata,
+        OutOfRange,
+    )
 }
-

@@ -40,7 +40,7 @@ from cowstore.drivers.devicemapper.thinpool.spacemap import REFS_PER_LEAF, DataS
 
 MAX_DEV_ID = 0xFFFFFF
 MIN_BLOCK_SIZE = 64 * 1024
-MAX_BLOCK_SIZE = 1024 ** 3
+MAX_BLOCK_SIZE = 1024**3
 _MIN_META_BLOCKS = 16
 
 
@@ -67,8 +67,13 @@ def format_pool(metadata: str | os.PathLike, data: str | os.PathLike, block_size
             raise InvalidRequest(f"metadata area {metadata} is too small: needs at least 64 KiB")
         if read_superblock(meta_fd) is not None:
             raise PoolExists(f"{metadata} already holds a thin pool; delete it to start afresh")
-        sb = Superblock(seq=2, data_block_size=block_size, nr_data_blocks=nr_data, nr_meta_blocks=nr_meta,
-                        ref_depth=depth_for(-(-nr_data // REFS_PER_LEAF)))
+        sb = Superblock(
+            seq=2,
+            data_block_size=block_size,
+            nr_data_blocks=nr_data,
+            nr_meta_blocks=nr_meta,
+            ref_depth=depth_for(-(-nr_data // REFS_PER_LEAF)),
+        )
         os.pwrite(meta_fd, bytes(META_BLOCK), META_BLOCK)
         os.pwrite(meta_fd, sb.pack(), 0)
         os.fsync(meta_fd)
@@ -171,21 +176,28 @@ class Metadata:
         if not pct:
             return
         for kind, space, total, free in (
-                ("data", "space", self.sb.nr_data_blocks, self.data_map.available()),
-                ("metadata", "metadata space", self.sb.nr_meta_blocks, self.meta_map.available())):
+            ("data", "space", self.sb.nr_data_blocks, self.data_map.available()),
+            ("metadata", "metadata space", self.sb.nr_meta_blocks, self.meta_map.available()),
+        ):
             need = max(1, total * pct // 100)
             if free < need:
-                raise MinFreeSpace(f"Thin Pool has {free} free {kind} blocks which is less than minimum required "
-                                   f"{need} free {kind} blocks. Create more free {space} in thin pool or use "
-                                   f"dm.min_free_space option to change behavior")
+                raise MinFreeSpace(
+                    f"Thin Pool has {free} free {kind} blocks which is less than minimum required "
+                    f"{need} free {kind} blocks. Create more free {space} in thin pool or use "
+                    f"dm.min_free_space option to change behavior"
+                )
 
     def status(self) -> PoolStatus:
         sb = self.sb
-        return PoolStatus(transaction_id=sb.transaction_id, data_block_size=self.block_size,
-                          used_data_blocks=sb.nr_data_blocks - self.data_map.available(),
-                          total_data_blocks=sb.nr_data_blocks,
-                          used_meta_blocks=sb.nr_meta_blocks - self.meta_map.available(),
-                          total_meta_blocks=sb.nr_meta_blocks, devices=len(self.devices))
+        return PoolStatus(
+            transaction_id=sb.transaction_id,
+            data_block_size=self.block_size,
+            used_data_blocks=sb.nr_data_blocks - self.data_map.available(),
+            total_data_blocks=sb.nr_data_blocks,
+            used_meta_blocks=sb.nr_meta_blocks - self.meta_map.available(),
+            total_meta_blocks=sb.nr_meta_blocks,
+            devices=len(self.devices),
+        )
 
     def grow_data(self, nr_blocks: int) -> None:
         """Take in data blocks up to `nr_blocks` (the data area grew)."""
@@ -195,7 +207,7 @@ class Metadata:
         self.data_map.grow(nr_blocks)
         sb.nr_data_blocks = nr_blocks
         leaves = -(-nr_blocks // REFS_PER_LEAF)
-        while FANOUT ** sb.ref_depth < leaves:
+        while FANOUT**sb.ref_depth < leaves:
             if sb.ref_root:
                 sb.ref_root = self.trees.new_node(first=sb.ref_root)
             sb.ref_depth += 1
@@ -218,8 +230,14 @@ class Metadata:
     def add_thin(self, dev_id: int, blocks: int) -> None:
         """A new empty device of `blocks` blocks."""
         sb = self.sb
-        self.devices[dev_id] = Device(dev_id=dev_id, size=blocks * self.block_size, depth=depth_for(blocks),
-                                      transaction=sb.transaction_id, creation_time=sb.time, snap_time=sb.time)
+        self.devices[dev_id] = Device(
+            dev_id=dev_id,
+            size=blocks * self.block_size,
+            depth=depth_for(blocks),
+            transaction=sb.transaction_id,
+            creation_time=sb.time,
+            snap_time=sb.time,
+        )
         self._devices_changed()
 
     def add_snapshot(self, dev_id: int, origin: Device) -> None:
@@ -229,8 +247,9 @@ class Metadata:
             self.meta_map.counts[origin.root] += 1
         sb.time += 1
         origin.snap_time = sb.time
-        self.devices[dev_id] = replace(origin, dev_id=dev_id, transaction=sb.transaction_id,
-                                       creation_time=sb.time, snap_time=sb.time)
+        self.devices[dev_id] = replace(
+            origin, dev_id=dev_id, transaction=sb.transaction_id, creation_time=sb.time, snap_time=sb.time
+        )
         self._devices_changed()
 
     def add_imported(self, dev: Device) -> Device:
@@ -250,7 +269,7 @@ class Metadata:
 
     def grow_device(self, dev: Device, blocks: int) -> None:
         """Make `dev` `blocks` blocks long, adding levels above its root as needed."""
-        while FANOUT ** dev.depth < blocks:
+        while FANOUT**dev.depth < blocks:
             if dev.root:
                 dev.root = self.trees.new_node(first=dev.root)
             dev.depth += 1
@@ -331,7 +350,7 @@ class Metadata:
         new_devtab: list[int] = []
         following = 0
         for start in reversed(range(0, len(devices), DEVICES_PER_BLOCK)):
-            following = self.trees.new_block(pack_devtab_block(following, devices[start:start + DEVICES_PER_BLOCK]))
+            following = self.trees.new_block(pack_devtab_block(following, devices[start : start + DEVICES_PER_BLOCK]))
             new_devtab.append(following)
         new_devtab.reverse()
         for block in self.devtab_blocks:

@@ -41,9 +41,22 @@ class Superblock:
     devices: int = 0
 
     def pack(self) -> bytes:
-        body = _SB.pack(MAGIC, VERSION, 0, self.seq, self.transaction_id, self.data_block_size,
-                        self.nr_data_blocks, self.nr_meta_blocks, self.ref_root, self.ref_depth,
-                        self.time, self.devtab_root, self.devices, 0)
+        body = _SB.pack(
+            MAGIC,
+            VERSION,
+            0,
+            self.seq,
+            self.transaction_id,
+            self.data_block_size,
+            self.nr_data_blocks,
+            self.nr_meta_blocks,
+            self.ref_root,
+            self.ref_depth,
+            self.time,
+            self.devtab_root,
+            self.devices,
+            0,
+        )
         crc = zlib.crc32(body)
         return (body + struct.pack("<I", crc)).ljust(META_BLOCK, b"\0")
 
@@ -56,13 +69,23 @@ class Superblock:
         (crc,) = struct.unpack_from("<I", raw, _SB.size)
         if zlib.crc32(body) != crc:
             return None
-        (magic, version, _pad, seq, txn, dbs, ndata, nmeta, ref_root, ref_depth, time, devtab,
-         ndev, _pad2) = _SB.unpack(body)
+        (magic, version, _pad, seq, txn, dbs, ndata, nmeta, ref_root, ref_depth, time, devtab, ndev, _pad2) = (
+            _SB.unpack(body)
+        )
         if magic != MAGIC or version != VERSION:
             return None
-        return cls(seq=seq, transaction_id=txn, data_block_size=dbs, nr_data_blocks=ndata,
-                   nr_meta_blocks=nmeta, ref_root=ref_root, ref_depth=ref_depth,
-                   devtab_root=devtab, time=time, devices=ndev)
+        return cls(
+            seq=seq,
+            transaction_id=txn,
+            data_block_size=dbs,
+            nr_data_blocks=ndata,
+            nr_meta_blocks=nmeta,
+            ref_root=ref_root,
+            ref_depth=ref_depth,
+            devtab_root=devtab,
+            time=time,
+            devices=ndev,
+        )
 
 
 @dataclass
@@ -79,14 +102,30 @@ class Device:
     snap_time: int = 0
 
     def pack(self) -> bytes:
-        return _DEV.pack(self.dev_id, self.depth, self.size, self.root, self.mapped,
-                         self.transaction, self.creation_time, self.snap_time)
+        return _DEV.pack(
+            self.dev_id,
+            self.depth,
+            self.size,
+            self.root,
+            self.mapped,
+            self.transaction,
+            self.creation_time,
+            self.snap_time,
+        )
 
     @classmethod
     def unpack_from(cls, raw: bytes, offset: int) -> Device:
         dev_id, depth, size, root, mapped, txn, ctime, stime = _DEV.unpack_from(raw, offset)
-        return cls(dev_id=dev_id, size=size, depth=depth, root=root, mapped=mapped,
-                   transaction=txn, creation_time=ctime, snap_time=stime)
+        return cls(
+            dev_id=dev_id,
+            size=size,
+            depth=depth,
+            root=root,
+            mapped=mapped,
+            transaction=txn,
+            creation_time=ctime,
+            snap_time=stime,
+        )
 
 
 def pack_devtab_block(next_block: int, devices: list[Device]) -> bytes:

@@ -43,8 +43,18 @@ from cowstore.drivers.devicemapper.thinpool.ondisk import Device, Superblock
 class ThinPool:
     """An open pool. Thread-safe: every public method runs under one lock."""
 
-    def __init__(self, meta_fd: int, data_fd: int, sb: Superblock, *, no_space_policy: str,
-                 queue_timeout: float, min_free_pct: int, scrub: bool = True, discard_passdown: bool = True) -> None:
+    def __init__(
+        self,
+        meta_fd: int,
+        data_fd: int,
+        sb: Superblock,
+        *,
+        no_space_policy: str,
+        queue_timeout: float,
+        min_free_pct: int,
+        scrub: bool = True,
+        discard_passdown: bool = True,
+    ) -> None:
         if no_space_policy not in ("error", "queue"):
             raise InvalidRequest(f"invalid no-space policy {no_space_policy!r}: use 'error' or 'queue'")
         if not 0 <= min_free_pct <= 99:
@@ -83,15 +93,22 @@ class ThinPool:
     # ----------------------------------------------------------------- lifecycle
 
     @classmethod
-    def format(cls, metadata: str | os.PathLike, data: str | os.PathLike, *,
-               block_size: int = MIN_BLOCK_SIZE) -> None:
+    def format(cls, metadata: str | os.PathLike, data: str | os.PathLike, *, block_size: int = MIN_BLOCK_SIZE) -> None:
         """Write an empty pool's superblock; refuses a metadata area that holds a pool."""
         format_pool(metadata, data, block_size)
 
     @classmethod
-    def open(cls, metadata: str | os.PathLike, data: str | os.PathLike, *, no_space_policy: str = "error",
-             queue_timeout: float = 60.0, min_free_pct: int = 10, scrub: bool = True,
-             discard_passdown: bool = True) -> ThinPool:
+    def open(
+        cls,
+        metadata: str | os.PathLike,
+        data: str | os.PathLike,
+        *,
+        no_space_policy: str = "error",
+        queue_timeout: float = 60.0,
+        min_free_pct: int = 10,
+        scrub: bool = True,
+        discard_passdown: bool = True,
+    ) -> ThinPool:
         """Open a formatted pool at its last commit.
 
         `scrub` punches free blocks that still hold data; restoring a dump onto a data
@@ -109,9 +126,16 @@ class ThinPool:
             sb = read_superblock(meta_fd)
             if sb is None:
                 raise BadMetadata(f"{metadata} holds no valid thin pool superblock")
-            return cls(meta_fd, data_fd, sb, no_space_policy=no_space_policy,
-                       queue_timeout=queue_timeout, min_free_pct=min_free_pct, scrub=scrub,
-                       discard_passdown=discard_passdown)
+            return cls(
+                meta_fd,
+                data_fd,
+                sb,
+                no_space_policy=no_space_policy,
+                queue_timeout=queue_timeout,
+                min_free_pct=min_free_pct,
+                scrub=scrub,
+                discard_passdown=discard_passdown,
+            )
         except BaseException:
             os.close(meta_fd)
             os.close(data_fd)
@@ -204,8 +228,9 @@ class ThinPool:
             if deadline is None:
                 deadline = now + self.queue_timeout
             if now >= deadline:
-                raise PoolFull(f"thin pool stayed out of data space for {self.queue_timeout:g}s "
-                               "(no_space_policy=queue)")
+                raise PoolFull(
+                    f"thin pool stayed out of data space for {self.queue_timeout:g}s (no_space_policy=queue)"
+                )
             self._space.wait(min(0.1, deadline - now))
 
     def _grow_from_backing(self) -> bool:
@@ -293,8 +318,9 @@ class ThinPool:
 
     def _range(self, dev: Device, offset: int, length: int) -> None:
         if offset < 0 or length < 0 or offset + length > dev.size:
-            raise OutOfRange(f"I/O at {offset}+{length} is beyond the end of thin device {dev.dev_id} "
-                             f"({dev.size} bytes)")
+            raise OutOfRange(
+                f"I/O at {offset}+{length} is beyond the end of thin device {dev.dev_id} ({dev.size} bytes)"
+            )
 
     def read(self, dev_id: int, offset: int, length: int) -> bytes:
         """Bytes of a device; unmapped blocks read as zeros."""
@@ -350,8 +376,9 @@ class ThinPool:
                 runs.clear()
 
             try:
-                plan_runs(offset, len(view), self.block_size,
-                          functools.partial(self._map_for_write, dev, settle=settle), runs)
+                plan_runs(
+                    offset, len(view), self.block_size, functools.partial(self._map_for_write, dev, settle=settle), runs
+                )
             except BaseException:  # e.g. the pool is full: the blocks mapped so far must not show old data
                 settle()
                 raise
@@ -374,8 +401,9 @@ class ThinPool:
     def _copy_block(self, src: int, dst: int) -> None:
         self._data.copy_block(src, dst)
 
-    def _map_for_write(self, dev: Device, vblock: int, inblock: int, count: int,
-                       settle: Callable[[], None] | None = None) -> int:
+    def _map_for_write(
+        self, dev: Device, vblock: int, inblock: int, count: int, settle: Callable[[], None] | None = None
+    ) -> int:
         """The data area offset where `count` bytes at `inblock` of `vblock` go: the block
         itself if the device alone owns it, else a new block, holding a copy of the old
         one (or zeros) wherever the write leaves it. `settle`: see `_ensure_space`."""

@@ -34,7 +34,7 @@ _ZERO_BLOCK = bytes(META_BLOCK)
 def depth_for(count: int) -> int:
     """Levels a tree needs to address `count` keys."""
     depth = 1
-    while FANOUT ** depth < count:
+    while FANOUT**depth < count:
         depth += 1
     return depth
 
@@ -134,7 +134,7 @@ class RadixTrees:
     def items(self, root: int, depth: int, lo: int = 0, hi: int | None = None) -> Iterator[tuple[int, int]]:
         """(key, value) of every non-empty entry with a key in [lo, hi), ascending."""
         if hi is None:
-            hi = FANOUT ** depth
+            hi = FANOUT**depth
         if not root:
             return
         stack = [(root, depth - 1, 0)]

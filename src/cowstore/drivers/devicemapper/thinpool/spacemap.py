@@ -124,7 +124,7 @@ class DataSpaceMap:
     def leaf_bytes(self, leaf: int) -> bytes:
         """Leaf number `leaf` as stored: its counts, padded to a metadata block."""
         lo = leaf * REFS_PER_LEAF
-        return self.refs[lo:lo + REFS_PER_LEAF].tobytes().ljust(META_BLOCK, b"\0")
+        return self.refs[lo : lo + REFS_PER_LEAF].tobytes().ljust(META_BLOCK, b"\0")
 
     def recount_free(self) -> None:
         """Count the free blocks once every leaf has been loaded (opening a pool)."""

@@ -42,17 +42,22 @@ def write_dump(pool: ThinPool, out: TextIO) -> None:
     with pool.locked():
         sb = pool.superblock()
         sectors = pool.block_size // 512
-        out.write(f'<superblock uuid="" time="{sb.time}" transaction="{sb.transaction_id}" flags="0" '
-                  f'version="2" data_block_size="{sectors}" nr_data_blocks="{sb.nr_data_blocks}">\n')
+        out.write(
+            f'<superblock uuid="" time="{sb.time}" transaction="{sb.transaction_id}" flags="0" '
+            f'version="2" data_block_size="{sectors}" nr_data_blocks="{sb.nr_data_blocks}">\n'
+        )
         for dev in pool.devices():
-            out.write(f'  <device dev_id="{dev.dev_id}" mapped_blocks="{dev.mapped}" transaction="{dev.transaction}" '
-                      f'creation_time="{dev.creation_time}" snap_time="{dev.snap_time}">\n')
+            out.write(
+                f'  <device dev_id="{dev.dev_id}" mapped_blocks="{dev.mapped}" transaction="{dev.transaction}" '
+                f'creation_time="{dev.creation_time}" snap_time="{dev.snap_time}">\n'
+            )
             for origin, data, length in _runs(pool.mappings(dev.dev_id)):
                 if length == 1:
                     out.write(f'    <single_mapping origin_block="{origin}" data_block="{data}" time="0"/>\n')
                 else:
-                    out.write(f'    <range_mapping origin_begin="{origin}" data_begin="{data}" '
-                              f'length="{length}" time="0"/>\n')
+                    out.write(
+                        f'    <range_mapping origin_begin="{origin}" data_begin="{data}" length="{length}" time="0"/>\n'
+                    )
             out.write("  </device>\n")
         out.write("</superblock>\n")
 
@@ -67,8 +72,9 @@ def dump(pool: ThinPool) -> str:
 def _int(element: ElementTree.Element, name: str) -> int:
     value = element.get(name)
     if value is None or not value.isdigit():
-        raise BadMetadata(f"thin_dump XML: <{element.tag}> needs a numeric {name}= attribute, "
-                          f"got {quoteattr(str(value))}")
+        raise BadMetadata(
+            f"thin_dump XML: <{element.tag}> needs a numeric {name}= attribute, got {quoteattr(str(value))}"
+        )
     return int(value)
 
 
@@ -85,8 +91,13 @@ def _device_mappings(element: ElementTree.Element) -> list[tuple[int, int]]:
     return mappings
 
 
-def restore(xml: str | os.PathLike | TextIO, metadata: str | os.PathLike, data: str | os.PathLike, *,
-            sizes: Mapping[int, int] | None = None) -> None:
+def restore(
+    xml: str | os.PathLike | TextIO,
+    metadata: str | os.PathLike,
+    data: str | os.PathLike,
+    *,
+    sizes: Mapping[int, int] | None = None,
+) -> None:
     """Build a new pool in `metadata` (must hold no pool) from thin_dump XML.
 
     `data` must be at least nr_data_blocks × block size long; `sizes` gives device
@@ -113,8 +124,14 @@ def restore(xml: str | os.PathLike | TextIO, metadata: str | os.PathLike, data: 
             dev_id = _int(element, "dev_id")
             mappings = _device_mappings(element)
             size = (sizes or {}).get(dev_id) or (max((v for v, _ in mappings), default=0) + 1) * block_size
-            dev = Device(dev_id=dev_id, size=size, depth=1, transaction=_int(element, "transaction"),
-                         creation_time=_int(element, "creation_time"), snap_time=_int(element, "snap_time"))
+            dev = Device(
+                dev_id=dev_id,
+                size=size,
+                depth=1,
+                transaction=_int(element, "transaction"),
+                creation_time=_int(element, "creation_time"),
+                snap_time=_int(element, "snap_time"),
+            )
             pool.import_device(dev, iter(mappings))
         pool.set_time(_int(root, "time"))
         pool.set_transaction_id(pool.status().transaction_id, _int(root, "transaction"))
