@@ -66,16 +66,21 @@ def _copy_xattrs(src: str, dst: str, skip_prefixes: tuple[str, ...]) -> None:
 
 
 def copy_tree(
-    src: str | os.PathLike, dst: str | os.PathLike, *, hardlink: bool = False, copy_overlay_xattrs: bool = False
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    *,
+    hardlink: bool = False,
+    skip_xattrs: tuple[str, ...] = (),
 ) -> None:
     """Copy the contents of `src` into the existing directory `dst`.
 
     `hardlink=True` links regular files instead of copying them (legacy overlay's image
-    layers). Hard-link groups in `src` stay groups in `dst`; times are set last, deepest
+    layers); xattrs whose names start with one of `skip_xattrs` are not copied.
+    Hard-link groups in `src` stay groups in `dst`; times are set last, deepest
     directory first, so creating children does not disturb them.
     """
     src, dst = os.fspath(src), os.fspath(dst)
-    skip = () if copy_overlay_xattrs else ("trusted.overlay.", "user.overlay.")
+
     links: dict[tuple[int, int], str] = {}
     dir_times: list[tuple[str, os.stat_result]] = []
     for rel, st in walk_tree(src):
@@ -101,7 +106,7 @@ def copy_tree(
         elif fmt in (stat.S_IFIFO, stat.S_IFSOCK):
             os.mkfifo(d, stat.S_IMODE(st.st_mode))
         os.chown(d, st.st_uid, st.st_gid, follow_symlinks=False)
-        _copy_xattrs(s, d, skip)
+        _copy_xattrs(s, d, skip_xattrs)
         if fmt != stat.S_IFLNK:
             os.chmod(d, stat.S_IMODE(st.st_mode))
         if fmt != stat.S_IFDIR:
@@ -109,7 +114,7 @@ def copy_tree(
     root_st = os.stat(src)
     os.chown(dst, root_st.st_uid, root_st.st_gid)
     os.chmod(dst, stat.S_IMODE(root_st.st_mode))
-    _copy_xattrs(src, dst, skip)
+    _copy_xattrs(src, dst, skip_xattrs)
     for d, st in reversed(dir_times):
         os.utime(d, ns=(st.st_atime_ns, st.st_mtime_ns))
     os.utime(dst, ns=(root_st.st_atime_ns, root_st.st_mtime_ns))

@@ -11,13 +11,29 @@ import abc
 import os
 import pathlib
 import statistics
+import subprocess
 import tempfile
 import time
 
 from cowstore.app.bench.subjects import Subject, Usage, fs_usage
+from cowstore.errors import CowstoreError
 
 # Calls of `version` whose median round trip is the floor every figure of the engine includes.
 _FLOOR_ROUNDS = 3
+
+
+def last_line(text: str) -> str:
+    """The last non-blank line of a command's output: where CLIs put the reason of a failure."""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def output_of(result: subprocess.CompletedProcess[str], command: str, error: type[CowstoreError]) -> str:
+    """The stripped stdout of a CLI call; `error` with the CLI's own reason when it failed."""
+    if result.returncode != 0:
+        reason = last_line(result.stderr or result.stdout) or result.returncode
+        raise error(f"{command} failed: {reason}")
+    return result.stdout.strip()
 
 
 def short_run_dir(prefix: str) -> pathlib.Path:

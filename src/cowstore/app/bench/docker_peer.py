@@ -24,7 +24,7 @@ import subprocess
 import time
 from collections.abc import Sequence
 
-from cowstore.app.bench.cli_peer import CliPeer, short_run_dir
+from cowstore.app.bench.cli_peer import CliPeer, last_line, output_of, short_run_dir
 from cowstore.app.bench.reaper import Subreaper
 from cowstore.app.bench.scratch import Scratch
 from cowstore.errors import CowstoreError, NotSupported, Unavailable
@@ -37,11 +37,6 @@ _STOP_TIMEOUT = 30.0
 
 class DockerError(Unavailable):
     """A docker command failed."""
-
-
-def _last_line(text: str) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else ""
 
 
 class DockerSubject(CliPeer):
@@ -124,7 +119,7 @@ class DockerSubject(CliPeer):
     def _log_error(self) -> str:
         text = (self.state / "dockerd.log").read_text(errors="replace")
         errors = [line for line in text.splitlines() if "level=error" in line or "level=fatal" in line]
-        return _last_line("\n".join(errors) or text) or "no output"
+        return last_line("\n".join(errors) or text) or "no output"
 
     def _call(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -138,10 +133,7 @@ class DockerSubject(CliPeer):
     def _run(self, *args: str) -> str:
         result = self._call(*args)
         self.reaper.reap()
-        if result.returncode != 0:
-            reason = _last_line(result.stderr or result.stdout) or result.returncode
-            raise DockerError(f"docker {args[0]} failed: {reason}")
-        return result.stdout.strip()
+        return output_of(result, f"docker {args[0]}", DockerError)
 
     def describe(self) -> str:
         runtime = self._run("info", "--format", "{{.DefaultRuntime}}")

@@ -13,7 +13,7 @@ import pathlib
 import shutil
 import subprocess
 
-from cowstore.app.bench.cli_peer import CliPeer, short_run_dir
+from cowstore.app.bench.cli_peer import CliPeer, output_of, short_run_dir
 from cowstore.app.bench.docker_peer import DockerSubject
 from cowstore.app.bench.scratch import Scratch
 from cowstore.app.bench.subjects import Subject
@@ -57,11 +57,9 @@ class PodmanSubject(CliPeer):
             "file",
             *args,
         ]
-        result = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            lines = (result.stderr or result.stdout).strip().splitlines()
-            raise PeerError(f"podman {args[0]} failed: {lines[-1] if lines else result.returncode}")
-        return result.stdout.strip()
+        return output_of(
+            subprocess.run(cmd, capture_output=True, text=True, check=False), f"podman {args[0]}", PeerError
+        )
 
     def describe(self) -> str:
         version = self._run("version", "--format", "{{.Client.Version}}")

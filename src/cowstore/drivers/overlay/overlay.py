@@ -77,7 +77,7 @@ class OverlayDriver(OverlayHome):
             # from a copy of its changes, whiteouts and opaque markers included.
             lower_id = self._lower_id(parent)
             upper.mkdir(mode=0o755)
-            copy_tree(parent_dir / "upper", upper, copy_overlay_xattrs=True)
+            copy_tree(parent_dir / "upper", upper)
         (staging / "work").mkdir(mode=0o700)
         (staging / "lower-id").write_text(lower_id)
 
@@ -132,7 +132,7 @@ class OverlayDriver(OverlayHome):
             staging = layer / f"tmproot-{secrets.token_hex(4)}"
             staging.mkdir(mode=0o755)
             try:
-                copy_tree(self._dir(parent) / "root", staging, hardlink=True, copy_overlay_xattrs=True)
+                copy_tree(self._dir(parent) / "root", staging, hardlink=True)
                 size = apply_layer(stream, staging, whiteouts="oci")
                 os.rename(staging, layer / "root")
             except BaseException:

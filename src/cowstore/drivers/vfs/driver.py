@@ -11,6 +11,7 @@ import os
 import pathlib
 from collections.abc import Mapping
 
+from cowstore.archive.whiteouts import OVERLAY_XATTR_PREFIXES
 from cowstore.drivers.common import transit
 from cowstore.drivers.common.plaindirs import PlainDirectories
 from cowstore.drivers.common.refcount import MountRefs
@@ -74,7 +75,7 @@ class VfsDriver(PlainDirectories, NaiveDiffDriver):
                 if quota is not None and size is not None:
                     quota.set(staging, size)
                 if parent is not None:
-                    copy_tree(self._path(parent), staging)
+                    copy_tree(self._path(parent), staging, skip_xattrs=OVERLAY_XATTR_PREFIXES)
                 os.rename(staging, target)
             except BaseException:
                 fsutil.remove_tree(staging)

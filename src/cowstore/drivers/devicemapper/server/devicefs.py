@@ -1,6 +1,7 @@
 """The device files: a flat FUSE directory with one file per active thin device.
 
-`losetup --direct-io=on <mountpoint>/<name>` turns a file into a real block device.
+A direct-I/O loop device (`cowstore.host.loop`) on `<mountpoint>/<name>` turns a file
+into a real block device.
 Its reads and writes arrive as READ and WRITE requests: a READ goes to the pool with
 O_DIRECT straight into the serving thread's page-aligned reply buffer, a WRITE hands
 the pool its data where it landed, page-aligned, in the request buffer. Discards arrive as

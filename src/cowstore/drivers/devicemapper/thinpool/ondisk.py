@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 
 META_BLOCK = 4096
 SUPERBLOCK_SLOTS = 2
@@ -92,9 +92,9 @@ class Superblock:
 class Device:
     """One thin device: its radix tree root and the facts thin_dump reports."""
 
-    dev_id: int
-    size: int  # virtual size in bytes
+    dev_id: int  # fields in their on-disk order
     depth: int  # radix levels; 512**depth virtual blocks are addressable
+    size: int  # virtual size in bytes
     root: int = 0  # metadata block of the top node, 0 for an empty device
     mapped: int = 0  # mapped virtual blocks
     transaction: int = 0  # pool transaction id when created
@@ -102,30 +102,11 @@ class Device:
     snap_time: int = 0
 
     def pack(self) -> bytes:
-        return _DEV.pack(
-            self.dev_id,
-            self.depth,
-            self.size,
-            self.root,
-            self.mapped,
-            self.transaction,
-            self.creation_time,
-            self.snap_time,
-        )
+        return _DEV.pack(*astuple(self))
 
     @classmethod
     def unpack_from(cls, raw: bytes, offset: int) -> Device:
-        dev_id, depth, size, root, mapped, txn, ctime, stime = _DEV.unpack_from(raw, offset)
-        return cls(
-            dev_id=dev_id,
-            size=size,
-            depth=depth,
-            root=root,
-            mapped=mapped,
-            transaction=txn,
-            creation_time=ctime,
-            snap_time=stime,
-        )
+        return cls(*_DEV.unpack_from(raw, offset))
 
 
 def pack_devtab_block(next_block: int, devices: list[Device]) -> bytes:
