@@ -15,9 +15,10 @@ $(STAMP): pyproject.toml scripts/install-system-packages.sh
 	$(PY) -m pip install -q -e '.[test,bench,lint]'
 	touch $(STAMP)
 
-# Lint, types and the import contract (pyproject.toml) come before any test runs.
+# Lint, formatting, types and the import contracts (pyproject.toml) come before any test runs.
 lint: install
 	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff format --check src tests
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
