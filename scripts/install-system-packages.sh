@@ -8,6 +8,9 @@ packages=(
   thin-provisioning-tools  # thin_check / thin_restore interop of the devicemapper pool
   skopeo umoci podman # round-trip tests of image formats with real tools
   attr                # getfattr/setfattr for debugging layers
+  docker.io containerd runc  # real peers: dockerd (bench, Docker data roots), containerd + runc (snapshotter)
+  docker-registry apache2-utils openssl  # a real registry (distribution 2.8), htpasswd, a test CA
+  golang-go golang-github-containerd-containerd-dev  # containerd's own snapshotter test suite
 )
 missing=()
 for pkg in "${packages[@]}"; do
