@@ -25,7 +25,7 @@ from cowstore.archive.whiteouts import (
     whiteout_for,
 )
 from cowstore.host.fsutil import walk_tree
-from cowstore.host.safepath import Root
+from cowstore.host.safepath import Root, lstat_beneath
 
 
 def _is_opaque(path: str) -> bool:
@@ -156,24 +156,39 @@ def tar_directory(root: str | os.PathLike, out: BinaryIO, *, whiteouts: str = "n
     root = os.fspath(root)
     writer = TarWriter(out)
     fs = Root(root)
+    skipped = None  # an aufs bookkeeping directory (`.wh..wh.plnk`): nothing below it is content
     try:
         for rel, st in walk_tree(root):
+            if skipped is not None and rel.startswith(skipped):
+                continue
             base = os.path.basename(rel)
-            if whiteouts == "overlay" and is_overlay_whiteout(st):
-                writer.add_whiteout(whiteout_for(rel), 0o600, st.st_uid, st.st_gid)
-                continue
             if whiteouts == "aufs" and base.startswith(META_PREFIX) and base != OPAQUE_MARKER:
+                skipped = rel + "/"
                 continue
-            writer.add(fs, rel, st)
-            if whiteouts == "overlay" and stat.S_ISDIR(st.st_mode) and _is_opaque(os.path.join(root, rel)):
-                writer.add_whiteout(f"{rel}/{OPAQUE_MARKER}", stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
+            _add_converted(writer, fs, rel, st, whiteouts)
     finally:
         fs.close()
         writer.close()
 
 
-def export_changes(root: str | os.PathLike, changes: Iterable[Change], out: BinaryIO) -> None:
-    """Tar the given changes of the tree at `root`: deletions become `.wh.` entries."""
+def _add_converted(writer: TarWriter, fs: Root, rel: str, st: os.stat_result, whiteouts: str) -> None:
+    """Add `rel`, turning overlay whiteouts and opaque directories into OCI entries if asked."""
+    if whiteouts == "overlay" and is_overlay_whiteout(st):
+        writer.add_whiteout(whiteout_for(rel), 0o600, st.st_uid, st.st_gid)
+        return
+    writer.add(fs, rel, st)
+    if whiteouts == "overlay" and stat.S_ISDIR(st.st_mode) and _is_opaque(os.path.join(fs.path, rel)):
+        writer.add_whiteout(f"{rel}/{OPAQUE_MARKER}", stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
+
+
+def export_changes(
+    root: str | os.PathLike, changes: Iterable[Change], out: BinaryIO, *, whiteouts: str = "none"
+) -> None:
+    """Tar the given changes of the tree at `root`: deletions become `.wh.` entries.
+
+    `whiteouts="overlay"`: `root` is an overlay upper dir compared with another one
+    (legacy overlay's container layers); its own markers are converted to OCI too.
+    """
     writer = TarWriter(out)
     fs = Root(root)
     try:
@@ -182,7 +197,12 @@ def export_changes(root: str | os.PathLike, changes: Iterable[Change], out: Bina
             if change.kind == "D":
                 writer.add_whiteout(whiteout_for(rel))
                 continue
-            writer.add(fs, rel)
+            if whiteouts == "none":
+                writer.add(fs, rel)
+                continue
+            st = lstat_beneath(fs.path, rel)
+            if st is not None:
+                _add_converted(writer, fs, rel, st, whiteouts)
     finally:
         fs.close()
         writer.close()

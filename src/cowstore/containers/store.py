@@ -44,6 +44,7 @@ INIT_PATHS: dict[str, str] = {
     "/etc/mtab": "/proc/mounts",
 }
 _NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
+_ID = re.compile(r"^[0-9a-f]{64}$")
 _ADJECTIVES = ("brave", "calm", "eager", "fond", "gentle", "happy", "jolly", "keen", "lucid", "merry", "quiet", "witty")
 _NOUNS = ("bell", "curie", "darwin", "euler", "gauss", "hopper", "knuth", "lovelace", "noether", "ritchie", "turing")
 
@@ -151,9 +152,16 @@ class ContainerStore:
         return f"{random.choice(_ADJECTIVES)}_{random.choice(_NOUNS)}{random.randint(1, 10**6)}"
 
     def create(
-        self, image_ref: str, *, name: str | None = None, storage_opts: Mapping[str, str] | None = None
+        self,
+        image_ref: str,
+        *,
+        name: str | None = None,
+        storage_opts: Mapping[str, str] | None = None,
+        container_id: str | None = None,
     ) -> Container:
         """Create the container's `-init` and read-write layers on top of the image.
+
+        `container_id` keeps the id a container had elsewhere (an import from Docker).
 
         The store lock is held across the layer creation and the record, so that no
         other process ever sees one without the other (which opening a store treats as
@@ -163,13 +171,18 @@ class ContainerStore:
         image = self.images.get(image_ref)
         if name is not None and not _NAME.match(name):
             raise InvalidOption(f"invalid container name {name!r}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")
+        if container_id is not None and not _ID.match(container_id):
+            raise InvalidOption(f"invalid container id {container_id!r}: 64 lowercase hex digits are needed")
         with self.layers.lock.exclusive():
             name = name or self._new_name()
             if self.db.query("SELECT 1 FROM containers WHERE name = ?", (name,)):
                 raise ContainerExists(
                     f"the container name {name!r} is already in use; remove that container or pick another name"
                 )
-            container = Container(random_id(), name, image.id, image.tags[0] if image.tags else image.id, time.time())
+            if container_id is not None and self.db.query("SELECT 1 FROM containers WHERE id = ?", (container_id,)):
+                raise ContainerExists(f"a container with id {container_id} exists already")
+            image_ref = image.tags[0] if image.tags else image.id
+            container = Container(container_id or random_id(), name, image.id, image_ref, time.time())
             self.layers.create_rw(container.id, image.top_layer, init=init_layer, storage_opts=storage_opts)
             try:
                 with self.db.transaction() as tx:
@@ -181,6 +194,14 @@ class ContainerStore:
                 self.layers.remove_rw(container.id, force=True)
                 raise
         return container
+
+    def apply_changes(self, ref: str, stream: BinaryIO) -> int:
+        """Apply a changeset tar to the container's read-write layer (as if it had written it)."""
+        container = self.get(ref)
+        with self.layers.lock.exclusive():
+            if self.mount_count(container) > 0:
+                raise ContainerMounted(f"container {container.name} is mounted; umount it before applying changes")
+            return self.layers.rw_apply(container.id, stream)
 
     def mount(self, ref: str) -> pathlib.Path:
         return self.layers.mount(self.get(ref).id)

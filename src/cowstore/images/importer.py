@@ -14,13 +14,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from cowstore.digest import DigestingReader, check_digest
+from cowstore.digest import DigestingReader, chain_id, check_digest
 from cowstore.errors import DigestMismatch, InvalidDigest
 from cowstore.images import reference
 from cowstore.images.compression import decompressed
 from cowstore.images.config import diff_ids, parse_config
 from cowstore.images.errors import BadImageArchive
 from cowstore.images.store import Image, ImageStore
+from cowstore.layers import Layer, LayerStore
 from cowstore.layers.faults import fault
 
 Progress = Callable[[str, int, int], None]  # (what, index, total)
@@ -82,11 +83,20 @@ def validate(source: ImageSource, what: str) -> list[str]:
     return [reference.normalize(t) for t in source.tags]
 
 
-def import_image(images: ImageStore, source: ImageSource, what: str, progress: Progress | None = None) -> Image:
+def import_image(
+    images: ImageStore,
+    source: ImageSource,
+    what: str,
+    progress: Progress | None = None,
+    *,
+    reuse_layers: bool = False,
+) -> Image:
     """Register the layers of `source` bottom to top and publish the image.
 
     The returned image carries the tags this import gave it (what `load` reports), not
-    tags it already had.
+    tags it already had. With `reuse_layers`, a layer whose chain id is stored already
+    is not read again (as `docker load` does): for sources whose blobs are costly to
+    produce and were checked when the stored layer was.
     """
     tags = validate(source, what)
     expected = diff_ids(parse_config(source.raw_config))
@@ -96,18 +106,8 @@ def import_image(images: ImageStore, source: ImageSource, what: str, progress: P
         for index, (blob, diff_id) in enumerate(zip(source.layers, expected, strict=True)):
             if progress:
                 progress(blob.what, index, len(expected))
-            with blob.open() as handle:
-                raw = DigestingReader(handle)
-                plain, _ = decompressed(raw, blob.what)
-                try:
-                    layer = layers.register(
-                        _VerifyAtEnd(plain, raw, blob.digest, blob.what),
-                        top,
-                        expected_diff_id=diff_id,
-                        lease=lease,
-                    )
-                except DigestMismatch as exc:
-                    raise DigestMismatch(f"{blob.what}: {exc}") from None
+            present = layers.retain_if_present(chain_id(top, diff_id), lease) if reuse_layers else None
+            layer = present or _register(layers, blob, top, diff_id, lease)
             if top is not None:
                 layers.release(top, lease)  # the new child keeps its parent alive
             top = layer.chain_id
@@ -116,6 +116,18 @@ def import_image(images: ImageStore, source: ImageSource, what: str, progress: P
             progress("done", len(expected), len(expected))
         image = images.add(source.raw_config, top, tags, lease=lease)
         return dataclasses.replace(image, tags=tuple(tags))
+
+
+def _register(layers: LayerStore, blob: LayerBlob, parent: str | None, diff_id: str, lease: str) -> Layer:
+    with blob.open() as handle:
+        raw = DigestingReader(handle)
+        plain, _ = decompressed(raw, blob.what)
+        try:
+            return layers.register(
+                _VerifyAtEnd(plain, raw, blob.digest, blob.what), parent, expected_diff_id=diff_id, lease=lease
+            )
+        except DigestMismatch as exc:
+            raise DigestMismatch(f"{blob.what}: {exc}") from None
 
 
 def import_all(

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import BinaryIO, Protocol
 
 from cowstore.digest import check_digest, sha256_bytes
 from cowstore.errors import DigestMismatch, InvalidDigest
@@ -21,7 +22,6 @@ from cowstore.images.importer import ImageSource, LayerBlob
 from cowstore.images.sinks import DirSink, TarSink, spooled_size
 from cowstore.images.sources import DirTree, TarTree, opener
 from cowstore.images.store import Image
-from cowstore.layers import LayerStore
 
 LAYOUT_FILE = "oci-layout"
 INDEX = "index.json"
@@ -160,39 +160,58 @@ def _descriptor(media_type: str, digest: str, size: int, **extra: object) -> dic
     return {"mediaType": media_type, "digest": digest, "size": size, **extra}
 
 
-def write_layout(
-    entries: list[tuple[Image, list[str]]],
-    layers: LayerStore,
-    sink: TarSink | DirSink,
-    progress: Progress | None = None,
-) -> None:
-    """Write an OCI layout of the images (each with the tags to annotate) into `sink`.
+class LayerTars(Protocol):
+    """Where a layout writer gets layers: the layer store, or any source of exact layer tars."""
+
+    def chain(self, chain: str) -> Sequence[ChainLayer]:
+        """The layer and its ancestors, top first."""
+
+    def tar_stream(self, chain: str) -> BinaryIO:
+        """The layer's exact tar, verified, in a seekable stream."""
+
+
+class ChainLayer(Protocol):
+    @property
+    def chain_id(self) -> str: ...
+
+    @property
+    def diff_id(self) -> str: ...
+
+
+class LayoutWriter:
+    """Writes images one by one into an OCI layout in `sink`; close() writes the index.
 
     `org.opencontainers.image.ref.name` gets the bare tag (what `skopeo oci:DIR:tag` and
     `umoci --image DIR:tag` look up); the full reference goes into containerd's annotation.
+    Blobs are written once, however many images share them.
     """
-    sink.add_bytes(LAYOUT_FILE, json.dumps({"imageLayoutVersion": "1.0.0"}).encode())
-    sink.mkdir("blobs")
-    sink.mkdir("blobs/sha256")
-    written: set[str] = set()
-    index: list[dict] = []
-    total = sum(len(image.diff_ids) for image, _ in entries)
-    count = 0
-    for image, tags in entries:
+
+    def __init__(self, sink: TarSink | DirSink, progress: Progress | None = None, total: int = 0) -> None:
+        self.sink = sink
+        self.progress = progress
+        self.total = total
+        self.count = 0
+        self.written: set[str] = set()
+        self.index: list[dict] = []
+        sink.add_bytes(LAYOUT_FILE, json.dumps({"imageLayoutVersion": "1.0.0"}).encode())
+        sink.mkdir("blobs")
+        sink.mkdir("blobs/sha256")
+
+    def add(self, image: Image, tags: list[str], layers: LayerTars) -> None:
         layer_descriptors = []
         chains = list(reversed(layers.chain(image.top_layer))) if image.top_layer else []
         for layer in chains:
-            if progress:
-                progress(layer.diff_id[7:19], count, total)
-            count += 1
+            if self.progress:
+                self.progress(layer.diff_id[7:19], self.count, self.total)
+            self.count += 1
             with layers.tar_stream(layer.chain_id) as handle:
                 size = spooled_size(handle)
-                if layer.diff_id not in written:
-                    sink.add_file(f"blobs/sha256/{layer.diff_id[7:]}", handle, size)
-                    written.add(layer.diff_id)
+                if layer.diff_id not in self.written:
+                    self.sink.add_file(f"blobs/sha256/{layer.diff_id[7:]}", handle, size)
+                    self.written.add(layer.diff_id)
             layer_descriptors.append(_descriptor(LAYER_TYPE, layer.diff_id, size))
         config = image.config
-        _add_blob(sink, written, image.raw_config)
+        _add_blob(self.sink, self.written, image.raw_config)
         manifest = json.dumps(
             {
                 "schemaVersion": 2,
@@ -202,7 +221,7 @@ def write_layout(
             },
             separators=(",", ":"),
         ).encode()
-        digest = _add_blob(sink, written, manifest)
+        digest = _add_blob(self.sink, self.written, manifest)
         platform = {"architecture": config.get("architecture", host_architecture()), "os": config.get("os", "linux")}
         untagged: list[str | None] = [None]
         for tag in tags or untagged:
@@ -212,13 +231,30 @@ def write_layout(
             entry = _descriptor(MANIFEST_TYPE, digest, len(manifest), platform=platform)
             if annotations:
                 entry["annotations"] = annotations
-            index.append(entry)
-    sink.add_bytes(
-        INDEX,
-        json.dumps({"schemaVersion": 2, "mediaType": INDEX_TYPE, "manifests": index}, separators=(",", ":")).encode(),
-    )
-    if progress:
-        progress("done", total, total)
+            self.index.append(entry)
+
+    def close(self) -> None:
+        self.sink.add_bytes(
+            INDEX,
+            json.dumps(
+                {"schemaVersion": 2, "mediaType": INDEX_TYPE, "manifests": self.index}, separators=(",", ":")
+            ).encode(),
+        )
+        if self.progress:
+            self.progress("done", self.total, self.total)
+
+
+def write_layout(
+    entries: list[tuple[Image, list[str]]],
+    layers: LayerTars,
+    sink: TarSink | DirSink,
+    progress: Progress | None = None,
+) -> None:
+    """Write an OCI layout of the images (each with the tags to annotate) into `sink`."""
+    writer = LayoutWriter(sink, progress, sum(len(image.diff_ids) for image, _ in entries))
+    for image, tags in entries:
+        writer.add(image, tags, layers)
+    writer.close()
 
 
 def _add_blob(sink: TarSink | DirSink, written: set[str], data: bytes) -> str:

@@ -171,7 +171,7 @@ class LayerStore:
             raise MaxDepthExceeded()
         with self._spooled(stream, expected_diff_id) as (spool, diff_id, split):
             chain = chain_id(parent, diff_id)
-            existing = self._retain_if_present(chain, lease)
+            existing = self.retain_if_present(chain, lease)
             if existing is not None:
                 return existing
             cache_id = random_id()
@@ -206,7 +206,8 @@ class LayerStore:
             raise
         return op
 
-    def _retain_if_present(self, chain: str, lease: str | None = None) -> Layer | None:
+    def retain_if_present(self, chain: str, lease: str | None = None) -> Layer | None:
+        """One more reference on `chain` (under `lease`, if given) if it is stored; else None."""
         with self.lock.exclusive():
             if self.records.layer(chain) is None:
                 return None
@@ -217,7 +218,7 @@ class LayerStore:
         self, cache_id: str, chain: str, diff_id: str, parent: Layer | None, size: int, split: bytes, lease: str | None
     ) -> Layer:
         with self.lock.exclusive():
-            existing = self._retain_if_present(chain, lease)
+            existing = self.retain_if_present(chain, lease)
             if existing is not None:  # a concurrent import of the same layer won
                 self._abandon_layer(cache_id)
                 return existing
@@ -406,6 +407,11 @@ class LayerStore:
         """The container's changeset as a tar (what a commit registers)."""
         rw = self.get_rw(name)
         return self.driver.diff(rw.mount_id, self._diff_parent(rw))
+
+    def rw_apply(self, name: str, stream: BinaryIO) -> int:
+        """Apply a changeset tar to a container layer (Docker's RWLayer.ApplyDiff)."""
+        rw = self.get_rw(name)
+        return self.driver.apply_diff(rw.mount_id, self._diff_parent(rw), stream)
 
     def rw_metadata(self, name: str) -> dict[str, str]:
         return self.driver.metadata(self.get_rw(name).mount_id)

@@ -44,7 +44,7 @@ class DockerSubject(CliPeer):
 
     mountable = False
 
-    def __init__(self, scratch: Scratch, driver: str = "overlay2") -> None:
+    def __init__(self, scratch: Scratch, driver: str = "overlay2", data_root: pathlib.Path | None = None) -> None:
         daemon = shutil.which("dockerd")
         if daemon is None or not CLIENT.exists():
             raise NotSupported(
@@ -53,7 +53,7 @@ class DockerSubject(CliPeer):
             )
         self.name = f"docker-{driver}"
         self.driver = driver
-        self.data_root = self.storage = scratch.path("docker")
+        self.data_root = self.storage = data_root or scratch.path("docker")
         self.state = scratch.path("docker-state")
         self.exec_root = short_run_dir("cbd-")
         self.socket = self.state / "docker.sock"

@@ -40,10 +40,14 @@ def start_server(
     min_free_pct: int = 10,
     cgroup: str = DEFAULT_CGROUP,
     discard_passdown: bool = True,
+    read_only: bool = False,
     watchdog: float = 120.0,
     timeout: float = 20.0,
 ) -> ServiceClient:
-    """Start a block server (unless one already answers on `socket`) and wait until it serves."""
+    """Start a block server (unless one already answers on `socket`) and wait until it serves.
+
+    With `read_only`, the pool in `metadata` must exist, and its data area is never written.
+    """
     pool = client(socket)
     if pool.alive():
         return pool
@@ -74,6 +78,8 @@ def start_server(
     ]
     if not discard_passdown:
         args.append("--no-discard-passdown")
+    if read_only:
+        args.append("--read-only")
     return service.start(MODULE, args, client=pool, log=log, timeout=timeout)
 
 

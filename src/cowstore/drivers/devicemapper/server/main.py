@@ -72,6 +72,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--watchdog", type=float, default=120.0, help="seconds before a stuck request aborts the connection"
     )
     parser.add_argument("--threads", type=int, default=THREADS, help="threads serving FUSE requests")
+    parser.add_argument(
+        "--read-only", action="store_true", help="serve an existing pool without ever writing its data area"
+    )
     return parser.parse_args(argv)
 
 
@@ -118,8 +121,9 @@ def main(argv: list[str] | None = None) -> int:
             cgroup = args.cgroup
         except OSError as exc:
             log.warning("cannot join memory cgroup %s: %s", args.cgroup, exc)
-    with contextlib.suppress(PoolExists):
-        ThinPool.format(args.metadata, args.data, block_size=args.block_size)
+    if not args.read_only:
+        with contextlib.suppress(PoolExists):
+            ThinPool.format(args.metadata, args.data, block_size=args.block_size)
     pool = ThinPool.open(
         args.metadata,
         args.data,
@@ -127,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         queue_timeout=args.queue_timeout,
         min_free_pct=args.min_free_pct,
         discard_passdown=not args.no_discard_passdown,
+        read_only=args.read_only,
     )
     mountpoint = os.path.abspath(args.mountpoint)
     devices = Devices()

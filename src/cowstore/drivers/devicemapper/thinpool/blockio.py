@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 
 from cowstore.drivers.devicemapper.thinpool.dataio import DataArea, Run, plan_runs
-from cowstore.drivers.devicemapper.thinpool.errors import DeviceNotFound, OutOfRange
+from cowstore.drivers.devicemapper.thinpool.errors import DeviceNotFound, OutOfRange, ReadOnlyPool
 from cowstore.drivers.devicemapper.thinpool.metadata import Metadata
 from cowstore.drivers.devicemapper.thinpool.ondisk import Device
 
@@ -22,6 +22,7 @@ class BlockIO:
     """Device I/O over the pool's metadata (`_md`) and data area (`_data`), under `_lock`."""
 
     block_size: int
+    read_only: bool
     _lock: threading.RLock
     _md: Metadata
     _data: DataArea
@@ -35,6 +36,10 @@ class BlockIO:
             raise OutOfRange(
                 f"I/O at {offset}+{length} is beyond the end of thin device {dev.dev_id} ({dev.size} bytes)"
             )
+
+    def _check_writable(self, what: str) -> None:
+        if self.read_only:
+            raise ReadOnlyPool(f"cannot {what}: the pool is open read-only")
 
     def read(self, dev_id: int, offset: int, length: int) -> bytes:
         """Bytes of a device; unmapped blocks read as zeros."""
@@ -79,6 +84,7 @@ class BlockIO:
         zeros meanwhile (free blocks are punched); where free blocks may still hold
         another device's old data, the bytes are written before the lock is released.
         """
+        self._check_writable("write")
         view = memoryview(data).cast("B")
         with self._lock:
             dev = self._md.device(dev_id)
@@ -147,6 +153,7 @@ class BlockIO:
 
     def discard(self, dev_id: int, offset: int, length: int) -> None:
         """Unmap whole blocks in the range (freeing unshared ones); zero partial blocks."""
+        self._check_writable("discard")
         with self._lock:
             dev = self._md.device(dev_id)
             self._range(dev, offset, length)

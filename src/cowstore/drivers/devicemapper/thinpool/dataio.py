@@ -28,10 +28,19 @@ def fd_size(fd: int) -> int:
     return os.lseek(fd, 0, os.SEEK_END)
 
 
-def open_direct(fd: int) -> int:
+def path_size(path: str | os.PathLike) -> int:
+    """Size of the file or block device at `path`."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return fd_size(fd)
+    finally:
+        os.close(fd)
+
+
+def open_direct(fd: int, read_only: bool = False) -> int:
     """A second, O_DIRECT descriptor of the open file `fd`; -1 where the filesystem refuses it."""
     try:
-        return os.open(f"/proc/self/fd/{fd}", os.O_RDWR | os.O_DIRECT | os.O_CLOEXEC)
+        return os.open(f"/proc/self/fd/{fd}", (os.O_RDONLY if read_only else os.O_RDWR) | os.O_DIRECT | os.O_CLOEXEC)
     except OSError:
         return -1
 
@@ -71,12 +80,13 @@ class DataArea:
     block may still hold another device's old bytes.
     """
 
-    def __init__(self, fd: int, block_size: int, *, discard_passdown: bool) -> None:
+    def __init__(self, fd: int, block_size: int, *, discard_passdown: bool, read_only: bool = False) -> None:
         self.fd = fd
         self.block_size = block_size
-        self.discard_passdown = discard_passdown
+        self.read_only = read_only
+        self.discard_passdown = discard_passdown and not read_only
         self.is_file = stat.S_ISREG(os.fstat(fd).st_mode)
-        self.zeroed_free = self.is_file and discard_passdown
+        self.zeroed_free = self.is_file and self.discard_passdown
         self._direct_fd = -1
         self._buffers: list[memoryview] = []  # page-aligned, for O_DIRECT writes
         self._inflight = 0
@@ -84,7 +94,7 @@ class DataArea:
 
     def open_direct(self) -> None:
         """Start using O_DIRECT where the filesystem allows it."""
-        self._direct_fd = open_direct(self.fd)
+        self._direct_fd = open_direct(self.fd, self.read_only)
 
     def close(self) -> None:
         for fd in (self.fd, self._direct_fd):

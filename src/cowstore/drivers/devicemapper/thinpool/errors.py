@@ -16,6 +16,7 @@ from cowstore.errors import (
     InUse,
     InvalidArgument,
     NotFound,
+    NotSupported,
     ResourceExhausted,
 )
 
@@ -73,6 +74,14 @@ class OutOfRange(PoolError, InvalidArgument):
     """An I/O request reaches beyond the end of the thin device."""
 
 
+class ReadOnlyPool(PoolError, NotSupported):
+    """A write, discard or resize reached a pool opened read-only (answered with EROFS)."""
+
+    @property
+    def errno(self) -> int:
+        return errno.EROFS
+
+
 ERROR_CLASSES: dict[str, type[PoolError]] = {
     cls.__name__: cls
     for cls in (
@@ -85,5 +94,6 @@ ERROR_CLASSES: dict[str, type[PoolError]] = {
         DeviceBusy,
         BadMetadata,
         OutOfRange,
+        ReadOnlyPool,
     )
 }

@@ -53,24 +53,27 @@ class ThinPool(BlockIO):
         min_free_pct: int,
         scrub: bool = True,
         discard_passdown: bool = True,
+        read_only: bool = False,
     ) -> None:
         if no_space_policy not in ("error", "queue"):
             raise InvalidRequest(f"invalid no-space policy {no_space_policy!r}: use 'error' or 'queue'")
         if not 0 <= min_free_pct <= 99:
             raise InvalidRequest(f"invalid minimum free space {min_free_pct}%: use 0 to 99")
         self.block_size = sb.data_block_size
+        self.read_only = read_only
         self.no_space_policy = no_space_policy
         self.queue_timeout = queue_timeout
         self.min_free_pct = min_free_pct
         self._lock = threading.RLock()
         self._space = threading.Condition(self._lock)  # notified whenever blocks may have become free
         self._closed = False
-        self._data = DataArea(data_fd, self.block_size, discard_passdown=discard_passdown)
+        self._data = DataArea(data_fd, self.block_size, discard_passdown=discard_passdown, read_only=read_only)
         self._md = Metadata(meta_fd, sb)
         data_blocks = self._data.size() // self.block_size
         if data_blocks < self._md.sb.nr_data_blocks:
             raise BadMetadata(f"data area shrank from {self._md.sb.nr_data_blocks} to {data_blocks} blocks")
-        self._md.grow_data(data_blocks)
+        if not read_only:
+            self._md.grow_data(data_blocks)
         if self._data.zeroed_free and scrub:
             self._data.scrub(self._md.sb.nr_data_blocks, self._md.data_map.free_between)
         self._data.open_direct()  # last: a failed open closes only the two descriptors it opened
@@ -107,8 +110,13 @@ class ThinPool(BlockIO):
         min_free_pct: int = 10,
         scrub: bool = True,
         discard_passdown: bool = True,
+        read_only: bool = False,
     ) -> ThinPool:
         """Open a formatted pool at its last commit.
+
+        `read_only` opens the data area read-only: device writes, discards and growing
+        the data area are refused (EROFS), and nothing is ever written to it (reading a
+        pool that belongs to someone else; the metadata area must still be writable).
 
         `scrub` punches free blocks that still hold data; restoring a dump onto a data
         area whose blocks are about to be mapped again turns it off. Without
@@ -117,7 +125,7 @@ class ThinPool(BlockIO):
         """
         meta_fd = os.open(metadata, os.O_RDWR | os.O_CLOEXEC)
         try:
-            data_fd = os.open(data, os.O_RDWR | os.O_CLOEXEC)
+            data_fd = os.open(data, (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC)
         except BaseException:
             os.close(meta_fd)
             raise
@@ -134,6 +142,7 @@ class ThinPool(BlockIO):
                 min_free_pct=min_free_pct,
                 scrub=scrub,
                 discard_passdown=discard_passdown,
+                read_only=read_only,
             )
         except BaseException:
             os.close(meta_fd)
@@ -243,6 +252,7 @@ class ThinPool(BlockIO):
 
     def resize_data(self, size: int) -> None:
         """Grow the data area to `size` bytes (a file is extended; a device must already be)."""
+        self._check_writable("grow the data area")
         with self._lock:
             if size < self._md.sb.nr_data_blocks * self.block_size:
                 raise InvalidRequest("the data area cannot shrink")

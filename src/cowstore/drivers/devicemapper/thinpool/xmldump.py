@@ -18,6 +18,7 @@ from typing import TextIO
 from xml.etree import ElementTree
 from xml.sax.saxutils import quoteattr
 
+from cowstore.drivers.devicemapper.thinpool.dataio import path_size
 from cowstore.drivers.devicemapper.thinpool.errors import BadMetadata
 from cowstore.drivers.devicemapper.thinpool.ondisk import Device
 from cowstore.drivers.devicemapper.thinpool.pool import ThinPool
@@ -97,11 +98,13 @@ def restore(
     data: str | os.PathLike,
     *,
     sizes: Mapping[int, int] | None = None,
+    read_only: bool = False,
 ) -> None:
     """Build a new pool in `metadata` (must hold no pool) from thin_dump XML.
 
     `data` must be at least nr_data_blocks × block size long; `sizes` gives device
-    sizes in bytes (default: up to the last mapped block).
+    sizes in bytes (default: up to the last mapped block). With `read_only`, the data
+    area is only ever opened for reading (restoring the model of a pool kept elsewhere).
     """
     source = open(xml) if isinstance(xml, (str, os.PathLike)) else xml
     try:
@@ -114,10 +117,10 @@ def restore(
     if root.tag != "superblock":
         raise BadMetadata(f"thin_dump XML must start with <superblock>, not <{root.tag}>")
     block_size = _int(root, "data_block_size") * 512
-    if os.path.getsize(data) < _int(root, "nr_data_blocks") * block_size:
+    if path_size(data) < _int(root, "nr_data_blocks") * block_size:
         raise BadMetadata(f"data area {data} is smaller than the dump's {root.get('nr_data_blocks')} blocks")
     ThinPool.format(metadata, data, block_size=block_size)
-    with ThinPool.open(metadata, data, min_free_pct=0, scrub=False) as pool:
+    with ThinPool.open(metadata, data, min_free_pct=0, scrub=False, read_only=read_only) as pool:
         for element in root:
             if element.tag != "device":
                 raise BadMetadata(f"thin_dump XML: unexpected <{element.tag}> in <superblock>")
