@@ -135,6 +135,10 @@ class DockerSubject(CliPeer):
         self.reaper.reap()
         return output_of(result, f"docker {args[0]}", DockerError)
 
+    def cli(self, *args: str) -> str:
+        """Any command of the daemon's own client; its stdout (DockerError when it fails)."""
+        return self._run(*args)
+
     def describe(self) -> str:
         runtime = self._run("info", "--format", "{{.DefaultRuntime}}")
         return (
