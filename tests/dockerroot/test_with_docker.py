@@ -14,7 +14,6 @@ import io
 import json
 import pathlib
 import shutil
-import struct
 import subprocess
 import tarfile
 from collections.abc import Iterator
@@ -23,7 +22,6 @@ import pytest
 
 from cowstore.app.bench.docker_peer import DockerSubject
 from cowstore.app.bench.scratch import Scratch
-from cowstore.app.demo import build_image_archive
 from cowstore.dockerroot import Importer, Source, export_oci
 from cowstore.errors import NotSupported
 from cowstore.host import loop, mounts
@@ -31,56 +29,11 @@ from cowstore.images import save
 from cowstore.store import Store
 
 from ..images.imagearchives import docker_archive
-from ..support.tars import E, build
 from ..support.trees import dir_tree, source_fingerprint, tar_tree
+from .content import CONTAINER_SCRIPT, INIT_MARKERS, busybox_layers, feature_layers
 
 # source driver -> the driver of the cowstore store it is imported into
 TARGETS = {"vfs": "overlay2", "overlay2": "vfs", "overlay": "overlay2", "btrfs": "overlay2"}
-# The env marker of each engine's -init layer: the one difference a container may show.
-INIT_MARKERS = frozenset({".dockerenv", ".cowstoreenv"})
-CAPABILITY = struct.pack("<IIIII", 0x02000000, 1 << 13, 0, 0, 0).decode("utf-8", "surrogateescape")
-CONTAINER_SCRIPT = """set -e
-echo changed >> /etc/passwd
-chmod 600 /etc/group
-rm /usr/bin/hello
-rm -rf /var/old && mkdir /var/old && echo fresh > /var/old/c
-mkdir -p /data/sub && echo new > /data/a && ln /data/a /data/b && ln -s ../data/a /data/sym
-chown 1000:1000 /data/a
-echo again > /etc/hardA
-mkfifo /data/fifo
-rm /home/user/f
-"""
-
-
-def _layers() -> list[bytes]:
-    with tarfile.open(fileobj=io.BytesIO(build_image_archive())) as demo:
-        base = [demo.extractfile(f"layer{n}/layer.tar").read() for n in range(2)]  # type: ignore[union-attr]
-    kinds = build(
-        E("etc", "dir", mode=0o755),
-        E("etc/hardA", data=b"hard\n"),
-        E("etc/hardB", "link", target="etc/hardA"),
-        E("usr", "dir", mode=0o755),
-        E("usr/bin", "dir", mode=0o755),
-        E("usr/bin/capped", data=b"#!/bin/sh\n", mode=0o755, pax={"SCHILY.xattr.security.capability": CAPABILITY}),
-        E("usr/bin/suid", data=b"s", mode=0o4755),
-        E("home", "dir", mode=0o755),
-        E("home/user", "dir", mode=0o750, uid=1000, gid=1000),
-        E("home/user/f", data=b"owned", mode=0o640, uid=1000, gid=1000),
-        E("var", "dir", mode=0o755),
-        E("var/old", "dir", mode=0o755),
-        E("var/old/a", data=b"a"),
-        E("var/fifo", "fifo"),
-        E("var/null", "chr", mode=0o666, dev=(1, 3)),
-    )
-    whiteouts = build(
-        E("etc", "dir", mode=0o755),
-        E("etc/.wh.motd"),
-        E("var", "dir", mode=0o755),
-        E("var/old", "dir", mode=0o755),
-        E("var/old/.wh..wh..opq"),
-        E("var/old/b", data=b"b"),
-    )
-    return [*base, kinds, whiteouts]
 
 
 class DockerRun:
@@ -100,7 +53,7 @@ class DockerRun:
             pytest.skip(f"dockerd cannot run here: {exc}")
         try:
             archive = self.work / "image.tar"
-            archive.write_bytes(docker_archive([(_layers(), ["droot/test:base"])]))
+            archive.write_bytes(docker_archive([(busybox_layers() + feature_layers(), ["droot/test:base"])]))
             docker.cli("load", "-i", str(archive))
             docker.cli("run", "--name", "c1", "--network", "none", "droot/test:base", "sh", "-c", CONTAINER_SCRIPT)
             docker.cli("create", "--name", "idle", "--network", "none", "droot/test:base", "true")
@@ -182,7 +135,8 @@ def test_import_gives_dockers_images_layers_and_container(docker_run: DockerRun,
     assert ours.links == docker.links
     assert {p: e for p, e in ours.entries.items() if docker.entries.get(p) != e} == {}
     assert set(ours.entries) == set(docker.entries)
-    assert {c["Name"]: c["ImageRef"] for c in listing["Containers"]} == {"c1": "droot/test:base", "idle": "droot/test:base"}
+    refs = {c["Name"]: c["ImageRef"] for c in listing["Containers"]}
+    assert refs == {"c1": "droot/test:base", "idle": "droot/test:base"}
     assert source_fingerprint(docker_run.root) == before
 
 

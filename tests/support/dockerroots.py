@@ -33,6 +33,7 @@ from cowstore.archive import apply_layer
 from cowstore.digest import chain_id, random_id, sha256_bytes
 from cowstore.drivers.devicemapper.thinpool import ThinPool, xmldump
 
+from ..images.imagearchives import config_for
 from .drivers import open_or_skip
 from .tars import E, build
 
@@ -134,6 +135,19 @@ class _DeviceMapper:
     def add(self, id: str, parent: str | None, tar: bytes, *, container: bool = False) -> None:
         self.driver.create_rw(id, parent)
         self.driver.apply_diff(id, parent, io.BytesIO(tar))
+        if container and not id.endswith("-init"):
+            self._leave_journal_unclean(id)
+
+    def _leave_journal_unclean(self, id: str) -> None:
+        """Flag the container's ext4 as needing journal recovery, as a crash of a running
+        container leaves it: a read-only mount must then skip the replay (noload)."""
+        info = self.driver.devices.info(id)  # type: ignore[attr-defined]
+        path = self.driver.devices.activate(id, info["device_id"])  # type: ignore[attr-defined]
+        try:
+            debugfs = ["debugfs", "-w", "-R", "feature needs_recovery", path]
+            subprocess.run(debugfs, check=True, capture_output=True)
+        finally:
+            self.driver.devices.deactivate(id)  # type: ignore[attr-defined]
 
     def finish(self) -> None:
         self.driver.cleanup()
@@ -145,12 +159,14 @@ class _DeviceMapper:
         kernel = files / "metadata.kernel"
         with open(kernel, "wb") as fh:
             fh.truncate(meta.stat().st_size)
-        subprocess.run(["thin_restore", "-i", str(files / "dump.xml"), "-o", str(kernel)], check=True, capture_output=True)
+        restore = ["thin_restore", "-i", str(files / "dump.xml"), "-o", str(kernel)]
+        subprocess.run(restore, check=True, capture_output=True)
         subprocess.run(["thin_check", str(kernel)], check=True, capture_output=True)
         os.replace(kernel, meta)
         for leftover in ("dump.xml", "control.sock", "server.log"):
             (files / leftover).unlink(missing_ok=True)
         shutil.rmtree(files / "mapper", ignore_errors=True)
+        shutil.rmtree(self.home / "mountpoints", ignore_errors=True)  # cowstore's mount counts
 
 
 class RootBuilder:
@@ -185,20 +201,12 @@ class RootBuilder:
             _write(layer / "parent", parent_chain)
         return chain
 
-    def add_image(self, layers: list[bytes], tags: list[str], comment: str = "") -> str:
+    def add_image(self, layers: list[bytes], tags: list[str], comment: str = "test") -> str:
         """Register an image of these layer tars with these tags; returns its id."""
         top = None
         for tar in layers:
             top = self.add_layer(tar, top)
-        config = {
-            "architecture": "amd64",
-            "os": "linux",
-            "created": "2023-05-01T10:00:00.123456789Z",
-            "config": {"Cmd": ["/bin/sh"], "Env": ["PATH=/usr/bin:/bin"]},
-            "rootfs": {"type": "layers", "diff_ids": [sha256_bytes(tar) for tar in layers]},
-            "history": [{"created": "2023-05-01T10:00:00Z", "created_by": f"layer {n} {comment}"} for n in range(len(layers))],
-        }
-        raw = json.dumps(config).encode()
+        raw = config_for(layers, comment)
         image_id = sha256_bytes(raw)
         _write(self.store / "imagedb" / "content" / "sha256" / image_id[7:], raw)
         _write(self.store / "imagedb" / "metadata" / "sha256" / image_id[7:] / "lastUpdated", "2023-05-01T10:00:00Z")
@@ -223,7 +231,8 @@ class RootBuilder:
         _write(mounts / "init-id", init_id)
         if top:
             _write(mounts / "parent", top)
-        config = {"ID": container_id, "Name": f"/{name}", "Image": image_id, "Driver": self.driver, "Config": {"Image": ref}}
+        config = {"ID": container_id, "Name": f"/{name}", "Image": image_id, "Driver": self.driver}
+        config["Config"] = {"Image": ref}
         _write(self.path / "containers" / container_id / "config.v2.json", json.dumps(config))
         return container_id
 

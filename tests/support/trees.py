@@ -40,9 +40,7 @@ def _xattrs(path: str) -> tuple[tuple[str, bytes], ...]:
     except OSError:
         return ()
     return tuple(
-        sorted(
-            (n, os.getxattr(path, n, follow_symlinks=False)) for n in names if not n.startswith(_HIDDEN_XATTRS)
-        )
+        sorted((n, os.getxattr(path, n, follow_symlinks=False)) for n in names if not n.startswith(_HIDDEN_XATTRS))
     )
 
 
@@ -74,7 +72,8 @@ def dir_tree(root: str | os.PathLike, skip: frozenset[str] = frozenset()) -> Tre
             elif stat.S_ISFIFO(st.st_mode):
                 kind = "fifo"
             size = st.st_size if kind == "file" else 0
-            entries[rel] = Entry(kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, size, digest, target, _xattrs(path))
+            mode = stat.S_IMODE(st.st_mode)
+            entries[rel] = Entry(kind, mode, st.st_uid, st.st_gid, size, digest, target, _xattrs(path))
     return Tree(entries, {frozenset(names) for names in inodes.values() if len(names) > 1})
 
 
@@ -160,6 +159,7 @@ def _hash_data(path: str, size: int, digest: hashlib._Hash) -> None:
 
 def _xattrs_all(path: str) -> list[tuple[str, bytes]]:
     try:
-        return sorted((n, os.getxattr(path, n, follow_symlinks=False)) for n in os.listxattr(path, follow_symlinks=False))
+        names = os.listxattr(path, follow_symlinks=False)
+        return sorted((n, os.getxattr(path, n, follow_symlinks=False)) for n in names)
     except OSError:
         return []
