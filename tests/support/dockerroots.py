@@ -13,7 +13,8 @@ plus the driver's storage:
 - devicemapper: cowstore's own devicemapper driver (Docker's deviceset layout and
   JSON, ext4 on the base device, every layer a snapshot of its parent) fills the pool;
   then its metadata is dumped and written back in the kernel's format by
-  `thin_restore`, as a pool made by device-mapper would be.
+  `thin_restore`, as a pool made by device-mapper would be; each container's ext4 is
+  left flagged as needing journal recovery, as a crash leaves it.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import tarfile
 
 from cowstore.archive import apply_layer
 from cowstore.digest import chain_id, random_id, sha256_bytes
+from cowstore.drivers import Driver
 from cowstore.drivers.devicemapper.thinpool import ThinPool, xmldump
 
 from ..images.imagearchives import config_for
@@ -136,37 +138,41 @@ class _DeviceMapper:
         self.driver.create_rw(id, parent)
         self.driver.apply_diff(id, parent, io.BytesIO(tar))
         if container and not id.endswith("-init"):
-            self._leave_journal_unclean(id)
-
-    def _leave_journal_unclean(self, id: str) -> None:
-        """Flag the container's ext4 as needing journal recovery, as a crash of a running
-        container leaves it: a read-only mount must then skip the replay (noload)."""
-        info = self.driver.devices.info(id)  # type: ignore[attr-defined]
-        path = self.driver.devices.activate(id, info["device_id"])  # type: ignore[attr-defined]
-        try:
-            debugfs = ["debugfs", "-w", "-R", "feature needs_recovery", path]
-            subprocess.run(debugfs, check=True, capture_output=True)
-        finally:
-            self.driver.devices.deactivate(id)  # type: ignore[attr-defined]
+            leave_journal_unclean(self.driver, id)
 
     def finish(self) -> None:
         self.driver.cleanup()
-        files = self.home / "devicemapper"
-        meta, data = files / "metadata", files / "data"
-        with ThinPool.open(meta, data, min_free_pct=0) as pool:
-            xml = xmldump.dump(pool)
-        (files / "dump.xml").write_text(xml)
-        kernel = files / "metadata.kernel"
-        with open(kernel, "wb") as fh:
-            fh.truncate(meta.stat().st_size)
-        restore = ["thin_restore", "-i", str(files / "dump.xml"), "-o", str(kernel)]
-        subprocess.run(restore, check=True, capture_output=True)
-        subprocess.run(["thin_check", str(kernel)], check=True, capture_output=True)
-        os.replace(kernel, meta)
-        for leftover in ("dump.xml", "control.sock", "server.log"):
-            (files / leftover).unlink(missing_ok=True)
-        shutil.rmtree(files / "mapper", ignore_errors=True)
+        to_kernel_format(self.home / "devicemapper")
         shutil.rmtree(self.home / "mountpoints", ignore_errors=True)  # cowstore's mount counts
+
+
+def leave_journal_unclean(driver: Driver, id: str) -> None:
+    """Flag layer `id`'s ext4 (of a devicemapper driver) as needing journal recovery, as a
+    crash of a running container leaves it: a read-only mount must then skip the replay."""
+    info = driver.devices.info(id)  # type: ignore[attr-defined]
+    path = driver.devices.activate(id, info["device_id"])  # type: ignore[attr-defined]
+    try:
+        subprocess.run(["debugfs", "-w", "-R", "feature needs_recovery", path], check=True, capture_output=True)
+    finally:
+        driver.devices.deactivate(id)  # type: ignore[attr-defined]
+
+
+def to_kernel_format(files: pathlib.Path) -> None:
+    """Rewrite the pool metadata `files/metadata` (cowstore's, its server stopped) in the
+    kernel's format with thin_restore, and drop what only cowstore's pool server keeps."""
+    meta, data = files / "metadata", files / "data"
+    with ThinPool.open(meta, data, min_free_pct=0) as pool:
+        (files / "dump.xml").write_text(xmldump.dump(pool))
+    kernel = files / "metadata.kernel"
+    with open(kernel, "wb") as fh:
+        fh.truncate(meta.stat().st_size)
+    restore = ["thin_restore", "-i", str(files / "dump.xml"), "-o", str(kernel)]
+    subprocess.run(restore, check=True, capture_output=True)
+    subprocess.run(["thin_check", str(kernel)], check=True, capture_output=True)
+    os.replace(kernel, meta)
+    for leftover in ("dump.xml", "control.sock", "server.log"):
+        (files / leftover).unlink(missing_ok=True)
+    shutil.rmtree(files / "mapper", ignore_errors=True)
 
 
 class RootBuilder:

@@ -13,6 +13,7 @@ from cowstore.drivers.devicemapper.thinpool.errors import (
     OutOfRange,
     PoolError,
     PoolFull,
+    ReadOnlyPool,
 )
 from cowstore.drivers.devicemapper.thinpool.pool import PoolStatus, ThinPool
 
@@ -25,5 +26,6 @@ __all__ = [
     "PoolError",
     "PoolFull",
     "PoolStatus",
+    "ReadOnlyPool",
     "ThinPool",
 ]
