@@ -12,6 +12,7 @@ import os
 import pathlib
 import shutil
 import tempfile
+from collections.abc import Callable
 from typing import Any, BinaryIO
 
 from cowstore.digest import DigestingReader, DigestingWriter
@@ -29,6 +30,18 @@ def _check(layer: DockerLayer, digest: str) -> None:
             f"layer {layer.diff_id} (storage id {layer.cache_id}) rebuilds to {digest}: "
             "its files were changed since Docker stored it"
         )
+
+
+def _spooled(write: Callable[[BinaryIO], None], tmp: pathlib.Path | None, prefix: str) -> BinaryIO:
+    """What `write` writes, in a temporary file positioned at 0 (closed if `write` fails)."""
+    out = tempfile.TemporaryFile(dir=tmp, prefix=prefix)
+    try:
+        write(out)
+        out.seek(0)
+        return out
+    except BaseException:
+        out.close()
+        raise
 
 
 class Source:
@@ -65,17 +78,14 @@ class Source:
 
     def spooled_layer(self, layer: DockerLayer, tmp: pathlib.Path | None = None) -> BinaryIO:
         """The layer's tar in a temporary file, verified against its diff id, positioned at 0."""
-        out = tempfile.TemporaryFile(dir=tmp, prefix="droot-layer-")
-        try:
+
+        def write(out: BinaryIO) -> None:
             digester = DigestingWriter(out)
             with self.layer_tar(layer) as stream:
                 shutil.copyfileobj(stream, digester, _COPY)
             _check(layer, digester.digest)
-            out.seek(0)
-            return out
-        except BaseException:
-            out.close()
-            raise
+
+        return _spooled(write, tmp, "droot-layer-")
 
     def verify_layer(self, layer: DockerLayer) -> None:
         """Rebuild the layer's tar and check it against its diff id, keeping nothing."""
@@ -95,14 +105,8 @@ class Source:
 
     def container_changes(self, container: DockerContainer, tmp: pathlib.Path | None = None) -> BinaryIO:
         """The container's changes as an OCI changeset tar in a temporary file, positioned at 0."""
-        out = tempfile.TemporaryFile(dir=tmp, prefix="droot-changes-")
-        try:
-            self.storage.write_changes(container.mount_id, self.container_base(container), out)
-            out.seek(0)
-            return out
-        except BaseException:
-            out.close()
-            raise
+        base = self.container_base(container)
+        return _spooled(lambda out: self.storage.write_changes(container.mount_id, base, out), tmp, "droot-changes-")
 
     def container_size(self, container: DockerContainer) -> int:
         return self.storage.changes_size(container.mount_id, self.container_base(container))
