@@ -8,15 +8,19 @@ image ids and tags, layers byte for byte, and the container's files, read-only.
 from __future__ import annotations
 
 import io
+import json
 import pathlib
 import shutil
 import tarfile
 from collections.abc import Iterator
 
 import pytest
+from click.testing import CliRunner
 
 from cowstore.archive import apply_layer
+from cowstore.cli import main
 from cowstore.dockerroot import Importer, Source
+from cowstore.host import loop
 from cowstore.images import save
 from cowstore.store import Store
 
@@ -29,6 +33,7 @@ LAYERS = [small_base(), *feature_layers()]
 
 class Built:
     def __init__(self, path: pathlib.Path, driver: str) -> None:
+        self.driver = driver
         builder = RootBuilder(path / "docker", driver)
         self.base = builder.add_image(LAYERS[:1], ["droot/base:1"])
         self.image = builder.add_image(LAYERS, ["droot/app:1", "droot/app:latest"])
@@ -98,3 +103,29 @@ def test_ls_lists_driver_images_and_containers(built: Built) -> None:
     )
     assert web["SizeRw"] > 0
     assert listing["Problems"] == []
+
+
+def test_a_pool_on_block_devices(built: Built, tmp_path: pathlib.Path) -> None:
+    """A direct-lvm data root keeps no pool files: the pool's devices are given on the command line."""
+    if built.driver != "devicemapper":
+        pytest.skip("pool devices are devicemapper's")
+    pool = built.root / "devicemapper" / "devicemapper"
+    root = tmp_path / "docker"
+    shutil.copytree(built.root, root, symlinks=True, ignore=lambda d, names: names if d == str(pool) else [])
+    base = ["--root", str(tmp_path / "store"), "--driver", "vfs", "docker-root"]
+    runner = CliRunner()
+    missing = runner.invoke(main, [*base, "import", str(root), "--dry-run"])
+    assert missing.exit_code == 1 and "--dm-metadatadev" in missing.stdout
+    before = source_fingerprint(pool)
+    with loop.attached(pool / "metadata", read_only=True) as meta, loop.attached(pool / "data", read_only=True) as data:
+        devices = ["--dm-metadatadev", meta, "--dm-datadev", data]
+        listing = runner.invoke(main, [*base, "ls", str(root), *devices, "--format", "json"])
+        assert listing.exit_code == 0, listing.output
+        assert json.loads(listing.stdout)["Containers"][0]["SizeRw"] > 0
+        imported = runner.invoke(main, [*base, "import", str(root), *devices])
+        assert imported.exit_code == 0, imported.output
+        assert "images: 2 imported; containers: 1 imported" in imported.stdout
+    with Store(tmp_path / "store", "vfs", sync=False) as store:
+        assert store.containers.get("web").image_id == built.image
+        store.shutdown()
+    assert source_fingerprint(pool) == before

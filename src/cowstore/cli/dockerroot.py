@@ -8,22 +8,48 @@ no longer has.
 from __future__ import annotations
 
 import pathlib
+from collections.abc import Callable
+from typing import Any
 
 import click
 
 from cowstore.cli.app import app
 from cowstore.cli.output import FORMATS, emit_json, table
-from cowstore.dockerroot import DRIVERS, Importer, Report, Source, export_oci
+from cowstore.dockerroot import DRIVERS, Importer, PoolDevices, Report, Source, export_oci
 from cowstore.errors import CowstoreError
 from cowstore.units import human_size
 
-_SOURCE_DRIVER = click.option(
-    "--source-driver",
-    type=click.Choice(DRIVERS),
-    default=None,
-    help="The data root's driver, when it holds image stores of several.",
-)
 _PATH = click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=pathlib.Path))
+_DEVICE = click.Path(exists=True, dir_okay=False, path_type=pathlib.Path)
+
+
+def _source_options(command: Callable[..., None]) -> Callable[..., None]:
+    """PATH and what else says how to read it: its driver, and where a devicemapper pool is."""
+    for option in (
+        click.option("--dm-datadev", type=_DEVICE, help="devicemapper: the pool's data device (dm.datadev)."),
+        click.option(
+            "--dm-metadatadev", type=_DEVICE, help="devicemapper: the pool's metadata device (dm.metadatadev)."
+        ),
+        click.option(
+            "--source-driver",
+            type=click.Choice(DRIVERS),
+            default=None,
+            help="The data root's driver, when it holds image stores of several.",
+        ),
+        _PATH,
+    ):
+        command = option(command)
+    return command
+
+
+def _source(path: pathlib.Path, options: dict[str, Any]) -> Source:
+    """The data root, with the pool's devices when given (both, or neither)."""
+    metadata, data = options.pop("dm_metadatadev"), options.pop("dm_datadev")
+    driver = options.pop("source_driver")
+    if (metadata is None) != (data is None):
+        raise click.UsageError("give both --dm-metadatadev and --dm-datadev, or neither")
+    pool = PoolDevices(metadata, data) if metadata is not None else None
+    return Source(path, driver, pool=pool)
 
 
 class PartialFailure(CowstoreError):
@@ -46,12 +72,11 @@ def _size(value: int | None) -> str:
 
 
 @docker_root_group.command("ls")
-@_PATH
-@_SOURCE_DRIVER
+@_source_options
 @click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
-def docker_root_ls(path: pathlib.Path, source_driver: str | None, fmt: str) -> None:
+def docker_root_ls(path: pathlib.Path, fmt: str, **options: Any) -> None:
     """The data root's driver, images (tags, ids, sizes) and containers (names, images, changes)."""
-    with Source(path, source_driver) as source:
+    with _source(path, options) as source:
         listing = source.listing()
     if fmt == "json":
         emit_json(listing)
@@ -73,22 +98,20 @@ def docker_root_ls(path: pathlib.Path, source_driver: str | None, fmt: str) -> N
 
 
 @docker_root_group.command("import")
-@_PATH
-@_SOURCE_DRIVER
+@_source_options
 @click.option("--images-only", is_flag=True, help="Leave the containers out.")
 @click.option("--dry-run", is_flag=True, help="Read and verify everything, store nothing.")
-def docker_root_import(path: pathlib.Path, source_driver: str | None, images_only: bool, dry_run: bool) -> None:
+def docker_root_import(path: pathlib.Path, images_only: bool, dry_run: bool, **options: Any) -> None:
     """Import the data root's images (same ids, tags, exact layers) and containers into this store."""
     store = app().store
-    with Source(path, source_driver) as source:
+    with _source(path, options) as source:
         click.echo(f"reading {path} ({source.driver}) into {store.root} ({store.driver.name})")
         report = Importer(source, store, click.echo, dry_run=dry_run).run(images_only=images_only)
     _finish(report)
 
 
 @docker_root_group.command("export")
-@_PATH
-@_SOURCE_DRIVER
+@_source_options
 @click.option(
     "--to",
     "target",
@@ -98,8 +121,8 @@ def docker_root_import(path: pathlib.Path, source_driver: str | None, images_onl
     metavar="oci-dir DIR",
     help="Write every image into a new OCI layout directory DIR.",
 )
-def docker_root_export(path: pathlib.Path, source_driver: str | None, target: tuple[str, pathlib.Path]) -> None:
+def docker_root_export(path: pathlib.Path, target: tuple[str, pathlib.Path], **options: Any) -> None:
     """Export every image of the data root as an OCI layout (for `skopeo copy oci:DIR:TAG ...`)."""
-    with Source(path, source_driver) as source:
+    with _source(path, options) as source:
         report = export_oci(source, target[1], click.echo)
     _finish(report)

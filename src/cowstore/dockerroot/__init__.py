@@ -7,6 +7,7 @@ the images and containers into a cowstore store or into an OCI layout. The data 
 is never written.
 """
 
+from cowstore.dockerroot.devmapper import PoolDevices
 from cowstore.dockerroot.layout import DRIVERS, BadObject, DockerRoot, NotADockerRoot, Problem
 from cowstore.dockerroot.ociexport import export_oci
 from cowstore.dockerroot.source import Source
@@ -19,6 +20,7 @@ __all__ = [
     "Importer",
     "NotADockerRoot",
     "Outcome",
+    "PoolDevices",
     "Problem",
     "Report",
     "Source",

@@ -1,7 +1,8 @@
 """Docker's devicemapper storage, read through the devicemapper package's kernel-pool reader.
 
 Layout under `devicemapper/`: the pool's `devicemapper/{data,metadata}` loop files in
-the kernel's format, and Docker's own JSON per layer in `metadata/<id>` (`device_id`,
+the kernel's format (or, for a pool Docker was given as block devices, those devices:
+`PoolDevices`), and Docker's own JSON per layer in `metadata/<id>` (`device_id`,
 `size`, `deleted`), `metadata/base` for the base device and `metadata/deviceset-metadata`
 (`BaseDeviceFilesystem`). Each layer's thin device is mounted read-only when its tree
 is needed, and the layer's files are under `rootfs/` there, as Docker mounts them.
@@ -14,6 +15,7 @@ import json
 import pathlib
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from cowstore.dockerroot.layout import BadObject, DockerRoot, read_bytes, storage_id
@@ -27,11 +29,22 @@ if TYPE_CHECKING:
 _NOT_DEVICES = ("deviceset-metadata", "transaction-metadata")
 
 
+@dataclass(frozen=True)
+class PoolDevices:
+    """Where the pool is when it is not in the data root's loop files: Docker's direct-lvm
+    setups (`dm.thinpooldev`, `dm.metadatadev`/`dm.datadev`) keep it on block devices,
+    or on images of them copied off the disk."""
+
+    metadata: pathlib.Path
+    data: pathlib.Path
+
+
 class DeviceMapper(FullCopies):
     """Thin devices of a kernel-format pool, each a complete tree once mounted read-only."""
 
-    def __init__(self, root: DockerRoot) -> None:
+    def __init__(self, root: DockerRoot, devices: PoolDevices | None = None) -> None:
         super().__init__(root)
+        self.devices = devices
         self.meta_dir = self._dir("metadata")
         self.mounts = pathlib.Path(tempfile.mkdtemp(prefix="cowstore-dm-mnt-"))
         self._pool: KernelPool | None = None
@@ -67,8 +80,16 @@ class DeviceMapper(FullCopies):
                 with contextlib.suppress(BadObject):
                     record = self._record(entry.name)
                     sizes[record["device_id"]] = int(record.get("size") or 0)
-            pool_files = self.home / "devicemapper"
-            self._pool = Pool(pool_files / "metadata", pool_files / "data", sizes=sizes)
+            devices = self.devices or PoolDevices(
+                self.home / "devicemapper" / "metadata", self.home / "devicemapper" / "data"
+            )
+            for path in (devices.metadata, devices.data):
+                if not path.exists():
+                    raise BadObject(
+                        f"the thin pool's {path.name} is missing: for a pool on block devices, "
+                        "give them with --dm-metadatadev and --dm-datadev"
+                    )
+            self._pool = Pool(devices.metadata, devices.data, sizes=sizes)
         return self._pool
 
     @contextlib.contextmanager

@@ -17,6 +17,7 @@ from typing import Any, BinaryIO
 
 from cowstore.digest import DigestingReader, DigestingWriter
 from cowstore.dockerroot import tarsplit
+from cowstore.dockerroot.devmapper import PoolDevices
 from cowstore.dockerroot.layout import BadObject, DockerContainer, DockerImage, DockerLayer, DockerRoot, Problem
 from cowstore.dockerroot.storage import Storage, open_storage
 from cowstore.errors import CowstoreError
@@ -47,9 +48,9 @@ def _spooled(write: Callable[[BinaryIO], None], tmp: pathlib.Path | None, prefix
 class Source:
     """A Docker data root and its storage, read-only; close() undoes any mount reading needed."""
 
-    def __init__(self, path: str | os.PathLike, driver: str | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, driver: str | None = None, *, pool: PoolDevices | None = None) -> None:
         self.root = DockerRoot(path, driver)
-        self.storage: Storage = open_storage(self.root)
+        self.storage: Storage = open_storage(self.root, pool)
 
     @property
     def driver(self) -> str:

@@ -24,14 +24,17 @@ import os
 import pathlib
 import stat
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from cowstore.archive import changes_dirs, changes_size, export_changes, tar_directory
 from cowstore.archive.changes import Change
 from cowstore.archive.whiteouts import META_PREFIX, OVERLAY_XATTR_PREFIXES
 from cowstore.dockerroot.layout import BadObject, DockerRoot
-from cowstore.errors import NotSupported
+from cowstore.errors import InvalidArgument, NotSupported
 from cowstore.host import fsutil
+
+if TYPE_CHECKING:
+    from cowstore.dockerroot.devmapper import PoolDevices
 
 # overlay features that put what a tar cannot say into an upper dir's xattrs.
 _UNSUPPORTED_OVERLAY_XATTRS = ("redirect", "metacopy")
@@ -179,11 +182,13 @@ class Aufs(Storage):
         )
 
 
-def open_storage(root: DockerRoot) -> Storage:
-    """The reader of the data root's driver storage."""
+def open_storage(root: DockerRoot, pool: PoolDevices | None = None) -> Storage:
+    """The reader of the data root's driver storage (`pool`: a devicemapper pool's devices)."""
     if root.driver == "devicemapper":
         from cowstore.dockerroot.devmapper import DeviceMapper
 
-        return DeviceMapper(root)
+        return DeviceMapper(root, pool)
+    if pool is not None:
+        raise InvalidArgument(f"pool devices are for a devicemapper data root, not for {root.driver}")
     readers: dict[str, type[Storage]] = {"vfs": Vfs, "btrfs": Btrfs, "overlay2": Overlay2, "overlay": Overlay}
     return readers.get(root.driver, Aufs)(root)
