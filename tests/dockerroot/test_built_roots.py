@@ -1,7 +1,7 @@
 """Data roots of aufs and devicemapper, built from Docker's layouts (dockerd cannot run them here).
 
-aufs: plain directories. devicemapper: a kernel-format thin pool (thin_restore) with ext4
-on every thin device, the container's journal left unclean. Each must import with its
+aufs: plain directories. devicemapper: a kernel-format thin pool (thin_restore) with ext4,
+or xfs (Docker's default), on every thin device, the container's journal left unclean. Each must import with its
 image ids and tags, layers byte for byte, and the container's files, read-only.
 """
 
@@ -32,9 +32,10 @@ LAYERS = [small_base(), *feature_layers()]
 
 
 class Built:
-    def __init__(self, path: pathlib.Path, driver: str) -> None:
-        self.driver = driver
-        builder = RootBuilder(path / "docker", driver)
+    def __init__(self, path: pathlib.Path, kind: str) -> None:
+        self.kind = kind
+        self.driver, _, fs = kind.partition("-")
+        builder = RootBuilder(path / "docker", self.driver, fs or "ext4")
         self.base = builder.add_image(LAYERS[:1], ["droot/base:1"])
         self.image = builder.add_image(LAYERS, ["droot/app:1", "droot/app:latest"])
         self.container = builder.add_container(self.image, "web", CONTAINER_CHANGES, "droot/app:1")
@@ -45,10 +46,11 @@ class Built:
             apply_layer(io.BytesIO(tar), self.expected)
 
 
-@pytest.fixture(scope="module", params=["aufs", "devicemapper"])
+@pytest.fixture(scope="module", params=["aufs", "devicemapper", "devicemapper-xfs"])
 def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
-    if request.param == "devicemapper" and not (shutil.which("thin_restore") and shutil.which("debugfs")):
-        pytest.skip("thin-provisioning-tools or e2fsprogs are not installed")
+    needs = {"devicemapper": ("thin_restore", "debugfs"), "devicemapper-xfs": ("thin_restore", "mkfs.xfs", "xfs_io")}
+    if not all(shutil.which(tool) for tool in needs.get(request.param, ())):
+        pytest.skip(f"{' or '.join(needs[request.param])} is not installed")
     yield Built(tmp_path_factory.mktemp(request.param), request.param)
 
 
@@ -107,8 +109,8 @@ def test_ls_lists_driver_images_and_containers(built: Built) -> None:
 
 def test_a_pool_on_block_devices(built: Built, tmp_path: pathlib.Path) -> None:
     """A direct-lvm data root keeps no pool files: the pool's devices are given on the command line."""
-    if built.driver != "devicemapper":
-        pytest.skip("pool devices are devicemapper's")
+    if built.kind != "devicemapper":
+        pytest.skip("pool devices are devicemapper's (and the filesystem does not matter here)")
     pool = built.root / "devicemapper" / "devicemapper"
     root = tmp_path / "docker"
     shutil.copytree(built.root, root, symlinks=True, ignore=lambda d, names: names if d == str(pool) else [])

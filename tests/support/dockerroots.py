@@ -11,7 +11,7 @@ plus the driver's storage:
   branches also get aufs's `.wh..wh.plnk`/`.wh..wh.aufs` bookkeeping;
 - vfs: `dir/<id>` holds the complete tree;
 - devicemapper: cowstore's own devicemapper driver (Docker's deviceset layout and
-  JSON, ext4 on the base device, every layer a snapshot of its parent) fills the pool;
+  JSON, ext4 or xfs on the base device, every layer a snapshot of its parent) fills the pool;
   then its metadata is dumped and written back in the kernel's format by
   `thin_restore`, as a pool made by device-mapper would be; each container's ext4 is
   left flagged as needing journal recovery, as a crash leaves it.
@@ -130,9 +130,11 @@ class _Vfs:
 class _DeviceMapper:
     """Layers made by cowstore's devicemapper driver, then the pool rewritten in kernel format."""
 
-    def __init__(self, home: pathlib.Path) -> None:
+    def __init__(self, home: pathlib.Path, fs: str = "ext4") -> None:
         self.home = home
-        self.driver = open_or_skip("devicemapper", home)
+        # mkfs.xfs refuses filesystems under 300 MiB; thin devices are sparse, so this costs nothing.
+        xfs = {"dm.fs": "xfs", "dm.basesize": "320M"} if fs == "xfs" else {}
+        self.driver = open_or_skip("devicemapper", home, **xfs)
 
     def add(self, id: str, parent: str | None, tar: bytes, *, container: bool = False) -> None:
         self.driver.create_rw(id, parent)
@@ -147,8 +149,17 @@ class _DeviceMapper:
 
 
 def leave_journal_unclean(driver: Driver, id: str) -> None:
-    """Flag layer `id`'s ext4 (of a devicemapper driver) as needing journal recovery, as a
-    crash of a running container leaves it: a read-only mount must then skip the replay."""
+    """Leave layer `id`'s filesystem (of a devicemapper driver) needing journal recovery, as a
+    crash of a running container leaves it: a read-only mount must then skip the replay.
+    ext4 gets the flag set; xfs is shut down after flushing its log, with no unmount record."""
+    if driver.opts.fs == "xfs":  # type: ignore[attr-defined]
+        mounted = driver.get(id)
+        try:
+            (mounted.parent / "unlogged").write_bytes(b"x")  # beside the layer's rootfs/, not in it
+            subprocess.run(["xfs_io", "-x", "-c", "shutdown -f", str(mounted)], check=True, capture_output=True)
+        finally:
+            driver.put(id)
+        return
     info = driver.devices.info(id)  # type: ignore[attr-defined]
     path = driver.devices.activate(id, info["device_id"])  # type: ignore[attr-defined]
     try:
@@ -176,16 +187,19 @@ def to_kernel_format(files: pathlib.Path) -> None:
 
 
 class RootBuilder:
-    """A Docker data root of `driver` (aufs, vfs or devicemapper) under `path`, built object by object."""
+    """A Docker data root of `driver` (aufs, vfs or devicemapper on `fs`) under `path`, built object by object."""
 
-    def __init__(self, path: pathlib.Path, driver: str) -> None:
+    def __init__(self, path: pathlib.Path, driver: str, fs: str = "ext4") -> None:
         self.path = path
         self.driver = driver
         self.store = path / "image" / driver
         for sub in ("imagedb/content/sha256", "imagedb/metadata/sha256", "layerdb/sha256", "layerdb/mounts"):
             (self.store / sub).mkdir(parents=True)
         (path / "containers").mkdir()
-        self.storage = {"aufs": _Aufs, "vfs": _Vfs, "devicemapper": _DeviceMapper}[driver](path / driver)
+        home = path / driver
+        self.storage = (
+            _DeviceMapper(home, fs) if driver == "devicemapper" else {"aufs": _Aufs, "vfs": _Vfs}[driver](home)
+        )
         self.cache_ids: dict[str, str] = {}  # chain id -> storage id
         self.repositories: dict[str, dict[str, str]] = {}
 

@@ -24,9 +24,11 @@ HOST_OPTIONS: dict[str, dict[str, str]] = {
 }
 
 
-def open_or_skip(name: str, home: pathlib.Path) -> Driver:
-    """Driver `name` in `home` with this host's options; the test is skipped where it cannot run."""
+def open_or_skip(name: str, home: pathlib.Path, **overrides: str) -> Driver:
+    """Driver `name` in `home` with this host's options (and `overrides`, e.g. `{"dm.fs": "xfs"}`
+    given as `**{...}`); the test is skipped where it cannot run."""
+    options = {**HOST_OPTIONS.get(name, {}), **overrides}
     try:
-        return open_driver(name, home, HOST_OPTIONS.get(name))
+        return open_driver(name, home, options or None)
     except NotSupported as exc:
         pytest.skip(f"{name}: {exc}")
