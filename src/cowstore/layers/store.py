@@ -206,6 +206,13 @@ class LayerStore:
             raise
         return op
 
+    def acquire(self, chain: str, lease: str | None = None) -> Layer | None:
+        """One more reference on a stored layer (held by `lease`), or None when it is not stored.
+
+        A pull asks before downloading, so a layer already here is not fetched again.
+        """
+        return self._retain_if_present(chain, lease)
+
     def _retain_if_present(self, chain: str, lease: str | None = None) -> Layer | None:
         with self.lock.exclusive():
             if self.records.layer(chain) is None:
