@@ -95,10 +95,11 @@ class Pusher:
             reused = self._recorded_plan(image, compression, dest)
             if reused is not None:
                 try:
-                    return self._push(registry, dest, image, *reused)
+                    return self._push(registry, dest, image, *reused, compression or "gzip")
                 except _NotAvailable:
                     pass
-            return self._push(registry, dest, image, None, self._fresh_plan(image, compression or "gzip", dest))
+            kind = compression or "gzip"
+            return self._push(registry, dest, image, None, self._fresh_plan(image, kind, dest), kind)
         finally:
             registry.close()
 
@@ -154,9 +155,8 @@ class Pusher:
     # ---- pushing -----------------------------------------------------------------------
 
     def _push(
-        self, registry: Registry, dest: Remote, image: Image, manifest: Manifest | None, plan: list[_Blob]
+        self, registry: Registry, dest: Remote, image: Image, manifest: Manifest | None, plan: list[_Blob], kind: str
     ) -> Pushed:
-        kind = manifests.compression(plan[0].descriptor.media_type) if plan and plan[0].descriptor else "gzip"
         with concurrent.futures.ThreadPoolExecutor(UPLOADS, thread_name_prefix="push") as pool:
             futures = [pool.submit(self._push_layer, registry, dest, blob, kind) for blob in plan]
             try:
