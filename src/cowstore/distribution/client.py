@@ -72,15 +72,9 @@ class Registry:
     def manifest(self, repository: str, reference: str, what: str) -> tuple[bytes, str | None, str]:
         """(body, content type, digest) of a manifest or index; the digest is computed, and
         checked against `reference` when that is a digest."""
-        response = self.transport.request(
-            "GET",
-            f"/v2/{repository}/manifests/{reference}",
-            scopes=[pull_scope(repository)],
-            headers={"Accept": ACCEPT},
-            stream=True,
+        body, response = self._bounded_get(
+            f"/v2/{repository}/manifests/{reference}", repository, {"Accept": ACCEPT}, MAX_MANIFEST, what
         )
-        raise_for_status(response, self.endpoint, what)
-        body = _bounded(response, MAX_MANIFEST, f"{what}: manifest")
         digest = sha256_bytes(body)
         if reference.startswith("sha256:") and digest != reference:
             raise BlobCorrupt(f"{what}: the registry sent a manifest with digest {digest}, expected {reference}")
@@ -90,18 +84,30 @@ class Registry:
         """A blob read into memory (a config), checked against its descriptor."""
         if descriptor.size > limit:
             raise ManifestInvalid(f"{what}: blob of {descriptor.size} bytes is larger than the limit of {limit}")
-        response = self.transport.request(
-            "GET",
-            f"/v2/{repository}/blobs/{descriptor.digest}",
-            scopes=[pull_scope(repository)],
-            stream=True,
-            follow=True,
-        )
-        raise_for_status(response, self.endpoint, what)
-        body = _bounded(response, limit, what)
+        body, _ = self._bounded_get(f"/v2/{repository}/blobs/{descriptor.digest}", repository, {}, limit, what)
         if len(body) != descriptor.size or sha256_bytes(body) != descriptor.digest:
             raise BlobCorrupt(f"{what}: blob does not match its descriptor ({descriptor.digest}, {descriptor.size} B)")
         return body
+
+    def _bounded_get(
+        self, path: str, repository: str, headers: dict[str, str], limit: int, what: str
+    ) -> tuple[bytes, urllib3.BaseHTTPResponse]:
+        """A document of at most `limit` bytes, read again when the connection breaks mid-body."""
+        failures = 0
+        while True:
+            response = self.transport.request(
+                "GET", path, scopes=[pull_scope(repository)], headers=headers, stream=True, follow=True
+            )
+            raise_for_status(response, self.endpoint, what)
+            try:
+                return _bounded(response, limit, what), response
+            except TRANSIENT as exc:
+                failures += 1
+                if failures >= self.settings.retry.attempts:
+                    raise RegistryUnavailable(
+                        f"{what}: the connection to {self.endpoint} kept failing ({exc})"
+                    ) from None
+                time.sleep(self.settings.retry.delay(failures - 1))
 
     def download(
         self, repository: str, descriptor: Descriptor, ingest: Ingest, progress: Progress, cancelled: Callable[[], bool]
@@ -280,10 +286,7 @@ def _bounded(response: urllib3.BaseHTTPResponse, limit: int, what: str) -> bytes
     if length and length.isdigit() and int(length) > limit:
         response.release_conn()
         raise ManifestInvalid(f"{what} is larger than {limit} bytes")
-    try:
-        body = response.read(limit + 1, decode_content=True)
-    except TRANSIENT as exc:
-        raise RegistryUnavailable(f"{what}: the connection broke ({exc})") from None
+    body = response.read(limit + 1, decode_content=True)
     response.drain_conn()
     response.release_conn()
     if len(body) > limit:

@@ -167,11 +167,13 @@ class _Downloads:
     def __enter__(self) -> _Downloads:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
         self.cancel.set()
         self.pool.shutdown(wait=True, cancel_futures=True)
         for ingest in self.ingests.values():
             ingest.close()
+            if exc_type is not None and ingest.committed and self.puller.records.blob(ingest.digest) is None:
+                self.puller.blobs.path(ingest.digest).unlink(missing_ok=True)  # its layer was not kept either
 
     def schedule(self, descriptor: Descriptor) -> None:
         digest = descriptor.digest
