@@ -18,7 +18,7 @@ from cowstore.app.demo import build_image_archive
 from cowstore.distribution import RetryPolicy, Settings, certificates
 from cowstore.images import Image, load
 from cowstore.store import Store
-from tests.support.registry import RegistryServer, TestCA, TokenServer, htpasswd, make_ca, need, start_registry
+from tests.support.registry import CertAuthority, RegistryServer, TokenServer, htpasswd, make_ca, need, start_registry
 
 USER, PASSWORD = "alice", "wonderland"
 FAST_RETRY = RetryPolicy(attempts=5, base_delay=0.02, max_delay=0.1)
@@ -41,7 +41,7 @@ def isolated_home(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> pa
 
 
 @pytest.fixture(scope="session")
-def ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
+def ca(tmp_path_factory: pytest.TempPathFactory) -> CertAuthority:
     need("openssl")
     return make_ca(tmp_path_factory.mktemp("ca"))
 
@@ -60,7 +60,7 @@ def plain_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registr
 
 
 @pytest.fixture(scope="session")
-def secure_registry(tmp_path_factory: pytest.TempPathFactory, ca: TestCA) -> Iterator[RegistryServer]:
+def secure_registry(tmp_path_factory: pytest.TempPathFactory, ca: CertAuthority) -> Iterator[RegistryServer]:
     """TLS from the test CA and htpasswd (Basic) auth."""
     need("htpasswd")
     work = tmp_path_factory.mktemp("secure")

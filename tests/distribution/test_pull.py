@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from cowstore.distribution import Platform, Puller, Pusher
 from cowstore.distribution.blobstore import BlobStore
 from cowstore.distribution.client import Registry
 from cowstore.distribution.errors import ManifestNotSupported, RegistryNotFound
-from cowstore.distribution.manifests import OCI_INDEX
+from cowstore.distribution.manifests import OCI_INDEX, OCI_MANIFEST
 from cowstore.distribution.records import DistributionRecords
 from cowstore.images import Image
 from cowstore.images.reference import parse_remote
@@ -69,13 +71,21 @@ def test_index_chooses_the_platform_and_zstd_layers_pull(
     gz = Pusher(store, settings()).push("busybox-demo:latest", f"{repo}:gzip")
     zst = Pusher(store, settings()).push("busybox-demo:latest", f"{repo}:zstd", compression="zstd")
     assert gz.digest != zst.digest
-    index = (
-        '{"schemaVersion":2,"mediaType":"%s","manifests":['
-        '{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"%s","size":%d,'
-        '"platform":{"os":"linux","architecture":"amd64"}},'
-        '{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"%s","size":%d,'
-        '"platform":{"os":"linux","architecture":"arm64","variant":"v8"}}]}'
-    ) % (OCI_INDEX, gz.digest, gz.size, zst.digest, zst.size)
+    entries = [
+        {
+            "mediaType": OCI_MANIFEST,
+            "digest": gz.digest,
+            "size": gz.size,
+            "platform": {"os": "linux", "architecture": "amd64"},
+        },
+        {
+            "mediaType": OCI_MANIFEST,
+            "digest": zst.digest,
+            "size": zst.size,
+            "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"},
+        },
+    ]
+    index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries})
     registry = Registry(parse_remote(f"{repo}:all"), settings())
     index_digest = registry.put_manifest("team/multi", "all", index.encode(), OCI_INDEX)
     registry.close()

@@ -45,7 +45,7 @@ def openssl(*args: str | pathlib.Path) -> None:
 
 
 @dataclass
-class TestCA:
+class CertAuthority:
     """A CA and a server certificate for 127.0.0.1 and localhost, signed by it."""
 
     directory: pathlib.Path
@@ -55,7 +55,7 @@ class TestCA:
     server_key: pathlib.Path
 
 
-def make_ca(directory: pathlib.Path, name: str = "cowstore test CA") -> TestCA:
+def make_ca(directory: pathlib.Path, name: str = "cowstore test CA") -> CertAuthority:
     directory.mkdir(parents=True, exist_ok=True)
     ca_key, ca_crt = directory / "ca.key", directory / "ca.crt"
     key, csr, crt = directory / "server.key", directory / "server.csr", directory / "server.crt"
@@ -94,7 +94,7 @@ def make_ca(directory: pathlib.Path, name: str = "cowstore test CA") -> TestCA:
         "-extfile",
         ext,
     )
-    return TestCA(directory, ca_crt, ca_key, crt, key)
+    return CertAuthority(directory, ca_crt, ca_key, crt, key)
 
 
 def htpasswd(path: pathlib.Path, user: str, password: str) -> pathlib.Path:
@@ -123,7 +123,7 @@ class RegistryServer:
 def start_registry(
     workdir: pathlib.Path,
     *,
-    tls: TestCA | None = None,
+    tls: CertAuthority | None = None,
     auth: dict | None = None,
     proxy: dict | None = None,
     env: dict[str, str] | None = None,
