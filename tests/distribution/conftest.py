@@ -60,6 +60,12 @@ def plain_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registr
 
 
 @pytest.fixture(scope="session")
+def second_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
+    """Another HTTP registry without auth: the other end of a copy between registries."""
+    yield from _serve(start_registry(tmp_path_factory.mktemp("second")))
+
+
+@pytest.fixture(scope="session")
 def secure_registry(tmp_path_factory: pytest.TempPathFactory, ca: CertAuthority) -> Iterator[RegistryServer]:
     """TLS from the test CA and htpasswd (Basic) auth."""
     need("htpasswd")
