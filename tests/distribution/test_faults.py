@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import pathlib
+import sqlite3
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 
 import pytest
 
-from cowstore.distribution import Puller, Pusher
+from cowstore.distribution import Puller, Pusher, tidy
 from cowstore.distribution.blobstore import BlobStore
 from cowstore.distribution.errors import RegistryUnavailable, TooManyRequests
 from cowstore.distribution.records import DistributionRecords
 from cowstore.images import Image
+from cowstore.metadata.db import open_read_only
 from cowstore.store import Store
 from tests.distribution.conftest import settings
 from tests.support.faultproxy import Fault, FaultProxy
@@ -98,3 +105,47 @@ def test_chunked_upload_resumes_after_an_interruption(store: Store, demo: Image,
     assert len(patches) > 3 and all(f.times == 0 for f in proxy.faults)
     again = Pusher(store, settings()).push("busybox-demo:latest", f"{proxy.host}/faults/chunked:2")
     assert again.digest == pushed.digest
+
+
+def test_a_killed_pull_leaves_nothing_registered(
+    store: Store, demo: Image, pushed: str, proxy: FaultProxy, tmp_path: pathlib.Path
+) -> None:
+    """SIGKILL while the top layer's blob is half downloaded and the one below is stored."""
+    root = tmp_path / "killed"
+    top = store.layers.get(demo.top_layer)
+    [blob] = DistributionRecords(store.layers.db).blobs_for(top.diff_id)
+    proxy.faults = [Fault("GET", f"/blobs/{blob.digest}", "stall", times=1000)]
+    command = [sys.executable, "-m", "cowstore.cli", "--root", str(root), "--driver", "vfs", "--no-sync", "pull"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    child = subprocess.Popen([*command, f"{proxy.host}/{pushed}:1"], env=env, stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not proxy.fired and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proxy.fired, "the pull never reached the top layer's blob"
+        deadline = time.monotonic() + 30
+        while not _layer_rows(root) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _layer_rows(root), "the bottom layer was not stored before the kill"
+    finally:
+        child.kill()
+        child.wait(30)
+    reopened = Store(root, "vfs", sync=False)
+    try:
+        tidy(reopened)
+        _clean(reopened)
+    finally:
+        reopened.shutdown()
+
+
+def _layer_rows(root: pathlib.Path) -> int:
+    """Layer rows in the killed store's database, read without opening (and so repairing) it."""
+    if not (root / "cowstore.db").exists():
+        return 0
+    conn = open_read_only(root / "cowstore.db")
+    try:
+        return len(conn.execute("SELECT chain_id FROM layers WHERE state = 'ready'").fetchall())
+    except sqlite3.OperationalError:
+        return 0
+    finally:
+        conn.close()

@@ -7,7 +7,9 @@ matches (by method and a substring of the path), each rule firing a set number o
   connection lost mid-blob: the client sees a short read);
 - `status`: answer with that HTTP status instead (500, 429 with `Retry-After: 0`);
 - `reset`: close the connection without answering;
-- `redirect`: answer 307 to the same path on another base URL.
+- `redirect`: answer 307 to the same path on another base URL;
+- `stall`: send half the body, then hold the connection until `release` is set (a
+  pull to kill mid-blob).
 
 It can also demand Basic credentials itself (`basic_auth`) and records the
 Authorization header of every request it saw.
@@ -30,7 +32,7 @@ _HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgra
 class Fault:
     method: str
     path_part: str
-    action: str  # drop | status | reset | redirect
+    action: str  # drop | status | reset | redirect | stall
     times: int = 1
     status: int = 500
     target: str = ""  # base URL for redirect
@@ -47,6 +49,7 @@ class FaultProxy:
     basic_auth: tuple[str, str] | None = None
     seen: list[tuple[str, str, str | None]] = field(default_factory=list)  # (method, path, Authorization)
     fired: list[str] = field(default_factory=list)
+    release: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -74,6 +77,7 @@ class FaultProxy:
         return f"{self.host_name}:{self.port}"
 
     def stop(self) -> None:
+        self.release.set()
         self._server.shutdown()
         self._server.server_close()
 
@@ -118,7 +122,7 @@ class FaultProxy:
         finally:
             connection.close()
         out = {k: v for k, v in response.getheaders() if k.lower() not in _HOP and k.lower() != "content-length"}
-        if fault is not None and fault.action == "drop" and len(data) > 1:
+        if fault is not None and fault.action in ("drop", "stall") and len(data) > 1:
             handler.send_response(response.status)
             for key, value in out.items():
                 handler.send_header(key, value)
@@ -126,6 +130,8 @@ class FaultProxy:
             handler.end_headers()
             handler.wfile.write(data[: len(data) // 2])
             handler.wfile.flush()
+            if fault.action == "stall":
+                self.release.wait(60)
             handler.close_connection = True
             return
         self._reply(handler, response.status, out, b"" if method == "HEAD" else data, len(data))
