@@ -20,6 +20,7 @@ _NAME = re.compile(rf"^(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*$")
 _TAG = re.compile(r"^[\w][\w.-]{0,127}$")
 _HEX_PREFIX = re.compile(r"^(?:sha256:)?[0-9a-f]{1,64}$")
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+_PATH = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
 DOCKER_HUB = "docker.io"
 HUB_ENDPOINT = "registry-1.docker.io"
 
@@ -164,6 +165,8 @@ def parse_remote(ref: str) -> Remote:
         domain = first
     else:
         domain, path = DOCKER_HUB, rest
+    if not _PATH.match(path):
+        raise InvalidReference(f"invalid reference format: {ref!r} (repository names must be lowercase)")
     if domain in (DOCKER_HUB, "index.docker.io"):
         domain = DOCKER_HUB
         if "/" not in path:
