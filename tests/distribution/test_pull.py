@@ -119,3 +119,27 @@ def test_kept_blobs_are_pruned_with_their_layers(store: Store, other_store: Stor
     tidy(other_store)
     assert list(blobs.blobs.iterdir()) == []
     assert DistributionRecords(other_store.layers.db).all_blobs() == []
+
+
+def test_index_nesting_is_bounded(store: Store) -> None:
+    """An index whose entry is always another index: refused after MAX_INDEX_DEPTH levels."""
+    from cowstore.digest import sha256_bytes
+    from cowstore.distribution.errors import ManifestInvalid
+
+    class Endless:
+        calls = 0
+
+        def manifest(self, repository: str, reference: str, what: str) -> tuple[bytes, str, str]:
+            Endless.calls += 1
+            entry = {
+                "mediaType": OCI_INDEX,
+                "digest": f"sha256:{Endless.calls:064x}",
+                "size": 10,
+                "platform": {"os": "linux", "architecture": Platform.parse(None).architecture},
+            }
+            body = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [entry]}).encode()
+            return body, OCI_INDEX, sha256_bytes(body)
+
+    with pytest.raises(ManifestInvalid, match="nested deeper than 8"):
+        Puller(store, settings())._resolve(Endless(), parse_remote("r.example/a/b:1"), Platform.parse(None))  # type: ignore[arg-type]
+    assert Endless.calls == 9
