@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from cowstore.distribution import Platform, Puller, Pusher
+from cowstore.distribution import Platform, Puller, Pusher, tidy
 from cowstore.distribution.blobstore import BlobStore
 from cowstore.distribution.client import Registry
 from cowstore.distribution.errors import ManifestNotSupported, RegistryNotFound
@@ -114,9 +114,7 @@ def test_kept_blobs_are_pruned_with_their_layers(store: Store, other_store: Stor
     blobs = BlobStore(other_store.root, DistributionRecords(other_store.layers.db))
     assert len(list(blobs.blobs.iterdir())) == len(demo.diff_ids)
     other_store.images.remove(ref)
-    from cowstore.distribution import tidy
-
-    tidy(other_store)
+    tidy(other_store)  # what `cowstore rmi` and every pull and push do
     assert list(blobs.blobs.iterdir()) == []
     assert DistributionRecords(other_store.layers.db).all_blobs() == []
 

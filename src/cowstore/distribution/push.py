@@ -5,8 +5,8 @@ all of that manifest's layer blobs are kept here or known to exist on the destin
 registry, and no other compression was asked for, the manifest is pushed again byte for
 byte, so its digest does not change. Otherwise a fresh OCI manifest is built, and each
 layer's blob is a kept one of the wanted compression or is compressed now
-(deterministically: gzip with mtime 0 at a fixed level, or zstd at a fixed level) and
-kept, so a second push is again the same bytes.
+(deterministically) and
+kept, so a second push is again the same bytes (compress.py).
 
 Per blob, cheapest first: a HEAD finds it already there; a cross-repository mount
 reuses it from another repository of the same registry where it was seen; else it is
@@ -17,17 +17,14 @@ layers go at once.
 from __future__ import annotations
 
 import concurrent.futures
-import gzip
 import os
 import threading
 from dataclasses import dataclass
-from typing import IO, cast
-
-import zstandard
 
 from cowstore.distribution import manifests
-from cowstore.distribution.blobstore import BlobStore, Ingest
+from cowstore.distribution.blobstore import BlobStore
 from cowstore.distribution.client import Registry, Settings, read_file_at
+from cowstore.distribution.compress import compress
 from cowstore.distribution.errors import Denied, RegistryNotFound
 from cowstore.distribution.manifests import OCI_CONFIG, Descriptor, Manifest
 from cowstore.distribution.progress import Progress, Silent, short
@@ -41,9 +38,6 @@ from cowstore.store import Store
 
 UPLOADS = 3
 COMPRESSIONS = ("gzip", "zstd")
-GZIP_LEVEL = 1  # fixed forever: a layer compressed again must give the same bytes
-ZSTD_LEVEL = 3
-_COPY = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -230,31 +224,8 @@ class Pusher:
             with tar:
                 total = os.fstat(tar.fileno()).st_size
                 self.progress.begin(key, "compress", total)
-                sink = cast(IO[bytes], _IngestWriter(ingest))  # write() is all a compressor calls
-                compressor: gzip.GzipFile | zstandard.ZstdCompressionWriter
-                if kind == "zstd":
-                    compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL).stream_writer(sink, closefd=False)
-                else:
-                    compressor = gzip.GzipFile(fileobj=sink, mode="wb", compresslevel=GZIP_LEVEL, mtime=0)
-                with compressor:
-                    while chunk := tar.read(_COPY):
-                        compressor.write(chunk)
-                        self.progress.advance(key, "compress", len(chunk))
+                compress(tar, ingest.write, kind, lambda n: self.progress.advance(key, "compress", n))
             digest = ingest.finish()
             return Descriptor(manifests.layer_media_type(kind), digest, ingest.written)
         finally:
             ingest.close()
-
-
-class _IngestWriter:
-    """The file-like end a compressor writes into."""
-
-    def __init__(self, ingest: Ingest) -> None:
-        self._ingest = ingest
-
-    def write(self, data: bytes) -> int:
-        self._ingest.write(bytes(data))
-        return len(data)
-
-    def flush(self) -> None:
-        pass
