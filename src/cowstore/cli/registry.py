@@ -72,16 +72,18 @@ class _Lines:
 
 
 class _Bars:
-    """Rich bars on stderr, one per layer and phase."""
+    """Rich bars on stderr, one per layer and phase; a layer's state shows on its latest bar."""
 
     def __init__(self, bar: Any) -> None:
         self._bar = bar
         self._tasks: dict[tuple[str, str], Any] = {}
+        self._latest: dict[str, str] = {}  # key -> the phase begun last
         self._lock = threading.Lock()
 
     def begin(self, key: str, phase: str, total: int | None) -> None:
         with self._lock:
             self._tasks[(key, phase)] = self._bar.add_task(f"{key} {phase}", total=total)
+            self._latest[key] = phase
 
     def advance(self, key: str, phase: str, amount: int) -> None:
         task = self._tasks.get((key, phase))
@@ -90,11 +92,12 @@ class _Bars:
 
     def status(self, key: str, text: str) -> None:
         with self._lock:
-            tasks = [task for (k, _), task in self._tasks.items() if k == key]
-        for task in tasks:
-            self._bar.update(task, description=f"{key} {text}")
-        if not tasks:
+            phase = "download" if text == "Download complete" else self._latest.get(key)
+            task = self._tasks.get((key, phase)) if phase else None
+        if task is None:
             self._bar.console.print(f"{key}: {text}")
+        else:
+            self._bar.update(task, description=f"{key} {phase}: {text}")
 
     def message(self, text: str) -> None:
         self._bar.console.print(text)
