@@ -11,6 +11,7 @@ from click.testing import CliRunner, Result
 from cowstore.app.demo import build_image_archive
 from cowstore.cli import main
 from cowstore.store import Store
+from tests.cli.test_cli_commands import fails, ok
 from tests.distribution.conftest import PASSWORD, USER
 from tests.support.registry import CertAuthority, RegistryServer, free_port
 
@@ -30,17 +31,6 @@ def cli(tmp_path: pathlib.Path):
                 Store(tmp_path / name, "vfs").shutdown()
 
 
-def ok(result: Result) -> str:
-    assert result.exit_code == 0, (result.output, result.exception)
-    return result.stdout
-
-
-def fails(result: Result, text: str) -> None:
-    assert result.exit_code == 1, result.output
-    assert result.stderr.startswith("cowstore: ") and text in result.stderr, result.stderr
-    assert result.stderr.count("\n") == 1 and "Traceback" not in result.output
-
-
 @pytest.fixture
 def loaded(cli, tmp_path: pathlib.Path) -> None:
     archive = tmp_path / "demo.tar"
@@ -48,7 +38,9 @@ def loaded(cli, tmp_path: pathlib.Path) -> None:
     ok(cli("load", "-i", str(archive)))
 
 
-def test_push_and_pull_print_docker_style_lines(cli, loaded: None, plain_registry: RegistryServer) -> None:
+def test_push_and_pull_print_docker_style_lines(
+    cli, loaded: None, plain_registry: RegistryServer, tmp_path: pathlib.Path
+) -> None:
     ref = f"{plain_registry.host}/cli/demo:1"
     out = ok(cli("push", "busybox-demo:latest", ref))
     assert out.startswith(f"The push refers to repository [{plain_registry.host}/cli/demo]\n")
@@ -63,6 +55,11 @@ def test_push_and_pull_print_docker_style_lines(cli, loaded: None, plain_registr
     )
     inspect = json.loads(ok(cli("image", "inspect", f"{plain_registry.host}/cli/demo@{digest}", root="b")))
     assert inspect[0]["RepoTags"] == [ref]
+    assert inspect[0]["RepoDigests"] == [f"{plain_registry.host}/cli/demo@{digest}"]
+    kept = tmp_path / "b" / "distribution" / "blobs" / "sha256"
+    assert len(list(kept.iterdir())) == 2
+    assert f"Deleted: {inspect[0]['Id']}" in ok(cli("rmi", ref, root="b"))
+    assert list(kept.iterdir()) == []  # rmi frees the registry blobs kept for its layers
 
 
 def test_one_line_errors(cli, loaded: None, plain_registry: RegistryServer) -> None:

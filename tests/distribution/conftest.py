@@ -91,23 +91,23 @@ def token_registry(tmp_path_factory: pytest.TempPathFactory, token_server: Token
     yield from _serve(start_registry(tmp_path_factory.mktemp("tokenreg"), auth=token_server.registry_auth()))
 
 
-@pytest.fixture
-def store(tmp_path: pathlib.Path) -> Iterator[Store]:
-    s = Store(tmp_path / "store-a", "vfs", sync=False)
+def _vfs_store(root: pathlib.Path) -> Iterator[Store]:
+    s = Store(root, "vfs", sync=False)
     try:
         yield s
     finally:
         s.shutdown()
+
+
+@pytest.fixture
+def store(tmp_path: pathlib.Path) -> Iterator[Store]:
+    yield from _vfs_store(tmp_path / "store-a")
 
 
 @pytest.fixture
 def other_store(tmp_path: pathlib.Path) -> Iterator[Store]:
     """A second store: the other machine."""
-    s = Store(tmp_path / "store-b", "vfs", sync=False)
-    try:
-        yield s
-    finally:
-        s.shutdown()
+    yield from _vfs_store(tmp_path / "store-b")
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from cowstore.distribution import Puller, Pusher
 from cowstore.images import Image, save
 from cowstore.store import Store
 from tests.distribution.conftest import Recorder, image_files, settings
+from tests.support.podman import podman_command
 from tests.support.registry import RegistryServer, need, start_registry
 
 
@@ -97,19 +98,7 @@ class _Podman:
 
     def __enter__(self) -> list[str]:
         self.home = pathlib.Path(tempfile.mkdtemp(prefix="pm", dir="/tmp"))
-        self.args = [
-            "podman",
-            "--root",
-            str(self.home / "root"),
-            "--runroot",
-            str(self.home / "run"),
-            "--storage-driver",
-            "vfs",
-            "--cgroup-manager",
-            "cgroupfs",
-            "--events-backend",
-            "file",
-        ]
+        self.args = podman_command(self.home / "root", self.home / "run")
         return self.args
 
     def __exit__(self, *exc: object) -> None:

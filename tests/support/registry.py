@@ -55,10 +55,8 @@ class CertAuthority:
     server_key: pathlib.Path
 
 
-def make_ca(directory: pathlib.Path, name: str = "cowstore test CA") -> CertAuthority:
-    directory.mkdir(parents=True, exist_ok=True)
-    ca_key, ca_crt = directory / "ca.key", directory / "ca.crt"
-    key, csr, crt = directory / "server.key", directory / "server.csr", directory / "server.crt"
+def self_signed(key: pathlib.Path, cert: pathlib.Path, name: str) -> None:
+    """A new RSA key and a self-signed certificate for it, valid two days."""
     openssl(
         "req",
         "-x509",
@@ -66,14 +64,21 @@ def make_ca(directory: pathlib.Path, name: str = "cowstore test CA") -> CertAuth
         "rsa:2048",
         "-nodes",
         "-keyout",
-        ca_key,
+        key,
         "-out",
-        ca_crt,
+        cert,
         "-days",
         "2",
         "-subj",
         f"/CN={name}",
     )
+
+
+def make_ca(directory: pathlib.Path, name: str = "cowstore test CA") -> CertAuthority:
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_key, ca_crt = directory / "ca.key", directory / "ca.crt"
+    key, csr, crt = directory / "server.key", directory / "server.csr", directory / "server.crt"
+    self_signed(ca_key, ca_crt, name)
     openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1")
     ext = directory / "san.ext"
     ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
@@ -189,21 +194,7 @@ class TokenServer:
         self.key = self.directory / "token.key"
         self.cert = self.directory / "token.crt"
         self.directory.mkdir(parents=True, exist_ok=True)
-        openssl(
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            self.key,
-            "-out",
-            self.cert,
-            "-days",
-            "2",
-            "-subj",
-            "/CN=cowstore token signer",
-        )
+        self_signed(self.key, self.cert, "cowstore token signer")
         der = subprocess.run(
             ["openssl", "x509", "-in", str(self.cert), "-outform", "DER"], capture_output=True, check=True
         ).stdout

@@ -176,6 +176,7 @@ def image_details(ref: str) -> dict:
     return {
         "Id": image.id,
         "RepoTags": list(image.tags),
+        "RepoDigests": list(image.digests),
         "Created": config.get("created", ""),
         "Author": config.get("author", ""),
         "Architecture": config.get("architecture", ""),

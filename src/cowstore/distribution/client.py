@@ -15,6 +15,7 @@ import time
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import urllib3
 
@@ -31,6 +32,7 @@ _CHUNK = 1024 * 1024
 _MAX_TAG_PAGES = 100
 
 Progress = Callable[[int], None]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -89,62 +91,63 @@ class Registry:
             raise BlobCorrupt(f"{what}: blob does not match its descriptor ({descriptor.digest}, {descriptor.size} B)")
         return body
 
-    def _bounded_get(
-        self, path: str, repository: str, headers: dict[str, str], limit: int, what: str
-    ) -> tuple[bytes, urllib3.BaseHTTPResponse]:
-        """A document of at most `limit` bytes, read again when the connection breaks mid-body."""
+    def _retrying(self, what: str, attempt: Callable[[], T]) -> T:
+        """Run `attempt` again (with backoff) while the connection breaks mid-body."""
         failures = 0
         while True:
-            response = self.transport.request(
-                "GET", path, scopes=[pull_scope(repository)], headers=headers, stream=True, follow=True
-            )
-            raise_for_status(response, self.endpoint, what)
             try:
-                return _bounded(response, limit, what), response
+                return attempt()
             except TRANSIENT as exc:
                 failures += 1
                 if failures >= self.settings.retry.attempts:
                     raise RegistryUnavailable(
-                        f"{what}: the connection to {self.endpoint} kept failing ({exc})"
+                        f"{what}: the transfer from {self.endpoint} kept failing ({exc})"
                     ) from None
                 time.sleep(self.settings.retry.delay(failures - 1))
+
+    def _bounded_get(
+        self, path: str, repository: str, headers: dict[str, str], limit: int, what: str
+    ) -> tuple[bytes, urllib3.BaseHTTPResponse]:
+        """A document of at most `limit` bytes, read again when the connection breaks mid-body."""
+
+        def attempt() -> tuple[bytes, urllib3.BaseHTTPResponse]:
+            response = self.transport.request(
+                "GET", path, scopes=[pull_scope(repository)], headers=headers, stream=True, follow=True
+            )
+            raise_for_status(response, self.endpoint, what)
+            return _bounded(response, limit, what), response
+
+        return self._retrying(what, attempt)
 
     def download(
         self, repository: str, descriptor: Descriptor, ingest: Ingest, progress: Progress, cancelled: Callable[[], bool]
     ) -> None:
         """Stream a blob into `ingest`, resuming after broken connections, then verify it."""
         path = f"/v2/{repository}/blobs/{descriptor.digest}"
-        failures = 0
-        while True:
+
+        def attempt() -> None:
             offset = ingest.written
             headers = {"Range": f"bytes={offset}-"} if offset else {}
-            try:
-                response = self.transport.request(
-                    "GET", path, scopes=[pull_scope(repository)], headers=headers, stream=True, follow=True
-                )
-                raise_for_status(response, self.endpoint, f"blob {descriptor.digest}")
-                skip = offset if response.status == 200 else _range_skip(response, offset)
-                for chunk in response.stream(_CHUNK, decode_content=False):
-                    if cancelled():
-                        raise Cancelled("transfer cancelled")
-                    if skip:
-                        drop = min(skip, len(chunk))
-                        chunk, skip = chunk[drop:], skip - drop
-                    if chunk:
-                        ingest.write(chunk)
-                        progress(len(chunk))
-                response.release_conn()
-                if ingest.written < descriptor.size:
-                    raise urllib3.exceptions.ProtocolError("the connection ended before the whole blob arrived")
-                ingest.finish()
-                return
-            except TRANSIENT as exc:
-                failures += 1
-                if failures >= self.settings.retry.attempts:
-                    raise RegistryUnavailable(
-                        f"blob {descriptor.digest}: the download from {self.endpoint} kept failing ({exc})"
-                    ) from None
-                time.sleep(self.settings.retry.delay(failures - 1))
+            response = self.transport.request(
+                "GET", path, scopes=[pull_scope(repository)], headers=headers, stream=True, follow=True
+            )
+            raise_for_status(response, self.endpoint, f"blob {descriptor.digest}")
+            skip = offset if response.status == 200 else _range_skip(response, offset)
+            for chunk in response.stream(_CHUNK, decode_content=False):
+                if cancelled():
+                    raise Cancelled("transfer cancelled")
+                if skip:
+                    drop = min(skip, len(chunk))
+                    chunk, skip = chunk[drop:], skip - drop
+                if chunk:
+                    ingest.write(chunk)
+                    progress(len(chunk))
+            response.release_conn()
+            if ingest.written < descriptor.size:
+                raise urllib3.exceptions.ProtocolError("the connection ended before the whole blob arrived")
+
+        self._retrying(f"blob {descriptor.digest}", attempt)
+        ingest.finish()
 
     def tags(self, repository: str) -> list[str]:
         """Every tag of a repository (following the `Link` header's pages)."""
