@@ -22,6 +22,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import pytest
@@ -125,6 +126,12 @@ class RegistryServer:
                 self.process.wait(10)
 
 
+def _without_registry_settings(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment minus REGISTRY_* variables: the registry reads them as configuration
+    (REGISTRY_AUTH_FILE, podman's credential file variable, would become `auth: file` and stop it)."""
+    return {key: value for key, value in environ.items() if not key.startswith("REGISTRY_")}
+
+
 def start_registry(
     workdir: pathlib.Path,
     *,
@@ -157,7 +164,7 @@ def start_registry(
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
-        env={**os.environ, **(env or {})},
+        env={**_without_registry_settings(os.environ), **(env or {})},
     )
     log.close()
     server = RegistryServer(f"127.0.0.1:{port}", workdir, process, "https" if tls else "http")
