@@ -202,21 +202,21 @@ class Registry:
             response = self.transport.request("POST", f"/v2/{repository}/blobs/uploads/", scopes=scopes)
             raise_for_status(response, self.endpoint, f"upload of {digest}")
             session = self._location(response)
+        body: bytes | None = None
         if size <= self.settings.monolithic_max:
-            body = read_at(0, size)
-            response = self.transport.request(
-                "PUT",
-                _with_query(session, digest=digest),
-                scopes=scopes,
-                headers={"Content-Type": "application/octet-stream"},
-                body=body,
-            )
-            raise_for_status(response, self.endpoint, f"upload of {digest}")
-            progress(size)
-            return
-        session = self._chunks(repository, digest, size, read_at, progress, session)
-        response = self.transport.request("PUT", _with_query(session, digest=digest), scopes=scopes)
+            body = read_at(0, size)  # the closing PUT carries the whole blob
+        else:
+            session = self._chunks(repository, digest, size, read_at, progress, session)
+        response = self.transport.request(
+            "PUT",
+            _with_query(session, digest=digest),
+            scopes=scopes,
+            headers={"Content-Type": "application/octet-stream"} if body is not None else None,
+            body=body,
+        )
         raise_for_status(response, self.endpoint, f"upload of {digest}")
+        if body is not None:
+            progress(size)
 
     def _chunks(
         self,
