@@ -95,12 +95,12 @@ class _Bars:
             phase = "download" if text == "Download complete" else self._latest.get(key)
             task = self._tasks.get((key, phase)) if phase else None
         if task is None:
-            self._bar.console.print(f"{key}: {text}")
+            self._bar.console.print(f"{key}: {text}", highlight=False)
         else:
             self._bar.update(task, description=f"{key} {phase}: {text}")
 
     def message(self, text: str) -> None:
-        self._bar.console.print(text)
+        self._bar.console.print(text, highlight=False)
 
 
 @contextlib.contextmanager
