@@ -108,7 +108,14 @@ class Authenticator:
         separator = "&" if "?" in realm else "?"
         url = realm + (separator + urllib.parse.urlencode(query) if query else "")
         reply = self._fetch(url, headers)
-        body = reply.data[:_MAX_TOKEN_REPLY]
+        try:
+            body = reply.read(_MAX_TOKEN_REPLY + 1, decode_content=True)
+        finally:
+            reply.release_conn()
+        if len(body) > _MAX_TOKEN_REPLY:
+            raise RegistryUnavailable(
+                f"{self.host}: the token server at {realm} sent more than {_MAX_TOKEN_REPLY} bytes"
+            )
         if reply.status in (401, 403):
             who = f"as {self.credential.username}" if self.credential else "without credentials"
             raise Unauthorized(f"{self.host}: unauthorized: the token server refused access {who}")

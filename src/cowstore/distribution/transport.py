@@ -163,8 +163,8 @@ class Transport:
         return f"{self.scheme}://{self.host}{path}"
 
     def _plain_get(self, url: str, headers: dict[str, str]) -> urllib3.BaseHTTPResponse:
-        """One GET with no registry credentials attached (the token realm), with retries."""
-        return self._send("GET", url, headers, None, stream=False)
+        """One GET with no registry credentials attached (the token realm), with retries; body unread."""
+        return self._send("GET", url, headers, None, stream=True)
 
     # ---- connecting ------------------------------------------------------------------
 
