@@ -17,7 +17,14 @@ from cowstore.images import Image
 from cowstore.store import Store
 from tests.distribution.conftest import PASSWORD, USER, settings
 from tests.support.faultproxy import FaultProxy
-from tests.support.registry import CertAuthority, RegistryServer, TokenServer, free_port
+from tests.support.registry import (
+    CertAuthority,
+    RegistryServer,
+    TokenServer,
+    client_certificate,
+    free_port,
+    start_registry,
+)
 
 
 def test_challenge_parsing() -> None:
@@ -148,3 +155,23 @@ def test_redirected_blobs_get_no_credentials(
     finally:
         storage.stop()
         front.stop()
+
+
+def test_client_certificates_from_the_cert_dir(
+    store: Store, demo: Image, ca: CertAuthority, tmp_path: pathlib.Path
+) -> None:
+    """A registry that requires TLS client certificates: `--cert-dir` holds the CA and client.cert/.key."""
+    registry = start_registry(tmp_path / "mtls", tls=ca, client_auth=True)
+    try:
+        cert_dir = tmp_path / "certs"
+        client_certificate(ca, cert_dir)
+        shutil.copy(ca.ca_crt, cert_dir / "ca.crt")
+        pushed = Pusher(store, settings(cert_dir=str(cert_dir))).push(
+            "busybox-demo:latest", f"{registry.host}/m/demo:1"
+        )
+        assert pushed.digest.startswith("sha256:")
+        (cert_dir / "client.cert").unlink()
+        with pytest.raises(TLSFailure, match=f"TLS handshake with {registry.host} failed"):
+            Pusher(store, settings(cert_dir=str(cert_dir))).push("busybox-demo:latest", f"{registry.host}/m/demo:2")
+    finally:
+        registry.stop()

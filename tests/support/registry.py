@@ -75,14 +75,11 @@ def self_signed(key: pathlib.Path, cert: pathlib.Path, name: str) -> None:
     )
 
 
-def make_ca(directory: pathlib.Path, name: str = "cowstore test CA") -> CertAuthority:
-    directory.mkdir(parents=True, exist_ok=True)
-    ca_key, ca_crt = directory / "ca.key", directory / "ca.crt"
-    key, csr, crt = directory / "server.key", directory / "server.csr", directory / "server.crt"
-    self_signed(ca_key, ca_crt, name)
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1")
-    ext = directory / "san.ext"
-    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+def _signed(ca_crt: pathlib.Path, ca_key: pathlib.Path, base: pathlib.Path, name: str, extension: str) -> None:
+    """A certificate at `base` (NAME.crt or NAME.cert) for a new key NAME.key, signed by the CA."""
+    key, csr, ext = base.with_suffix(".key"), base.with_suffix(".csr"), base.with_suffix(".ext")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj", f"/CN={name}")
+    ext.write_text(extension + "\n")
     openssl(
         "x509",
         "-req",
@@ -94,13 +91,28 @@ def make_ca(directory: pathlib.Path, name: str = "cowstore test CA") -> CertAuth
         ca_key,
         "-CAcreateserial",
         "-out",
-        crt,
+        base,
         "-days",
         "2",
         "-extfile",
         ext,
     )
-    return CertAuthority(directory, ca_crt, ca_key, crt, key)
+
+
+def make_ca(directory: pathlib.Path, name: str = "cowstore test CA") -> CertAuthority:
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_key, ca_crt = directory / "ca.key", directory / "ca.crt"
+    self_signed(ca_key, ca_crt, name)
+    _signed(ca_crt, ca_key, directory / "server.crt", "127.0.0.1", "subjectAltName=IP:127.0.0.1,DNS:localhost")
+    return CertAuthority(directory, ca_crt, ca_key, directory / "server.crt", directory / "server.key")
+
+
+def client_certificate(ca: CertAuthority, cert_dir: pathlib.Path) -> None:
+    """`client.cert` and `client.key` in `cert_dir` (Docker's names), signed by the CA for TLS client auth."""
+    cert_dir.mkdir(parents=True, exist_ok=True)
+    _signed(ca.ca_crt, ca.ca_key, cert_dir / "client.cert", "cowstore-client", "extendedKeyUsage=clientAuth")
+    for leftover in ("client.csr", "client.ext"):
+        (cert_dir / leftover).unlink()
 
 
 def htpasswd(path: pathlib.Path, user: str, password: str) -> pathlib.Path:
@@ -136,6 +148,7 @@ def start_registry(
     workdir: pathlib.Path,
     *,
     tls: CertAuthority | None = None,
+    client_auth: bool = False,
     auth: dict | None = None,
     proxy: dict | None = None,
     env: dict[str, str] | None = None,
@@ -147,6 +160,8 @@ def start_registry(
     http_config: dict = {"addr": f"127.0.0.1:{port}", "secret": "cowstore-tests"}
     if tls is not None:
         http_config["tls"] = {"certificate": str(tls.server_crt), "key": str(tls.server_key)}
+        if client_auth:  # clients must show a certificate signed by the test CA
+            http_config["tls"]["clientcas"] = [str(tls.ca_crt)]
     config: dict = {
         "version": 0.1,
         "log": {"level": "error", "accesslog": {"disabled": True}},

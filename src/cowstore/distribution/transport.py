@@ -183,6 +183,8 @@ class Transport:
             except RegistryUnavailable as exc:
                 failure = exc
                 continue
+            if scheme == "http" and response.status == 400 and failure is not None:
+                raise failure  # it speaks TLS (Go answers plain HTTP with 400): the handshake failure is the news
             if response.status == 404:
                 raise RegistryRefused(f"{self.host} does not implement the registry API (GET /v2/ answered 404)")
             self.scheme = scheme
