@@ -13,6 +13,7 @@ import pytest
 from cowstore.app.demo import build_image_archive
 from cowstore.images import load, save
 from cowstore.store import Store
+from tests.support.podman import podman_command
 
 
 def need(tool: str) -> None:
@@ -90,19 +91,7 @@ def test_podman_loads_our_save(store: Store, demo_image, tmp_path: pathlib.Path)
     with open(archive, "wb") as out:
         save(store.images, ["busybox-demo:latest"], out)
     run_root = pathlib.Path("/tmp") / f"cs-podman-{tmp_path.name[-20:]}"  # podman wants a short runroot
-    base = [
-        "podman",
-        "--root",
-        tmp_path / "podman",
-        "--runroot",
-        run_root,
-        "--storage-driver",
-        "vfs",
-        "--cgroup-manager",
-        "cgroupfs",
-        "--events-backend",
-        "file",
-    ]
+    base = podman_command(tmp_path / "podman", run_root)
     try:
         output = run(*base, "load", "-i", archive)
         assert "busybox-demo:latest" in output

@@ -25,6 +25,10 @@ OWNERS = {
     "images": "images/store.py",
     "tags": "images/store.py",
     "containers": "containers/store.py",
+    "repo_digests": "images/store.py",
+    "blobs": "distribution/records.py",
+    "blob_sources": "distribution/records.py",
+    "manifests": "distribution/records.py",
 }
 _STATEMENT = re.compile(
     r"\b(SELECT\b.*\bFROM|INSERT\b.*\bINTO|UPDATE\s+\w+\s+SET|DELETE\s+FROM|REPLACE\s+INTO"

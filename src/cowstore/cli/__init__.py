@@ -40,6 +40,10 @@ _COMMANDS = {
     "check": "cowstore.cli.maintenance:check",
     "bench": "cowstore.app.bench.command:bench_command",
     "btrfs": "cowstore.cli.maintenance:btrfs_group",
+    "login": "cowstore.cli.registry:login",
+    "logout": "cowstore.cli.registry:logout",
+    "pull": "cowstore.cli.registry:pull",
+    "push": "cowstore.cli.registry:push",
     "devicemapper": "cowstore.cli.maintenance:devicemapper_group",
     "docker-root": "cowstore.cli.dockerroot:docker_root_group",
 }

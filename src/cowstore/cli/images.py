@@ -15,6 +15,7 @@ from cowstore.cli.output import FORMATS, ago, emit_json, progress, table
 from cowstore.images.config import parse_time
 from cowstore.images.errors import ArchiveToTerminal
 from cowstore.images.sources import open_input
+from cowstore.store import Store
 from cowstore.units import human_size
 
 # `inspect` output is JSON only; `--format json` is accepted so it works on every command.
@@ -175,6 +176,7 @@ def image_details(ref: str) -> dict:
     return {
         "Id": image.id,
         "RepoTags": list(image.tags),
+        "RepoDigests": list(image.digests),
         "Created": config.get("created", ""),
         "Author": config.get("author", ""),
         "Architecture": config.get("architecture", ""),
@@ -244,6 +246,7 @@ def image_rm(images: tuple[str, ...], force: bool) -> None:
     for ref in images:
         for line in store.images.remove(ref, force=force):
             click.echo(line)
+    _drop_kept_blobs(store)
 
 
 @image_group.command("tag")
@@ -265,3 +268,11 @@ def image_prune(force: bool) -> None:
         if not image.tags and not store.containers.users_of(image.id):
             for line in store.images.remove(image.id):
                 click.echo(line)
+    _drop_kept_blobs(store)
+
+
+def _drop_kept_blobs(store: Store) -> None:
+    """Free the registry blobs kept for layers that are now gone (see cowstore.distribution)."""
+    from cowstore.distribution import tidy
+
+    tidy(store)

@@ -29,6 +29,7 @@ class Image:
     top_layer: str | None
     created: float
     tags: tuple[str, ...]
+    digests: tuple[str, ...] = ()  # `name@sha256:...` of the manifests it was pulled or pushed as
 
     @property
     def config(self) -> dict:
@@ -46,7 +47,8 @@ class Image:
 class ImageStore:
     """The images of one store root; `container_users(image_id)` lists containers using one.
 
-    The only module with SQL on the images and tags tables: others (the store's repairs) call `forget`.
+    The only module with SQL on the images, tags and repo_digests tables: others (the store's
+    repairs, a pull) call `forget` and `add_digest`.
     """
 
     def __init__(self, layers: LayerStore, container_users: Callable[[str], list[str]] | None = None) -> None:
@@ -57,7 +59,9 @@ class ImageStore:
     def _image(self, row: sqlite3.Row) -> Image:
         rows = self.db.query("SELECT ref FROM tags WHERE image_id = ? ORDER BY ref", (row["id"],))
         tags = tuple(r["ref"] for r in rows)
-        return Image(row["id"], bytes(row["config"]), row["top_layer"], row["created"], tags)
+        rows = self.db.query("SELECT ref FROM repo_digests WHERE image_id = ? ORDER BY ref", (row["id"],))
+        digests = tuple(r["ref"] for r in rows)
+        return Image(row["id"], bytes(row["config"]), row["top_layer"], row["created"], tags, digests)
 
     def images(self) -> list[Image]:
         return [self._image(r) for r in self.db.query("SELECT * FROM images ORDER BY created DESC, id")]
@@ -65,7 +69,13 @@ class ImageStore:
     def get(self, ref: str) -> Image:
         """Find an image by tag, full id or unique id prefix (like `docker image inspect`)."""
         rows = self.db.query("SELECT * FROM images WHERE id = ?", (ref,))
-        if not rows:
+        if not rows and reference.is_digest_ref(ref):
+            rows = self.db.query(
+                "SELECT images.* FROM images JOIN repo_digests ON repo_digests.image_id = images.id "
+                "WHERE repo_digests.ref = ?",
+                (reference.normalize_digest_ref(ref),),
+            )
+        elif not rows:
             try:
                 normal = reference.normalize(ref)
             except InvalidReference:  # not a valid tag: it can still be an id prefix
@@ -120,6 +130,12 @@ class ImageStore:
             tx.execute("INSERT OR REPLACE INTO tags (ref, image_id) VALUES (?, ?)", (ref, image.id))
         return self.get(image.id)
 
+    def add_digest(self, ref: str, image_id: str) -> None:
+        """Record that manifest `name@sha256:...` names image `image_id` (Docker's RepoDigests)."""
+        normal = reference.normalize_digest_ref(ref)
+        with self.layers.lock.exclusive(), self.db.transaction() as tx:
+            tx.execute("INSERT OR REPLACE INTO repo_digests (ref, image_id) VALUES (?, ?)", (normal, image_id))
+
     def tag_map(self) -> dict[str, str]:
         """Every tag and the image id it names."""
         return {r["ref"]: r["image_id"] for r in self.db.query("SELECT ref, image_id FROM tags")}
@@ -141,6 +157,11 @@ class ImageStore:
         with self.layers.lock.exclusive():
             image = self.get(ref)
             by_tag = self._is_tag_of(ref, image)
+            if by_tag and reference.is_digest_ref(ref) and image.tags:
+                normal = reference.normalize_digest_ref(ref)
+                with self.db.transaction() as tx:
+                    tx.execute("DELETE FROM repo_digests WHERE ref = ?", (normal,))
+                return [f"Untagged: {normal}"]
             if by_tag and len(image.tags) > 1:
                 normal = reference.normalize(ref)
                 with self.db.transaction() as tx:
@@ -158,7 +179,7 @@ class ImageStore:
             with self.db.transaction() as tx:
                 tx.execute("DELETE FROM tags WHERE image_id = ?", (image.id,))
                 tx.execute("DELETE FROM images WHERE id = ?", (image.id,))
-            done = [f"Untagged: {t}" for t in image.tags] + [f"Deleted: {image.id}"]
+            done = [f"Untagged: {t}" for t in image.tags + image.digests] + [f"Deleted: {image.id}"]
             if image.top_layer is not None:
                 done += [f"Deleted: {layer.chain_id}" for layer in self.layers.release(image.top_layer)]
             return done
@@ -173,6 +194,8 @@ class ImageStore:
 
     def _is_tag_of(self, ref: str, image: Image) -> bool:
         try:
+            if reference.is_digest_ref(ref):
+                return reference.normalize_digest_ref(ref) in image.digests
             return reference.normalize(ref) in image.tags
         except InvalidReference:
             return False

@@ -207,7 +207,10 @@ class LayerStore:
         return op
 
     def retain_if_present(self, chain: str, lease: str | None = None) -> Layer | None:
-        """One more reference on `chain` (under `lease`, if given) if it is stored; else None."""
+        """One more reference on `chain` (under `lease`, if given) if it is stored; else None.
+
+        A pull or an import asks before fetching, so a layer already here is not fetched again.
+        """
         with self.lock.exclusive():
             if self.records.layer(chain) is None:
                 return None

@@ -3,7 +3,8 @@
 One database per store root, in WAL mode with foreign keys on, so that readers never
 block the writer and a parent layer can never be deleted while a child names it. The
 schema is the only SQL here: every statement on a table lives in that table's owner
-module (layers/records.py, images/store.py, containers/store.py, metadata/settings.py),
+module (layers/records.py, images/store.py, containers/store.py, metadata/settings.py,
+distribution/records.py),
 which is handed the one open Database.
 """
 
@@ -73,6 +74,35 @@ MIGRATIONS: list[str] = [
         chain_id   TEXT NOT NULL REFERENCES layers(chain_id)
     );
     CREATE INDEX leases_lease ON leases(lease_id);
+    """,
+    """
+    CREATE TABLE repo_digests (
+        ref        TEXT PRIMARY KEY,
+        image_id   TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE
+    );
+    CREATE INDEX repo_digests_image ON repo_digests(image_id);
+    CREATE TABLE blobs (
+        digest     TEXT PRIMARY KEY,
+        diff_id    TEXT NOT NULL,
+        media_type TEXT NOT NULL,
+        size       INTEGER NOT NULL,
+        kept       INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX blobs_diff_id ON blobs(diff_id);
+    CREATE TABLE blob_sources (
+        digest     TEXT NOT NULL REFERENCES blobs(digest) ON DELETE CASCADE,
+        registry   TEXT NOT NULL,
+        repository TEXT NOT NULL,
+        PRIMARY KEY (digest, registry, repository)
+    );
+    CREATE TABLE manifests (
+        digest     TEXT NOT NULL,
+        image_id   TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+        media_type TEXT NOT NULL,
+        body       BLOB NOT NULL,
+        created    REAL NOT NULL,
+        PRIMARY KEY (digest, image_id)
+    );
     """,
 ]
 
