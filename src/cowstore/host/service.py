@@ -187,7 +187,10 @@ def stop(client: ServiceClient, timeout: float = 20.0) -> bool:
         pid = client.call("pid")
     except ServiceUnavailable:
         return False
-    client.call("shutdown")
+    try:
+        client.call("shutdown")
+    except ServiceUnavailable:
+        pass  # the server may exit before its reply is written; its exit is what is waited for
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not running(pid):
