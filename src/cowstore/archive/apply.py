@@ -18,7 +18,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import BinaryIO, Literal, overload
+from typing import TYPE_CHECKING, Literal, overload
 
 from cowstore.archive import tarstream
 from cowstore.archive.tarstream import Limits, TarEntry, TarReader
@@ -33,6 +33,9 @@ from cowstore.archive.whiteouts import (
 from cowstore.errors import ArchiveError, BreakoutError, InvalidOption
 from cowstore.host import fsutil
 from cowstore.host.safepath import Root
+
+if TYPE_CHECKING:
+    from cowstore.digest import Reader
 
 _NS_LIMIT = 2**63 - 1
 WHITEOUT_MODES = ("oci", "overlay", "aufs")
@@ -344,7 +347,7 @@ def _mtime_ns(entry: TarEntry) -> int:
 
 
 def apply_layer(
-    stream: BinaryIO,
+    stream: Reader,
     root: str | os.PathLike,
     *,
     whiteouts: str = "oci",
@@ -352,13 +355,18 @@ def apply_layer(
 ) -> int:
     """Extract the uncompressed layer tar `stream` into directory `root`.
 
+    A stream wrapped in `Observed` has its observer see the tar as it is applied.
+
     Returns the sum of the regular files' sizes (Docker's applied size). Raises
     ArchiveError naming the entry for anything malformed, hostile or over a limit; the
     caller discards the layer then, since it may be partly written.
     """
     limits = limits or Limits()
+    reader = TarReader(stream, limits)
     applier = LayerApplier(root, whiteouts, limits)
     try:
-        return applier.apply(TarReader(stream, limits))
+        if reader.observer is not None:
+            reader.observer.start(applier.root)
+        return applier.apply(reader)
     finally:
         applier.close()

@@ -5,19 +5,27 @@ long names) are parsed here, with limits, and with the rules that remove the par
 differentials behind tar "file smuggling": a PAX size must agree with a non-zero ustar
 size, header-only entry types carry no payload, a PAX header may not precede a GNU
 long-name header, and only zeros may follow the end-of-archive marker. Each raw byte
-that is not file payload is reported to an optional callback, which is what lets the
-layer store reassemble the original tar byte for byte (tar-split).
+that is not file payload, every entry and every payload chunk is reported to an optional
+TarObserver as the tar streams by, which is what lets the layer store record the original
+tar byte for byte (tar-split) while a driver extracts it, in one pass.
 """
 
 from __future__ import annotations
 
 import math
 import tarfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import TYPE_CHECKING
 
-from cowstore.errors import ArchiveError, InvalidOption
+from cowstore.archive.limits import Limits
+from cowstore.errors import ArchiveError
+
+if TYPE_CHECKING:
+    from cowstore.digest import Reader
+    from cowstore.host.safepath import Root
+
+__all__ = ["Limits", "Observed", "TarEntry", "TarObserver", "TarReader"]
 
 BLOCK = 512
 
@@ -41,33 +49,6 @@ _TYPES = {
     tarfile.FIFOTYPE: FIFO,
 }
 _HEADER_ONLY = {DIRECTORY, SYMLINK, HARDLINK, CHARDEV, BLOCKDEV, FIFO}
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Bounds that keep a hostile layer from exhausting memory, disk or time."""
-
-    max_entries: int = 2_000_000
-    max_bytes: int = 256 * 1024**3  # uncompressed payload of one layer
-    max_name: int = 255  # one path component
-    max_path: int = 4096
-    max_extended_header: int = 1024 * 1024  # one PAX or GNU long-name payload
-    max_xattr_bytes: int = 64 * 1024  # all xattrs of one entry
-    min_free_disk: int = 512 * 1024**2  # staging a layer stops before the disk is this full
-
-    @classmethod
-    def parse(cls, items: dict[str, str]) -> Limits:
-        """Limits from `--limit key=value` pairs (sizes like 10G; keys with dashes or underscores)."""
-        from cowstore.units import parse_size
-
-        values = {}
-        for key, value in items.items():
-            name = key.replace("-", "_")
-            if name not in cls.__dataclass_fields__:
-                known = ", ".join(k.replace("_", "-") for k in cls.__dataclass_fields__)
-                raise InvalidOption(f"unknown limit {key!r} (known: {known})")
-            values[name] = parse_size(value)
-        return cls(**values)
 
 
 @dataclass
@@ -111,23 +92,61 @@ def parse_pax(payload: bytes, entry_name: str) -> dict[str, bytes]:
     return records
 
 
+class TarObserver:
+    """Sees a layer tar as it is read: every byte, each in one of three roles, in stream order.
+
+    `segment` gets what is not file payload (headers, extended headers, padding, the end
+    marker, trailing zeros), `entry` each entry once its headers are parsed (before its
+    payload and before it is applied), `payload` the entry's payload in chunks. `start`
+    gets the root the tar is extracted into, if it is extracted (see `Observed`).
+    """
+
+    def start(self, root: Root) -> None:
+        """The tar is about to be extracted into `root`."""
+
+    def segment(self, raw: bytes) -> None:
+        """Bytes that are not file payload."""
+
+    def entry(self, entry: TarEntry) -> None:
+        """An entry whose payload (if any) follows."""
+
+    def payload(self, chunk: bytes) -> None:
+        """The next chunk of the current entry's payload."""
+
+
+class Observed:
+    """A layer tar stream that carries its observer through a driver to the tar reader.
+
+    A driver's `apply_diff` hands its stream to `apply_layer` unchanged; wrapping the
+    stream lets the layer store watch the extraction without a driver knowing.
+    """
+
+    def __init__(self, stream: Reader, observer: TarObserver) -> None:
+        self.stream = stream
+        self.observer = observer
+
+    def read(self, n: int = -1, /) -> bytes:
+        return self.stream.read(n)
+
+
 class TarReader:
     """Iterate over a tar stream; payload bytes must be read with `read_payload`.
 
-    `on_segment(raw)` receives every byte that is not file payload (headers, extended
-    headers, padding, end marker, trailing zeros) in stream order; `on_payload(entry,
-    size)` is called before an entry's payload begins.
+    An `observer` (see TarObserver) sees every byte read, in stream order.
     """
 
     def __init__(
         self,
-        stream: BinaryIO,
+        stream: Reader,
         limits: Limits | None = None,
-        on_segment: Callable[[bytes], None] | None = None,
+        observer: TarObserver | None = None,
     ) -> None:
+        if isinstance(stream, Observed):
+            observer = observer or stream.observer
+            stream = stream.stream
         self._stream = stream
         self.limits = limits or Limits()
-        self._on_segment = on_segment
+        self.observer = observer
         self._pending_payload = 0
         self._pending_padding = 0
         self._current: TarEntry | None = None
@@ -146,18 +165,20 @@ class TarReader:
         return b"".join(chunks)
 
     def _segment(self, raw: bytes) -> None:
-        if self._on_segment is not None and raw:
-            self._on_segment(raw)
+        if self.observer is not None and raw:
+            self.observer.segment(raw)
 
     def read_payload(self, chunk_size: int = 1024 * 1024) -> Iterator[bytes]:
         """Yield the current entry's payload; must be exhausted before the next entry."""
-        name = self._current.name if self._current else None
+        observer = self.observer
         while self._pending_payload:
             want = min(chunk_size, self._pending_payload)
             chunk = self._stream.read(want)
             if not chunk:
-                raise ArchiveError("truncated archive in file data", name)
+                raise ArchiveError("truncated archive in file data", self._current.name if self._current else None)
             self._pending_payload -= len(chunk)
+            if observer is not None:
+                observer.payload(chunk)
             yield chunk
 
     def _finish_entry(self) -> None:
@@ -191,6 +212,8 @@ class TarReader:
             self._current = entry
             self._pending_payload = entry.size
             self._pending_padding = -entry.size % BLOCK
+            if self.observer is not None:
+                self.observer.entry(entry)
             yield entry
 
     def _next_header(self) -> TarEntry | None:
