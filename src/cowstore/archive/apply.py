@@ -21,7 +21,7 @@ import stat
 from typing import TYPE_CHECKING, Literal, overload
 
 from cowstore.archive import tarstream
-from cowstore.archive.tarstream import Limits, TarEntry, TarReader
+from cowstore.archive.tarstream import Limits, Observed, TarEntry, TarReader
 from cowstore.archive.whiteouts import (
     META_PREFIX,
     OPAQUE_MARKER,
@@ -361,6 +361,8 @@ def apply_layer(
     ArchiveError naming the entry for anything malformed, hostile or over a limit; the
     caller discards the layer then, since it may be partly written.
     """
+    if isinstance(stream, Observed) and stream.limits is not None:
+        limits = stream.limits
     limits = limits or Limits()
     reader = TarReader(stream, limits)
     applier = LayerApplier(root, whiteouts, limits)

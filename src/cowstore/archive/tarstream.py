@@ -118,12 +118,14 @@ class Observed:
     """A layer tar stream that carries its observer through a driver to the tar reader.
 
     A driver's `apply_diff` hands its stream to `apply_layer` unchanged; wrapping the
-    stream lets the layer store watch the extraction without a driver knowing.
+    stream lets the layer store watch the extraction, and bound it with its own limits,
+    without a driver knowing.
     """
 
-    def __init__(self, stream: Reader, observer: TarObserver) -> None:
+    def __init__(self, stream: Reader, observer: TarObserver, limits: Limits | None = None) -> None:
         self.stream = stream
         self.observer = observer
+        self.limits = limits  # the store's, which override whatever the driver passes
 
     def read(self, n: int = -1, /) -> bytes:
         return self.stream.read(n)
@@ -143,6 +145,7 @@ class TarReader:
     ) -> None:
         if isinstance(stream, Observed):
             observer = observer or stream.observer
+            limits = stream.limits or limits
             stream = stream.stream
         self._stream = stream
         self.limits = limits or Limits()

@@ -13,8 +13,11 @@ import os
 import pathlib
 
 from cowstore.archive.limits import Limits
+from cowstore.archive.tarstream import Observed
 from cowstore.digest import DigestingReader, Reader
+from cowstore.drivers.driver import Driver
 from cowstore.errors import ArchiveError, StagingSpaceExhausted
+from cowstore.layers.tarsplit import Recorder
 
 # A tar carries headers and padding besides its payload, which `max-bytes` bounds.
 _SLACK = 64 * 1024 * 1024
@@ -52,3 +55,35 @@ class Ingest(DigestingReader):
         while chunk := self.read(1024 * 1024):
             if chunk.count(0) != len(chunk):
                 raise ArchiveError("data after the end-of-archive marker")
+
+    def verify_rest(self, expected: str, what: str) -> None:
+        """After the tar failed to parse: DigestMismatch if the whole stream does not hash to `expected`."""
+        try:
+            self.drain()
+        except ArchiveError:
+            return  # over the size limit: that error stands
+        self.verify(expected, what)
+
+
+def extract(
+    driver: Driver, id: str, parent: str | None, stream: Reader, limits: Limits, expected_diff_id: str | None
+) -> tuple[int, str, bytes]:
+    """Extract the layer tar `stream` into driver layer `id` in one pass: (size, diff id, tar-split).
+
+    The tar is hashed, bounded and recorded (tar-split) as the driver reads it; a
+    stream that does not hash to `expected_diff_id` raises DigestMismatch once read,
+    also when its tar broke first (a corrupt blob is named as such). The caller
+    abandons the layer on any error.
+    """
+    source = Ingest(stream, limits, driver.home)
+    recorder = Recorder()
+    try:
+        size = driver.apply_diff(id, parent, Observed(source, recorder, limits))  # type: ignore[arg-type]
+        source.finish()
+    except ArchiveError:
+        if expected_diff_id is not None:
+            source.verify_rest(expected_diff_id, "layer")
+        raise
+    if expected_diff_id is not None:
+        source.verify(expected_diff_id, "layer")
+    return size, source.digest, recorder.result()

@@ -153,12 +153,13 @@ class LayerStore:
         if parent_layer is not None and parent_layer.depth >= MAX_DEPTH:
             raise MaxDepthExceeded()
         if expected_diff_id is not None and self.records.layer(chain_id(parent, expected_diff_id)) is not None:
-            existing = self._retain_verified(stream, chain_id(parent, expected_diff_id), expected_diff_id, lease)
+            reader = DigestingReader(stream)  # read it through all the same: its source may check its end
+            reader.drain()
+            reader.verify(expected_diff_id, "layer")
+            existing = self._retain_if_present(chain_id(parent, expected_diff_id), lease)
             if existing is not None:
                 return existing
-        from cowstore.archive.tarstream import Observed
-        from cowstore.layers.ingest import Ingest
-        from cowstore.layers.tarsplit import Recorder
+        from cowstore.layers.ingest import extract
 
         cache_id = random_id()
         with self.lock.exclusive():
@@ -168,30 +169,16 @@ class LayerStore:
             fault("register:after-insert")
             parent_cache = parent_layer.cache_id if parent_layer else None
             self.driver.create(cache_id, parent_cache)
-            source = Ingest(stream, self.limits, self.driver.home)
-            recorder = Recorder()
-            size = self.driver.apply_diff(cache_id, parent_cache, Observed(source, recorder))  # type: ignore[arg-type]
-            source.finish()
-            if expected_diff_id is not None:
-                source.verify(expected_diff_id, "layer")
-            split = recorder.result()
+            size, diff_id, split = extract(self.driver, cache_id, parent_cache, stream, self.limits, expected_diff_id)
             if self.sync:
                 fsutil.syncfs(self.driver.home)
             fault("register:after-apply")
-            chain = chain_id(parent, source.digest)
-            return self._publish(cache_id, chain, source.digest, parent_layer, size, split, lease)
+            return self._publish(cache_id, chain_id(parent, diff_id), diff_id, parent_layer, size, split, lease)
         except BaseException:
             self._abandon_layer(cache_id)
             raise
         finally:
             op.release()
-
-    def _retain_verified(self, stream: Reader, chain: str, diff_id: str, lease: str | None) -> Layer | None:
-        """A layer already stored: read the stream through (its source may check its end), verify, retain."""
-        reader = DigestingReader(stream)
-        reader.drain()
-        reader.verify(diff_id, "layer")
-        return self._retain_if_present(chain, lease)
 
     def _announce(self, op_id: str, record: Callable[[], None]) -> OperationLock:
         """Take the operation lock of `op_id`, then `record` the operation in state `creating`.
