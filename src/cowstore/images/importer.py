@@ -108,6 +108,8 @@ def import_image(images: ImageStore, source: ImageSource, what: str, progress: P
                     )
                 except DigestMismatch as exc:
                     raise DigestMismatch(f"{blob.what}: {exc}") from None
+                finally:
+                    plain.close()
             if top is not None:
                 layers.release(top, lease)  # the new child keeps its parent alive
             top = layer.chain_id
