@@ -23,6 +23,7 @@ from isal import igzip, isal_zlib
 from cowstore.digest import Reader
 from cowstore.images.errors import BadImageArchive
 
+_ISAL_ERROR = cast("type[Exception]", isal_zlib.error)
 _MAGIC = {
     b"\x1f\x8b": "gzip",
     b"\x28\xb5\x2f\xfd": "zstd",
@@ -84,7 +85,7 @@ class _Decoding:
     def read(self, n: int = -1) -> bytes:
         try:
             return self._reader.read(n)
-        except (OSError, EOFError, zlib.error, isal_zlib.error, lzma.LZMAError, zstandard.ZstdError, ValueError) as exc:
+        except (OSError, EOFError, zlib.error, _ISAL_ERROR, lzma.LZMAError, zstandard.ZstdError, ValueError) as exc:
             raise BadImageArchive(f"{self._what}: corrupt or truncated {self._kind} data ({exc})") from None
 
 
