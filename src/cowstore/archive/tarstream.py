@@ -13,6 +13,7 @@ tar byte for byte (tar-split) while a driver extracts it, in one pass.
 from __future__ import annotations
 
 import math
+import struct
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -70,6 +71,61 @@ class TarEntry:
 
 def _decode(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
+
+
+class Header:
+    """The fields of one 512-byte header that the reader uses, as `tarfile.TarInfo` has them."""
+
+    __slots__ = ("devmajor", "devminor", "gid", "linkname", "mode", "mtime", "name", "size", "type", "uid")
+
+    def __init__(self, name: str, fields: tuple[bytes, ...], kind: bytes, linkname: str) -> None:
+        self.name = name
+        self.mode, self.uid, self.gid, self.size, self.mtime, self.devmajor, self.devminor = map(_octal, fields)
+        self.type = kind
+        self.linkname = linkname
+
+
+_USTAR = struct.Struct("100s8s8s8s12s12s8s1s100s8x32x32x8s8s155s12x")
+
+
+def _octal(field: bytes) -> int:
+    """tarfile's `nti` for a plain octal field; anything else (base-256) raises ValueError."""
+    return int(field.split(b"\0", 1)[0] or b"0", 8)
+
+
+def decode_header(raw: bytes) -> Header | tarfile.TarInfo:
+    """Decode one header block exactly as `tarfile.TarInfo.frombuf` does, several times faster.
+
+    Headers the fast decoding does not cover (base-256 numbers, a checksum that only
+    the signed sum matches, old GNU sparse entries) or that it finds malformed are
+    decoded by `frombuf` itself, which also words the error.
+    """
+    try:
+        header = _fast_header(raw)
+    except (ValueError, UnicodeDecodeError):
+        header = None
+    if header is not None:
+        return header
+    try:
+        return tarfile.TarInfo.frombuf(raw, "utf-8", "surrogateescape")
+    except tarfile.HeaderError as exc:
+        raise ArchiveError(f"not a valid tar header ({exc})") from None
+
+
+def _fast_header(raw: bytes) -> Header | None:
+    name, mode, uid, gid, size, mtime, chksum, kind, link, major, minor, prefix = _USTAR.unpack(raw)
+    if _octal(chksum) != 256 + sum(raw) - sum(chksum) or kind == tarfile.GNUTYPE_SPARSE:
+        return None
+    text = _decode(name.split(b"\0", 1)[0])
+    header = Header(text, (mode, uid, gid, size, mtime, major, minor), kind, _decode(link.split(b"\0", 1)[0]))
+    if kind == tarfile.AREGTYPE and text.endswith("/"):
+        header.type = tarfile.DIRTYPE
+    if header.type == tarfile.DIRTYPE:
+        header.name = text.rstrip("/")
+    before = _decode(prefix.split(b"\0", 1)[0])
+    if before and header.type not in tarfile.GNU_TYPES:
+        header.name = f"{before}/{header.name}"
+    return header
 
 
 def parse_pax(payload: bytes, entry_name: str) -> dict[str, bytes]:
@@ -237,10 +293,7 @@ class TarReader:
                 self._drain_trailer()
                 return None
             self._segment(raw)
-            try:
-                info = tarfile.TarInfo.frombuf(raw, "utf-8", "surrogateescape")
-            except tarfile.HeaderError as exc:
-                raise ArchiveError(f"not a valid tar header ({exc})") from None
+            info = decode_header(raw)
             if info.size < 0:
                 raise ArchiveError("negative entry size", info.name)
             if info.type == tarfile.XHDTYPE:
@@ -269,7 +322,7 @@ class TarReader:
 
     def _make_entry(
         self,
-        info: tarfile.TarInfo,
+        info: Header | tarfile.TarInfo,
         raw: bytes,
         pax: dict[str, bytes],
         long_name: bytes | None,

@@ -22,6 +22,8 @@ import struct
 import zlib
 from collections.abc import Callable, Iterator
 
+from isal.isal_zlib import crc32
+
 from cowstore.archive.apply import clean_name
 from cowstore.archive.tarstream import DIRECTORY, REGULAR, TarEntry, TarObserver
 from cowstore.archive.whiteouts import WHITEOUT_PREFIX
@@ -48,11 +50,6 @@ class _Payload:
         self.size = size
         self.crc = 0
         self.inline: bytearray | None = None
-
-
-def _record(out: gzip.GzipFile, tag: bytes, body: bytes | bytearray) -> None:
-    out.write(tag + struct.pack("<Q", len(body)))
-    out.write(body)
 
 
 class Recorder(TarObserver):
@@ -103,7 +100,7 @@ class Recorder(TarObserver):
     def payload(self, chunk: bytes) -> None:
         current = self._current
         if current is not None:
-            current.crc = zlib.crc32(chunk, current.crc)
+            current.crc = crc32(chunk, current.crc)
             if current.inline is not None:
                 current.inline += chunk
 
@@ -133,16 +130,23 @@ class Recorder(TarObserver):
         if self._pending:
             self._items.append(bytes(self._pending))
             self._pending.clear()
-        buf = io.BytesIO()
-        with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0, compresslevel=6) as out:
-            for item in self._items:
-                if isinstance(item, bytes):
-                    _record(out, _SEGMENT, item)
-                elif item.inline is not None:
-                    _record(out, _SEGMENT, item.inline)
-                else:
-                    _record(out, _FILE, struct.pack("<QI", item.size, item.crc) + os.fsencode(item.name))
-        return buf.getvalue()
+        compressor = zlib.compressobj(1, zlib.DEFLATED, 31)  # a gzip stream; headers compress well even fast
+        out: list[bytes] = []
+        batch: list[bytes] = []
+        for item in self._items:
+            if isinstance(item, bytes):
+                batch.append(_SEGMENT + struct.pack("<Q", len(item)) + item)
+            elif item.inline is not None:
+                batch.append(_SEGMENT + struct.pack("<Q", len(item.inline)) + item.inline)
+            else:
+                body = struct.pack("<QI", item.size, item.crc) + os.fsencode(item.name)
+                batch.append(_FILE + struct.pack("<Q", len(body)) + body)
+            if len(batch) >= 256:
+                out.append(compressor.compress(b"".join(batch)))
+                batch.clear()
+        out.append(compressor.compress(b"".join(batch)))
+        out.append(compressor.flush())
+        return b"".join(out)
 
 
 def _records(data: bytes) -> Iterator[tuple[bytes, bytes]]:
@@ -182,10 +186,10 @@ def assemble(data: bytes, root: str | os.PathLike, out_write: Callable[[bytes], 
             with os.fdopen(fd, "rb") as fh:
                 left, actual = size, 0
                 while left:
-                    chunk = fh.read(min(left, 1024 * 1024))
+                    chunk = fh.read(min(left, _CHUNK))
                     if not chunk:
                         break
-                    actual = zlib.crc32(chunk, actual)
+                    actual = crc32(chunk, actual)
                     left -= len(chunk)
                     out_write(chunk)
             if left or actual != crc:
