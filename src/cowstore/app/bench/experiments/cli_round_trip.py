@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from cowstore.app.bench.experiments.base import Context, Experiment, Metric, Point, Result, Verdict
+from cowstore.app.bench.experiments.base import Context, Metric, Point, Result, Verdict
 from cowstore.app.bench.experiments.common import unique
-from cowstore.app.bench.experiments.edges import CAVEAT, Engine, supports_edge, versus_docker
+from cowstore.app.bench.experiments.edges import CAVEAT, EdgeExperiment, Engine, versus_docker
 from cowstore.app.bench.scale import Scale
 from cowstore.app.bench.subjects import Subject
 
@@ -26,7 +26,7 @@ INSPECT = "inspect"
 _BOUNDS = {CREATE_MOUNT: 1.0, TWO_CALLS: 2.0, IMAGES: 2.0, PS: 2.0, INSPECT: 2.0}
 
 
-class CliRoundTrip(Experiment):
+class CliRoundTrip(EdgeExperiment):
     key = "cli"
     title = "11. CLI round trips"
     claim = "A command costs what Docker's does: create and mount at Docker's create, listings within 2x."
@@ -38,9 +38,6 @@ class CliRoundTrip(Experiment):
 
     def rounds(self, scale: Scale) -> int:
         return 3
-
-    def supports(self, subject: Subject) -> str | None:
-        return supports_edge(subject)
 
     def caveat(self, subject: Subject) -> str | None:
         if subject.kind == "driver":

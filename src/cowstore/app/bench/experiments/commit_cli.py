@@ -11,16 +11,24 @@ import os
 import pathlib
 from typing import Any
 
-from cowstore.app.bench.experiments.base import Context, Experiment, Metric, Point, Result, Verdict
+from cowstore.app.bench.experiments.base import Context, Metric, Point, Result, Verdict
 from cowstore.app.bench.experiments.common import MIB, unique, write_file
-from cowstore.app.bench.experiments.edges import CAVEAT, FAT, Engine, fat_mib, image_tars, supports_edge, versus_docker
+from cowstore.app.bench.experiments.edges import (
+    CAVEAT,
+    FAT,
+    EdgeExperiment,
+    Engine,
+    fat_mib,
+    image_tars,
+    versus_docker,
+)
 from cowstore.app.bench.scale import Scale
 from cowstore.app.bench.subjects import Subject
 
 BIG = "rewritten big file"
 
 
-class CommitCli(Experiment):
+class CommitCli(EdgeExperiment):
     key = "commit"
     title = "14. Commit through the CLI"
     claim = "Commit of a rewritten big file costs at most 0.8x `docker commit`."
@@ -29,9 +37,6 @@ class CommitCli(Experiment):
 
     def points(self, scale: Scale) -> list[Point]:
         return [BIG]
-
-    def supports(self, subject: Subject) -> str | None:
-        return supports_edge(subject)
 
     def caveat(self, subject: Subject) -> str | None:
         if subject.kind == "driver":

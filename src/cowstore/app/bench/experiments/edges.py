@@ -26,7 +26,7 @@ import time
 from typing import Any
 
 from cowstore.app.bench.cli_peer import CliPeer
-from cowstore.app.bench.experiments.base import Context, Result, Verdict, target
+from cowstore.app.bench.experiments.base import Context, Experiment, Point, Result, Verdict, target
 from cowstore.app.bench.experiments.common import MIB
 from cowstore.app.bench.images import BigFile
 from cowstore.app.bench.scale import Scale
@@ -247,3 +247,20 @@ CAVEAT = (
     "measured through the `cowstore` command (one Python process per call, its own store root "
     "with this driver), not the Python API"
 )
+
+
+class EdgeExperiment(Experiment):
+    """An experiment at the edges: the two images as points, overlay2 and the peers as
+    subjects, an :class:`Engine` as `state["engine"]`, closed at the end."""
+
+    def points(self, scale: Scale) -> list[Point]:
+        return [FAT, MANY]
+
+    def supports(self, subject: Subject) -> str | None:
+        return supports_edge(subject)
+
+    def caveat(self, subject: Subject) -> str | None:
+        return CAVEAT if subject.kind == "driver" else None
+
+    def finish(self, subject: Subject, state: Any) -> None:
+        state["engine"].close()

@@ -9,21 +9,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from cowstore.app.bench.experiments.base import Context, Experiment, Metric, Point, Result, Verdict
+from cowstore.app.bench.experiments.base import Context, Metric, Point, Result, Verdict
 from cowstore.app.bench.experiments.common import unique
 from cowstore.app.bench.experiments.edges import (
-    CAVEAT,
     FAT,
     MANY,
+    EdgeExperiment,
     Engine,
     gnu_tar_ms,
     image_tars,
     peak_rss,
-    supports_edge,
     versus_docker,
     versus_tar,
 )
-from cowstore.app.bench.scale import Scale
 from cowstore.app.bench.subjects import Subject
 
 # cowstore's targets (with --sync): against Docker, and against GNU tar on the same backing.
@@ -36,21 +34,12 @@ METRICS = (
 )
 
 
-class ImportRootfs(Experiment):
+class ImportRootfs(EdgeExperiment):
     key = "import"
     title = "12. Import"
     claim = "Import streams into the layer at disk speed: at most 0.8x Docker's time and 1.5x GNU tar -x."
     x_label = "image imported"
     metrics = METRICS
-
-    def points(self, scale: Scale) -> list[Point]:
-        return [FAT, MANY]
-
-    def supports(self, subject: Subject) -> str | None:
-        return supports_edge(subject)
-
-    def caveat(self, subject: Subject) -> str | None:
-        return CAVEAT if subject.kind == "driver" else None
 
     def prepare(self, subject: Subject, ctx: Context) -> Any:
         return {"engine": Engine(subject, ctx), "tars": image_tars(ctx)}
@@ -70,9 +59,6 @@ class ImportRootfs(Experiment):
             figures["rss_mib"] = engine.peak_rss_mib
             figures["tar_ms"] = gnu_tar_ms(tar, ctx)
         return figures
-
-    def finish(self, subject: Subject, state: Any) -> None:
-        state["engine"].close()
 
     def judge(self, result: Result) -> list[Verdict]:
         bounds = {FAT: VERSUS_DOCKER, MANY: VERSUS_DOCKER}

@@ -9,22 +9,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from cowstore.app.bench.experiments.base import Context, Experiment, Point, Result, Verdict
+from cowstore.app.bench.experiments.base import Context, Point, Result, Verdict
 from cowstore.app.bench.experiments.edges import (
-    CAVEAT,
     FAT,
     MANY,
+    EdgeExperiment,
     Engine,
     docker_archives,
     gnu_tar_ms,
     image_tars,
     peak_rss,
-    supports_edge,
     versus_docker,
     versus_tar,
 )
 from cowstore.app.bench.experiments.import_rootfs import METRICS, VERSUS_DOCKER, VERSUS_TAR
-from cowstore.app.bench.scale import Scale
 from cowstore.app.bench.subjects import Subject
 
 
@@ -38,21 +36,12 @@ def _loaded(output: str) -> list[str]:
     return refs
 
 
-class LoadArchive(Experiment):
+class LoadArchive(EdgeExperiment):
     key = "load"
     title = "13. Load"
     claim = "Load streams each layer into place: at most 0.8x Docker's time and 1.5x GNU tar -x."
     x_label = "image loaded"
     metrics = METRICS
-
-    def points(self, scale: Scale) -> list[Point]:
-        return [FAT, MANY]
-
-    def supports(self, subject: Subject) -> str | None:
-        return supports_edge(subject)
-
-    def caveat(self, subject: Subject) -> str | None:
-        return CAVEAT if subject.kind == "driver" else None
 
     def prepare(self, subject: Subject, ctx: Context) -> Any:
         return {"engine": Engine(subject, ctx), "archives": docker_archives(ctx), "tars": image_tars(ctx)}
@@ -68,9 +57,6 @@ class LoadArchive(Experiment):
         if engine.cowstore:
             figures["tar_ms"] = gnu_tar_ms(state["tars"][point], ctx)
         return figures
-
-    def finish(self, subject: Subject, state: Any) -> None:
-        state["engine"].close()
 
     def judge(self, result: Result) -> list[Verdict]:
         bounds = {FAT: VERSUS_DOCKER, MANY: VERSUS_DOCKER}

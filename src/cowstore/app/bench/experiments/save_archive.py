@@ -5,27 +5,24 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from cowstore.app.bench.experiments.base import Context, Experiment, Metric, Point, Result, Verdict
-from cowstore.app.bench.experiments.edges import CAVEAT, FAT, MANY, Engine, image_tars, supports_edge, versus_docker
-from cowstore.app.bench.scale import Scale
+from cowstore.app.bench.experiments.base import Context, Metric, Point, Result, Verdict
+from cowstore.app.bench.experiments.edges import (
+    FAT,
+    MANY,
+    EdgeExperiment,
+    Engine,
+    image_tars,
+    versus_docker,
+)
 from cowstore.app.bench.subjects import Subject
 
 
-class SaveArchive(Experiment):
+class SaveArchive(EdgeExperiment):
     key = "save"
     title = "15. Save"
     claim = "Save writes an image out no slower than `docker save`."
     x_label = "image saved"
     metrics = (Metric("ms", "time, flushed", "ms"),)
-
-    def points(self, scale: Scale) -> list[Point]:
-        return [FAT, MANY]
-
-    def supports(self, subject: Subject) -> str | None:
-        return supports_edge(subject)
-
-    def caveat(self, subject: Subject) -> str | None:
-        return CAVEAT if subject.kind == "driver" else None
 
     def prepare(self, subject: Subject, ctx: Context) -> Any:
         engine = Engine(subject, ctx)
