@@ -1,8 +1,8 @@
 """Experiment 11 — CLI round trips: what one command a user types costs, against Docker's.
 
-The talk's "under 0.1 s per container" is measured through the API in experiment 1;
-here the same work goes through the command line, one process per call, as a script
-creating containers by the hundred would run it. Docker has no mount command (it
+The claim of "Deep dive into Docker storage drivers", under 0.1 s per container, is
+measured through the API in experiment 1; here the same work goes through the command
+line, one process per call, as a script creating containers by the hundred would run it. Docker has no mount command (it
 mounts a container only while it runs): its figure for both create points is
 `docker create`; podman needs `create` then `mount` for both.
 """
