@@ -1,3 +1,3 @@
-from cowstore.cli import main
+from cowstore.cli import run
 
-main(prog_name="cowstore")
+run()

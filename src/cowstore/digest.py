@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-from typing import BinaryIO, Protocol
+from typing import Protocol
 
 from cowstore.errors import DigestMismatch, InvalidDigest
 
@@ -79,10 +79,16 @@ class DigestingReader:
             raise DigestMismatch(f"{what}: content has digest {self.digest}, expected {expected}")
 
 
+class Writer(Protocol):
+    """Anything bytes are written to: a file, a pipe, a tar member being streamed."""
+
+    def write(self, data: bytes, /) -> object: ...
+
+
 class DigestingWriter:
     """A write-through stream that hashes every byte written."""
 
-    def __init__(self, out: BinaryIO) -> None:
+    def __init__(self, out: Writer) -> None:
         self._out = out
         self._hash = hashlib.sha256()
 

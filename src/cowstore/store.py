@@ -14,17 +14,19 @@ import os
 import pathlib
 from collections import Counter
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cowstore.archive import Limits
+from cowstore.archive.limits import Limits
 from cowstore.containers import ContainerStore
 from cowstore.drivers import Driver, driver_names, open_driver
 from cowstore.errors import InvalidOption, NotSupported
 from cowstore.host import fsutil, mounts
 from cowstore.images import ImageStore
 from cowstore.layers import LayerStore
-from cowstore.layers.consistency import Problem
 from cowstore.metadata import settings
+
+if TYPE_CHECKING:
+    from cowstore.layers.consistency import Problem
 
 DEPRECATED = ("aufs", "devicemapper", "overlay")
 
@@ -67,9 +69,14 @@ def _try_open(name: str, root: pathlib.Path, options: Mapping[str, str]) -> Driv
         return None
 
 
-def select_driver(root: pathlib.Path, requested: str | None, options: Mapping[str, str]) -> Driver:
-    """Open the requested driver, or choose one the way Docker does (see module docstring)."""
-    recorded = recorded_driver(root)
+def select_driver(
+    root: pathlib.Path, requested: str | None, options: Mapping[str, str], recorded: str | None = None
+) -> Driver:
+    """Open the requested driver, or choose one the way Docker does (see module docstring).
+
+    `recorded` is the driver the root's database names, if the caller has read it.
+    """
+    recorded = recorded or recorded_driver(root)
     if requested:
         if recorded and recorded != requested:
             raise InvalidOption(
@@ -107,20 +114,23 @@ class Store:
     ) -> None:
         self.root = pathlib.Path(root) if root is not None else default_root()
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.driver = select_driver(self.root, driver, dict(storage_opts or {}))
+        recorded = recorded_driver(self.root)
+        self.driver = select_driver(self.root, driver, dict(storage_opts or {}), recorded)
         try:
             self.layers = LayerStore(self.root, self.driver, sync=sync, limits=limits)
         except BaseException:
             self.driver.cleanup()
             raise
         try:
-            with self.layers.lock.exclusive():
-                settings.record(self.layers.db, "driver", self.driver.name)
+            if recorded is None:
+                with self.layers.lock.exclusive():
+                    settings.record(self.layers.db, "driver", self.driver.name)
             self.images = ImageStore(self.layers)
             self.containers = ContainerStore(self.layers, self.images)
             self.images.container_users = self.containers.users_of
-            with self.layers.lock.exclusive():
-                self._reconcile_containers(repair=True)
+            if self.layers.interrupted:  # a process died mid-operation: finish its work everywhere
+                with self.layers.lock.exclusive():
+                    self._reconcile_containers(repair=True)
         except BaseException:
             self.layers.close()
             self.driver.cleanup()
@@ -164,6 +174,8 @@ class Store:
 
     def check(self, *, repair: bool = False, verify_content: bool = False) -> list[Problem]:
         """`cowstore check`: layers (via the layer store), then images and containers records."""
+        from cowstore.layers.consistency import Problem
+
         with self.layers.lock.exclusive():
             images = self.images.images()
             expected = Counter(image.top_layer for image in images if image.top_layer)
@@ -182,9 +194,12 @@ class Store:
     def _reconcile_containers(self, repair: bool) -> list[Problem]:
         """Container records and container layers must match one to one (store lock held).
 
-        Both are created and removed under the store lock, so a mismatch is what a
-        killed `create` or `rm` left: opening the store finishes the job.
+        Each container record is written and deleted in the transaction that changes
+        its layer's state, so only stores from before that (or hand edits) mismatch;
+        opening a store after a crash, and `check --repair`, mend them.
         """
+        from cowstore.layers.consistency import Problem
+
         problems = []
         rw_names = {rw.name for rw in self.layers.rw_layers()}
         records = {c.id for c in self.containers.containers()}

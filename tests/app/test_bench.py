@@ -60,12 +60,17 @@ def test_quick_bench_writes_json_and_report(tmp_path: pathlib.Path, monkeypatch:
         assert point["min"] <= point["median"] <= point["max"] and point["n"] == len(point["samples"])
     assert any(v["subject"] == "vfs" and v["status"] in ("confirmed", "not confirmed") for v in cost["verdicts"])
     assert "thin pools are devicemapper's" in data["experiments"][keys.index("thin_pool")]["skipped"]["vfs"]
-    assert keys[-1] == "walk" and "vfs" in data["experiments"][-1]["series"]
+    assert "vfs" in data["experiments"][keys.index("walk")]["series"]
+    assert keys[-5:] == ["cli", "import", "load", "commit", "save"]
+    for edge in data["experiments"][-5:]:  # the CLI of overlay2 and the peers only
+        assert "vfs" in edge["skipped"] and not edge["errors"], edge["errors"]
     if "overlay2" in data["subjects"]:  # overlay2's baselines ran in their experiments only
         deep = data["experiments"][keys.index("deep_layers")]
         assert "overlayfs" in deep["series"] and not deep["errors"]
         assert "overlayfs" not in data["experiments"][0]["series"]
         assert "overlay2@xfs" in data["subjects"] or "overlay2@xfs" in data["unavailable"]
+        imported = data["experiments"][keys.index("import")]["series"]["overlay2"]
+        assert {"ms", "tar_ms", "rss_mib"} <= set(imported)
 
     report = (out / "report.md").read_text()
     assert report.startswith("# cowstore bench report") and "`--scale quick`" in report

@@ -268,3 +268,37 @@ def test_tar_stream_when_entries_are_never_extracted_as_files(store: LayerStore)
     layer = store.register(io.BytesIO(data))
     assert (store.driver.get(layer.cache_id) / "d").read_bytes() == b"now a file"
     assert store.tar_stream(layer.chain_id).read() == data
+
+
+class _FailsAtEnd(io.RawIOBase):
+    """A layer stream that raises on its final read, as a registry client's digest check does;
+    it also records the largest read, to show the store streams rather than spools."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = io.BytesIO(data)
+        self.largest = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def, override]
+        self.largest = max(self.largest, len(buffer))
+        count = self.data.readinto(buffer)
+        if count == 0:
+            raise DigestMismatch("blob digest does not match")
+        return count
+
+
+def test_stream_that_raises_at_its_end_leaves_nothing(store: LayerStore) -> None:
+    big = layer_tar({f"f{i}": (os.urandom(256 * 1024), 0o644) for i in range(16)})
+    stream = _FailsAtEnd(big)
+    with pytest.raises(DigestMismatch, match="blob digest"):
+        store.register(stream, expected_diff_id=None)
+    assert stream.largest < len(big) // 2, "the stream was read whole, not streamed"
+    assert store.layers() == []
+    assert os.listdir(store.driver.home / "dir") == []
+    again = reopen(store)
+    try:
+        assert again.layers() == []
+    finally:
+        again.close()

@@ -13,7 +13,8 @@ if TYPE_CHECKING:
     from cowstore.archive.apply import apply_layer
     from cowstore.archive.changes import Change, changes_dirs, changes_size
     from cowstore.archive.export import export_changes, tar_directory
-    from cowstore.archive.tarstream import Limits, TarEntry, TarReader
+    from cowstore.archive.limits import Limits
+    from cowstore.archive.tarstream import Observed, TarEntry, TarObserver, TarReader
 
 _HOMES = {
     "apply_layer": "apply",
@@ -22,15 +23,19 @@ _HOMES = {
     "changes_size": "changes",
     "export_changes": "export",
     "tar_directory": "export",
-    "Limits": "tarstream",
+    "Limits": "limits",
+    "Observed": "tarstream",
     "TarEntry": "tarstream",
+    "TarObserver": "tarstream",
     "TarReader": "tarstream",
 }
 
 __all__ = [
     "Change",
     "Limits",
+    "Observed",
     "TarEntry",
+    "TarObserver",
     "TarReader",
     "apply_layer",
     "changes_dirs",

@@ -18,10 +18,11 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import BinaryIO, Literal, overload
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Literal, TypeVar, overload
 
 from cowstore.archive import tarstream
-from cowstore.archive.tarstream import Limits, TarEntry, TarReader
+from cowstore.archive.tarstream import Limits, Observed, TarEntry, TarReader
 from cowstore.archive.whiteouts import (
     META_PREFIX,
     OPAQUE_MARKER,
@@ -34,7 +35,11 @@ from cowstore.errors import ArchiveError, BreakoutError, InvalidOption
 from cowstore.host import fsutil
 from cowstore.host.safepath import Root
 
+if TYPE_CHECKING:
+    from cowstore.digest import Reader
+
 _NS_LIMIT = 2**63 - 1
+_T = TypeVar("_T")
 WHITEOUT_MODES = ("oci", "overlay", "aufs")
 
 
@@ -116,6 +121,9 @@ class LayerApplier:
         return size
 
     def _check_lengths(self, parts: list[str], entry: TarEntry) -> None:
+        # A character encodes to at most 4 bytes: most names are clearly short enough.
+        if len(entry.name) * 4 <= self.limits.max_path and max(map(len, parts)) * 4 <= self.limits.max_name:
+            return
         for part in parts:
             if len(os.fsencode(part)) > self.limits.max_name:
                 raise ArchiveError("name too long", entry.name)
@@ -145,42 +153,33 @@ class LayerApplier:
             target = clean_name(entry.linkname, entry.name)
             if not target or target == parts:
                 raise ArchiveError("hard link to itself or to the root", entry.name)
-        pfd = self._parent(parts, create=True)
-        assert pfd is not None
-        existing = _lstat(base, pfd)
-        if existing is not None and not (stat.S_ISDIR(existing.st_mode) and entry.kind == tarstream.DIRECTORY):
-            self._remove(pfd, base, existing)
-            pfd = self._parent(parts, create=True)
-            assert pfd is not None
-        self.unpacked.add(rel)
-        if entry.kind == tarstream.REGULAR:
-            return self._write_file(reader, entry, pfd, base)
-        if entry.kind == tarstream.DIRECTORY:
-            if existing is None or not stat.S_ISDIR(existing.st_mode):
-                os.mkdir(base, 0o700, dir_fd=pfd)
-            fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
-            try:
-                self._set_owner_xattrs_mode(fd, entry)
-            finally:
-                os.close(fd)
-            self.dir_times.append((rel, _mtime_ns(entry)))
-            return 0
         if entry.kind == tarstream.SYMLINK:
             target_len = len(os.fsencode(entry.linkname))
             if target_len == 0 or target_len >= self.limits.max_path:
                 raise ArchiveError("symlink target empty or too long", entry.name)
-            os.symlink(entry.linkname, base, dir_fd=pfd)
+        self.unpacked.add(rel)
+        if entry.kind == tarstream.DIRECTORY:
+            self._make_dir(parts, entry)
+            self.dir_times.append((rel, _mtime_ns(entry)))
+            return 0
+        if entry.kind == tarstream.REGULAR:
+            return self._create(parts, lambda pfd: self._write_file(reader, entry, pfd, base))
+        if entry.kind == tarstream.SYMLINK:
+            self._create(parts, lambda pfd: os.symlink(entry.linkname, base, dir_fd=pfd))
+            pfd = self._parent(parts, create=True)
             os.chown(base, entry.uid, entry.gid, dir_fd=pfd, follow_symlinks=False)
             os.utime(base, ns=(_mtime_ns(entry),) * 2, dir_fd=pfd, follow_symlinks=False)
             return 0
         if entry.kind == tarstream.HARDLINK:
-            self._link(entry, pfd, base)
+            self._create(parts, lambda pfd: self._link(entry, pfd, base))
             return 0
         if entry.kind in (tarstream.CHARDEV, tarstream.BLOCKDEV):
             kind = stat.S_IFCHR if entry.kind == tarstream.CHARDEV else stat.S_IFBLK
-            os.mknod(base, kind | 0o600, os.makedev(entry.devmajor, entry.devminor), dir_fd=pfd)
+            device = os.makedev(entry.devmajor, entry.devminor)
+            self._create(parts, lambda pfd: os.mknod(base, kind | 0o600, device, dir_fd=pfd))
         else:
-            os.mkfifo(base, 0o600, dir_fd=pfd)
+            self._create(parts, lambda pfd: os.mkfifo(base, 0o600, dir_fd=pfd))
+        pfd = self._parent(parts, create=True)
         fd = os.open(base, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
         try:
             os.chown(base, entry.uid, entry.gid, dir_fd=pfd, follow_symlinks=False)
@@ -190,6 +189,38 @@ class LayerApplier:
         finally:
             os.close(fd)
         return 0
+
+    def _create(self, parts: list[str], make: Callable[[int], _T]) -> _T:
+        """Run `make(parent fd)`, which creates the last component exclusively; if something is
+        in the way, remove it (never writing through it) and make again.
+
+        Trying first spares a lookup for every entry of a layer, where almost every name is new.
+        """
+        try:
+            return make(self._parent(parts, create=True))
+        except FileExistsError:
+            pfd = self._parent(parts, create=True)
+            existing = _lstat(parts[-1], pfd)
+            if existing is not None:
+                self._remove(pfd, parts[-1], existing)
+            return make(self._parent(parts, create=True))
+
+    def _make_dir(self, parts: list[str], entry: TarEntry) -> None:
+        """A directory entry: made, or an existing directory kept (its contents stay); anything else replaced."""
+        base = parts[-1]
+        pfd = self._parent(parts, create=True)
+        try:
+            os.mkdir(base, 0o700, dir_fd=pfd)
+        except FileExistsError:
+            existing = _lstat(base, pfd)
+            if existing is None or not stat.S_ISDIR(existing.st_mode):
+                self._create(parts, lambda fd: os.mkdir(base, 0o700, dir_fd=fd))
+                pfd = self._parent(parts, create=True)
+        fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+        try:
+            self._set_owner_xattrs_mode(fd, entry)
+        finally:
+            os.close(fd)
 
     def _write_file(self, reader: TarReader, entry: TarEntry, pfd: int, base: str) -> int:
         fd = os.open(base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=pfd)
@@ -344,7 +375,7 @@ def _mtime_ns(entry: TarEntry) -> int:
 
 
 def apply_layer(
-    stream: BinaryIO,
+    stream: Reader,
     root: str | os.PathLike,
     *,
     whiteouts: str = "oci",
@@ -352,13 +383,20 @@ def apply_layer(
 ) -> int:
     """Extract the uncompressed layer tar `stream` into directory `root`.
 
+    A stream wrapped in `Observed` has its observer see the tar as it is applied.
+
     Returns the sum of the regular files' sizes (Docker's applied size). Raises
     ArchiveError naming the entry for anything malformed, hostile or over a limit; the
     caller discards the layer then, since it may be partly written.
     """
+    if isinstance(stream, Observed) and stream.limits is not None:
+        limits = stream.limits
     limits = limits or Limits()
+    reader = TarReader(stream, limits)
     applier = LayerApplier(root, whiteouts, limits)
     try:
-        return applier.apply(TarReader(stream, limits))
+        if reader.observer is not None:
+            reader.observer.start(applier.root)
+        return applier.apply(reader)
     finally:
         applier.close()

@@ -1,17 +1,18 @@
-"""The `cowstore` command line (click): image and container groups plus Docker's shortcuts."""
+"""The `cowstore` command line: image and container groups plus Docker's shortcuts.
+
+Two ways in, one behaviour. The hot commands a script runs by the thousand (create,
+mount, umount, rm, images, ps, inspect) are parsed by `cowstore.cli.fast` with no CLI
+framework, so a call costs the interpreter's start and the work itself; everything
+else, and any form of those the fast parser does not know (help, unusual options),
+goes to the click group (`cowstore.cli.group.main`), whose commands are registered
+here and imported only when they run.
+"""
 
 from __future__ import annotations
 
 import importlib
-import pathlib
-import sqlite3
+import sys
 from typing import Any
-
-import click
-
-from cowstore.archive import Limits
-from cowstore.cli.app import App, parse_opts
-from cowstore.errors import CowstoreError, InvalidOption
 
 # Command name -> "module:attribute". Each command's module is imported only when that
 # command runs (or help lists it), so `cowstore images` never loads the bench or rich.
@@ -49,82 +50,23 @@ _COMMANDS = {
 }
 
 
-class _Main(click.Group):
-    """Loads commands lazily; turns cowstore errors into one line on stderr and exit 1
-    (a traceback with --debug)."""
+def run(argv: list[str] | None = None) -> None:
+    """The `cowstore` command: the fast path when it knows the command line, else click."""
+    from cowstore.cli.fast import try_fast
 
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(_COMMANDS)
-
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        target = _COMMANDS.get(cmd_name)
-        if target is None:
-            return None
-        module, _, attribute = target.partition(":")
-        command: click.Command = getattr(importlib.import_module(module), attribute)
-        return command
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except (CowstoreError, OSError, sqlite3.Error) as exc:
-            if ctx.params.get("debug"):
-                raise
-            message = str(exc) if isinstance(exc, CowstoreError) else f"{type(exc).__name__}: {exc}"
-            click.echo(f"cowstore: {message}", err=True)
-            ctx.exit(1)
+    args = sys.argv[1:] if argv is None else argv
+    code = try_fast(args)
+    if code is not None:
+        sys.exit(code)
+    main = importlib.import_module("cowstore.cli.group").main
+    main(args, prog_name="cowstore")
 
 
-@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "--root",
-    type=click.Path(file_okay=False, path_type=pathlib.Path),
-    envvar="COWSTORE_ROOT",
-    default=None,
-    help="Store root [default: /var/lib/cowstore as root, $XDG_DATA_HOME/cowstore otherwise; env COWSTORE_ROOT].",
-)
-@click.option(
-    "--driver",
-    "-s",
-    envvar="COWSTORE_DRIVER",
-    default=None,
-    help="Storage driver [default: the root's driver, else btrfs on btrfs, else overlay2, else vfs; "
-    "env COWSTORE_DRIVER].",
-)
-@click.option("--storage-opt", "opts", multiple=True, metavar="KEY=VALUE", help="Driver option (repeatable).")
-@click.option(
-    "--sync/--no-sync",
-    default=True,
-    show_default=True,
-    help="Make every stored layer durable (syncfs + database fsync) before reporting it stored.",
-)
-@click.option(
-    "--limit",
-    "limits",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Bound hostile layers: max-bytes, max-entries, max-name, max-path, max-extended-header, "
-    "max-xattr-bytes, min-free-disk (repeatable).",
-)
-@click.option("--debug", is_flag=True, help="Show tracebacks.")
-@click.pass_context
-def main(
-    ctx: click.Context,
-    root: pathlib.Path | None,
-    driver: str | None,
-    opts: tuple[str, ...],
-    sync: bool,
-    limits: tuple[str, ...],
-    debug: bool,
-) -> None:
-    """cowstore: copy-on-write storage for container images and containers."""
-    try:
-        parsed_limits = Limits.parse(parse_opts(limits, "--limit"))
-    except InvalidOption as exc:
-        raise click.BadParameter(str(exc), param_hint="--limit") from None
-    state = App(root, driver, parse_opts(opts), debug, sync, parsed_limits)
-    ctx.obj = state
-    ctx.call_on_close(state.close)
+def __getattr__(name: str) -> Any:
+    """`main`, the click group, is loaded on first use (it imports click)."""
+    if name == "main":
+        return importlib.import_module("cowstore.cli.group").main
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["main"]
+__all__ = ["main", "run"]

@@ -7,9 +7,10 @@ import sys
 
 import click
 
+from cowstore.cli import verbs
 from cowstore.cli.app import app, parse_opts
 from cowstore.cli.images import JSON_ONLY, JSON_ONLY_HELP
-from cowstore.cli.output import FORMATS, ago, emit_json, spinner, table
+from cowstore.cli.output import FORMATS, emit_json, spinner
 from cowstore.images.errors import ArchiveToTerminal
 from cowstore.units import human_size
 
@@ -25,10 +26,10 @@ def container_group() -> None:
 @click.option(
     "--storage-opt", "opts", multiple=True, metavar="KEY=VALUE", help="Per-container storage option (size=...)."
 )
-def container_create(image: str, name: str | None, opts: tuple[str, ...]) -> None:
+@click.option("--mount", "mount", is_flag=True, help="Also mount it: prints the id, then the mounted root's path.")
+def container_create(image: str, name: str | None, opts: tuple[str, ...], mount: bool) -> None:
     """Create a container's layers from an image; prints its id."""
-    container = app().store.containers.create(image, name=name, storage_opts=parse_opts(opts) or None)
-    click.echo(container.id)
+    verbs.create(app().store, image, name, parse_opts(opts), mount)
 
 
 @container_group.command("ls")
@@ -38,59 +39,21 @@ def container_create(image: str, name: str | None, opts: tuple[str, ...]) -> Non
 @click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
 def container_ls(quiet: bool, all_: bool, with_size: bool, fmt: str) -> None:
     """List containers with the bytes each wrote and its virtual size."""
-    store = app().store
-    found = store.containers.containers()
-    if quiet:
-        for container in found:
-            click.echo(container.short_id)
-        return
-    rows = []
-    for container in found:
-        written, virtual = store.containers.size(container) if with_size else (None, None)
-        rows.append((container, store.containers.mount_count(container), written, virtual))
-    if fmt == "json":
-        emit_json(
-            [
-                {
-                    "ID": c.id,
-                    "Names": c.name,
-                    "Image": c.image_ref,
-                    "ImageID": c.image_id,
-                    "Created": c.created,
-                    "Mounted": count > 0,
-                    "SizeRw": written,
-                    "SizeRootFs": virtual,
-                }
-                for c, count, written, virtual in rows
-            ]
-        )
-        return
-    headers = ["CONTAINER ID", "IMAGE", "CREATED", "MOUNTED"] + (["SIZE"] if with_size else []) + ["NAMES"]
-    lines = []
-    for c, count, written, virtual in rows:
-        size = (
-            [f"{human_size(written)} (virtual {human_size(virtual)})"]
-            if written is not None and virtual is not None
-            else []
-        )
-        lines.append([c.short_id, c.image_ref, ago(c.created), "yes" if count else "no", *size, c.name])
-    table(headers, lines)
+    verbs.list_containers(app().store, quiet, with_size, fmt)
 
 
 @container_group.command("mount")
 @click.argument("container")
 def container_mount(container: str) -> None:
     """Mount a container's root filesystem and print its path (stays mounted until umount)."""
-    click.echo(app().store.containers.mount(container))
+    verbs.mount(app().store, container)
 
 
 @container_group.command("umount")
 @click.argument("containers", nargs=-1, required=True)
 def container_umount(containers: tuple[str, ...]) -> None:
     """Release one mount of each container."""
-    for ref in containers:
-        app().store.containers.umount(ref)
-        click.echo(ref)
+    verbs.umount(app().store, containers)
 
 
 @container_group.command("diff")
@@ -184,8 +147,7 @@ def container_cp(source: str, destination: str) -> None:
 @click.option("--format", "fmt", type=JSON_ONLY, default="json", show_default=True, help=JSON_ONLY_HELP)
 def container_inspect(containers: tuple[str, ...], with_size: bool, fmt: str) -> None:
     """Show details of containers as JSON, including GraphDriver {Name, Data}."""
-    details = [app().store.containers.inspect(ref, with_size=with_size) for ref in containers]
-    emit_json(details)  # fmt can only be "json" (see JSON_ONLY), like `cowstore inspect`
+    verbs.inspect_containers(app().store, containers, with_size)  # fmt can only be "json" (see JSON_ONLY)
 
 
 @container_group.command("rm")
@@ -193,9 +155,7 @@ def container_inspect(containers: tuple[str, ...], with_size: bool, fmt: str) ->
 @click.option("-f", "--force", is_flag=True, help="Unmount and remove a mounted container.")
 def container_rm(containers: tuple[str, ...], force: bool) -> None:
     """Remove containers and their layers."""
-    for ref in containers:
-        app().store.containers.remove(ref, force=force)
-        click.echo(ref)
+    verbs.remove(app().store, containers, force)
 
 
 @container_group.command("prune")

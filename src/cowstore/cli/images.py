@@ -10,6 +10,7 @@ from typing import BinaryIO
 import click
 
 from cowstore import images as imagelib
+from cowstore.cli import verbs
 from cowstore.cli.app import app
 from cowstore.cli.output import FORMATS, ago, emit_json, progress, table
 from cowstore.images.config import parse_time
@@ -28,44 +29,12 @@ def image_group() -> None:
     """Manage images."""
 
 
-def _repo_tag(tag: str) -> tuple[str, str]:
-    name, _, version = tag.rpartition(":")
-    return name, version
-
-
 @image_group.command("ls")
 @click.option("-q", "--quiet", is_flag=True, help="Only show image IDs.")
 @click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
 def image_ls(quiet: bool, fmt: str) -> None:
     """List images."""
-    store = app().store
-    rows = []
-    for image in store.images.images():
-        size = store.images.size(image)
-        for tag in image.tags or ("<none>:<none>",):
-            rows.append((image, tag, size))
-    if quiet:
-        for image_id in dict.fromkeys(image.short_id for image, _, _ in rows):
-            click.echo(image_id)
-        return
-    if fmt == "json":
-        emit_json(
-            [
-                {
-                    "Repository": _repo_tag(tag)[0],
-                    "Tag": _repo_tag(tag)[1],
-                    "ID": image.id,
-                    "Created": image.created,
-                    "Size": size,
-                }
-                for image, tag, size in rows
-            ]
-        )
-        return
-    table(
-        ("REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"),
-        [(*_repo_tag(tag), image.short_id, ago(image.created), human_size(size)) for image, tag, size in rows],
-    )
+    verbs.list_images(app().store, quiet, fmt)
 
 
 def _open_input(path: str) -> str | BinaryIO:
@@ -170,26 +139,7 @@ def image_save(images: tuple[str, ...], output: str | None, fmt: str) -> None:
 
 def image_details(ref: str) -> dict:
     """`docker image inspect`-shaped facts about one image."""
-    store = app().store
-    image = store.images.get(ref)
-    config = image.config
-    return {
-        "Id": image.id,
-        "RepoTags": list(image.tags),
-        "RepoDigests": list(image.digests),
-        "Created": config.get("created", ""),
-        "Author": config.get("author", ""),
-        "Architecture": config.get("architecture", ""),
-        "Os": config.get("os", ""),
-        "Config": config.get("config") or {},
-        "Size": store.images.size(image),
-        "RootFS": {"Type": "layers", "Layers": image.diff_ids},
-        "TopLayer": image.top_layer,
-        "GraphDriver": {
-            "Name": store.driver.name,
-            "Data": store.driver.metadata(store.layers.get(image.top_layer).cache_id) if image.top_layer else {},
-        },
-    }
+    return verbs.image_details(app().store, ref)
 
 
 @image_group.command("inspect")
@@ -197,7 +147,7 @@ def image_details(ref: str) -> dict:
 @click.option("--format", "fmt", type=JSON_ONLY, default="json", show_default=True, help=JSON_ONLY_HELP)
 def image_inspect(images: tuple[str, ...], fmt: str) -> None:
     """Show details of images as JSON."""
-    emit_json([image_details(ref) for ref in images])  # fmt can only be "json" (see JSON_ONLY)
+    verbs.inspect_images(app().store, images)  # fmt can only be "json" (see JSON_ONLY)
 
 
 @image_group.command("history")

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import click
 
+from cowstore.cli import verbs
 from cowstore.cli.app import app
 from cowstore.cli.containers import container_group
-from cowstore.cli.images import image_details
 from cowstore.cli.output import FORMATS, emit_json, table
-from cowstore.containers import ContainerNotFound
-from cowstore.images import ImageNotFound
 
 
 @click.command("info")
@@ -41,21 +39,7 @@ def info(fmt: str) -> None:
 @click.option("--format", "fmt", type=click.Choice(["json"]), default="json", show_default=True)
 def inspect(objects: tuple[str, ...], kind: str | None, fmt: str) -> None:
     """Details of containers or images as JSON (containers are looked up first)."""
-    store = app().store
-    result = []
-    for ref in objects:
-        if kind != "image":
-            try:
-                result.append(store.containers.inspect(ref))
-                continue
-            except ContainerNotFound:
-                if kind == "container":
-                    raise
-        try:
-            result.append(image_details(ref))
-        except ImageNotFound:
-            raise ImageNotFound(f"No such object: {ref}") from None
-    emit_json(result)
+    verbs.inspect(app().store, objects, kind)
 
 
 @click.command("demo")

@@ -20,7 +20,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from cowstore.archive import tar_directory
 from cowstore.archive.changes import Change
 from cowstore.digest import random_id
 from cowstore.errors import AlreadyExists, InUse, InvalidOption, LayerNotFound, NotFound
@@ -183,16 +182,16 @@ class ContainerStore:
                 raise ContainerExists(f"a container with id {container_id} exists already")
             image_ref = image.tags[0] if image.tags else image.id
             container = Container(container_id or random_id(), name, image.id, image_ref, time.time())
-            self.layers.create_rw(container.id, image.top_layer, init=init_layer, storage_opts=storage_opts)
-            try:
-                with self.db.transaction() as tx:
-                    tx.execute(
-                        "INSERT INTO containers (id, name, image_id, image_ref, created) VALUES (?, ?, ?, ?, ?)",
-                        (container.id, container.name, container.image_id, container.image_ref, container.created),
-                    )
-            except BaseException:
-                self.layers.remove_rw(container.id, force=True)
-                raise
+
+            def record(tx: sqlite3.Connection) -> None:
+                tx.execute(
+                    "INSERT INTO containers (id, name, image_id, image_ref, created) VALUES (?, ?, ?, ?, ?)",
+                    (container.id, container.name, container.image_id, container.image_ref, container.created),
+                )
+
+            self.layers.create_rw(
+                container.id, image.top_layer, init=init_layer, storage_opts=storage_opts, on_ready=record
+            )
         return container
 
     def apply_changes(self, ref: str, stream: BinaryIO) -> int:
@@ -245,6 +244,8 @@ class ContainerStore:
 
     def export(self, ref: str, out: BinaryIO) -> None:
         """The container's whole merged filesystem as one flat tar (`docker export`)."""
+        from cowstore.archive.export import tar_directory
+
         container = self.get(ref)
         root = self.layers.mount(container.id)
         try:
@@ -284,9 +285,14 @@ class ContainerStore:
                     f"container {container.name} is mounted {count} time(s); umount it first or use --force"
                 )
             if count >= 0:
-                self.layers.remove_rw(container.id, force=True)
-            self.forget(container.id)
+                self.layers.remove_rw(container.id, force=True, on_removing=lambda tx: self._delete(tx, container.id))
+            else:
+                self.forget(container.id)
         return container
+
+    def _delete(self, tx: sqlite3.Connection, container_id: str) -> None:
+        """Within the transaction `tx` that marks the container's layers for removal: its record goes."""
+        tx.execute("DELETE FROM containers WHERE id = ?", (container_id,))
 
     def forget(self, container_id: str) -> None:
         """Drop a container's record, once its layers are gone (store lock held)."""

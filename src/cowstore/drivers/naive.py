@@ -10,7 +10,7 @@ from __future__ import annotations
 import tempfile
 from typing import BinaryIO, cast
 
-from cowstore.archive import apply_layer, changes_dirs, changes_size, export_changes, tar_directory
+from cowstore import archive
 from cowstore.archive.changes import Change
 from cowstore.drivers.driver import Driver
 
@@ -29,9 +29,9 @@ class NaiveDiffDriver(Driver):
             path = self.get(id)
             try:
                 if parent is None:
-                    tar_directory(path, out)
+                    archive.tar_directory(path, out)
                 else:
-                    export_changes(path, self.changes(id, parent), out)
+                    archive.export_changes(path, self.changes(id, parent), out)
             finally:
                 self.put(id)
         except BaseException:
@@ -44,10 +44,10 @@ class NaiveDiffDriver(Driver):
         path = self.get(id)
         try:
             if parent is None:
-                return changes_dirs(path, None)
+                return archive.changes_dirs(path, None)
             parent_path = self.get(parent)
             try:
-                return changes_dirs(path, parent_path)
+                return archive.changes_dirs(path, parent_path)
             finally:
                 self.put(parent)
         finally:
@@ -56,7 +56,7 @@ class NaiveDiffDriver(Driver):
     def apply_diff(self, id: str, parent: str | None, stream: BinaryIO) -> int:
         path = self.get(id)
         try:
-            return apply_layer(stream, path, whiteouts="oci")
+            return archive.apply_layer(stream, path, whiteouts="oci")
         finally:
             self.put(id)
 
@@ -64,6 +64,6 @@ class NaiveDiffDriver(Driver):
         changes = self.changes(id, parent)
         path = self.get(id)
         try:
-            return changes_size(path, changes)
+            return archive.changes_size(path, changes)
         finally:
             self.put(id)

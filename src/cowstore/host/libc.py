@@ -7,10 +7,20 @@ own call (ctypes keeps a private copy per thread).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 
-LIBC = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+def _load() -> ctypes.CDLL:
+    """glibc by its soname; searching for it (ctypes.util runs `ldconfig -p`) only where that fails."""
+    try:
+        return ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:
+        from ctypes.util import find_library
+
+        return ctypes.CDLL(find_library("c"), use_errno=True)
+
+
+LIBC = _load()
 LIBC.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
 LIBC.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 

@@ -128,6 +128,8 @@ def _register(layers: LayerStore, blob: LayerBlob, parent: str | None, diff_id: 
             )
         except DigestMismatch as exc:
             raise DigestMismatch(f"{blob.what}: {exc}") from None
+        finally:
+            plain.close()
 
 
 def import_all(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import BinaryIO
 
 from cowstore.images import reference
@@ -22,7 +23,7 @@ def import_rootfs(
     """Register `stream` as the only layer of a new image with a fresh config."""
     tags = [reference.normalize(tag)] if tag else []
     plain, _ = decompressed(stream, what)
-    with images.layers.lease() as lease:
+    with contextlib.closing(plain), images.layers.lease() as lease:
         layer = images.layers.register(plain, lease=lease)
         config = rootfs_config(layer.diff_id, comment=message, created_by=f"cowstore import {what}", cmd=cmd)
         return images.add(encode(config), layer.chain_id, tags, lease=lease)

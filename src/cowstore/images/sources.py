@@ -40,16 +40,31 @@ def _clean(name: str) -> str:
 
 
 class TarTree:
-    """Members of a (possibly compressed) tar archive, spooled to a seekable file if needed."""
+    """Members of a (possibly compressed) tar archive, read in place or from a private copy.
 
-    def __init__(self, stream: BinaryIO, what: str, spool_dir: pathlib.Path) -> None:
+    An uncompressed archive file that the tree owns (`own`) is read where it is:
+    nothing is copied. A compressed archive or a pipe is first decompressed into a
+    private seekable file, since a docker-save archive names its layers at its end.
+    """
+
+    def __init__(self, stream: BinaryIO, what: str, spool_dir: pathlib.Path, *, own: bool = False) -> None:
         self.what = what
-        # Both stay open for the tree's lifetime (members are streamed on demand); close() ends them.
-        self._spool = tempfile.TemporaryFile(dir=spool_dir, prefix="spool-")  # noqa: SIM115
+        self.copied = True
         try:
-            plain, _ = decompressed(stream, what)
-            shutil.copyfileobj(plain, self._spool, 1024 * 1024)
-            self._spool.seek(0)
+            plain, kind = decompressed(stream, what)
+            if own and kind == "plain" and stream.seekable():
+                stream.seek(0)
+                self._spool = stream
+                self.copied = False
+            else:
+                # Both stay open for the tree's lifetime (members are streamed on demand); close() ends them.
+                self._spool = tempfile.TemporaryFile(dir=spool_dir, prefix="spool-")  # noqa: SIM115
+                with contextlib.closing(plain):
+                    shutil.copyfileobj(plain, self._spool, 1024 * 1024)
+                self._spool.seek(0)
+        except (OSError, ValueError) as exc:
+            raise BadImageArchive(f"cannot read {what}: {exc}") from None
+        try:
             self._tar = tarfile.open(fileobj=self._spool, mode="r:")  # noqa: SIM115
             self._members: dict[str, tarfile.TarInfo] = {}
             for member in self._tar:
@@ -214,8 +229,14 @@ def open_tree(source: str | os.PathLike | BinaryIO, spool_dir: pathlib.Path) -> 
         if path.is_dir():
             tree = DirTree(path, str(path))
         else:
-            with open_input(path) as handle:
-                tree = TarTree(handle, str(path), spool_dir)
+            handle = open_input(path)
+            try:
+                tree = TarTree(handle, str(path), spool_dir, own=True)
+            except BaseException:
+                handle.close()
+                raise
+            if tree.copied:
+                handle.close()
     try:
         yield tree
     finally:

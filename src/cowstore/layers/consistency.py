@@ -47,7 +47,7 @@ def check(
     if verify_content:
         for layer in store.layers():
             try:
-                store.tar_stream(layer.chain_id).close()
+                store.verify(layer.chain_id)
             except CowstoreError as exc:
                 problems.append(Problem("corrupt", layer.chain_id, str(exc)))
     return problems

@@ -4,12 +4,14 @@ The store lock guards short metadata transactions. Long work (extracting a layer
 copying a tree) runs outside it, under an operation lock named after the layer's driver
 id: while the lock is held the operation is alive; a free lock on a record left in state
 `creating` or `removing` means its process died, and the next opener finishes the job.
-fcntl locks die with their process, so a crash can never leave a lock behind.
+fcntl locks die with their process, so a crash can never leave a lock behind. Opening a
+store takes neither lock unless an operation lock file says a process died mid-way.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import pathlib
@@ -81,12 +83,47 @@ class StoreLock:
 
 
 class OperationLock:
-    """An exclusive flock on `<root>/tmp/<id>.op` held for the life of one operation."""
+    """An exclusive flock on `<root>/tmp/<id>.op` held for the life of one operation.
+
+    The file appears already locked (it is locked before it is linked into the directory),
+    and it is removed only once the operation's records are final, by its owner or by
+    the recovery that finished its work. So an `.op` file whose lock is free always
+    means an interrupted operation, and no `.op` file with a free lock means there is
+    nothing to recover: that is the cheap marker every store open looks at.
+    """
 
     def __init__(self, directory: pathlib.Path, id: str) -> None:
-        self.path = directory / f"{id}.op"
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        self.path = directory / f"{id}{_SUFFIX}"
+        dir_fd = os.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            try:
+                self._fd = os.open(".", os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR):
+                    raise
+                self._named(directory, id)
+                return
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX)
+                os.link(f"/proc/self/fd/{self._fd}", self.path.name, dst_dir_fd=dir_fd, follow_symlinks=True)
+            except BaseException:
+                os.close(self._fd)
+                raise
+        finally:
+            os.close(dir_fd)
+
+    def _named(self, directory: pathlib.Path, id: str) -> None:
+        """Where the filesystem has no O_TMPFILE: lock under a private name, then rename."""
+        private = directory / f".{id}.{os.getpid()}{_NEW}"
+        self._fd = os.open(private, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            os.rename(private, self.path)
+        except BaseException:
+            os.close(self._fd)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(private)
+            raise
 
     def release(self) -> None:
         if self._fd >= 0:
@@ -97,18 +134,49 @@ class OperationLock:
 
     @staticmethod
     def abandoned(directory: pathlib.Path, id: str) -> bool:
-        """True when no live process holds the operation lock of `id`."""
-        path = directory / f"{id}.op"
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return True
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        finally:
-            os.close(fd)
+        """True when no live process holds the operation lock of `id` (its file stays: see `clear`)."""
+        return _free(directory / f"{id}{_SUFFIX}")
+
+    @staticmethod
+    def clear(directory: pathlib.Path, id: str) -> None:
+        """Remove the lock file of an abandoned operation, once its records are final."""
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+            os.unlink(directory / f"{id}{_SUFFIX}")
+
+    @staticmethod
+    def interrupted(directory: pathlib.Path) -> list[str]:
+        """Ids of the operations whose process died before finishing (no store lock needed)."""
+        found = []
+        with contextlib.suppress(FileNotFoundError), os.scandir(directory) as entries:
+            for entry in entries:
+                if entry.name.endswith(_SUFFIX) and _free(pathlib.Path(entry.path)):
+                    found.append(entry.name.removesuffix(_SUFFIX))
+        return found
+
+    @staticmethod
+    def sweep_private(directory: pathlib.Path) -> None:
+        """Remove lock files that a process died holding before it could name them."""
+        with contextlib.suppress(FileNotFoundError), os.scandir(directory) as entries:
+            for entry in entries:
+                if entry.name.endswith(_NEW) and _free(pathlib.Path(entry.path)):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
+
+
+_SUFFIX = ".op"
+_NEW = ".op-new"
+
+
+def _free(path: pathlib.Path) -> bool:
+    """Whether nobody holds the flock of `path` (a missing file is free)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
         return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return True

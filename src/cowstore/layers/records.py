@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -170,8 +171,14 @@ class LayerRecords:
             (name, mount_id, init_id, parent, time.time()),
         )
 
-    def set_mount_state(self, name: str, state: State) -> None:
-        self.db.write("UPDATE mounts SET state = ? WHERE name = ?", (state, name))
+    def set_mount_state(
+        self, name: str, state: State, also: Callable[[sqlite3.Connection], None] | None = None
+    ) -> None:
+        """Set the state; `also(tx)` runs in the same transaction (the owner's record of the layer)."""
+        with self.db.transaction() as tx:
+            tx.execute("UPDATE mounts SET state = ? WHERE name = ?", (state, name))
+            if also is not None:
+                also(tx)
 
     def count_mount(self, name: str, change: int) -> None:
         """Add `change` (+1 or -1) to the times the container layer is mounted."""

@@ -15,14 +15,12 @@ import pathlib
 import sqlite3
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
-from cowstore.archive.changes import Change
-from cowstore.archive.tarstream import Limits
-from cowstore.digest import DigestingReader, DigestingWriter, Reader, chain_id, check_digest, random_id
+from cowstore.archive.limits import Limits
+from cowstore.digest import DigestingReader, DigestingWriter, Reader, Writer, chain_id, check_digest, random_id
 from cowstore.drivers.driver import Driver
 from cowstore.errors import (
-    ArchiveError,
     DigestMismatch,
     LayerExists,
     LayerInUse,
@@ -30,18 +28,18 @@ from cowstore.errors import (
     LayerNotRetained,
     MaxDepthExceeded,
     NotMounted,
-    StagingSpaceExhausted,
 )
 from cowstore.host import fsutil
-from cowstore.layers import consistency, tarsplit
-from cowstore.layers.consistency import Problem
 from cowstore.layers.faults import fault
 from cowstore.layers.lock import OperationLock, StoreLock
 from cowstore.layers.records import Layer, LayerRecords, RWLayer
 from cowstore.metadata.db import DATABASE_FILE, Database
 
+if TYPE_CHECKING:
+    from cowstore.archive.changes import Change
+    from cowstore.layers.consistency import Problem
+
 MAX_DEPTH = 1000  # a sanity bound; drivers enforce their own (overlay2: 500 lowers)
-_COPY = 1024 * 1024
 
 
 class LayerStore:
@@ -63,8 +61,12 @@ class LayerStore:
         self.lock = StoreLock(self.root / "store.lock")
         self.db = Database(self.root / DATABASE_FILE, durable=sync)
         self.records = LayerRecords(self.db)
-        with self.lock.exclusive():
-            self.db.migrate()
+        if self.db.needs_migration():
+            with self.lock.exclusive():
+                self.db.migrate()
+        # Only a process that died mid-operation leaves work for an opener (its lock file says so).
+        self.interrupted = OperationLock.interrupted(self.tmp)
+        if self.interrupted:
             self.recover()
 
     def close(self) -> None:
@@ -74,13 +76,18 @@ class LayerStore:
     # ---- crash recovery -------------------------------------------------------------
 
     def recover(self) -> list[str]:
-        """Finish what killed processes left in state creating/removing; return what was done."""
+        """Finish what killed processes left in state creating/removing; return what was done.
+
+        The lock file of an interrupted operation is removed only once its records are
+        final, so a crash during recovery leaves the marker for the next opener.
+        """
         done: list[str] = []
         with self.lock.exclusive():
             for rw in self.records.unfinished_mounts():
                 if OperationLock.abandoned(self.tmp, rw.mount_id):
                     self._drop_rw_storage(rw.mount_id, rw.init_id)
                     self.records.delete_mount(rw.name)
+                    OperationLock.clear(self.tmp, rw.mount_id)
                     done.append(f"removed unfinished container layer {rw.name}")
                     if rw.parent:
                         self.collect(rw.parent)
@@ -88,16 +95,18 @@ class LayerStore:
                 if OperationLock.abandoned(self.tmp, unfinished.cache_id):
                     self.driver.remove(unfinished.cache_id)
                     self.records.delete_layer(unfinished.cache_id)
+                    OperationLock.clear(self.tmp, unfinished.cache_id)
                     done.append(f"removed unfinished layer {unfinished.cache_id}")
                     if unfinished.parent:
                         self.collect(unfinished.parent)
             for lease_id in self.records.lease_ids():
                 if OperationLock.abandoned(self.tmp, lease_id):
                     self._release_lease(lease_id)
+                    OperationLock.clear(self.tmp, lease_id)
                     done.append(f"released the references of interrupted operation {lease_id}")
-            for leftover in self.tmp.glob("spool-*"):
-                with contextlib.suppress(FileNotFoundError):
-                    leftover.unlink()
+            for op_id in OperationLock.interrupted(self.tmp):  # died before recording, or after finishing
+                OperationLock.clear(self.tmp, op_id)
+            OperationLock.sweep_private(self.tmp)
         return done
 
     # ---- read-only layers -----------------------------------------------------------
@@ -121,36 +130,6 @@ class LayerStore:
     def total_size(self, chain: str) -> int:
         return sum(layer.size for layer in self.chain(chain))
 
-    @contextlib.contextmanager
-    def _spooled(self, stream: Reader, expected_diff_id: str | None) -> Iterator[tuple[BinaryIO, str, bytes]]:
-        """Copy the tar to a private file while hashing it; verify before any extraction."""
-        with tempfile.TemporaryFile(dir=self.tmp, prefix="spool-") as spool:
-            reader = DigestingReader(stream)
-            next_check = 0
-            while chunk := reader.read(_COPY):
-                spool.write(chunk)
-                if reader.count > self.limits.max_bytes + 64 * 1024 * 1024:
-                    raise ArchiveError(
-                        f"layer larger than the limit of {self.limits.max_bytes} bytes (--limit max-bytes)"
-                    )
-                if reader.count >= next_check:
-                    self._check_free_disk()
-                    next_check = reader.count + 64 * _COPY
-            if expected_diff_id is not None:
-                reader.verify(expected_diff_id, "layer")
-            spool.seek(0)
-            split = tarsplit.disassemble(spool, self.limits)
-            spool.seek(0)
-            yield spool, reader.digest, split
-
-    def _check_free_disk(self) -> None:
-        fs = os.statvfs(self.tmp)
-        if fs.f_bavail * fs.f_frsize < self.limits.min_free_disk:
-            raise StagingSpaceExhausted(
-                f"stopped staging a layer: less than {self.limits.min_free_disk} bytes free on {self.tmp} "
-                "(--limit min-free-disk)"
-            )
-
     def register(
         self,
         stream: Reader,
@@ -161,37 +140,45 @@ class LayerStore:
     ) -> Layer:
         """Store an uncompressed layer tar on top of `parent`; returns it with one more reference.
 
-        A layer whose chain id is already stored is not extracted again. With `lease`,
-        the new reference belongs to that lease until it is handed over (see `lease`).
+        The tar is extracted as it streams in, hashed and strictly parsed on the way,
+        into a layer that stays invisible (state `creating`) until its digest is
+        verified: a stream that does not hash to `expected_diff_id`, or that raises
+        (at its end, say), leaves nothing behind. A layer whose chain id is already
+        stored is not extracted again. With `lease`, the new reference belongs to that
+        lease until it is handed over (see `lease`).
         """
         if expected_diff_id is not None:
             check_digest(expected_diff_id)
         parent_layer = self.get(parent) if parent is not None else None
         if parent_layer is not None and parent_layer.depth >= MAX_DEPTH:
             raise MaxDepthExceeded()
-        with self._spooled(stream, expected_diff_id) as (spool, diff_id, split):
-            chain = chain_id(parent, diff_id)
-            existing = self.retain_if_present(chain, lease)
+        if expected_diff_id is not None and self.records.layer(chain_id(parent, expected_diff_id)) is not None:
+            reader = DigestingReader(stream)  # read it through all the same: its source may check its end
+            reader.drain()
+            reader.verify(expected_diff_id, "layer")
+            existing = self.retain_if_present(chain_id(parent, expected_diff_id), lease)
             if existing is not None:
                 return existing
-            cache_id = random_id()
-            with self.lock.exclusive():
-                parent_layer = self.get(parent) if parent is not None else None
-                op = self._announce(cache_id, lambda: self.records.add_layer(cache_id, parent))
-            try:
-                fault("register:after-insert")
-                parent_cache = parent_layer.cache_id if parent_layer else None
-                self.driver.create(cache_id, parent_cache)
-                size = self.driver.apply_diff(cache_id, parent_cache, spool)
-                if self.sync:
-                    fsutil.syncfs(self.driver.home)
-                fault("register:after-apply")
-                return self._publish(cache_id, chain, diff_id, parent_layer, size, split, lease)
-            except BaseException:
-                self._abandon_layer(cache_id)
-                raise
-            finally:
-                op.release()
+        from cowstore.layers.ingest import extract
+
+        cache_id = random_id()
+        with self.lock.exclusive():
+            parent_layer = self.get(parent) if parent is not None else None
+            op = self._announce(cache_id, lambda: self.records.add_layer(cache_id, parent))
+        try:
+            fault("register:after-insert")
+            parent_cache = parent_layer.cache_id if parent_layer else None
+            self.driver.create(cache_id, parent_cache)
+            size, diff_id, split = extract(self.driver, cache_id, parent_cache, stream, self.limits, expected_diff_id)
+            if self.sync:
+                fsutil.syncfs(self.driver.home)
+            fault("register:after-apply")
+            return self._publish(cache_id, chain_id(parent, diff_id), diff_id, parent_layer, size, split, lease)
+        except BaseException:
+            self._abandon_layer(cache_id)
+            raise
+        finally:
+            op.release()
 
     def _announce(self, op_id: str, record: Callable[[], None]) -> OperationLock:
         """Take the operation lock of `op_id`, then `record` the operation in state `creating`.
@@ -285,37 +272,61 @@ class LayerStore:
             layer = self.records.layer(chain)
             if layer is None or self.users(chain) > 0:
                 break
-            self.records.set_layer_state(layer.cache_id, "removing")
-            fault("release:after-mark")
-            self.driver.remove(layer.cache_id)
-            self.records.delete_layer(layer.cache_id)
+            op = OperationLock(self.tmp, layer.cache_id)
+            try:
+                self.records.set_layer_state(layer.cache_id, "removing")
+                fault("release:after-mark")
+                self.driver.remove(layer.cache_id)
+                self.records.delete_layer(layer.cache_id)
+            finally:
+                op.release()
             deleted.append(layer)
             chain = layer.parent
         return deleted
 
-    def tar_stream(self, chain: str) -> BinaryIO:
-        """The layer's original tar, byte for byte, verified against its diff id."""
+    def tar_size(self, chain: str) -> int:
+        """The size of the layer's original tar, known from its tar-split record alone."""
+        from cowstore.layers import tarsplit
+
+        self.get(chain)
+        return tarsplit.tar_size(self.records.tar_split(chain))
+
+    def write_tar(self, chain: str, out: Writer) -> None:
+        """Write the layer's original tar to `out` as it is reassembled, byte for byte.
+
+        The bytes are hashed on the way; DigestMismatch at the end means the layer no
+        longer hashes to its diff id, and what was written must be discarded.
+        """
+        from cowstore.layers import tarsplit
+
         layer = self.get(chain)
         split = self.records.tar_split(chain)
-        out = tempfile.TemporaryFile(dir=self.tmp, prefix="spool-")
+        digester = DigestingWriter(out)
+        root = self.driver.get(layer.cache_id)
         try:
-            root = self.driver.get(layer.cache_id)
-            try:
-                digester = DigestingWriter(out)
-                tarsplit.assemble(split, root, digester.write)
-            finally:
-                self.driver.put(layer.cache_id)
-        except BaseException:
-            out.close()
-            raise
+            tarsplit.assemble(split, root, digester.write)
+        finally:
+            self.driver.put(layer.cache_id)
         if digester.digest != layer.diff_id:
-            out.close()
             raise DigestMismatch(
                 f"could not verify layer data for: {layer.diff_id}. This may be because internal files in the "
                 "layer store were modified. Re-pull or re-import the image to fix it."
             )
+
+    def tar_stream(self, chain: str) -> BinaryIO:
+        """The layer's original tar, byte for byte, verified against its diff id (in a private file)."""
+        out = tempfile.TemporaryFile(dir=self.tmp, prefix="spool-")
+        try:
+            self.write_tar(chain, out)
+        except BaseException:
+            out.close()
+            raise
         out.seek(0)
         return out
+
+    def verify(self, chain: str) -> None:
+        """Reassemble the layer's tar only to hash it: DigestMismatch (or a TarSplitError) if it changed."""
+        self.write_tar(chain, _Discard())
 
     # ---- container (read-write) layers ----------------------------------------------
 
@@ -335,11 +346,14 @@ class LayerStore:
         *,
         init: Callable[[pathlib.Path], None] | None = None,
         storage_opts: Mapping[str, str] | None = None,
+        on_ready: Callable[[sqlite3.Connection], None] | None = None,
     ) -> RWLayer:
         """A container layer named `name` on top of image layer `parent` (None: empty).
 
         With `init`, an `<id>-init` layer sits between them, holding what `init`
         writes (mount targets); it never shows in the container's diff or commits.
+        `on_ready(tx)` runs in the transaction that makes the layer ready (its owner's
+        record), so no crash can leave one without the other.
         """
         mount_id = random_id()
         init_id = f"{mount_id}-init" if init is not None else None
@@ -362,7 +376,7 @@ class LayerStore:
                 fault("create-rw:after-init")
             self.driver.create_rw(mount_id, parent_cache, storage_opts=storage_opts)
             with self.lock.exclusive():
-                self.records.set_mount_state(name, "ready")
+                self.records.set_mount_state(name, "ready", on_ready)
             return self.get_rw(name)
         except BaseException:
             with self.lock.exclusive():
@@ -419,16 +433,26 @@ class LayerStore:
     def rw_metadata(self, name: str) -> dict[str, str]:
         return self.driver.metadata(self.get_rw(name).mount_id)
 
-    def remove_rw(self, name: str, *, force: bool = False) -> list[Layer]:
-        """Delete a container layer (unmounting it with `force`); returns deleted image layers."""
+    def remove_rw(
+        self, name: str, *, force: bool = False, on_removing: Callable[[sqlite3.Connection], None] | None = None
+    ) -> list[Layer]:
+        """Delete a container layer (unmounting it with `force`); returns deleted image layers.
+
+        `on_removing(tx)` runs in the transaction that marks the layer for removal (its
+        owner's record goes): from there on, a crash is finished by the next opener.
+        """
         with self.lock.exclusive():
             rw = self.get_rw(name)
             if rw.mount_count > 0 and not force:
                 raise LayerInUse(f"mount still active: {name} is mounted {rw.mount_count} time(s)")
-            self.records.set_mount_state(name, "removing")
-            fault("remove-rw:after-mark")
-            self._drop_rw_storage(rw.mount_id, rw.init_id)
-            self.records.delete_mount(name)
+            op = OperationLock(self.tmp, rw.mount_id)
+            try:
+                self.records.set_mount_state(name, "removing", on_removing)
+                fault("remove-rw:after-mark")
+                self._drop_rw_storage(rw.mount_id, rw.init_id)
+                self.records.delete_mount(name)
+            finally:
+                op.release()
             return self.collect(rw.parent)
 
     # ---- consistency ------------------------------------------------------------------
@@ -441,5 +465,14 @@ class LayerStore:
         `expected_refs` maps chain ids to the references their owners (images) hold;
         when given, every layer's count is compared with it.
         """
+        from cowstore.layers import consistency
+
         with self.lock.exclusive():
             return consistency.check(self, repair=repair, verify_content=verify_content, expected_refs=expected_refs)
+
+
+class _Discard:
+    """A writer that keeps nothing (reassembling a layer only to hash it)."""
+
+    def write(self, data: bytes) -> None:
+        pass

@@ -4,8 +4,10 @@ Drivers store files, not tars, yet a layer's DiffID is the digest of its exact t
 `save`/`push` must reproduce it. Like vbatts/tar-split, we keep every byte of the tar
 that is not file payload (headers, padding, end marker) plus, for each payload, the
 entry name, size and a CRC; re-export streams the payloads back from the layer's files.
-Payloads that the layer no longer holds as files (an entry later overwritten by a
-duplicate name) are kept inline.
+The record is taken while the driver extracts the tar (a Recorder observes the same
+tar reader), so the tar is read once. Payloads that the layer will not hold as files
+(an entry later overwritten by a duplicate name) are kept inline: they are read back
+from the layer just before the entry that replaces them is applied.
 
 Format: gzip of a sequence of records, each a 1-byte tag and a length-prefixed body:
 `S` raw segment bytes; `F` file: size (8 bytes), crc32 (4 bytes), name bytes.
@@ -19,102 +21,132 @@ import os
 import struct
 import zlib
 from collections.abc import Callable, Iterator
-from typing import BinaryIO, NamedTuple
+
+from isal.isal_zlib import crc32
 
 from cowstore.archive.apply import clean_name
-from cowstore.archive.tarstream import DIRECTORY, REGULAR, Limits, TarReader
+from cowstore.archive.tarstream import DIRECTORY, REGULAR, TarEntry, TarObserver
 from cowstore.archive.whiteouts import WHITEOUT_PREFIX
 from cowstore.errors import ArchiveError, Corrupt
 from cowstore.host.safepath import Root
 
 _SEGMENT = b"S"
 _FILE = b"F"
+_CHUNK = 1024 * 1024
 
 
 class TarSplitError(Corrupt):
     """The stored layer no longer matches its recorded tar (files changed on disk)."""
 
 
-class _Payload(NamedTuple):
-    """Where a file's bytes sit in the spooled tar, and how to recognise them later."""
+class _Payload:
+    """One file's bytes in the tar: how to recognise them later, or the bytes themselves."""
 
-    name: str
-    size: int
-    crc: int
-    offset: int
+    __slots__ = ("crc", "inline", "name", "rel", "size")
+
+    def __init__(self, name: str, rel: str, size: int) -> None:
+        self.name = name
+        self.rel = rel
+        self.size = size
+        self.crc = 0
+        self.inline: bytearray | None = None
 
 
-def _record(out: gzip.GzipFile, tag: bytes, body: bytes) -> None:
-    out.write(tag + struct.pack("<Q", len(body)) + body)
+class Recorder(TarObserver):
+    """Builds the tar-split record of a layer tar while a driver extracts it.
 
-
-def disassemble(spool: BinaryIO, limits: Limits | None = None) -> bytes:
-    """Parse the tar in the seekable `spool` and return its gzip'ed tar-split record.
-
-    Validates the tar with the same strict reader that extraction uses. A payload is
-    kept inline, not as a reference to a layer file, when the layer will not hold it
-    as a file: it was overwritten by a later entry of the same name, its directory was
-    replaced by a non-directory, or it lies under a whiteout name (never extracted).
+    A payload is kept inline, not as a reference to a layer file, when the layer will
+    not hold it as a file: it is overwritten by a later entry of the same name, its
+    directory is replaced by a non-directory, or it lies under a whiteout name (never
+    extracted).
     """
-    items: list[bytes | _Payload] = []  # raw segments and file payloads, in tar order
-    pending = bytearray()
 
-    def on_segment(raw: bytes) -> None:
-        pending.extend(raw)
+    def __init__(self) -> None:
+        self._items: list[bytes | _Payload] = []  # raw segments and file payloads, in tar order
+        self._pending = bytearray()
+        self._files: dict[tuple[str, ...], _Payload] = {}  # name -> the payload the layer holds as that file
+        self._dirs: set[tuple[str, ...]] = set()
+        self._current: _Payload | None = None
+        self._root: Root | None = None
 
-    reader = TarReader(spool, limits, on_segment=on_segment)
-    files: dict[tuple[str, ...], int] = {}  # name -> index in items of the payload kept as a file
-    dirs: set[tuple[str, ...]] = set()
-    for entry in reader:
-        if pending:
-            items.append(bytes(pending))
-            pending.clear()
+    def start(self, root: Root) -> None:
+        self._root = root
+
+    def segment(self, raw: bytes) -> None:
+        self._pending += raw
+
+    def entry(self, entry: TarEntry) -> None:
+        if self._pending:
+            self._items.append(bytes(self._pending))
+            self._pending.clear()
         key = tuple(clean_name(entry.name, entry.name))
-        files.pop(key, None)
+        replaced = self._files.pop(key, None)
+        if replaced is not None:
+            self._read_back(replaced)
         if entry.kind == DIRECTORY:
-            dirs.add(key)
-        elif key in dirs:
-            _forget_below(key, files, dirs)
+            self._dirs.add(key)
+        elif key in self._dirs:
+            self._forget_below(key)
+        self._current = None
         if entry.kind == REGULAR and entry.size:
-            offset = spool.tell()
-            crc = 0
-            for chunk in reader.read_payload():
-                crc = zlib.crc32(chunk, crc)
-            items.append(_Payload(entry.name, entry.size, crc, offset))
-            if not any(part.startswith(WHITEOUT_PREFIX) for part in key):
-                files[key] = len(items) - 1
-    if pending:
-        items.append(bytes(pending))
-    keep_as_file = set(files.values())
-    buf = io.BytesIO()
-    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as out:
-        for index, item in enumerate(items):
-            if isinstance(item, bytes):
-                _record(out, _SEGMENT, item)
-            elif index in keep_as_file:
-                _record(out, _FILE, struct.pack("<QI", item.size, item.crc) + os.fsencode(item.name))
+            payload = _Payload(entry.name, "/".join(key), entry.size)
+            self._items.append(payload)
+            if any(part.startswith(WHITEOUT_PREFIX) for part in key):
+                payload.inline = bytearray()
             else:
-                _record_from(out, spool, item.offset, item.size)
-    return buf.getvalue()
+                self._files[key] = payload
+            self._current = payload
 
+    def payload(self, chunk: bytes) -> None:
+        current = self._current
+        if current is not None:
+            current.crc = crc32(chunk, current.crc)
+            if current.inline is not None:
+                current.inline += chunk
 
-def _forget_below(key: tuple[str, ...], files: dict[tuple[str, ...], int], dirs: set[tuple[str, ...]]) -> None:
-    """A directory replaced by a non-directory takes everything recorded below it along."""
-    depth = len(key)
-    for name in [k for k in files if k[:depth] == key]:
-        del files[name]
-    dirs.difference_update({d for d in dirs if d[:depth] == key})
+    def _forget_below(self, key: tuple[str, ...]) -> None:
+        """A directory replaced by a non-directory takes everything recorded below it along."""
+        depth = len(key)
+        for name in [k for k in self._files if k[:depth] == key]:
+            self._read_back(self._files.pop(name))
+        self._dirs.difference_update({d for d in self._dirs if d[:depth] == key})
 
+    def _read_back(self, payload: _Payload) -> None:
+        """Keep a payload inline: read it from the layer before the entry replacing it is applied."""
+        if self._root is None:
+            raise TarSplitError(f"cannot keep the payload of {payload.name}: the tar is not being extracted")
+        try:
+            fd = self._root.open(payload.rel, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError as exc:
+            raise TarSplitError(f"layer file {payload.name} is missing: {exc}") from None
+        with os.fdopen(fd, "rb") as fh:
+            data = bytearray(fh.read(payload.size + 1))
+        if len(data) != payload.size:
+            raise TarSplitError(f"layer file {payload.name} changed while the layer was extracted")
+        payload.inline = data
 
-def _record_from(out: gzip.GzipFile, spool: BinaryIO, offset: int, size: int) -> None:
-    """A segment record whose body is `size` bytes of the spool, copied in chunks."""
-    out.write(_SEGMENT + struct.pack("<Q", size))
-    spool.seek(offset)
-    left = size
-    while left:
-        chunk = spool.read(min(left, 1024 * 1024))
-        out.write(chunk)
-        left -= len(chunk)
+    def result(self) -> bytes:
+        """The gzip'ed record, once the whole tar was read."""
+        if self._pending:
+            self._items.append(bytes(self._pending))
+            self._pending.clear()
+        compressor = zlib.compressobj(1, zlib.DEFLATED, 31)  # a gzip stream; headers compress well even fast
+        out: list[bytes] = []
+        batch: list[bytes] = []
+        for item in self._items:
+            if isinstance(item, bytes):
+                batch.append(_SEGMENT + struct.pack("<Q", len(item)) + item)
+            elif item.inline is not None:
+                batch.append(_SEGMENT + struct.pack("<Q", len(item.inline)) + item.inline)
+            else:
+                body = struct.pack("<QI", item.size, item.crc) + os.fsencode(item.name)
+                batch.append(_FILE + struct.pack("<Q", len(body)) + body)
+            if len(batch) >= 256:
+                out.append(compressor.compress(b"".join(batch)))
+                batch.clear()
+        out.append(compressor.compress(b"".join(batch)))
+        out.append(compressor.flush())
+        return b"".join(out)
 
 
 def _records(data: bytes) -> Iterator[tuple[bytes, bytes]]:
@@ -127,6 +159,14 @@ def _records(data: bytes) -> Iterator[tuple[bytes, bytes]]:
             raise TarSplitError("corrupt tar-split record")
         body = stream.read(struct.unpack("<Q", head[1:])[0])
         yield head[:1], body
+
+
+def tar_size(data: bytes) -> int:
+    """The size of the tar that `assemble` writes, from the record alone."""
+    total = 0
+    for tag, body in _records(data):
+        total += len(body) if tag == _SEGMENT else struct.unpack("<Q", body[:8])[0]
+    return total
 
 
 def assemble(data: bytes, root: str | os.PathLike, out_write: Callable[[bytes], object]) -> None:
@@ -146,10 +186,10 @@ def assemble(data: bytes, root: str | os.PathLike, out_write: Callable[[bytes], 
             with os.fdopen(fd, "rb") as fh:
                 left, actual = size, 0
                 while left:
-                    chunk = fh.read(min(left, 1024 * 1024))
+                    chunk = fh.read(min(left, _CHUNK))
                     if not chunk:
                         break
-                    actual = zlib.crc32(chunk, actual)
+                    actual = crc32(chunk, actual)
                     left -= len(chunk)
                     out_write(chunk)
             if left or actual != crc:

@@ -124,6 +124,10 @@ class Database:
     def close(self) -> None:
         self.conn.close()
 
+    def needs_migration(self) -> bool:
+        """Whether the schema is behind this cowstore (a read: no lock needed to ask)."""
+        return self.conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION
+
     def migrate(self) -> None:
         version = self.conn.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:

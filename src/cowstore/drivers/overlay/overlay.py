@@ -17,7 +17,7 @@ import secrets
 from collections.abc import Mapping
 from typing import BinaryIO
 
-from cowstore.archive import apply_layer
+from cowstore import archive
 from cowstore.drivers.common import transit
 from cowstore.drivers.overlay import kernel as ovl
 from cowstore.drivers.overlay.home import OverlayHome
@@ -133,7 +133,7 @@ class OverlayDriver(OverlayHome):
             staging.mkdir(mode=0o755)
             try:
                 copy_tree(self._dir(parent) / "root", staging, hardlink=True)
-                size = apply_layer(stream, staging, whiteouts="oci")
+                size = archive.apply_layer(stream, staging, whiteouts="oci")
                 os.rename(staging, layer / "root")
             except BaseException:
                 fsutil.remove_tree(staging)

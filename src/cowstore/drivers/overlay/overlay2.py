@@ -26,8 +26,7 @@ import secrets
 from collections.abc import Mapping
 from typing import BinaryIO
 
-from cowstore import units
-from cowstore.archive import apply_layer, tar_directory
+from cowstore import archive, units
 from cowstore.archive.changes import Change
 from cowstore.drivers.common import transit
 from cowstore.drivers.common.options import parse_bool
@@ -279,7 +278,7 @@ class Overlay2Driver(OverlayHome):
         if not self._native(id, parent):
             return super().diff(id, parent)
         out = self._spool()
-        tar_directory(self._upper(id), out, whiteouts="overlay")
+        archive.tar_directory(self._upper(id), out, whiteouts="overlay")
         out.seek(0)
         return out
 
@@ -290,8 +289,8 @@ class Overlay2Driver(OverlayHome):
         if parent is None:
             # A bottom layer has nothing below to hide, and its diff dir is what `get`
             # shows directly: whiteout markers there would appear as device nodes.
-            return apply_layer(stream, upper, whiteouts="oci")
-        size = apply_layer(stream, upper, whiteouts="overlay")
+            return archive.apply_layer(stream, upper, whiteouts="oci")
+        size = archive.apply_layer(stream, upper, whiteouts="overlay")
         view = self.get(parent)
         try:
             upperdir.drop_needless_whiteouts(upper, view)

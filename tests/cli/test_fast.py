@@ -1,0 +1,80 @@
+"""The hot commands' start-up path (`cowstore.cli.fast`): what it imports, and that it
+prints what the click commands print."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from cowstore import images as imagelib
+from cowstore.app.demo import build_image_archive
+from cowstore.store import Store
+from tests.cli.test_cli_commands import ok
+
+# Run one command line through the console entry point, then name the modules it loaded.
+_PROBE = """
+import sys
+from cowstore.cli import run
+try:
+    run(sys.argv[1:])
+except SystemExit as exc:
+    code = exc.code
+sys.stderr.write("\\n" + repr(sorted(sys.modules)) + "\\n")
+sys.exit(code)
+"""
+# Never loaded by a hot command: the CLI framework, the bench, the archive applier, rich.
+_HEAVY = ("click", "rich", "cowstore.app.bench", "cowstore.archive.apply", "cowstore.archive.tarstream")
+
+
+def _cowstore(root: pathlib.Path, *args: str) -> tuple[str, set[str]]:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    argv = [sys.executable, "-c", _PROBE, "--root", str(root), "--driver", "vfs", *args]
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+    assert done.returncode == 0, done.stderr
+    return done.stdout, set(eval(done.stderr.strip().splitlines()[-1]))  # noqa: S307 - our own repr
+
+
+@pytest.fixture
+def root(tmp_path: pathlib.Path):
+    path = tmp_path / "root"
+    archive = tmp_path / "demo.tar"
+    archive.write_bytes(build_image_archive())
+    store = Store(path, "vfs")
+    try:
+        imagelib.load(store.images, str(archive))
+    finally:
+        store.close()
+    try:
+        yield path
+    finally:
+        Store(path, "vfs").shutdown()
+
+
+def test_hot_commands_import_only_what_they_need(root: pathlib.Path) -> None:
+    out, _ = _cowstore(root, "create", "--mount", "--name", "web", "busybox-demo")
+    container_id, mount_path = out.split()
+    assert len(container_id) == 64 and (pathlib.Path(mount_path) / "bin").is_dir()
+    for args in (("images",), ("ps", "-a"), ("inspect", "web"), ("umount", "web"), ("mount", "web")):
+        _, loaded = _cowstore(root, *args)
+        assert not [m for m in loaded if m.split(".")[0] in _HEAVY or m.startswith(_HEAVY)], args
+    _cowstore(root, "umount", "web")
+    _cowstore(root, "rm", "web")
+
+
+def test_fast_and_click_print_the_same(root: pathlib.Path) -> None:
+    from click.testing import CliRunner
+
+    from cowstore.cli import main
+
+    _cowstore(root, "create", "--name", "db", "busybox-demo")
+    for args in (("images",), ("images", "--format", "json"), ("ps", "-a", "-q"), ("inspect", "db")):
+        fast, _ = _cowstore(root, *args)
+        slow = ok(CliRunner().invoke(main, ["--root", str(root), "--driver", "vfs", *args]))
+        assert fast == slow, args
+    details = json.loads(_cowstore(root, "inspect", "db")[0])
+    assert details[0]["Name"] in ("db", "/db")
