@@ -13,6 +13,7 @@ $(STAMP): pyproject.toml scripts/install-system-packages.sh
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test,bench,lint]'
+	$(PY) -m cowstore.snapshotter.api
 	touch $(STAMP)
 
 # Lint, formatting, types and the import contracts (pyproject.toml) come before any test runs.

@@ -41,6 +41,7 @@ _COMMANDS = {
     "bench": "cowstore.app.bench.command:bench_command",
     "btrfs": "cowstore.cli.maintenance:btrfs_group",
     "devicemapper": "cowstore.cli.maintenance:devicemapper_group",
+    "snapshotter": "cowstore.cli.snapshotter:snapshotter_group",
 }
 
 
