@@ -8,6 +8,7 @@ helper servers (union, block) its driver started and unmounts what it mounted.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import signal
@@ -20,6 +21,7 @@ from collections.abc import Mapping
 import grpc
 from google.protobuf import empty_pb2
 
+from cowstore.errors import NotSupported
 from cowstore.snapshotter.api import snapshots_pb2 as pb
 from cowstore.store import Store
 
@@ -92,7 +94,8 @@ class ServerProcess:
         """Stop the server, then everything the store's driver keeps running or mounted."""
         self.stop()
         if self.root.exists():
-            Store(self.root, self.driver, HOST_OPTIONS.get(self.driver)).shutdown()
+            with contextlib.suppress(NotSupported):
+                Store(self.root, self.driver, HOST_OPTIONS.get(self.driver)).shutdown()
 
     def client(self, namespace: str | None = "default") -> Client:
         return Client(self.socket, namespace)
