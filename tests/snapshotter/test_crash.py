@@ -78,3 +78,20 @@ def test_second_server_on_one_socket_is_refused(tmp_path: pathlib.Path) -> None:
         assert server.client().list() == [] and pb.Info is not None
     finally:
         server.release()
+
+
+def test_sigterm_stops_the_server_cleanly(tmp_path: pathlib.Path) -> None:
+    server = ServerProcess(tmp_path / "root", "vfs").start()
+    try:
+        c = server.client()
+        c.prepare("a")
+        c.close()
+        assert server.stop() == 0
+        assert not server.socket.exists()
+        again = ServerProcess(tmp_path / "root", "vfs").start()
+        c = again.client()
+        assert [i.name for i in c.list()] == ["a"]
+        c.close()
+        assert again.stop() == 0
+    finally:
+        server.release()
