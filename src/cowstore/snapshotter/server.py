@@ -56,17 +56,18 @@ def serve(
     stop = stop or threading.Event()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="snapshots"))
     server.add_generic_rpc_handlers([SnapshotService(layers).handler()])
-    old_umask = os.umask(0o177)
-    try:
-        if server.add_insecure_port(f"unix://{path}") == 0:
-            raise Unavailable(f"cannot listen on {path}")
-        server.start()
-    finally:
-        os.umask(old_umask)
+    # Catch the signals before the socket answers: whoever sees it answer may stop us at once.
     previous = {}
     if threading.current_thread() is threading.main_thread():  # only it may catch signals
         previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
+        old_umask = os.umask(0o177)
+        try:
+            if server.add_insecure_port(f"unix://{path}") == 0:
+                raise Unavailable(f"cannot listen on {path}")
+            server.start()
+        finally:
+            os.umask(old_umask)
         if ready is not None:
             ready()
         while not stop.wait(0.5):
