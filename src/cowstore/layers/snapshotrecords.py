@@ -108,11 +108,6 @@ class SnapshotRecords:
         """Every driver id a snapshot row names, in any state."""
         return {r["id"] for r in self.db.query("SELECT id FROM snapshots")}
 
-    def counts(self) -> dict[str, int]:
-        """Ready snapshots by kind."""
-        rows = self.db.query("SELECT kind, COUNT(*) AS n FROM snapshots WHERE state = 'ready' GROUP BY kind")
-        return {r["kind"]: r["n"] for r in rows}
-
     def add(
         self, id: str, namespace: str, key: str, parent: str | None, kind: Kind, labels: dict[str, str], now: int
     ) -> None:
