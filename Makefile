@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install lint test demo bench clean
+.PHONY: install lint test test-containerd demo bench clean
 
 install: $(STAMP)
 
@@ -13,6 +13,7 @@ $(STAMP): pyproject.toml scripts/install-system-packages.sh
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test,bench,lint]'
+	$(PY) -m cowstore.snapshotter.api
 	touch $(STAMP)
 
 # Lint, formatting, types and the import contracts (pyproject.toml) come before any test runs.
@@ -24,6 +25,11 @@ lint: install
 
 test: lint
 	$(PY) -m pytest tests
+
+# containerd's own snapshotter suite, every case on every driver (the default run gives
+# overlay2 every case and the other drivers a representative part).
+test-containerd: install
+	COWSTORE_FULL_SUITE=1 $(PY) -m pytest tests/snapshotter
 
 demo: install
 	$(VENV)/bin/cowstore $(if $(DRIVER),--driver $(DRIVER)) demo

@@ -166,6 +166,7 @@ class Store:
             "BackingFilesystem": fsutil.backing_fs(self.root),
             "Images": len(self.images.images()),
             "Layers": len(self.layers.layers()),
+            "Snapshots": len(self.layers.snapshots.snapshots(None)),
             "Containers": len(self.containers.containers()),
             "ContainersMounted": sum(1 for rw in rws if rw.mount_count),
             "Mounts": len(mounts.mounts_under(self.root)),

@@ -21,6 +21,7 @@ OWNERS = {
     "layers": "layers/records.py",
     "mounts": "layers/records.py",
     "leases": "layers/records.py",
+    "snapshots": "layers/snapshotrecords.py",
     "settings": "metadata/settings.py",
     "images": "images/store.py",
     "tags": "images/store.py",

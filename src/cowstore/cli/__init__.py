@@ -47,6 +47,7 @@ _COMMANDS = {
     "push": "cowstore.cli.registry:push",
     "devicemapper": "cowstore.cli.maintenance:devicemapper_group",
     "docker-root": "cowstore.cli.dockerroot:docker_root_group",
+    "snapshotter": "cowstore.cli.snapshotter:snapshotter_group",
 }
 
 

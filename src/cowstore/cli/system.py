@@ -22,6 +22,7 @@ def info(fmt: str) -> None:
     click.echo(f" Mounted: {details['ContainersMounted']}")
     click.echo(f"Images: {details['Images']}")
     click.echo(f"Layers: {details['Layers']}")
+    click.echo(f"Snapshots: {details['Snapshots']}")
     click.echo(f"Storage Driver: {details['Driver']}")
     for key, value in details["DriverStatus"]:
         click.echo(f"  {key}: {value}")

@@ -6,7 +6,7 @@ native way, and `common/` holds what several drivers share (mount counts, transi
 names, option parsing, id checks).
 """
 
-from cowstore.drivers.driver import Driver
+from cowstore.drivers.driver import Driver, MountSpec
 from cowstore.drivers.registry import driver_class, driver_names, open_driver
 
-__all__ = ["Driver", "driver_class", "driver_names", "open_driver"]
+__all__ = ["Driver", "MountSpec", "driver_class", "driver_names", "open_driver"]

@@ -9,12 +9,28 @@ compute changesets inherit the generic one from :class:`cowstore.drivers.naive.N
 from __future__ import annotations
 
 import abc
+import os
 import pathlib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import BinaryIO
 
 from cowstore.archive.changes import Change
 from cowstore.errors import NotSupported
+
+
+@dataclass(frozen=True)
+class MountSpec:
+    """One mount that another program performs itself (containerd's Mount: type, source, options)."""
+
+    type: str
+    source: str
+    options: tuple[str, ...] = ()
+
+    @classmethod
+    def bind(cls, path: str | os.PathLike, *, readonly: bool) -> MountSpec:
+        """A recursive bind of `path`, read-only or writable, as containerd's own snapshotters give."""
+        return cls("bind", os.fspath(path), ("rbind", "ro" if readonly else "rw"))
 
 
 class Driver(abc.ABC):
@@ -83,6 +99,19 @@ class Driver(abc.ABC):
 
     def cleanup(self) -> None:  # noqa: B027 - optional: most drivers have something to release
         """Release everything this driver mounted or attached (shutdown)."""
+
+    def external_mounts(self, id: str, *, readonly: bool) -> list[MountSpec]:
+        """How a program that mounts by itself (containerd) shows layer `id`, writable or not.
+
+        What such a mount needs to stay valid (a union mount it binds, an attached loop
+        device) is set up here and kept until `release_external`, across processes;
+        calling again while it is kept reuses it. The mounts must not depend on a
+        mount that `get` counts: they outlive the process that asked.
+        """
+        raise NotSupported(f"{self.name} cannot describe its layers for an external mounter")
+
+    def release_external(self, id: str) -> None:  # noqa: B027 - most drivers keep nothing for it
+        """Let go of what `external_mounts` keeps for `id`; nothing kept is no error."""
 
     def ids(self) -> list[str]:
         """Every layer id the driver holds (containers/storage's ListLayers).

@@ -23,6 +23,8 @@ from cowstore.errors import MountError
 LOOP_CTL_GET_FREE = 0x4C82
 LOOP_CONFIGURE = 0x4C0A
 LOOP_CLR_FD = 0x4C01
+LOOP_SET_STATUS64 = 0x4C04
+LOOP_GET_STATUS64 = 0x4C05
 LO_FLAGS_READ_ONLY = 1
 LO_FLAGS_AUTOCLEAR = 4
 LO_FLAGS_DIRECT_IO = 16
@@ -33,6 +35,7 @@ _INFO = 8
 _FLAGS = _INFO + 52
 _FILE_NAME = _INFO + 56
 _NAME_MAX = 63
+_INFO64_SIZE = 232  # struct loop_info64
 _ATTACH_TRIES = 20
 
 
@@ -74,8 +77,12 @@ def _configure(control: int, image_fd: int, path: str, flags: int) -> tuple[str,
     return device, dev_fd
 
 
-def _attach(path: str, *, direct_io: bool, read_only: bool) -> tuple[str, int]:
-    flags = LO_FLAGS_AUTOCLEAR | (LO_FLAGS_DIRECT_IO if direct_io else 0) | (LO_FLAGS_READ_ONLY if read_only else 0)
+def _attach(path: str, *, direct_io: bool, read_only: bool, autoclear: bool = True) -> tuple[str, int]:
+    flags = (
+        (LO_FLAGS_AUTOCLEAR if autoclear else 0)
+        | (LO_FLAGS_DIRECT_IO if direct_io else 0)
+        | (LO_FLAGS_READ_ONLY if read_only else 0)
+    )
     image_fd = os.open(path, (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC)
     try:
         try:
@@ -114,6 +121,41 @@ def attached(path: str | os.PathLike, *, direct_io: bool = False, read_only: boo
         yield device
     finally:
         os.close(dev_fd)
+
+
+def _set_autoclear(device: str, on: bool) -> None:
+    """Switch LO_FLAGS_AUTOCLEAR of an attached device (one of the two flags LOOP_SET_STATUS64 may change)."""
+    fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        info = bytearray(_INFO64_SIZE)
+        fcntl.ioctl(fd, LOOP_GET_STATUS64, info)
+        (flags,) = struct.unpack_from("=I", info, 52)
+        struct.pack_into("=I", info, 52, (flags | LO_FLAGS_AUTOCLEAR) if on else (flags & ~LO_FLAGS_AUTOCLEAR))
+        fcntl.ioctl(fd, LOOP_SET_STATUS64, info)
+    finally:
+        os.close(fd)
+
+
+def keep_attached(path: str | os.PathLike, *, direct_io: bool = False) -> str:
+    """A loop device for `path` that stays attached without any user, until `detach`.
+
+    For a device another program mounts at a time of its choosing (containerd): an
+    autoclear device could vanish, or be reused for another file, in between. An
+    existing attachment is kept rather than doubled: two loop devices on one file
+    would be two filesystems writing the same blocks.
+    """
+    real = os.path.realpath(path)
+    device = find(real)
+    if device is not None:
+        try:
+            _set_autoclear(device, False)
+            if backing_file(device) == real:
+                return device
+        except OSError:
+            pass  # detached meanwhile: attach afresh
+    device, dev_fd = _attach(real, direct_io=direct_io, read_only=False, autoclear=False)
+    os.close(dev_fd)
+    return device
 
 
 def detach(path: str | os.PathLike, *, wait: float = 5.0) -> None:

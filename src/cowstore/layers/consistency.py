@@ -55,7 +55,7 @@ def check(
 
 def _unfinished(store: LayerStore, repair: bool) -> list[Problem]:
     problems = []
-    for op_id in store.records.unfinished_operation_ids():
+    for op_id in [*store.records.unfinished_operation_ids(), *store.snapshots.unfinished_ids()]:
         if OperationLock.abandoned(store.tmp, op_id):
             problems.append(Problem("unfinished", op_id, "operation interrupted by a crash"))
     if repair and problems:
@@ -72,7 +72,7 @@ def _storage(store: LayerStore, repair: bool) -> list[Problem]:
     except NotSupported:
         on_disk = None
     if on_disk is not None:
-        for orphan in sorted(on_disk - store.records.storage_ids()):
+        for orphan in sorted(on_disk - store.records.storage_ids() - store.snapshots.records.ids()):
             if not OperationLock.abandoned(store.tmp, orphan.removesuffix("-init")):
                 continue
             problem = Problem("orphan-storage", orphan, f"{store.driver.name} layer with no record")
@@ -84,6 +84,10 @@ def _storage(store: LayerStore, repair: bool) -> list[Problem]:
         if not store.driver.exists(layer.cache_id):
             detail = f"driver layer {layer.cache_id} is gone; re-import the image"
             problems.append(Problem("missing-storage", layer.chain_id, detail))
+    for snap in store.snapshots.snapshots(None):
+        if not store.driver.exists(snap.id):
+            detail = f"storage {snap.id} of snapshot {snap.key!r} (namespace {snap.namespace!r}) is gone"
+            problems.append(Problem("missing-storage", snap.id, detail))
     for rw in store.rw_layers():
         missing = [i for i in (rw.mount_id, rw.init_id) if i and not store.driver.exists(i)]
         if missing:

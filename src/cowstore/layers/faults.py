@@ -16,6 +16,9 @@ FAULT_POINTS = (
     "remove-rw:after-mark",
     "import:after-layer",  # cowstore.images: between an image's layers
     "commit:after-register",  # cowstore.containers: layer stored, image not yet
+    "snapshot:after-insert",  # snapshot layers: record written, no storage yet
+    "snapshot:after-create",  # storage made, record not yet ready
+    "snapshot-remove:after-mark",
 )
 
 

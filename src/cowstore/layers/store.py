@@ -33,6 +33,7 @@ from cowstore.host import fsutil
 from cowstore.layers.faults import fault
 from cowstore.layers.lock import OperationLock, StoreLock
 from cowstore.layers.records import Layer, LayerRecords, RWLayer
+from cowstore.layers.snapshots import SnapshotLayers
 from cowstore.metadata.db import DATABASE_FILE, Database
 
 if TYPE_CHECKING:
@@ -61,6 +62,7 @@ class LayerStore:
         self.lock = StoreLock(self.root / "store.lock")
         self.db = Database(self.root / DATABASE_FILE, durable=sync)
         self.records = LayerRecords(self.db)
+        self.snapshots = SnapshotLayers(self)
         if self.db.needs_migration():
             with self.lock.exclusive():
                 self.db.migrate()
@@ -99,6 +101,7 @@ class LayerStore:
                     done.append(f"removed unfinished layer {unfinished.cache_id}")
                     if unfinished.parent:
                         self.collect(unfinished.parent)
+            done += self.snapshots.recover()
             for lease_id in self.records.lease_ids():
                 if OperationLock.abandoned(self.tmp, lease_id):
                     self._release_lease(lease_id)
@@ -164,7 +167,7 @@ class LayerStore:
         cache_id = random_id()
         with self.lock.exclusive():
             parent_layer = self.get(parent) if parent is not None else None
-            op = self._announce(cache_id, lambda: self.records.add_layer(cache_id, parent))
+            op = self.announce(cache_id, lambda: self.records.add_layer(cache_id, parent))
         try:
             fault("register:after-insert")
             parent_cache = parent_layer.cache_id if parent_layer else None
@@ -180,7 +183,7 @@ class LayerStore:
         finally:
             op.release()
 
-    def _announce(self, op_id: str, record: Callable[[], None]) -> OperationLock:
+    def announce(self, op_id: str, record: Callable[[], None]) -> OperationLock:
         """Take the operation lock of `op_id`, then `record` the operation in state `creating`.
 
         In that order: a record whose lock is free is what a dead process left behind.
@@ -361,7 +364,7 @@ class LayerStore:
             if self.records.mount_name_taken(name):
                 raise LayerExists(f"mount already exists with name: {name}")
             parent_layer = self.get(parent) if parent is not None else None
-            op = self._announce(mount_id, lambda: self.records.add_mount(name, mount_id, init_id, parent))
+            op = self.announce(mount_id, lambda: self.records.add_mount(name, mount_id, init_id, parent))
         try:
             fault("create-rw:after-insert")
             parent_cache = parent_layer.cache_id if parent_layer else None

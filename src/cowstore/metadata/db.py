@@ -3,9 +3,9 @@
 One database per store root, in WAL mode with foreign keys on, so that readers never
 block the writer and a parent layer can never be deleted while a child names it. The
 schema is the only SQL here: every statement on a table lives in that table's owner
-module (layers/records.py, images/store.py, containers/store.py, metadata/settings.py,
-distribution/records.py),
-which is handed the one open Database.
+module (layers/records.py, layers/snapshotrecords.py, images/store.py,
+containers/store.py, metadata/settings.py, distribution/records.py), which is handed
+the one open Database.
 """
 
 from __future__ import annotations
@@ -103,6 +103,23 @@ MIGRATIONS: list[str] = [
         created    REAL NOT NULL,
         PRIMARY KEY (digest, image_id)
     );
+    """,
+    """
+    CREATE TABLE snapshots (
+        id         TEXT PRIMARY KEY,
+        namespace  TEXT NOT NULL,
+        key        TEXT NOT NULL,
+        parent     TEXT REFERENCES snapshots(id),
+        kind       TEXT NOT NULL CHECK (kind IN ('view', 'active', 'committed')),
+        state      TEXT NOT NULL CHECK (state IN ('creating', 'ready', 'removing')),
+        labels     TEXT NOT NULL DEFAULT '{}',
+        created_ns INTEGER NOT NULL,
+        updated_ns INTEGER NOT NULL,
+        size       INTEGER,
+        inodes     INTEGER
+    );
+    CREATE UNIQUE INDEX snapshots_key ON snapshots(namespace, key);
+    CREATE INDEX snapshots_parent ON snapshots(parent);
     """,
 ]
 

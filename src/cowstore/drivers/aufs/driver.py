@@ -29,9 +29,11 @@ from cowstore.archive.changes import Change
 from cowstore.archive.whiteouts import META_PREFIX, OPAQUE_MARKER, WHITEOUT_PREFIX
 from cowstore.drivers.aufs.unionfs.client import UnionClient
 from cowstore.drivers.common import transit
+from cowstore.drivers.common.exports import ExportMarks
 from cowstore.drivers.common.ids import check_id
 from cowstore.drivers.common.options import parse_bool
 from cowstore.drivers.common.refcount import MountRefs
+from cowstore.drivers.driver import MountSpec
 from cowstore.drivers.naive import NaiveDiffDriver
 from cowstore.errors import (
     InvalidOption,
@@ -79,6 +81,7 @@ class AufsDriver(NaiveDiffDriver):
             (home / sub).mkdir(mode=0o710, exist_ok=True)
         self.refs = MountRefs(home)
         self.union = UnionClient(home / "unionfs")
+        self.exports = ExportMarks(home)
         self._sweep()
 
     # ----------------------------------------------------------------- paths
@@ -195,6 +198,31 @@ class AufsDriver(NaiveDiffDriver):
         else:
             self.union.unmount(mnt)
 
+    # ------------------------------------------------------- external mounter
+
+    def external_mounts(self, id: str, *, readonly: bool) -> list[MountSpec]:
+        """A bind of the layer's union, which stays mounted (one counted `get`) until
+        `release_external`: the union server already serves every mount of this home
+        with passthrough, so containerd needs no FUSE helper of its own; a base layer
+        is its plain diff dir."""
+        if not self._parents(id):
+            return [MountSpec.bind(self._diff(id), readonly=readonly)]
+        mnt = self._mnt(id)
+        if self.exports.value(id) is None or not self._serving(mnt):
+            self.exports.clear(id)  # a record without its union (reboot, stopped server) holds nothing
+            self.get(id)
+            self.exports.mark(id)
+        return [MountSpec.bind(mnt, readonly=readonly)]
+
+    def _serving(self, mnt: pathlib.Path) -> bool:
+        return mounts.is_mountpoint(mnt) and (self.kernel_aufs or self.union.info(mnt) is not None)
+
+    def release_external(self, id: str) -> None:
+        if self.exports.value(id) is None:
+            return
+        self.exports.clear(id)
+        self.put(id)
+
     # ---------------------------------------------------------------- remove
 
     def remove(self, id: str) -> None:
@@ -202,6 +230,7 @@ class AufsDriver(NaiveDiffDriver):
         with self.refs.locked(id) as ref:
             self._unmount(id)
             ref.reset()
+            self.exports.clear(id)
             with contextlib.suppress(FileNotFoundError):
                 layers_file.unlink()
             for path in (self._diff(id), self._mnt(id)):

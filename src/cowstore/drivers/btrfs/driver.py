@@ -27,6 +27,7 @@ from cowstore.drivers.common import transit
 from cowstore.drivers.common.ids import check_id
 from cowstore.drivers.common.plaindirs import PlainDirectories
 from cowstore.drivers.common.refcount import MountRefs
+from cowstore.drivers.driver import MountSpec
 from cowstore.drivers.naive import NaiveDiffDriver
 from cowstore.errors import InvalidOption, LayerExists, LayerInUse, LayerNotFound, NotSupported, Unavailable
 from cowstore.host import fsutil, mounts
@@ -240,6 +241,11 @@ class BtrfsDriver(PlainDirectories, NaiveDiffDriver):
         # (and the limits with them) since the layer was created.
         self._apply_limit(id, limit)
         return path
+
+    def external_mounts(self, id: str, *, readonly: bool) -> list[MountSpec]:
+        """A subvolume is the layer's whole tree: a bind of it, as containerd's btrfs snapshotter
+        gives (it mounts the subvolume by id; a bind needs no knowledge of the pool's device)."""
+        return [MountSpec.bind(self.get(id), readonly=readonly)]
 
     # -- changes --------------------------------------------------------------------
 

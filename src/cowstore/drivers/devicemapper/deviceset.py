@@ -73,6 +73,10 @@ class DeviceSet:
     def mark_initialized(self, id: str) -> None:
         _write_json(self._path(id), {**(self.info(id) or {}), "initialized": True})
 
+    def update(self, id: str, **values: Any) -> None:
+        """Add or change fields of the layer's record."""
+        _write_json(self._path(id), {**(self.info(id) or {}), **values})
+
     def device_name(self, id: str) -> str:
         """The name the device is active as (Docker: `docker-<dev>:<ino>-<id>`)."""
         return f"{self.prefix}-{id}"
@@ -123,8 +127,11 @@ class DeviceSet:
         self.client.call("set_transaction_id", old=current, new=current + 1)
         (self.dir / _TRANSACTION).unlink()
 
-    def create(self, id: str, origin: int | None, size: int) -> int:
-        """A new thin device (origin None) or a snapshot of device `origin`; returns its id."""
+    def create(self, id: str, origin: int | None, size: int, **extra: Any) -> int:
+        """A new thin device (origin None) or a snapshot of device `origin`; returns its id.
+
+        `extra` fields go into the layer's record with the rest, in the same write.
+        """
         facts = self.facts()
         device_id = facts["next_device_id"]
         while True:
@@ -146,6 +153,7 @@ class DeviceSet:
                 "transaction_id": current + 1,
                 "initialized": origin is not None,
                 "deleted": False,
+                **extra,
             },
         )
         self.update_facts(next_device_id=(device_id + 1) & _MAX_DEVICE_ID)

@@ -6,7 +6,9 @@ devices. Everything above that follows Docker's devmapper driver: the base devic
 is formatted once and every parentless layer is a snapshot of it, each layer a
 snapshot of its parent (`deviceset` records which device holds which layer); a
 layer is mounted at `mnt/<id>` and its root is `mnt/<id>/rootfs`. Diffs are naive
-(mount and compare), as in Docker.
+(mount and compare), as in Docker. Layers that containerd mounts itself (snapshots)
+use the filesystem's root instead (`root_layout` in their record), like containerd's
+own devmapper snapshotter.
 """
 
 from __future__ import annotations
@@ -19,15 +21,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from cowstore.drivers.common.exports import ExportMarks
 from cowstore.drivers.common.ids import check_id
 from cowstore.drivers.common.refcount import MountRefs
 from cowstore.drivers.devicemapper import server
 from cowstore.drivers.devicemapper.deviceset import BASE, DeviceSet
 from cowstore.drivers.devicemapper.options import backing_files, check_host, parse_options
+from cowstore.drivers.driver import MountSpec
 from cowstore.drivers.naive import NaiveDiffDriver
-from cowstore.errors import InvalidOption, LayerExists, LayerNotFound, MountError, Unavailable
+from cowstore.errors import InvalidOption, LayerExists, LayerNotFound, MountError, NotSupported, Unavailable
 from cowstore.host import fsutil, loop
-from cowstore.host.mounts import is_mountpoint, mount, umount
+from cowstore.host.mounts import is_mountpoint, mount, mount_table, umount
 from cowstore.units import human_size, parse_size
 
 _META_BLOCK = 4096  # the pool's metadata block size
@@ -54,6 +58,7 @@ class DeviceMapperDriver(NaiveDiffDriver):
         for sub in ("devicemapper", "metadata", "mnt"):
             (home / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
         self.refs = MountRefs(home)
+        self.exports = ExportMarks(home)
         self.data_file, self.meta_file = backing_files(home, self.opts)
         devices_dir = home / "devicemapper" / "mapper"
         self.client = server.start_server(
@@ -142,7 +147,8 @@ class DeviceMapperDriver(NaiveDiffDriver):
             if size < origin["size"]:
                 # A snapshot can only grow its filesystem (Docker's text).
                 raise InvalidOption(f"devmapper: Container size cannot be smaller than {human_size(origin['size'])}")
-        device_id = self.devices.create(id, origin["device_id"], size)
+        layout = {"root_layout": True} if origin.get("root_layout") else {}
+        device_id = self.devices.create(id, origin["device_id"], size, **layout)
         if size > origin["size"]:
             self._grow_fs(id, device_id)
 
@@ -176,6 +182,7 @@ class DeviceMapperDriver(NaiveDiffDriver):
             if is_mountpoint(mnt):
                 umount(mnt)
             ref.reset()
+            self._unexport(id)
             self.devices.delete(id, info["device_id"])
             with contextlib.suppress(FileNotFoundError):
                 fsutil.remove_tree(mnt)
@@ -186,7 +193,8 @@ class DeviceMapperDriver(NaiveDiffDriver):
         if info is None or info.get("deleted"):
             raise LayerNotFound(f"devmapper: Unknown device {id}")
         mnt = self.home / "mnt" / id
-        rootfs = mnt / "rootfs"
+        root_layout = bool(info.get("root_layout"))
+        rootfs = mnt if root_layout else mnt / "rootfs"
         with self.refs.locked(id) as ref:
             if ref.increment(is_mountpoint(mnt)) > 1:
                 return rootfs
@@ -201,6 +209,8 @@ class DeviceMapperDriver(NaiveDiffDriver):
                 ref.decrement(False)
                 self.devices.deactivate(id)
                 raise
+            if root_layout:
+                return rootfs
             rootfs.mkdir(mode=0o755, exist_ok=True)
             id_file = mnt / "id"
             if not id_file.exists():
@@ -221,9 +231,80 @@ class DeviceMapperDriver(NaiveDiffDriver):
             except MountError:
                 ref.increment(True)
                 raise
-            self.devices.deactivate(id)
+            if self.exports.value(id) is None:  # else the exported loop device still needs it
+                self.devices.deactivate(id)
             with contextlib.suppress(OSError):
                 mnt.rmdir()
+
+    # ------------------------------------------------------- external mounter
+
+    def external_mounts(self, id: str, *, readonly: bool) -> list[MountSpec]:
+        """The thin device as a block device, like containerd's devmapper snapshotter gives
+        its dm device: a loop device over the device file, attached without autoclear and
+        kept until `release_external` (containerd mounts it whenever it likes)."""
+        info = self.devices.info(check_id(id))
+        if info is None or info.get("deleted"):
+            raise LayerNotFound(f"devmapper: Unknown device {id}")
+        if not info.get("root_layout"):
+            self._to_root_layout(id)
+        with self.refs.locked(id):
+            path = os.path.realpath(self.devices.activate(id, info["device_id"]))
+            device = self.exports.value(id)
+            if not device or loop.backing_file(device) != path:
+                device = loop.keep_attached(path, direct_io=True)
+                self.exports.mark(id, device)
+        options = [*self.opts.mount_opts, "ro" if readonly else "rw"]
+        if self.opts.fs == "xfs":
+            options.insert(0, "nouuid")
+        return [MountSpec(self.opts.fs, device, tuple(options))]
+
+    def _to_root_layout(self, id: str) -> None:
+        """Make the filesystem's root the layer's root, for a layer that is still empty.
+
+        Docker's layout keeps a layer in `rootfs/` of its filesystem, but a mount that
+        containerd makes of the block device shows the filesystem's root. A layer
+        with no content yet (a fresh snapshot of the base device) drops `rootfs/`,
+        `id` and `lost+found` and is recorded with `root_layout`, which its children
+        inherit; a layer holding data in Docker's layout cannot be mounted that way.
+        """
+        root = self.get(id).parent
+        try:
+            entries = set(os.listdir(root))
+            if not entries <= {"rootfs", "id", "lost+found"} or any((root / "rootfs").glob("*")):
+                raise NotSupported(
+                    f"devmapper: layer {id} holds data in Docker's layout (rootfs/): only an empty layer "
+                    "can be mounted by another program"
+                )
+            for name in ("rootfs", "lost+found"):
+                with contextlib.suppress(FileNotFoundError):
+                    (root / name).rmdir()
+            with contextlib.suppress(FileNotFoundError):
+                (root / "id").unlink()
+            os.chmod(root, 0o755)
+        finally:
+            self.put(id)
+        self.devices.update(id, root_layout=True)
+
+    def release_external(self, id: str) -> None:
+        with self.refs.locked(check_id(id)):
+            if self._unexport(id) and not is_mountpoint(self.home / "mnt" / id):
+                self.devices.deactivate(id)
+
+    def _unexport(self, id: str) -> bool:
+        """Detach the exported loop device (lock of `id` held); True when no loop device is
+        left on the device file. While containerd still has it mounted, the kernel only
+        marks it to go with its last user; what was written through that mount is
+        flushed first, so a snapshot taken next sees it."""
+        device = self.exports.value(id)
+        path = os.path.realpath(self.devices.devices_dir / self.devices.device_name(id))
+        if device is None:
+            return loop.find(path) is None
+        if device and loop.backing_file(device) == path:
+            if any(row.source == device for row in mount_table()):
+                os.sync()
+            loop.detach(path, wait=0.5)
+        self.exports.clear(id)
+        return loop.find(path) is None
 
     def ids(self) -> list[str]:
         return self.devices.layer_ids()
@@ -304,6 +385,10 @@ class DeviceMapperDriver(NaiveDiffDriver):
         return xml
 
     def cleanup(self) -> None:
+        for id in self.exports.ids():
+            with self.refs.locked(id):
+                if self._unexport(id) and not is_mountpoint(self.home / "mnt" / id):
+                    self.devices.deactivate(id)
         for mnt in sorted((self.home / "mnt").iterdir()):
             if is_mountpoint(mnt):
                 umount(mnt)

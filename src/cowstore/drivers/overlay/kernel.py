@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from cowstore.drivers.common.refcount import RefCount
+from cowstore.drivers.driver import MountSpec
 from cowstore.errors import MaxDepthExceeded, MountError
 from cowstore.host import mounts
 from cowstore.host.libc import LIBC, syscall
@@ -75,6 +76,52 @@ def mount_options(*, redirect_dir: bool = False, metacopy: bool = False) -> list
     if in_user_namespace():
         opts.append(("userxattr", None))
     return opts
+
+
+# containerd (mount/mount_linux.go) rewrites lowerdir= relative to the lower dirs' common
+# parent once the options reach a page less this margin, and refuses data over a page.
+_CONTAINERD_COMPACT_MARGIN = 512
+
+
+def _containerd_data_size(options: Sequence[str]) -> int:
+    """Bytes of mount(2) data containerd passes for these overlay options, after its compaction."""
+    data = [o for o in options if o not in ("ro", "rw")]
+    if sum(len(o) for o in options) >= os.sysconf("SC_PAGESIZE") - _CONTAINERD_COMPACT_MARGIN:
+        for index, option in enumerate(data):
+            if option.startswith("lowerdir="):
+                dirs = option.removeprefix("lowerdir=").split(":")
+                common = os.path.dirname(os.path.commonprefix(dirs))
+                if len(dirs) > 1 and common not in ("", "/"):
+                    data[index] = "lowerdir=" + ":".join(d[len(common) + 1 :] for d in dirs)
+    return len(",".join(data))
+
+
+def external_mount(
+    lowers: Sequence[pathlib.Path],
+    upper: pathlib.Path | None,
+    work: pathlib.Path | None,
+    options: list[tuple[str, str | None]],
+) -> MountSpec:
+    """An overlay mount for containerd to perform: absolute paths, read-only without an upper.
+
+    containerd makes it with classic mount(2), so the option string must fit one page
+    (4095 bytes); with overlay2's short links (`l/<26 chars>`, which containerd's
+    compaction turns into bare names) that leaves room for about 140 lower layers.
+    """
+    opts = [k if v is None else f"{k}={v}" for k, v in options]
+    if upper is not None and work is not None:
+        opts += [f"workdir={work}", f"upperdir={upper}"]
+    else:
+        opts.insert(0, "ro")
+    opts.append("lowerdir=" + ":".join(str(p) for p in lowers))
+    size = _containerd_data_size(opts)
+    limit = os.sysconf("SC_PAGESIZE") - 1
+    if size > limit:
+        raise MaxDepthExceeded(
+            f"max depth exceeded: {len(lowers)} lower layers need {size} bytes of overlay mount options, "
+            f"containerd passes at most {limit} to mount(2)"
+        )
+    return MountSpec("overlay", "overlay", tuple(opts))
 
 
 def _fs_messages(fsfd: int) -> str:

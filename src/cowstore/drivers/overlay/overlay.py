@@ -19,6 +19,7 @@ from typing import BinaryIO
 
 from cowstore import archive
 from cowstore.drivers.common import transit
+from cowstore.drivers.driver import MountSpec
 from cowstore.drivers.overlay import kernel as ovl
 from cowstore.drivers.overlay.home import OverlayHome
 from cowstore.errors import InvalidOption, LayerExists, LayerInUse, LayerNotFound, NotSupported
@@ -118,6 +119,19 @@ class OverlayDriver(OverlayHome):
             "WorkDir": str(layer / "work"),
             "MergedDir": str(layer / "merged"),
         }
+
+    def external_mounts(self, id: str, *, readonly: bool) -> list[MountSpec]:
+        """A complete tree (`root/`) is a bind; a layer on one is an overlay of its `upper/` on
+        that root, or for a read-only view, the two stacked as lowers."""
+        layer = self._dir(id)
+        if (layer / "root").is_dir():
+            return [MountSpec.bind(layer / "root", readonly=readonly)]
+        if not layer.is_dir():
+            raise LayerNotFound(f"layer {id} does not exist")
+        lower = self.home / self._lower_id(id) / "root"
+        if readonly:
+            return [ovl.external_mount([layer / "upper", lower], None, None, self.mount_opts)]
+        return [ovl.external_mount([lower], layer / "upper", layer / "work", self.mount_opts)]
 
     def apply_diff(self, id: str, parent: str | None, stream: BinaryIO) -> int:
         """An image layer on an image layer becomes a hard-linked copy of the parent's

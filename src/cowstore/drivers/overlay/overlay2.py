@@ -30,6 +30,7 @@ from cowstore import archive, units
 from cowstore.archive.changes import Change
 from cowstore.drivers.common import transit
 from cowstore.drivers.common.options import parse_bool
+from cowstore.drivers.driver import MountSpec
 from cowstore.drivers.overlay import kernel as ovl
 from cowstore.drivers.overlay import upperdir
 from cowstore.drivers.overlay.home import OverlayHome
@@ -255,6 +256,21 @@ class Overlay2Driver(OverlayHome):
         if lowers:
             data["LowerDir"] = ":".join(str(self._diff_of(p)) for p in lowers)
         return data
+
+    def external_mounts(self, id: str, *, readonly: bool) -> list[MountSpec]:
+        """containerd's overlayfs shapes: a base layer is a bind of its diff dir, any other an
+        overlay of its ancestors' short links; a read-only one stacks its own (empty) diff
+        dir on them instead of an upper, since overlay needs two lowers without one."""
+        layer = self._dir(id)
+        link = self._read(layer / "link")
+        if link is None:
+            raise LayerNotFound(f"layer {id} does not exist")
+        lowers = [self.home / p for p in self._lowers(id)]
+        if not lowers:
+            return [MountSpec.bind(layer / "diff", readonly=readonly)]
+        if readonly:
+            return [ovl.external_mount([self.home / _LINK_DIR / link, *lowers], None, None, self.mount_opts)]
+        return [ovl.external_mount(lowers, layer / "diff", layer / "work", self.mount_opts)]
 
     # ------------------------------------------------------------ native diff
 

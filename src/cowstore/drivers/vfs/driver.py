@@ -15,6 +15,7 @@ from cowstore.archive.whiteouts import OVERLAY_XATTR_PREFIXES
 from cowstore.drivers.common import transit
 from cowstore.drivers.common.plaindirs import PlainDirectories
 from cowstore.drivers.common.refcount import MountRefs
+from cowstore.drivers.driver import MountSpec
 from cowstore.drivers.naive import NaiveDiffDriver
 from cowstore.errors import InvalidOption, LayerExists, LayerNotFound, NotSupported
 from cowstore.host import fsutil
@@ -95,3 +96,7 @@ class VfsDriver(PlainDirectories, NaiveDiffDriver):
 
     def metadata(self, id: str) -> dict[str, str]:
         return {"SourceDir": str(self.get(id))}
+
+    def external_mounts(self, id: str, *, readonly: bool) -> list[MountSpec]:
+        """Every layer is a complete tree: a bind of it (containerd's native snapshotter does the same)."""
+        return [MountSpec.bind(self.get(id), readonly=readonly)]
