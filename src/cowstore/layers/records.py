@@ -44,6 +44,7 @@ class RWLayer:
     parent: str | None
     mount_count: int
     created: float
+    state: State = "ready"
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,9 @@ def _layer(row: sqlite3.Row) -> Layer:
 
 
 def _rw(row: sqlite3.Row) -> RWLayer:
-    return RWLayer(row["name"], row["mount_id"], row["init_id"], row["parent"], row["mount_count"], row["created"])
+    return RWLayer(
+        row["name"], row["mount_id"], row["init_id"], row["parent"], row["mount_count"], row["created"], row["state"]
+    )
 
 
 class LayerRecords:
@@ -169,6 +172,11 @@ class LayerRecords:
             "INSERT INTO mounts (name, mount_id, init_id, parent, state, created) VALUES (?, ?, ?, ?, 'creating', ?)",
             (name, mount_id, init_id, parent, time.time()),
         )
+
+    def init_users(self, init_id: str, *, other_than: str) -> list[RWLayer]:
+        """The container layers, of any state, that sit on `init_id`, other than `other_than`."""
+        rows = self.db.query("SELECT * FROM mounts WHERE init_id = ? AND name != ?", (init_id, other_than))
+        return [_rw(r) for r in rows]
 
     def set_mount_state(self, name: str, state: State) -> None:
         self.db.write("UPDATE mounts SET state = ? WHERE name = ?", (state, name))

@@ -79,7 +79,7 @@ class LayerStore:
         with self.lock.exclusive():
             for rw in self.records.unfinished_mounts():
                 if OperationLock.abandoned(self.tmp, rw.mount_id):
-                    self._drop_rw_storage(rw.mount_id, rw.init_id)
+                    self._drop_rw_storage(rw.name, rw.mount_id, rw.init_id)
                     self.records.delete_mount(rw.name)
                     done.append(f"removed unfinished container layer {rw.name}")
                     if rw.parent:
@@ -334,26 +334,37 @@ class LayerStore:
     ) -> RWLayer:
         """A container layer named `name` on top of image layer `parent` (None: empty).
 
-        With `init`, an `<id>-init` layer sits between them, holding what `init`
-        writes (mount targets); it never shows in the container's diff or commits.
+        With `init`, an `-init` layer sits between them, holding what `init` writes
+        (mount targets); it never shows in the container's diff or commits. `init` must
+        write the same for every container of `parent`: unless the driver keeps Docker's
+        layout (one `<mount id>-init` per container) or the container has storage
+        options of its own, every container of `parent` shares one `<parent>-init`
+        layer, made by the first and removed with the last. That is where most of a
+        container's cost went: its files, and the mount needed to write them.
         """
         mount_id = random_id()
-        init_id = f"{mount_id}-init" if init is not None else None
+        shared = init is not None and not storage_opts and not self.driver.docker_layout
         with self.lock.exclusive():
             if self.records.mount_name_taken(name):
                 raise LayerExists(f"mount already exists with name: {name}")
-            parent_layer = self.get(parent) if parent is not None else None
+            parent_cache = self.get(parent).cache_id if parent is not None else None
+            init_id = None
+            if init is not None:
+                init_id = f"{parent_cache or 'scratch'}-init" if shared else f"{mount_id}-init"
             op = self._announce(mount_id, lambda: self.records.add_mount(name, mount_id, init_id, parent))
+            if shared and init is not None and init_id is not None:
+                try:
+                    self._make_shared_init(name, init_id, parent_cache, init)
+                except BaseException:
+                    self.records.delete_mount(name)
+                    op.release()
+                    raise
         try:
             fault("create-rw:after-insert")
-            parent_cache = parent_layer.cache_id if parent_layer else None
-            if init is not None and init_id is not None:
+            if init is not None and init_id is not None and not shared:
                 self.driver.create_rw(init_id, parent_cache, storage_opts=storage_opts)
-                path = self.driver.get(init_id)
-                try:
-                    init(path)
-                finally:
-                    self.driver.put(init_id)
+                self.driver.fill(init_id, init)
+            if init_id is not None:
                 parent_cache = init_id
                 fault("create-rw:after-init")
             self.driver.create_rw(mount_id, parent_cache, storage_opts=storage_opts)
@@ -362,15 +373,36 @@ class LayerStore:
             return self.get_rw(name)
         except BaseException:
             with self.lock.exclusive():
-                self._drop_rw_storage(mount_id, init_id)
+                self._drop_rw_storage(name, mount_id, init_id)
                 self.records.delete_mount(name)
             raise
         finally:
             op.release()
 
-    def _drop_rw_storage(self, mount_id: str, init_id: str | None) -> None:
+    def _make_shared_init(
+        self, name: str, init_id: str, parent_cache: str | None, init: Callable[[pathlib.Path], None]
+    ) -> None:
+        """Make the `-init` layer shared by the containers of `parent_cache`, unless it is there (lock held).
+
+        It is complete when another container layer sits on it that is ready, or being
+        made by a live process: those made it, or found it made, under the store lock.
+        Anything else by that name is what a crash left half filled.
+        """
+        for user in self.records.init_users(init_id, other_than=name):
+            if user.state == "ready" or not OperationLock.abandoned(self.tmp, user.mount_id):
+                return
+        self.driver.remove(init_id)
+        self.driver.create_rw(init_id, parent_cache)
+        try:
+            self.driver.fill(init_id, init)
+        except BaseException:
+            self.driver.remove(init_id)
+            raise
+
+    def _drop_rw_storage(self, name: str, mount_id: str, init_id: str | None) -> None:
+        """Remove a container layer's storage, and its `-init` layer unless another container shares it."""
         self.driver.remove(mount_id)
-        if init_id:
+        if init_id and not self.records.init_users(init_id, other_than=name):
             self.driver.remove(init_id)
 
     def _diff_parent(self, rw: RWLayer) -> str | None:
@@ -418,7 +450,7 @@ class LayerStore:
                 raise LayerInUse(f"mount still active: {name} is mounted {rw.mount_count} time(s)")
             self.records.set_mount_state(name, "removing")
             fault("remove-rw:after-mark")
-            self._drop_rw_storage(rw.mount_id, rw.init_id)
+            self._drop_rw_storage(rw.name, rw.mount_id, rw.init_id)
             self.records.delete_mount(name)
             return self.collect(rw.parent)
 

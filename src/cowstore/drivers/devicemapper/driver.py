@@ -49,7 +49,7 @@ class DeviceMapperDriver(NaiveDiffDriver):
 
     def __init__(self, home: pathlib.Path, options: Mapping[str, str]) -> None:
         super().__init__(home, options)
-        self.opts = parse_options(options)
+        self.opts = parse_options(self.options)
         check_host(self.opts)
         for sub in ("devicemapper", "metadata", "mnt"):
             (home / sub).mkdir(mode=0o700, parents=True, exist_ok=True)

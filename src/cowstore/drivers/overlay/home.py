@@ -19,7 +19,7 @@ from cowstore.errors import InvalidOption, NotSupported
 from cowstore.host import fsutil
 
 # Layer ids become directory names next to the driver's own bookkeeping entries.
-_RESERVED_IDS = {"l", "mountpoints"}
+_RESERVED_IDS = {"l", "merged", "mountpoints"}
 _D_TYPE_HINTS = {"xfs": " (reformat with mkfs.xfs -n ftype=1)", "extfs": " (tune2fs -O filetype)"}
 
 
@@ -51,17 +51,24 @@ class OverlayHome(NaiveDiffDriver):
     def _dir(self, id: str) -> pathlib.Path:
         return self.home / check_id(id)
 
-    def _forget_links(self, layer: pathlib.Path) -> None:
-        """Drop what points at `layer` from outside its directory (overlay2's short link)."""
+    def _forget_links(self, id: str) -> None:
+        """Drop what points at layer `id` from outside its directory (overlay2's short link)."""
+
+    def _mount_point(self, id: str) -> pathlib.Path:
+        """Where layer `id` is mounted: Docker's `<id>/merged`, unless the layer is compact."""
+        return self._dir(id) / "merged"
 
     def remove(self, id: str) -> None:
         layer = self._dir(id)
         with self.refs.locked(id) as ref:
             if not layer.is_dir():
                 return
-            self._forget_links(layer)
-            unmount(layer / "merged")
+            self._forget_links(id)
+            target = self._mount_point(id)
+            unmount(target)
             ref.reset()
+            if not target.is_relative_to(layer):
+                fsutil.remove_tree(target)
             doomed = transit.transit_path(self.home, id, transit.REMOVING)
             os.rename(layer, doomed)
             fsutil.remove_tree(doomed)

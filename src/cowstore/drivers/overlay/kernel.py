@@ -244,12 +244,18 @@ def acquire_mount(
         raise
 
 
-def release_mount(ref: RefCount, target: pathlib.Path) -> None:
-    """Drop one user of `target`; the last one unmounts and removes the mount point."""
+def release_mount(ref: RefCount, target: pathlib.Path, *, holds_work: bool = False) -> None:
+    """Drop one user of `target`; the last one unmounts and removes the mount point.
+
+    With `holds_work`, the mount point was also the mount's work dir: the `work/` the
+    kernel made in it goes too.
+    """
     mounted = is_mounted(target)
     if ref.decrement(mounted) > 0:
         return
     if mounted:
         unmount(target)
     with contextlib.suppress(OSError):
+        if holds_work:
+            (target / "work").rmdir()
         target.rmdir()
