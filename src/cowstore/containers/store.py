@@ -170,16 +170,16 @@ class ContainerStore:
                     f"the container name {name!r} is already in use; remove that container or pick another name"
                 )
             container = Container(random_id(), name, image.id, image.tags[0] if image.tags else image.id, time.time())
-            self.layers.create_rw(container.id, image.top_layer, init=init_layer, storage_opts=storage_opts)
-            try:
-                with self.db.transaction() as tx:
-                    tx.execute(
-                        "INSERT INTO containers (id, name, image_id, image_ref, created) VALUES (?, ?, ?, ?, ?)",
-                        (container.id, container.name, container.image_id, container.image_ref, container.created),
-                    )
-            except BaseException:
-                self.layers.remove_rw(container.id, force=True)
-                raise
+
+            def record(tx: sqlite3.Connection) -> None:
+                tx.execute(
+                    "INSERT INTO containers (id, name, image_id, image_ref, created) VALUES (?, ?, ?, ?, ?)",
+                    (container.id, container.name, container.image_id, container.image_ref, container.created),
+                )
+
+            self.layers.create_rw(
+                container.id, image.top_layer, init=init_layer, storage_opts=storage_opts, record=record
+            )
         return container
 
     def mount(self, ref: str) -> pathlib.Path:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -44,7 +45,6 @@ class RWLayer:
     parent: str | None
     mount_count: int
     created: float
-    state: State = "ready"
 
 
 @dataclass(frozen=True)
@@ -69,9 +69,7 @@ def _layer(row: sqlite3.Row) -> Layer:
 
 
 def _rw(row: sqlite3.Row) -> RWLayer:
-    return RWLayer(
-        row["name"], row["mount_id"], row["init_id"], row["parent"], row["mount_count"], row["created"], row["state"]
-    )
+    return RWLayer(row["name"], row["mount_id"], row["init_id"], row["parent"], row["mount_count"], row["created"])
 
 
 class LayerRecords:
@@ -167,23 +165,45 @@ class LayerRecords:
         return bool(self.db.query("SELECT 1 FROM mounts WHERE name = ?", (name,)))
 
     def add_mount(self, name: str, mount_id: str, init_id: str | None, parent: str | None) -> None:
-        """Record a container layer being created."""
+        """Record a container layer being created (not durably: `mount_ready` is)."""
         self.db.write(
             "INSERT INTO mounts (name, mount_id, init_id, parent, state, created) VALUES (?, ?, ?, ?, 'creating', ?)",
             (name, mount_id, init_id, parent, time.time()),
+            durable=False,
         )
 
-    def init_users(self, init_id: str, *, other_than: str) -> list[RWLayer]:
-        """The container layers, of any state, that sit on `init_id`, other than `other_than`."""
-        rows = self.db.query("SELECT * FROM mounts WHERE init_id = ? AND name != ?", (init_id, other_than))
-        return [_rw(r) for r in rows]
+    def init_used(self, init_id: str, *, other_than: str, state: State | None = None) -> bool:
+        """Whether a container layer other than `other_than` (in `state`, if given) sits on `init_id`."""
+        rows = self.db.query(
+            "SELECT 1 FROM mounts WHERE init_id = ? AND name != ? AND state = coalesce(?, state) LIMIT 1",
+            (init_id, other_than, state),
+        )
+        return bool(rows)
+
+    def unready_init_users(self, init_id: str, *, other_than: str) -> list[str]:
+        """Mount ids of the container layers being created or removed on `init_id`, but `other_than`."""
+        rows = self.db.query(
+            "SELECT mount_id FROM mounts WHERE init_id = ? AND name != ? AND state != 'ready'", (init_id, other_than)
+        )
+        return [r["mount_id"] for r in rows]
 
     def set_mount_state(self, name: str, state: State) -> None:
         self.db.write("UPDATE mounts SET state = ? WHERE name = ?", (state, name))
 
+    def mount_ready(self, name: str, record: Callable[[sqlite3.Connection], None] | None) -> None:
+        """The container layer is complete; `record` adds its owner's rows in the same transaction."""
+        with self.db.transaction() as tx:
+            tx.execute("UPDATE mounts SET state = 'ready' WHERE name = ?", (name,))
+            if record is not None:
+                record(tx)
+
     def count_mount(self, name: str, change: int) -> None:
-        """Add `change` (+1 or -1) to the times the container layer is mounted."""
-        self.db.write("UPDATE mounts SET mount_count = mount_count + ? WHERE name = ?", (change, name))
+        """Add `change` (+1 or -1) to the times the container layer is mounted.
+
+        Not durably: after a power loss no mount is left for the count to describe,
+        and a count that disagrees with the mounts is corrected by the driver anyway.
+        """
+        self.db.write("UPDATE mounts SET mount_count = mount_count + ? WHERE name = ?", (change, name), durable=False)
 
     def delete_mount(self, name: str) -> None:
         self.db.write("DELETE FROM mounts WHERE name = ?", (name,))

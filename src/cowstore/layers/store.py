@@ -331,6 +331,7 @@ class LayerStore:
         *,
         init: Callable[[pathlib.Path], None] | None = None,
         storage_opts: Mapping[str, str] | None = None,
+        record: Callable[[sqlite3.Connection], None] | None = None,
     ) -> RWLayer:
         """A container layer named `name` on top of image layer `parent` (None: empty).
 
@@ -341,6 +342,9 @@ class LayerStore:
         options of its own, every container of `parent` shares one `<parent>-init`
         layer, made by the first and removed with the last. That is where most of a
         container's cost went: its files, and the mount needed to write them.
+
+        `record` runs in the transaction that makes the layer ready: the owner's rows
+        (a container's) appear with it, in one commit.
         """
         mount_id = random_id()
         shared = init is not None and not storage_opts and not self.driver.docker_layout
@@ -350,7 +354,8 @@ class LayerStore:
             parent_cache = self.get(parent).cache_id if parent is not None else None
             init_id = None
             if init is not None:
-                init_id = f"{parent_cache or 'scratch'}-init" if shared else f"{mount_id}-init"
+                # A shared name is cut short enough for a driver to keep it in an inode.
+                init_id = f"{(parent_cache or 'scratch')[:32]}-init" if shared else f"{mount_id}-init"
             op = self._announce(mount_id, lambda: self.records.add_mount(name, mount_id, init_id, parent))
             if shared and init is not None and init_id is not None:
                 try:
@@ -369,7 +374,7 @@ class LayerStore:
                 fault("create-rw:after-init")
             self.driver.create_rw(mount_id, parent_cache, storage_opts=storage_opts)
             with self.lock.exclusive():
-                self.records.set_mount_state(name, "ready")
+                self.records.mount_ready(name, record)
             return self.get_rw(name)
         except BaseException:
             with self.lock.exclusive():
@@ -388,8 +393,10 @@ class LayerStore:
         made by a live process: those made it, or found it made, under the store lock.
         Anything else by that name is what a crash left half filled.
         """
-        for user in self.records.init_users(init_id, other_than=name):
-            if user.state == "ready" or not OperationLock.abandoned(self.tmp, user.mount_id):
+        if self.records.init_used(init_id, other_than=name, state="ready"):
+            return
+        for mount_id in self.records.unready_init_users(init_id, other_than=name):
+            if not OperationLock.abandoned(self.tmp, mount_id):
                 return
         self.driver.remove(init_id)
         self.driver.create_rw(init_id, parent_cache)
@@ -402,7 +409,7 @@ class LayerStore:
     def _drop_rw_storage(self, name: str, mount_id: str, init_id: str | None) -> None:
         """Remove a container layer's storage, and its `-init` layer unless another container shares it."""
         self.driver.remove(mount_id)
-        if init_id and not self.records.init_users(init_id, other_than=name):
+        if init_id and not self.records.init_used(init_id, other_than=name):
             self.driver.remove(init_id)
 
     def _diff_parent(self, rw: RWLayer) -> str | None:

@@ -107,6 +107,10 @@ class MountRefs:
         """Keep a short note about `id` (call with its lock held): it lives as long as the count."""
         os.setxattr(self.dir / id, f"{_NOTE}{key}", value.encode())
 
+    def drop_note(self, id: str, key: str) -> None:
+        with contextlib.suppress(OSError):
+            os.removexattr(self.dir / id, f"{_NOTE}{key}")
+
     def forget(self, id: str) -> None:
         """Drop the count file of a removed layer."""
         with contextlib.suppress(FileNotFoundError):

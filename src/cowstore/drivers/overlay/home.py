@@ -68,7 +68,7 @@ class OverlayHome(NaiveDiffDriver):
             unmount(target)
             ref.reset()
             if not target.is_relative_to(layer):
-                fsutil.remove_tree(target)
+                fsutil.remove_tree(target, unmount=False)
             doomed = transit.transit_path(self.home, id, transit.REMOVING)
             os.rename(layer, doomed)
             fsutil.remove_tree(doomed)

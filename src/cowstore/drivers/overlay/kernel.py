@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from cowstore.drivers.common.refcount import RefCount
 from cowstore.errors import MaxDepthExceeded, MountError
-from cowstore.host import mounts
+from cowstore.host import fsutil, mounts
 from cowstore.host.libc import LIBC, syscall
 
 # OVL_MAX_STACK in fs/overlayfs/params.h: the most lower layers one mount may have.
@@ -256,6 +256,6 @@ def release_mount(ref: RefCount, target: pathlib.Path, *, holds_work: bool = Fal
     if mounted:
         unmount(target)
     with contextlib.suppress(OSError):
-        if holds_work:
-            (target / "work").rmdir()
+        if holds_work:  # the kernel may leave a whiteout it keeps for reuse
+            fsutil.remove_tree(target / "work", unmount=False)
         target.rmdir()
