@@ -106,10 +106,11 @@ class LayerRecords:
         return row[0]["users"] or 0
 
     def add_layer(self, cache_id: str, parent: str | None) -> None:
-        """Record a layer being created: it has no chain id until `publish`."""
+        """Record a layer being created: it has no chain id until `publish`, which is durable (this is not)."""
         self.db.write(
             "INSERT INTO layers (cache_id, parent, state, created) VALUES (?, ?, 'creating', ?)",
             (cache_id, parent, time.time()),
+            durable=False,
         )
 
     def publish(
