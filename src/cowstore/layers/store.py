@@ -33,7 +33,7 @@ from cowstore.errors import (
     StagingSpaceExhausted,
 )
 from cowstore.host import fsutil
-from cowstore.layers import consistency, tarsplit
+from cowstore.layers import consistency, initlayers, tarsplit
 from cowstore.layers.consistency import Problem
 from cowstore.layers.faults import fault
 from cowstore.layers.lock import OperationLock, StoreLock
@@ -79,7 +79,7 @@ class LayerStore:
         with self.lock.exclusive():
             for rw in self.records.unfinished_mounts():
                 if OperationLock.abandoned(self.tmp, rw.mount_id):
-                    self._drop_rw_storage(rw.name, rw.mount_id, rw.init_id)
+                    initlayers.drop_storage(self.driver, self.records, rw.name, rw.mount_id, rw.init_id)
                     self.records.delete_mount(rw.name)
                     done.append(f"removed unfinished container layer {rw.name}")
                     if rw.parent:
@@ -354,12 +354,11 @@ class LayerStore:
             parent_cache = self.get(parent).cache_id if parent is not None else None
             init_id = None
             if init is not None:
-                # A shared name is cut short enough for a driver to keep it in an inode.
-                init_id = f"{(parent_cache or 'scratch')[:32]}-init" if shared else f"{mount_id}-init"
+                init_id = initlayers.shared_id(parent_cache) if shared else f"{mount_id}-init"
             op = self._announce(mount_id, lambda: self.records.add_mount(name, mount_id, init_id, parent))
             if shared and init is not None and init_id is not None:
                 try:
-                    self._make_shared_init(name, init_id, parent_cache, init)
+                    initlayers.make_shared(self, name, init_id, parent_cache, init)
                 except BaseException:
                     self.records.delete_mount(name)
                     op.release()
@@ -378,39 +377,11 @@ class LayerStore:
             return self.get_rw(name)
         except BaseException:
             with self.lock.exclusive():
-                self._drop_rw_storage(name, mount_id, init_id)
+                initlayers.drop_storage(self.driver, self.records, name, mount_id, init_id)
                 self.records.delete_mount(name)
             raise
         finally:
             op.release()
-
-    def _make_shared_init(
-        self, name: str, init_id: str, parent_cache: str | None, init: Callable[[pathlib.Path], None]
-    ) -> None:
-        """Make the `-init` layer shared by the containers of `parent_cache`, unless it is there (lock held).
-
-        It is complete when another container layer sits on it that is ready, or being
-        made by a live process: those made it, or found it made, under the store lock.
-        Anything else by that name is what a crash left half filled.
-        """
-        if self.records.init_used(init_id, other_than=name, state="ready"):
-            return
-        for mount_id in self.records.unready_init_users(init_id, other_than=name):
-            if not OperationLock.abandoned(self.tmp, mount_id):
-                return
-        self.driver.remove(init_id)
-        self.driver.create_rw(init_id, parent_cache)
-        try:
-            self.driver.fill(init_id, init)
-        except BaseException:
-            self.driver.remove(init_id)
-            raise
-
-    def _drop_rw_storage(self, name: str, mount_id: str, init_id: str | None) -> None:
-        """Remove a container layer's storage, and its `-init` layer unless another container shares it."""
-        self.driver.remove(mount_id)
-        if init_id and not self.records.init_used(init_id, other_than=name):
-            self.driver.remove(init_id)
 
     def _diff_parent(self, rw: RWLayer) -> str | None:
         if rw.init_id:
@@ -457,7 +428,7 @@ class LayerStore:
                 raise LayerInUse(f"mount still active: {name} is mounted {rw.mount_count} time(s)")
             self.records.set_mount_state(name, "removing")
             fault("remove-rw:after-mark")
-            self._drop_rw_storage(rw.name, rw.mount_id, rw.init_id)
+            initlayers.drop_storage(self.driver, self.records, rw.name, rw.mount_id, rw.init_id)
             self.records.delete_mount(name)
             return self.collect(rw.parent)
 

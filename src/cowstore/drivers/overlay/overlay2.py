@@ -39,6 +39,7 @@ from cowstore import units
 from cowstore.archive import apply_layer, tar_directory
 from cowstore.archive.changes import Change
 from cowstore.drivers.common import transit
+from cowstore.drivers.common.fill import adopt_lower_attributes
 from cowstore.drivers.common.options import parse_bool
 from cowstore.drivers.overlay import kernel as ovl
 from cowstore.drivers.overlay import upperdir
@@ -275,7 +276,7 @@ class Overlay2Driver(OverlayHome):
         """Write straight into the layer's upper dir: no mount, and the same merged tree."""
         upper = self._upper(id)
         write(upper)
-        upperdir.adopt_lower_attributes(upper, [self._diff_of(link) for link in self._lowers(id)])
+        adopt_lower_attributes(upper, [self._diff_of(link) for link in self._lowers(id)])
 
     # ---------------------------------------------------------------- remove
 

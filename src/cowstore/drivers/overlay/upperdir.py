@@ -111,24 +111,3 @@ def drop_needless_whiteouts(upper: pathlib.Path, parent_view: pathlib.Path) -> N
             st = os.lstat(path)
             if is_overlay_whiteout(st) and lstat_beneath(parent_view, os.path.join(rel, name)) is None:
                 os.unlink(path)
-
-
-def adopt_lower_attributes(upper: pathlib.Path, lowers: list[pathlib.Path]) -> None:
-    """Give each directory written straight into a fresh `upper` the owner and mode of the
-    directory it covers in `lowers` (nearest first), as a copy-up through a mount would.
-
-    A directory is looked up in the nearest lower that has the path; one that is no
-    directory there is left as written (the upper one replaces it in the merged tree).
-    """
-    for dirpath, dirnames, _ in os.walk(upper):
-        for name in dirnames:
-            relative = os.path.relpath(os.path.join(dirpath, name), upper)
-            for lower in lowers:
-                below = fsutil.lstat_or_none(lower / relative)
-                if below is None:
-                    continue
-                if stat.S_ISDIR(below.st_mode):
-                    target = os.path.join(dirpath, name)
-                    os.lchown(target, below.st_uid, below.st_gid)
-                    os.chmod(target, stat.S_IMODE(below.st_mode))
-                break
