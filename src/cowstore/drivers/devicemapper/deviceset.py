@@ -27,13 +27,14 @@ _TRANSACTION = "transaction-metadata"
 _MAX_DEVICE_ID = 0xFFFFFF
 
 
-def _write_json(path: pathlib.Path, value: dict[str, Any]) -> None:
+def _write_json(path: pathlib.Path, value: dict[str, Any], *, durable: bool = True) -> None:
     """Write, fsync and rename, so a crash leaves the old file or the new one."""
     tmp = path.with_name(f".tmp-{path.name}")
     with open(tmp, "w") as out:
         json.dump(value, out)
-        out.flush()
-        os.fsync(out.fileno())
+        if durable:
+            out.flush()
+            os.fsync(out.fileno())
     os.replace(tmp, path)
 
 
@@ -148,7 +149,8 @@ class DeviceSet:
                 "deleted": False,
             },
         )
-        self.update_facts(next_device_id=(device_id + 1) & _MAX_DEVICE_ID)
+        # Only a hint (a taken id is skipped, above): not worth an fsync per device.
+        _write_json(self.dir / _DEVICESET, {**facts, "next_device_id": (device_id + 1) & _MAX_DEVICE_ID}, durable=False)
         self._close(current)
         return device_id
 
