@@ -60,9 +60,11 @@ class Driver(abc.ABC):
 
         The layer store fills `-init` layers this way. The default mounts the layer
         around the call; a driver whose layer directory holds exactly the layer's own
-        changes overrides it to hand that directory over, with no mount at all. Either
-        way `write` sees an empty directory or the parent's tree and must create, not
-        modify, what it needs.
+        changes overrides it to hand that directory over, with no mount at all (overlay
+        makes the layer a hard-linked copy of its lower). Either way `write` sees the
+        parent's tree or an empty directory over it, and must only add entries,
+        unlinking first whatever stands in the way: never change a file in place, which
+        may be the parent's own inode.
         """
         root = self.get(id)
         try:

@@ -11,8 +11,9 @@ layer is mounted at `mnt/<id>` and its root is `mnt/<id>/rootfs`. Diffs are naiv
 A snapshot is a copy of its parent, block for block, so every inode it holds has a
 ctime older than the snapshot: the snapshot's time and parent are a note on its lock
 file, and the changes against that parent compare only what is newer (see
-`changes_dirs`). And the parent is mounted read-only without its journal for that,
-so looking at it writes nothing and unmounting it has nothing to flush.
+`changes_dirs`). And both are mounted read-only without their journal for that
+(unless mounted already), so looking at them writes nothing and unmounting them has
+nothing to flush.
 
 In the compact layout a mount writes nothing it need not: `noatime` (unless
 dm.mountopt says otherwise), and no `mnt/<id>/id` file (Docker writes one per mount).
@@ -28,9 +29,9 @@ import subprocess
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
-from cowstore.archive import changes_dirs
+from cowstore.archive import changes_dirs, export_changes
 from cowstore.archive.changes import Change
 from cowstore.drivers.common.ids import check_id
 from cowstore.drivers.common.refcount import MountRefs
@@ -280,16 +281,40 @@ class DeviceMapperDriver(NaiveDiffDriver):
                 self.devices.deactivate(id)
                 target.rmdir()
 
-    def changes(self, id: str, parent: str | None = None) -> list[Change]:
+    def _copied_before(self, id: str, parent: str | None) -> int | None:
+        """When snapshot `id` was taken of `parent` (ns), if it was; None otherwise."""
         note = self.refs.note(id, "copied")
-        if parent is None or note is None or note.split(" ", 1)[1] != parent:
+        if parent is None or note is None:
+            return None
+        stamp, _, origin = note.partition(" ")
+        return int(stamp) if origin == parent else None
+
+    @contextlib.contextmanager
+    def _snapshot_changes(self, id: str, parent: str, stamp: int) -> Iterator[tuple[pathlib.Path, list[Change]]]:
+        """Both trees read-only (nothing written, nothing to flush at unmount) and the changes."""
+        with self._read_only_view(id) as root, self._read_only_view(parent) as view:
+            yield root, changes_dirs(root, view, copied_before=stamp)
+
+    def changes(self, id: str, parent: str | None = None) -> list[Change]:
+        stamp = self._copied_before(id, parent)
+        if stamp is None or parent is None:
             return super().changes(id, parent)
-        root = self.get(id)
+        with self._snapshot_changes(id, parent, stamp) as (_, found):
+            return found
+
+    def diff(self, id: str, parent: str | None = None) -> BinaryIO:
+        stamp = self._copied_before(id, parent)
+        if stamp is None or parent is None:
+            return super().diff(id, parent)
+        out = self._spool()
         try:
-            with self._read_only_view(parent) as view:
-                return changes_dirs(root, view, copied_before=int(note.split(" ", 1)[0]))
-        finally:
-            self.put(id)
+            with self._snapshot_changes(id, parent, stamp) as (root, found):
+                export_changes(root, found, out)
+        except BaseException:
+            out.close()
+            raise
+        out.seek(0)
+        return out
 
     def ids(self) -> list[str]:
         return self.devices.layer_ids()
