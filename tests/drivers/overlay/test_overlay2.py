@@ -31,28 +31,30 @@ def _open(home: pathlib.Path, options: dict[str, str] | None = None) -> Overlay2
     return drv
 
 
-@pytest.fixture
-def driver(tmp_path: pathlib.Path) -> Iterator[Overlay2Driver]:
-    drv = _open(tmp_path / "overlay2")
+def _opened(home: pathlib.Path, options: dict[str, str] | None = None) -> Iterator[Overlay2Driver]:
+    drv = _open(home, options)
     try:
         yield drv
     finally:
         try:
             drv.cleanup()
         finally:
-            fsutil.remove_tree(tmp_path / "overlay2")
+            fsutil.remove_tree(home)
+
+
+@pytest.fixture
+def driver(tmp_path: pathlib.Path) -> Iterator[Overlay2Driver]:
+    yield from _opened(tmp_path / "overlay2")
 
 
 @pytest.fixture
 def classic(tmp_path: pathlib.Path) -> Iterator[Overlay2Driver]:
-    drv = _open(tmp_path / "classic", {"overlay2.mount_api": "classic"})
-    try:
-        yield drv
-    finally:
-        try:
-            drv.cleanup()
-        finally:
-            fsutil.remove_tree(tmp_path / "classic")
+    yield from _opened(tmp_path / "classic", {"overlay2.mount_api": "classic"})
+
+
+@pytest.fixture
+def docker_layout(tmp_path: pathlib.Path) -> Iterator[Overlay2Driver]:
+    yield from _opened(tmp_path / "docker", {"overlay2.layout": "docker"})
 
 
 def _tar(files: dict[str, bytes | None]) -> io.BytesIO:
@@ -82,18 +84,6 @@ def _chain(drv: Overlay2Driver, count: int) -> list[str]:
         ids.append(id)
         parent = id
     return ids
-
-
-@pytest.fixture
-def docker_layout(tmp_path: pathlib.Path) -> Iterator[Overlay2Driver]:
-    drv = _open(tmp_path / "docker", {"overlay2.layout": "docker"})
-    try:
-        yield drv
-    finally:
-        try:
-            drv.cleanup()
-        finally:
-            fsutil.remove_tree(tmp_path / "docker")
 
 
 def test_layout_matches_docker(docker_layout: Overlay2Driver) -> None:

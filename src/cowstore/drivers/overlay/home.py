@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import os
 import pathlib
+from typing import BinaryIO
 
+from cowstore.archive import tar_directory
 from cowstore.drivers.common import ids, transit
 from cowstore.drivers.common.refcount import MountRefs
 from cowstore.drivers.naive import NaiveDiffDriver
 from cowstore.drivers.overlay.kernel import unmount
-from cowstore.errors import InvalidOption, NotSupported
+from cowstore.errors import InvalidOption, LayerNotFound, NotSupported
 from cowstore.host import fsutil
 
 # Layer ids become directory names next to the driver's own bookkeeping entries.
@@ -90,3 +92,26 @@ class OverlayHome(NaiveDiffDriver):
 
     def cleanup(self) -> None:
         transit.unmount_below(self.home)
+
+    # ------------------------------------------------------------ native diff
+
+    def _native(self, id: str, parent: str | None) -> bool:
+        """Whether `id`'s upper dir is exactly its changeset against `parent`."""
+        return False
+
+    def _upper(self, id: str) -> pathlib.Path:
+        """The layer's upper dir (for a layer `_native` accepts)."""
+        raise LayerNotFound(f"layer {id} has no upper dir")
+
+    def diff(self, id: str, parent: str | None = None) -> BinaryIO:
+        if not self._native(id, parent):
+            return super().diff(id, parent)
+        out = self._spool()
+        tar_directory(self._upper(id), out, whiteouts="overlay")
+        out.seek(0)
+        return out
+
+    def diff_size(self, id: str, parent: str | None = None) -> int:
+        if not self._native(id, parent):
+            return super().diff_size(id, parent)
+        return fsutil.tree_size(self._upper(id))

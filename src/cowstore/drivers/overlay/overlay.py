@@ -26,7 +26,7 @@ import secrets
 from collections.abc import Callable, Mapping
 from typing import BinaryIO
 
-from cowstore.archive import apply_layer, tar_directory
+from cowstore.archive import apply_layer
 from cowstore.archive.changes import Change
 from cowstore.drivers.common import transit
 from cowstore.drivers.overlay import kernel as ovl
@@ -210,20 +210,7 @@ class OverlayDriver(OverlayHome):
             and self._lower_id(id) == parent
         )
 
-    def diff(self, id: str, parent: str | None = None) -> BinaryIO:
-        if not self._native(id, parent):
-            return super().diff(id, parent)
-        out = self._spool()
-        tar_directory(self._upper(id), out, whiteouts="overlay")
-        out.seek(0)
-        return out
-
     def changes(self, id: str, parent: str | None = None) -> list[Change]:
         if not self._native(id, parent) or parent is None:
             return super().changes(id, parent)
         return upperdir.upper_changes(self._upper(id), self._dir(parent) / "root")
-
-    def diff_size(self, id: str, parent: str | None = None) -> int:
-        if not self._native(id, parent):
-            return super().diff_size(id, parent)
-        return fsutil.tree_size(self._upper(id))

@@ -36,7 +36,7 @@ from collections.abc import Callable, Mapping
 from typing import BinaryIO
 
 from cowstore import units
-from cowstore.archive import apply_layer, tar_directory
+from cowstore.archive import apply_layer
 from cowstore.archive.changes import Change
 from cowstore.drivers.common import transit
 from cowstore.drivers.common.fill import adopt_lower_attributes
@@ -329,14 +329,6 @@ class Overlay2Driver(OverlayHome):
             raise LayerNotFound(f"layer {id} does not exist")
         return layer if self._compact(id) else layer / "diff"
 
-    def diff(self, id: str, parent: str | None = None) -> BinaryIO:
-        if not self._native(id, parent):
-            return super().diff(id, parent)
-        out = self._spool()
-        tar_directory(self._upper(id), out, whiteouts="overlay")
-        out.seek(0)
-        return out
-
     def apply_diff(self, id: str, parent: str | None, stream: BinaryIO) -> int:
         if not self._native(id, parent):
             return super().apply_diff(id, parent, stream)
@@ -354,11 +346,6 @@ class Overlay2Driver(OverlayHome):
         finally:
             self.put(parent)
         return size
-
-    def diff_size(self, id: str, parent: str | None = None) -> int:
-        if not self._native(id, parent):
-            return super().diff_size(id, parent)
-        return fsutil.tree_size(self._upper(id))
 
     def changes(self, id: str, parent: str | None = None) -> list[Change]:
         if not self._native(id, parent):
