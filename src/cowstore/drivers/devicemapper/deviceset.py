@@ -124,8 +124,12 @@ class DeviceSet:
         self.client.call("set_transaction_id", old=current, new=current + 1)
         (self.dir / _TRANSACTION).unlink()
 
-    def create(self, id: str, origin: int | None, size: int) -> int:
-        """A new thin device (origin None) or a snapshot of device `origin`; returns its id."""
+    def create(self, id: str, origin: int | None, size: int, *, grow: bool = False) -> int:
+        """A new thin device (origin None) or a snapshot of device `origin`; returns its id.
+
+        A snapshot has its origin's size unless `grow` (then `size`, larger): the pool is
+        asked to resize only then, as each message is a metadata commit of its own.
+        """
         facts = self.facts()
         device_id = facts["next_device_id"]
         while True:
@@ -137,7 +141,7 @@ class DeviceSet:
                 break
             except DeviceExists:
                 device_id = (device_id + 1) & _MAX_DEVICE_ID
-        if origin is not None and size:
+        if origin is not None and grow:
             self.client.call("set_device_size", id=device_id, size=size)
         _write_json(
             self._path(id),

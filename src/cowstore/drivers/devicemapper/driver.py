@@ -160,7 +160,7 @@ class DeviceMapperDriver(NaiveDiffDriver):
             if size < origin["size"]:
                 # A snapshot can only grow its filesystem (Docker's text).
                 raise InvalidOption(f"devmapper: Container size cannot be smaller than {human_size(origin['size'])}")
-        device_id = self.devices.create(id, origin["device_id"], size)
+        device_id = self.devices.create(id, origin["device_id"], size, grow=size > origin["size"])
         if parent is not None:
             with self.refs.locked(id):
                 self.refs.set_note(id, "copied", f"{time.clock_gettime_ns(_INODE_CLOCK)} {parent}")
