@@ -16,32 +16,21 @@ from cowstore.drivers.overlay import OverlayDriver
 from cowstore.errors import InvalidOption, NotSupported
 from cowstore.host import fsutil, mounts
 
+from ...support.drivers import opened
+
 pytestmark = pytest.mark.skipif(not fsutil.kernel_has_fs("overlay"), reason="kernel has no overlay filesystem")
-
-
-def _open(home: pathlib.Path, options: dict[str, str] | None = None) -> Iterator[OverlayDriver]:
-    try:
-        drv = open_driver("overlay", home, options)
-    except NotSupported as exc:
-        pytest.skip(str(exc))
-    assert isinstance(drv, OverlayDriver)
-    try:
-        yield drv
-    finally:
-        try:
-            drv.cleanup()
-        finally:
-            fsutil.remove_tree(home)
 
 
 @pytest.fixture
 def driver(tmp_path: pathlib.Path) -> Iterator[OverlayDriver]:
-    yield from _open(tmp_path / "overlay")
+    with opened(OverlayDriver, "overlay", tmp_path / "overlay") as drv:
+        yield drv
 
 
 @pytest.fixture
 def docker_layout(tmp_path: pathlib.Path) -> Iterator[OverlayDriver]:
-    yield from _open(tmp_path / "docker", {"layout": "docker"})
+    with opened(OverlayDriver, "overlay", tmp_path / "docker", {"layout": "docker"}) as drv:
+        yield drv
 
 
 def _tar(files: dict[str, bytes]) -> io.BytesIO:

@@ -19,6 +19,8 @@ from cowstore.drivers.overlay import kernel as ovl
 from cowstore.errors import ArchiveError, InvalidOption, MaxDepthExceeded, NotSupported
 from cowstore.host import fsutil, mounts
 
+from ...support.drivers import opened
+
 pytestmark = pytest.mark.skipif(not fsutil.kernel_has_fs("overlay"), reason="kernel has no overlay filesystem")
 
 
@@ -31,30 +33,22 @@ def _open(home: pathlib.Path, options: dict[str, str] | None = None) -> Overlay2
     return drv
 
 
-def _opened(home: pathlib.Path, options: dict[str, str] | None = None) -> Iterator[Overlay2Driver]:
-    drv = _open(home, options)
-    try:
-        yield drv
-    finally:
-        try:
-            drv.cleanup()
-        finally:
-            fsutil.remove_tree(home)
-
-
 @pytest.fixture
 def driver(tmp_path: pathlib.Path) -> Iterator[Overlay2Driver]:
-    yield from _opened(tmp_path / "overlay2")
+    with opened(Overlay2Driver, "overlay2", tmp_path / "overlay2") as drv:
+        yield drv
 
 
 @pytest.fixture
 def classic(tmp_path: pathlib.Path) -> Iterator[Overlay2Driver]:
-    yield from _opened(tmp_path / "classic", {"overlay2.mount_api": "classic"})
+    with opened(Overlay2Driver, "overlay2", tmp_path / "classic", {"overlay2.mount_api": "classic"}) as drv:
+        yield drv
 
 
 @pytest.fixture
 def docker_layout(tmp_path: pathlib.Path) -> Iterator[Overlay2Driver]:
-    yield from _opened(tmp_path / "docker", {"overlay2.layout": "docker"})
+    with opened(Overlay2Driver, "overlay2", tmp_path / "docker", {"overlay2.layout": "docker"}) as drv:
+        yield drv
 
 
 def _tar(files: dict[str, bytes | None]) -> io.BytesIO:

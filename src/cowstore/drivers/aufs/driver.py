@@ -29,7 +29,7 @@ from cowstore.archive.changes import Change
 from cowstore.archive.whiteouts import META_PREFIX, OPAQUE_MARKER, WHITEOUT_PREFIX
 from cowstore.drivers.aufs.unionfs.client import UnionClient
 from cowstore.drivers.common import transit
-from cowstore.drivers.common.fill import adopt_lower_attributes
+from cowstore.drivers.common.fill import fill_directly
 from cowstore.drivers.common.ids import check_id
 from cowstore.drivers.common.options import parse_bool
 from cowstore.drivers.common.refcount import MountRefs
@@ -158,9 +158,7 @@ class AufsDriver(NaiveDiffDriver):
 
     def fill(self, id: str, write: Callable[[pathlib.Path], None]) -> None:
         """Write straight into the layer's diff dir: no union mount, and the same merged tree."""
-        diff = self._diff(id)
-        write(diff)
-        adopt_lower_attributes(diff, [self._diff(p) for p in self._parents(id)])
+        fill_directly(self._diff(id), [self._diff(p) for p in self._parents(id)], write)
 
     def _mount(self, id: str) -> None:
         mnt = self._mnt(id)

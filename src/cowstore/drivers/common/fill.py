@@ -11,8 +11,16 @@ from __future__ import annotations
 import os
 import pathlib
 import stat
+from collections.abc import Callable
 
 from cowstore.host import fsutil
+
+
+def fill_directly(upper: pathlib.Path, lowers: list[pathlib.Path], write: Callable[[pathlib.Path], None]) -> None:
+    """Let `write` fill the fresh layer directory `upper`, whose lower directories are
+    `lowers` (nearest first): the same merged tree as written through a mount."""
+    write(upper)
+    adopt_lower_attributes(upper, lowers)
 
 
 def adopt_lower_attributes(upper: pathlib.Path, lowers: list[pathlib.Path]) -> None:

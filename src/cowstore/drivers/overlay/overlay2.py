@@ -39,7 +39,7 @@ from cowstore import units
 from cowstore.archive import apply_layer
 from cowstore.archive.changes import Change
 from cowstore.drivers.common import transit
-from cowstore.drivers.common.fill import adopt_lower_attributes
+from cowstore.drivers.common.fill import fill_directly
 from cowstore.drivers.common.options import parse_bool
 from cowstore.drivers.overlay import kernel as ovl
 from cowstore.drivers.overlay import upperdir
@@ -274,9 +274,7 @@ class Overlay2Driver(OverlayHome):
 
     def fill(self, id: str, write: Callable[[pathlib.Path], None]) -> None:
         """Write straight into the layer's upper dir: no mount, and the same merged tree."""
-        upper = self._upper(id)
-        write(upper)
-        adopt_lower_attributes(upper, [self._diff_of(link) for link in self._lowers(id)])
+        fill_directly(self._upper(id), [self._diff_of(link) for link in self._lowers(id)], write)
 
     # ---------------------------------------------------------------- remove
 

@@ -100,7 +100,9 @@ class ContainerCost(Experiment):
                 )
             )
             inodes = result.median(subject, "inodes", n)
-            limits = _TARGETS.get(subject, (None, None, None)) if n >= _TARGET_MIN_N else (None, None, None)
+            limits = _TARGETS.get(subject, (None, None, None))
+            if not isinstance(n, int) or n < _TARGET_MIN_N:
+                limits = (None, None, None)
             for limit, value, what in zip(limits, (ms, kib, inodes), ("ms", "KiB", "inodes"), strict=True):
                 if limit is not None and value is not None:
                     verdicts.append(target(subject, value <= limit, f"{value:.1f} {what} per container <= {limit:g}"))
