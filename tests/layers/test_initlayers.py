@@ -8,11 +8,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from cowstore.drivers import open_driver
-from cowstore.errors import NotSupported
 from cowstore.layers import LayerStore
 from cowstore.layers.initlayers import shared_id
 
+from ..support.drivers import open_or_skip
 from ..support.tars import layer_tar
 
 calls: list[pathlib.Path] = []
@@ -25,10 +24,7 @@ def _init(root: pathlib.Path) -> None:
 
 
 def _open(root: pathlib.Path, driver: str, options: dict[str, str] | None = None) -> LayerStore:
-    try:
-        return LayerStore(root, open_driver(driver, root / driver, options))
-    except NotSupported as exc:
-        pytest.skip(str(exc))
+    return LayerStore(root, open_or_skip(driver, root / driver, options))
 
 
 @pytest.fixture(params=["vfs", "overlay2"])
