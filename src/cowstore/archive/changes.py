@@ -110,8 +110,23 @@ def sorted_with_parents(found: dict[str, str]) -> list[Change]:
     return sorted(Change(path, kind) for path, kind in found.items())
 
 
-def changes_dirs(new: str | os.PathLike, old: str | os.PathLike | None) -> list[Change]:
-    """Changes that turn tree `old` (None: empty) into tree `new`, sorted by path."""
+def _old_entry(old_root: str, path: str) -> os.stat_result | None:
+    try:
+        return os.lstat(os.path.join(old_root, path))
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def changes_dirs(
+    new: str | os.PathLike, old: str | os.PathLike | None, *, copied_before: int | None = None
+) -> list[Change]:
+    """Changes that turn tree `old` (None: empty) into tree `new`, sorted by path.
+
+    With `copied_before`, `new` began as a copy of `old` whose every entry has a ctime
+    (which no one can set) before that many nanoseconds, so an entry of `new` with an
+    older ctime is untouched: only the rest is compared with `old`, and only a
+    directory whose entries changed has its `old` twin listed.
+    """
     new_root = os.fspath(new)
     old_root = os.fspath(old) if old is not None else None
     found: dict[str, str] = {}
@@ -121,10 +136,20 @@ def changes_dirs(new: str | os.PathLike, old: str | os.PathLike | None) -> list[
     while stack:
         rel, in_old = stack.pop()
         new_entries = list_entries(os.path.join(new_root, rel))
-        old_entries = list_entries(os.path.join(old_root, rel)) if in_old and old_root is not None else {}
+        listed = in_old and old_root is not None
+        if listed and copied_before is not None:
+            listed = os.lstat(os.path.join(new_root, rel)).st_ctime_ns >= copied_before
+        old_entries = list_entries(os.path.join(old_root, rel)) if listed and old_root is not None else {}
         for name, nst in new_entries.items():
             path = f"{rel}/{name}" if rel else name
-            ost = old_entries.get(name)
+            if in_old and not listed and old_root is not None:  # an untouched directory of the copy
+                if nst.st_ctime_ns < (copied_before or 0):
+                    if stat.S_ISDIR(nst.st_mode):
+                        stack.append((path, True))
+                    continue
+                ost = _old_entry(old_root, path)
+            else:
+                ost = old_entries.get(name)
             if ost is None:
                 found["/" + path] = "A"
                 if stat.S_ISDIR(nst.st_mode):
@@ -137,7 +162,7 @@ def changes_dirs(new: str | os.PathLike, old: str | os.PathLike | None) -> list[
                 found["/" + path] = "C"
             if stat.S_ISDIR(nst.st_mode):
                 stack.append((path, stat.S_ISDIR(ost.st_mode)))
-        for name in old_entries.keys() - new_entries.keys():
+        for name in old_entries.keys() - new_entries.keys() if listed else ():
             found["/" + (f"{rel}/{name}" if rel else name)] = "D"
     return sorted_with_parents(found)
 

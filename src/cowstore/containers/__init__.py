@@ -7,6 +7,15 @@ from cowstore.containers.store import (
     ContainerMounted,
     ContainerNotFound,
     ContainerStore,
+    init_layer,
 )
 
-__all__ = ["INIT_PATHS", "Container", "ContainerExists", "ContainerMounted", "ContainerNotFound", "ContainerStore"]
+__all__ = [
+    "INIT_PATHS",
+    "Container",
+    "ContainerExists",
+    "ContainerMounted",
+    "ContainerNotFound",
+    "ContainerStore",
+    "init_layer",
+]

@@ -4,6 +4,12 @@ A driver stores layers identified by opaque ids, each optionally on top of a par
 and knows nothing of images, chain ids or containers. The layer store drives it
 through exactly the methods of :class:`Driver`. Drivers without a native way to
 compute changesets inherit the generic one from :class:`cowstore.drivers.naive.NaiveDiffDriver`.
+
+Every driver accepts one option of its own, `layout`: `compact` (the default) lets a
+driver and the layer store keep a container as cheap as the kernel allows (one `-init`
+layer per image, shared by its containers; for the overlay drivers, a container layer
+that is only its upper dir), while `docker` keeps Docker's on-disk layout, one `-init`
+layer per container included, for tools that read it.
 """
 
 from __future__ import annotations
@@ -11,12 +17,14 @@ from __future__ import annotations
 import abc
 import os
 import pathlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import BinaryIO
 
 from cowstore.archive.changes import Change
-from cowstore.errors import NotSupported
+from cowstore.errors import InvalidOption, NotSupported
+
+LAYOUTS = ("compact", "docker")
 
 
 @dataclass(frozen=True)
@@ -40,7 +48,17 @@ class Driver(abc.ABC):
 
     def __init__(self, home: pathlib.Path, options: Mapping[str, str]) -> None:
         self.home = home
-        self.options = dict(options)
+        self.options = {}
+        layout = "compact"
+        for key, value in options.items():
+            if key.strip().lower().rsplit(".", 1)[-1] == "layout":
+                layout = value.strip().lower()
+            else:
+                self.options[key] = value
+        if layout not in LAYOUTS:
+            raise InvalidOption(f"{self.name}: layout is {' or '.join(LAYOUTS)}, not {layout!r}")
+        # Docker's layout: one -init layer per container, Docker-shaped layer directories.
+        self.docker_layout = layout == "docker"
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.home}>"
@@ -52,6 +70,23 @@ class Driver(abc.ABC):
     @abc.abstractmethod
     def create_rw(self, id: str, parent: str | None, *, storage_opts: Mapping[str, str] | None = None) -> None:
         """Create a writable container layer (also used for the `-init` layer)."""
+
+    def fill(self, id: str, write: Callable[[pathlib.Path], None]) -> None:
+        """Let `write` add files to `id`, a layer just made by create_rw and never mounted.
+
+        The layer store fills `-init` layers this way. The default mounts the layer
+        around the call; a driver whose layer directory holds exactly the layer's own
+        changes overrides it to hand that directory over, with no mount at all (overlay
+        makes the layer a hard-linked copy of its lower). Either way `write` sees the
+        parent's tree or an empty directory over it, and must only add entries,
+        unlinking first whatever stands in the way: never change a file in place, which
+        may be the parent's own inode.
+        """
+        root = self.get(id)
+        try:
+            write(root)
+        finally:
+            self.put(id)
 
     @abc.abstractmethod
     def remove(self, id: str) -> None:

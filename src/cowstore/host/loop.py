@@ -13,7 +13,6 @@ import contextlib
 import errno
 import fcntl
 import os
-import pathlib
 import struct
 import time
 from collections.abc import Iterator
@@ -42,16 +41,27 @@ _ATTACH_TRIES = 20
 def backing_file(device: str) -> str | None:
     """The file a loop device is attached to, as sysfs reports it (None when detached)."""
     try:
-        return pathlib.Path(f"/sys/block/{os.path.basename(device)}/loop/backing_file").read_text().strip()
+        fd = os.open(f"/sys/block/{os.path.basename(device)}/loop/backing_file", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
+    try:
+        return os.fsdecode(os.read(fd, 8192)).strip()
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def find(path: str | os.PathLike) -> str | None:
-    """The loop device currently attached to the file `path`, if any."""
+    """The loop device currently attached to the file `path`, if any.
+
+    With plain os calls: a host may have a hundred loop devices, and this runs on every
+    devicemapper mount and unmount.
+    """
     target = os.path.realpath(path)
-    for entry in sorted(pathlib.Path("/sys/block").glob("loop*")):
-        device = f"/dev/{entry.name}"
+    names = sorted((n for n in os.listdir("/sys/block") if n.startswith("loop")), key=lambda n: (len(n), n))
+    for name in names:
+        device = f"/dev/{name}"
         if backing_file(device) == target:
             return device
     return None

@@ -106,10 +106,11 @@ class LayerRecords:
         return row[0]["users"] or 0
 
     def add_layer(self, cache_id: str, parent: str | None) -> None:
-        """Record a layer being created: it has no chain id until `publish`."""
+        """Record a layer being created: it has no chain id until `publish`, which is durable (this is not)."""
         self.db.write(
             "INSERT INTO layers (cache_id, parent, state, created) VALUES (?, ?, 'creating', ?)",
             (cache_id, parent, time.time()),
+            durable=False,
         )
 
     def publish(
@@ -165,10 +166,11 @@ class LayerRecords:
         return bool(self.db.query("SELECT 1 FROM mounts WHERE name = ?", (name,)))
 
     def add_mount(self, name: str, mount_id: str, init_id: str | None, parent: str | None) -> None:
-        """Record a container layer being created."""
+        """Record a container layer being created (not durably: `set_mount_state` to ready is)."""
         self.db.write(
             "INSERT INTO mounts (name, mount_id, init_id, parent, state, created) VALUES (?, ?, ?, ?, 'creating', ?)",
             (name, mount_id, init_id, parent, time.time()),
+            durable=False,
         )
 
     def set_mount_state(
@@ -180,9 +182,28 @@ class LayerRecords:
             if also is not None:
                 also(tx)
 
+    def init_used(self, init_id: str, *, other_than: str, state: State | None = None) -> bool:
+        """Whether a container layer other than `other_than` (in `state`, if given) sits on `init_id`."""
+        rows = self.db.query(
+            "SELECT 1 FROM mounts WHERE init_id = ? AND name != ? AND state = coalesce(?, state) LIMIT 1",
+            (init_id, other_than, state),
+        )
+        return bool(rows)
+
+    def unready_init_users(self, init_id: str, *, other_than: str) -> list[str]:
+        """Mount ids of the container layers being created or removed on `init_id`, but `other_than`."""
+        rows = self.db.query(
+            "SELECT mount_id FROM mounts WHERE init_id = ? AND name != ? AND state != 'ready'", (init_id, other_than)
+        )
+        return [r["mount_id"] for r in rows]
+
     def count_mount(self, name: str, change: int) -> None:
-        """Add `change` (+1 or -1) to the times the container layer is mounted."""
-        self.db.write("UPDATE mounts SET mount_count = mount_count + ? WHERE name = ?", (change, name))
+        """Add `change` (+1 or -1) to the times the container layer is mounted.
+
+        Not durably: after a power loss no mount is left for the count to describe,
+        and a count that disagrees with the mounts is corrected by the driver anyway.
+        """
+        self.db.write("UPDATE mounts SET mount_count = mount_count + ? WHERE name = ?", (change, name), durable=False)
 
     def delete_mount(self, name: str) -> None:
         self.db.write("DELETE FROM mounts WHERE name = ?", (name,))

@@ -103,7 +103,9 @@ class SnapshotLayers:
             )
         try:
             fault("snapshot:after-insert")
-            driver.create_rw(id, base.id if base else None)
+            # In an image layer's shape, not a container's: once committed, a snapshot is
+            # the parent of others, and another program mounts it, so no compact layout.
+            driver.create(id, base.id if base else None)
             fault("snapshot:after-create")
             mounts = driver.external_mounts(id, readonly=kind == "view")
             with self.store.lock.exclusive():

@@ -30,6 +30,7 @@ from cowstore.errors import (
     NotMounted,
 )
 from cowstore.host import fsutil
+from cowstore.layers import initlayers
 from cowstore.layers.faults import fault
 from cowstore.layers.lock import OperationLock, StoreLock
 from cowstore.layers.records import Layer, LayerRecords, RWLayer
@@ -87,7 +88,7 @@ class LayerStore:
         with self.lock.exclusive():
             for rw in self.records.unfinished_mounts():
                 if OperationLock.abandoned(self.tmp, rw.mount_id):
-                    self._drop_rw_storage(rw.mount_id, rw.init_id)
+                    initlayers.drop_storage(self.driver, self.records, rw.name, rw.mount_id, rw.init_id)
                     self.records.delete_mount(rw.name)
                     OperationLock.clear(self.tmp, rw.mount_id)
                     done.append(f"removed unfinished container layer {rw.name}")
@@ -353,28 +354,39 @@ class LayerStore:
     ) -> RWLayer:
         """A container layer named `name` on top of image layer `parent` (None: empty).
 
-        With `init`, an `<id>-init` layer sits between them, holding what `init`
-        writes (mount targets); it never shows in the container's diff or commits.
+        With `init`, an `-init` layer sits between them, holding what `init` writes
+        (mount targets); it never shows in the container's diff or commits. `init` must
+        write the same for every container of `parent`: unless the driver keeps Docker's
+        layout (one `<mount id>-init` per container) or the container has storage
+        options of its own, every container of `parent` shares one `<parent>-init`
+        layer, made by the first and removed with the last. That is where most of a
+        container's cost went: its files, and the mount needed to write them.
         `on_ready(tx)` runs in the transaction that makes the layer ready (its owner's
         record), so no crash can leave one without the other.
         """
         mount_id = random_id()
-        init_id = f"{mount_id}-init" if init is not None else None
+        shared = init is not None and not storage_opts and not self.driver.docker_layout
         with self.lock.exclusive():
             if self.records.mount_name_taken(name):
                 raise LayerExists(f"mount already exists with name: {name}")
-            parent_layer = self.get(parent) if parent is not None else None
+            parent_cache = self.get(parent).cache_id if parent is not None else None
+            init_id = None
+            if init is not None:
+                init_id = initlayers.shared_id(parent_cache) if shared else f"{mount_id}-init"
             op = self.announce(mount_id, lambda: self.records.add_mount(name, mount_id, init_id, parent))
+            if shared and init is not None and init_id is not None:
+                try:
+                    initlayers.make_shared(self, name, init_id, parent_cache, init)
+                except BaseException:
+                    self.records.delete_mount(name)
+                    op.release()
+                    raise
         try:
             fault("create-rw:after-insert")
-            parent_cache = parent_layer.cache_id if parent_layer else None
-            if init is not None and init_id is not None:
+            if init is not None and init_id is not None and not shared:
                 self.driver.create_rw(init_id, parent_cache, storage_opts=storage_opts)
-                path = self.driver.get(init_id)
-                try:
-                    init(path)
-                finally:
-                    self.driver.put(init_id)
+                self.driver.fill(init_id, init)
+            if init_id is not None:
                 parent_cache = init_id
                 fault("create-rw:after-init")
             self.driver.create_rw(mount_id, parent_cache, storage_opts=storage_opts)
@@ -383,16 +395,11 @@ class LayerStore:
             return self.get_rw(name)
         except BaseException:
             with self.lock.exclusive():
-                self._drop_rw_storage(mount_id, init_id)
+                initlayers.drop_storage(self.driver, self.records, name, mount_id, init_id)
                 self.records.delete_mount(name)
             raise
         finally:
             op.release()
-
-    def _drop_rw_storage(self, mount_id: str, init_id: str | None) -> None:
-        self.driver.remove(mount_id)
-        if init_id:
-            self.driver.remove(init_id)
 
     def _diff_parent(self, rw: RWLayer) -> str | None:
         if rw.init_id:
@@ -452,7 +459,7 @@ class LayerStore:
             try:
                 self.records.set_mount_state(name, "removing", on_removing)
                 fault("remove-rw:after-mark")
-                self._drop_rw_storage(rw.mount_id, rw.init_id)
+                initlayers.drop_storage(self.driver, self.records, rw.name, rw.mount_id, rw.init_id)
                 self.records.delete_mount(name)
             finally:
                 op.release()

@@ -400,3 +400,17 @@ def test_a_terminated_server_unmounts_what_it_served(driver, home):
         assert mounts.is_mountpoint(path)
     finally:
         driver.put("a")
+
+
+def test_fill_writes_into_the_diff_dir_without_a_union_mount(driver) -> None:
+    driver.create("base", None)
+    base = driver.get("base")
+    (base / "etc").mkdir(mode=0o700)
+    os.chown(base / "etc", 7, 7)
+    driver.put("base")
+    driver.create_rw("init", "base")
+    driver.fill("init", lambda root: ((root / "etc").mkdir(), (root / "etc" / "hosts").touch()))
+    assert mounts.mounts_under(driver.home) == []
+    etc = os.stat(driver.home / "diff" / "init" / "etc")
+    assert (etc.st_mode & 0o7777, etc.st_uid) == (0o700, 7)  # the image's directory, as a copy-up keeps it
+    assert (driver.home / "diff" / "init" / "etc" / "hosts").is_file()

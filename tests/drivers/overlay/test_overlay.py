@@ -16,23 +16,21 @@ from cowstore.drivers.overlay import OverlayDriver
 from cowstore.errors import InvalidOption, NotSupported
 from cowstore.host import fsutil, mounts
 
+from ...support.drivers import opened
+
 pytestmark = pytest.mark.skipif(not fsutil.kernel_has_fs("overlay"), reason="kernel has no overlay filesystem")
 
 
 @pytest.fixture
 def driver(tmp_path: pathlib.Path) -> Iterator[OverlayDriver]:
-    try:
-        drv = open_driver("overlay", tmp_path / "overlay")
-    except NotSupported as exc:
-        pytest.skip(str(exc))
-    assert isinstance(drv, OverlayDriver)
-    try:
+    with opened(OverlayDriver, "overlay", tmp_path / "overlay") as drv:
         yield drv
-    finally:
-        try:
-            drv.cleanup()
-        finally:
-            fsutil.remove_tree(tmp_path / "overlay")
+
+
+@pytest.fixture
+def docker_layout(tmp_path: pathlib.Path) -> Iterator[OverlayDriver]:
+    with opened(OverlayDriver, "overlay", tmp_path / "docker", {"layout": "docker"}) as drv:
+        yield drv
 
 
 def _tar(files: dict[str, bytes]) -> io.BytesIO:
@@ -60,7 +58,8 @@ def test_image_layers_share_unchanged_files_by_hard_link(driver: OverlayDriver) 
     assert driver.metadata("img") == {"RootDir": str(img)}
 
 
-def test_container_mounts_one_lowerdir(driver: OverlayDriver) -> None:
+def test_container_mounts_one_lowerdir(docker_layout: OverlayDriver) -> None:
+    driver = docker_layout
     driver.create("base", None)
     driver.apply_diff("base", None, _tar({"f": b"base"}))
     driver.create_rw("init", "base")
@@ -93,6 +92,43 @@ def test_container_mounts_one_lowerdir(driver: OverlayDriver) -> None:
     }
 
 
+def test_compact_container_on_a_filled_init_tree(driver: OverlayDriver) -> None:
+    driver.create("base", None)
+    driver.apply_diff("base", None, _tar({"f": b"base", "hosts": b"image"}))
+    driver.create_rw("init", "base")
+    driver.fill("init", lambda root: ((root / "hosts").unlink(), (root / "hosts").write_text("")))
+    init, base = driver.home / "init" / "root", driver.home / "base" / "root"
+    assert sorted(os.listdir(driver.home / "init")) == ["root"]  # a complete tree now, no mount made
+    assert os.stat(init / "f").st_ino == os.stat(base / "f").st_ino
+    assert (base / "hosts").read_bytes() == b"image" and (init / "hosts").read_bytes() == b""
+    driver.create_rw("c", "init")
+    layer = driver.home / "c"
+    assert os.listdir(layer) == [] and driver.refs.note("c", "lower") == "init"
+    root = driver.get("c")
+    try:
+        assert root == driver.home / "merged" / "c"
+        (root / "f").write_text("changed")
+        (root / "hosts").unlink()
+        assert driver.metadata("c") == {
+            "LowerDir": str(init),
+            "UpperDir": str(layer),
+            "WorkDir": str(root),
+            "MergedDir": str(root),
+        }
+    finally:
+        driver.put("c")
+    assert not (driver.home / "merged" / "c").exists()
+    # The upper dir is the changeset against the one lower: no mount to diff or commit.
+    assert [(c.path, c.kind) for c in driver.changes("c", "init")] == [("/f", "C"), ("/hosts", "D")]
+    assert mounts.mounts_under(driver.home) == []
+    with tarfile.open(fileobj=driver.diff("c", "init")) as tar:
+        assert sorted(tar.getnames()) == [".wh.hosts", "f"]
+    assert driver.diff_size("c", "init") == len("changed")
+    driver.remove("c")
+    driver.remove("init")
+    assert sorted(os.listdir(driver.home)) == ["base", "merged", "mountpoints"]
+
+
 def _overlay_mounts() -> list[mounts.Mount]:
     return [row for row in mounts.mount_table() if row.fstype == "overlay"]
 
@@ -111,4 +147,4 @@ def test_remove_while_mounted_unmounts(driver: OverlayDriver) -> None:
     root = driver.get("c")
     driver.remove("c")
     assert not mounts.is_mountpoint(root)
-    assert sorted(os.listdir(driver.home)) == ["base", "mountpoints"]
+    assert sorted(os.listdir(driver.home)) == ["base", "merged", "mountpoints"]

@@ -19,6 +19,8 @@ from cowstore.drivers.overlay import kernel as ovl
 from cowstore.errors import ArchiveError, InvalidOption, MaxDepthExceeded, NotSupported
 from cowstore.host import fsutil, mounts
 
+from ...support.drivers import opened
+
 pytestmark = pytest.mark.skipif(not fsutil.kernel_has_fs("overlay"), reason="kernel has no overlay filesystem")
 
 
@@ -33,26 +35,20 @@ def _open(home: pathlib.Path, options: dict[str, str] | None = None) -> Overlay2
 
 @pytest.fixture
 def driver(tmp_path: pathlib.Path) -> Iterator[Overlay2Driver]:
-    drv = _open(tmp_path / "overlay2")
-    try:
+    with opened(Overlay2Driver, "overlay2", tmp_path / "overlay2") as drv:
         yield drv
-    finally:
-        try:
-            drv.cleanup()
-        finally:
-            fsutil.remove_tree(tmp_path / "overlay2")
 
 
 @pytest.fixture
 def classic(tmp_path: pathlib.Path) -> Iterator[Overlay2Driver]:
-    drv = _open(tmp_path / "classic", {"overlay2.mount_api": "classic"})
-    try:
+    with opened(Overlay2Driver, "overlay2", tmp_path / "classic", {"overlay2.mount_api": "classic"}) as drv:
         yield drv
-    finally:
-        try:
-            drv.cleanup()
-        finally:
-            fsutil.remove_tree(tmp_path / "classic")
+
+
+@pytest.fixture
+def docker_layout(tmp_path: pathlib.Path) -> Iterator[Overlay2Driver]:
+    with opened(Overlay2Driver, "overlay2", tmp_path / "docker", {"overlay2.layout": "docker"}) as drv:
+        yield drv
 
 
 def _tar(files: dict[str, bytes | None]) -> io.BytesIO:
@@ -84,7 +80,8 @@ def _chain(drv: Overlay2Driver, count: int) -> list[str]:
     return ids
 
 
-def test_layout_matches_docker(driver: Overlay2Driver) -> None:
+def test_layout_matches_docker(docker_layout: Overlay2Driver) -> None:
+    driver = docker_layout
     driver.create("base", None)
     driver.create_rw("c", "base")
     home = driver.home
@@ -109,8 +106,74 @@ def test_layout_matches_docker(driver: Overlay2Driver) -> None:
     assert dict(driver.status())["Native Overlay Diff"] == "true"
     driver.remove("c")
     driver.remove("base")
-    assert sorted(os.listdir(home)) == ["l", "mountpoints"]
+    assert sorted(os.listdir(home)) == ["l", "merged", "mountpoints"]
     assert os.listdir(home / "l") == []
+
+
+def test_compact_container_layer_is_its_upper_dir(driver: Overlay2Driver) -> None:
+    driver.create("base", None)
+    driver.apply_diff("base", None, _tar({"etc": None, "etc/passwd": b"root"}))
+    driver.create_rw("c", "base")
+    home = driver.home
+    layer = home / "c"
+    assert os.listdir(layer) == []
+    assert driver.refs.note("c", "lower") == f"l/{(home / 'base' / 'link').read_text()}"
+    assert os.lstat(home / "mountpoints" / "c").st_blocks == 0
+    root = driver.get("c")
+    try:
+        assert root == home / "merged" / "c"
+        (root / "new").write_text("x")
+        assert (root / "etc" / "passwd").read_text() == "root"
+        assert os.listdir(layer) == ["new"]
+        assert os.lstat(home / "mountpoints" / "c").st_blocks == 0
+        assert driver.metadata("c") == {
+            "WorkDir": str(root),
+            "MergedDir": str(root),
+            "UpperDir": str(layer),
+            "LowerDir": str(home / "base" / "diff"),
+        }
+        assert [c.path for c in driver.changes("c", "base")] == ["/new"]
+    finally:
+        driver.put("c")
+    assert not (home / "merged" / "c").exists()
+    driver.create("child", "c")  # a compact parent gets a short link, and is mounted read-only
+    link = driver.refs.note("c", "link")
+    assert link is not None and os.readlink(home / "l" / link) == "../c"
+    assert (home / "child" / "lower").read_text().split(":")[0] == f"l/{link}"
+    with pytest.raises(OSError):
+        (driver.get("c") / "more").write_text("x")
+    driver.put("c")
+    top = driver.get("child")
+    try:
+        assert (top / "new").read_text() == "x" and (top / "etc" / "passwd").exists()
+    finally:
+        driver.put("child")
+    driver.remove("child")
+    driver.remove("c")
+    driver.remove("base")
+    assert sorted(os.listdir(home)) == ["l", "merged", "mountpoints"]
+    assert os.listdir(home / "l") == [] and os.listdir(home / "merged") == []
+
+
+def test_fill_writes_into_the_upper_dir_without_a_mount(driver: Overlay2Driver) -> None:
+    driver.create("base", None)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("etc")
+        info.type, info.mode, info.uid = tarfile.DIRTYPE, 0o700, 7
+        tar.addfile(info)
+    buf.seek(0)
+    driver.apply_diff("base", None, buf)
+    driver.create_rw("init", "base")
+    driver.fill("init", lambda root: ((root / "etc").mkdir(), (root / "etc" / "hosts").touch()))
+    assert mounts.mounts_under(driver.home) == []
+    root = driver.get("init")
+    try:
+        etc = os.stat(root / "etc")
+        assert (stat.S_IMODE(etc.st_mode), etc.st_uid) == (0o700, 7)  # the image's directory, as a copy-up keeps it
+        assert (root / "etc" / "hosts").is_file()
+    finally:
+        driver.put("init")
 
 
 def test_reserved_ids_are_refused(driver: Overlay2Driver) -> None:
@@ -125,7 +188,7 @@ def test_500_lower_layers_read_and_the_501st_is_max_depth_exceeded(driver: Overl
         pytest.skip("kernel lacks fsconfig lowerdir+ (Linux 6.8+)")
     ids = _chain(driver, 500)
     driver.create_rw("container", ids[-1])
-    assert len((driver.home / "container" / "lower").read_text().split(":")) == 500
+    assert len(driver.metadata("container")["LowerDir"].split(":")) == 500
     root = driver.get("container")
     try:
         assert (root / "top").read_text() == "499"
@@ -242,7 +305,7 @@ def test_whiteout_and_opaque_round_trip(driver: Overlay2Driver) -> None:
         expected = _view(with_mount)
     finally:
         driver.put("c")
-    upper = driver.home / "c" / "diff"
+    upper = pathlib.Path(driver.metadata("c")["UpperDir"])
     assert is_overlay_whiteout(os.lstat(upper / "gone"))
     assert upperdir.is_opaque(upper / "replaced")
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from cowstore.archive import changes_dirs
+from cowstore.containers import init_layer
 from cowstore.drivers import Driver, open_driver
 from cowstore.host import fsutil
 from cowstore.host.fsutil import syncfs
@@ -178,7 +179,7 @@ class DriverSubject(Subject):
         self.store.release(image)
 
     def create(self, image: str, name: str, *, init: bool = True) -> str:
-        self.store.create_rw(name, image, init=docker_like_init if init else None)
+        self.store.create_rw(name, image, init=init_layer if init else None)
         return name
 
     def mount(self, container: str) -> pathlib.Path:
@@ -222,7 +223,10 @@ class DriverSubject(Subject):
 
     def usage(self) -> Usage:
         """Used space where the layers live; a driver on its own filesystem (a loop-mounted
-        btrfs) counts that filesystem plus the store's own files, not the image file growth."""
+        btrfs) counts that filesystem plus the store's own files, not the image file growth.
+        The database's write-ahead log is emptied first: a journal of bounded size, not
+        what the rows take."""
+        self.store.db.checkpoint()
         home = fs_usage(self.driver.home)
         if os.stat(self.driver.home).st_dev == os.stat(self.root).st_dev:
             return home

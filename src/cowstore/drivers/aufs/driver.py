@@ -21,7 +21,7 @@ import contextlib
 import os
 import pathlib
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import BinaryIO
 
 from cowstore.archive import apply_layer, tar_directory
@@ -30,6 +30,7 @@ from cowstore.archive.whiteouts import META_PREFIX, OPAQUE_MARKER, WHITEOUT_PREF
 from cowstore.drivers.aufs.unionfs.client import UnionClient
 from cowstore.drivers.common import transit
 from cowstore.drivers.common.exports import ExportMarks
+from cowstore.drivers.common.fill import fill_directly
 from cowstore.drivers.common.ids import check_id
 from cowstore.drivers.common.options import parse_bool
 from cowstore.drivers.common.refcount import MountRefs
@@ -157,6 +158,10 @@ class AufsDriver(NaiveDiffDriver):
                 ref.decrement(False)
                 raise
             return mnt
+
+    def fill(self, id: str, write: Callable[[pathlib.Path], None]) -> None:
+        """Write straight into the layer's diff dir: no union mount, and the same merged tree."""
+        fill_directly(self._diff(id), [self._diff(p) for p in self._parents(id)], write)
 
     def _mount(self, id: str) -> None:
         mnt = self._mnt(id)

@@ -27,13 +27,14 @@ _TRANSACTION = "transaction-metadata"
 _MAX_DEVICE_ID = 0xFFFFFF
 
 
-def _write_json(path: pathlib.Path, value: dict[str, Any]) -> None:
+def _write_json(path: pathlib.Path, value: dict[str, Any], *, durable: bool = True) -> None:
     """Write, fsync and rename, so a crash leaves the old file or the new one."""
     tmp = path.with_name(f".tmp-{path.name}")
     with open(tmp, "w") as out:
         json.dump(value, out)
-        out.flush()
-        os.fsync(out.fileno())
+        if durable:
+            out.flush()
+            os.fsync(out.fileno())
     os.replace(tmp, path)
 
 
@@ -127,9 +128,11 @@ class DeviceSet:
         self.client.call("set_transaction_id", old=current, new=current + 1)
         (self.dir / _TRANSACTION).unlink()
 
-    def create(self, id: str, origin: int | None, size: int, **extra: Any) -> int:
+    def create(self, id: str, origin: int | None, size: int, *, grow: bool = False, **extra: Any) -> int:
         """A new thin device (origin None) or a snapshot of device `origin`; returns its id.
 
+        A snapshot has its origin's size unless `grow` (then `size`, larger): the pool is
+        asked to resize only then, as each message is a metadata commit of its own.
         `extra` fields go into the layer's record with the rest, in the same write.
         """
         facts = self.facts()
@@ -143,7 +146,7 @@ class DeviceSet:
                 break
             except DeviceExists:
                 device_id = (device_id + 1) & _MAX_DEVICE_ID
-        if origin is not None and size:
+        if origin is not None and grow:
             self.client.call("set_device_size", id=device_id, size=size)
         _write_json(
             self._path(id),
@@ -156,7 +159,8 @@ class DeviceSet:
                 **extra,
             },
         )
-        self.update_facts(next_device_id=(device_id + 1) & _MAX_DEVICE_ID)
+        # Only a hint (a taken id is skipped, above): not worth an fsync per device.
+        _write_json(self.dir / _DEVICESET, {**facts, "next_device_id": (device_id + 1) & _MAX_DEVICE_ID}, durable=False)
         self._close(current)
         return device_id
 

@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import os
 import pathlib
+from typing import BinaryIO
 
+from cowstore.archive import tar_directory
 from cowstore.drivers.common import ids, transit
 from cowstore.drivers.common.refcount import MountRefs
 from cowstore.drivers.naive import NaiveDiffDriver
 from cowstore.drivers.overlay.kernel import unmount
-from cowstore.errors import InvalidOption, NotSupported
+from cowstore.errors import InvalidOption, LayerNotFound, NotSupported
 from cowstore.host import fsutil
 
 # Layer ids become directory names next to the driver's own bookkeeping entries.
-_RESERVED_IDS = {"l", "mountpoints"}
+_RESERVED_IDS = {"l", "merged", "mountpoints"}
 _D_TYPE_HINTS = {"xfs": " (reformat with mkfs.xfs -n ftype=1)", "extfs": " (tune2fs -O filetype)"}
 
 
@@ -51,17 +53,24 @@ class OverlayHome(NaiveDiffDriver):
     def _dir(self, id: str) -> pathlib.Path:
         return self.home / check_id(id)
 
-    def _forget_links(self, layer: pathlib.Path) -> None:
-        """Drop what points at `layer` from outside its directory (overlay2's short link)."""
+    def _forget_links(self, id: str) -> None:
+        """Drop what points at layer `id` from outside its directory (overlay2's short link)."""
+
+    def _mount_point(self, id: str) -> pathlib.Path:
+        """Where layer `id` is mounted: Docker's `<id>/merged`, unless the layer is compact."""
+        return self._dir(id) / "merged"
 
     def remove(self, id: str) -> None:
         layer = self._dir(id)
         with self.refs.locked(id) as ref:
             if not layer.is_dir():
                 return
-            self._forget_links(layer)
-            unmount(layer / "merged")
+            self._forget_links(id)
+            target = self._mount_point(id)
+            unmount(target)
             ref.reset()
+            if not target.is_relative_to(layer):
+                fsutil.remove_tree(target, unmount=False)
             doomed = transit.transit_path(self.home, id, transit.REMOVING)
             os.rename(layer, doomed)
             fsutil.remove_tree(doomed)
@@ -83,3 +92,26 @@ class OverlayHome(NaiveDiffDriver):
 
     def cleanup(self) -> None:
         transit.unmount_below(self.home)
+
+    # ------------------------------------------------------------ native diff
+
+    def _native(self, id: str, parent: str | None) -> bool:
+        """Whether `id`'s upper dir is exactly its changeset against `parent`."""
+        return False
+
+    def _upper(self, id: str) -> pathlib.Path:
+        """The layer's upper dir (for a layer `_native` accepts)."""
+        raise LayerNotFound(f"layer {id} has no upper dir")
+
+    def diff(self, id: str, parent: str | None = None) -> BinaryIO:
+        if not self._native(id, parent):
+            return super().diff(id, parent)
+        out = self._spool()
+        tar_directory(self._upper(id), out, whiteouts="overlay")
+        out.seek(0)
+        return out
+
+    def diff_size(self, id: str, parent: str | None = None) -> int:
+        if not self._native(id, parent):
+            return super().diff_size(id, parent)
+        return fsutil.tree_size(self._upper(id))

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from cowstore.drivers.common.refcount import RefCount
 from cowstore.drivers.driver import MountSpec
 from cowstore.errors import MaxDepthExceeded, MountError
-from cowstore.host import mounts
+from cowstore.host import fsutil, mounts
 from cowstore.host.libc import LIBC, syscall
 
 # OVL_MAX_STACK in fs/overlayfs/params.h: the most lower layers one mount may have.
@@ -291,12 +291,18 @@ def acquire_mount(
         raise
 
 
-def release_mount(ref: RefCount, target: pathlib.Path) -> None:
-    """Drop one user of `target`; the last one unmounts and removes the mount point."""
+def release_mount(ref: RefCount, target: pathlib.Path, *, holds_work: bool = False) -> None:
+    """Drop one user of `target`; the last one unmounts and removes the mount point.
+
+    With `holds_work`, the mount point was also the mount's work dir: the `work/` the
+    kernel made in it goes too.
+    """
     mounted = is_mounted(target)
     if ref.decrement(mounted) > 0:
         return
     if mounted:
         unmount(target)
     with contextlib.suppress(OSError):
+        if holds_work:  # the kernel may leave a whiteout it keeps for reuse
+            fsutil.remove_tree(target / "work", unmount=False)
         target.rmdir()

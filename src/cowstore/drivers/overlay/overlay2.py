@@ -10,6 +10,15 @@ Docker's layout under `overlay2/`:
     <id>/merged      the mount point while the layer is in use
     <id>/committed   present once the layer has a child: it is mounted read-only
 
+A container layer in the default compact layout is only what the kernel needs: its
+directory `<id>/` *is* its upper dir, and `merged/<id>/` exists while it is mounted,
+both overlay's work dir and the mount point on top of it (the kernel holds the work dir
+it was given, so nothing needs to reach it by path). Its parent's short link, and its
+own once it has a child, are notes on its lock file (see drivers/common/refcount.py);
+`l/<short>` of such a layer points at `../<id>`. Three directories while mounted (upper,
+work, the kernel's `work/work`), one while not, where Docker's shape needs five
+directories and three files. Layout `docker` keeps Docker's shape for every layer.
+
 Mounts go through the new mount API with one O_PATH descriptor per lower layer, so a
 chain may be as deep as the kernel allows (500 lower layers) instead of Docker's 128.
 Because a layer's upper dir holds exactly its changes, diff, changes and diff_size
@@ -23,12 +32,13 @@ import contextlib
 import os
 import pathlib
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import BinaryIO
 
 from cowstore import archive, units
 from cowstore.archive.changes import Change
 from cowstore.drivers.common import transit
+from cowstore.drivers.common.fill import fill_directly
 from cowstore.drivers.common.options import parse_bool
 from cowstore.drivers.driver import MountSpec
 from cowstore.drivers.overlay import kernel as ovl
@@ -41,6 +51,7 @@ from cowstore.host.quota import ProjectQuota
 # Docker's limit for classic mount(2): 128 short links fit a page with room to spare.
 CLASSIC_MAX_LOWERS = 128
 _LINK_DIR = "l"
+_MERGED_DIR = "merged"
 
 
 def _new_link_id() -> str:
@@ -80,6 +91,7 @@ class Overlay2Driver(OverlayHome):
         # metadata-only copies into it, and when whiteouts use the trusted.* xattrs.
         self.native_diff = not (redirect_dir or metacopy or ovl.in_user_namespace())
         (home / _LINK_DIR).mkdir(mode=0o700, exist_ok=True)
+        (home / _MERGED_DIR).mkdir(mode=0o700, exist_ok=True)
         self._quota: ProjectQuota | None = None
         if self.default_size is not None:
             self._quota = ProjectQuota(self.home)
@@ -93,8 +105,21 @@ class Overlay2Driver(OverlayHome):
         except FileNotFoundError:
             return None
 
+    def _compact(self, id: str) -> bool:
+        """Whether `id` is a compact container layer (its directory is its upper dir)."""
+        return self.refs.note(id, "lower") is not None
+
+    def _link(self, id: str) -> str | None:
+        """The layer's short link name, if it has one (a compact layer gets one with its first child)."""
+        note = self.refs.note(id, "link")
+        return note if note is not None else self._read(self._dir(id) / "link")
+
     def _lowers(self, id: str) -> list[str]:
         """The layer's ancestors as `l/<short>` paths relative to home, nearest first."""
+        parent_link = self.refs.note(id, "lower")
+        if parent_link is not None:
+            target = os.readlink(self.home / parent_link).split("/")
+            return [parent_link, *self._lowers(target[1])]
         text = self._read(self._dir(id) / "lower")
         return text.split(":") if text else []
 
@@ -121,7 +146,7 @@ class Overlay2Driver(OverlayHome):
         if os.path.exists(path):
             return None
         parts = target.split("/")
-        return transit.valid_id(parts[1]) if len(parts) == 3 and parts[0] == ".." else None
+        return transit.valid_id(parts[1]) if len(parts) in (2, 3) and parts[0] == ".." else None
 
     # ---------------------------------------------------------------- create
 
@@ -145,19 +170,29 @@ class Overlay2Driver(OverlayHome):
                 raise NotSupported(
                     f"--storage-opt is supported only for overlay over xfs with 'pquota' mount option ({exc})"
                 ) from None
-        self._create(id, parent, size)
+        self._create(id, parent, size, compact=parent is not None and size is None and not self.docker_layout)
 
-    def _create(self, id: str, parent: str | None, size: int | None) -> None:
+    def _parent_link(self, parent: str) -> str:
+        """The short link of `parent`, which is getting a child: a compact parent gets one now."""
+        if not self.exists(parent):
+            raise LayerNotFound(f"parent layer {parent} does not exist")
+        with self.refs.locked(parent):
+            link = self._link(parent)
+            if link is None:
+                link = self._make_link(parent, f"../{parent}")
+                self.refs.set_note(parent, "link", link)
+            elif not self._compact(parent):
+                (self._dir(parent) / "committed").touch()
+            return link
+
+    def _create(self, id: str, parent: str | None, size: int | None, *, compact: bool = False) -> None:
         target = self._dir(id)
         with self.refs.locked(id):
             if target.exists():
                 raise LayerExists(f"layer {id} already exists")
             lower = None
             if parent is not None:
-                parent_dir = self._dir(parent)
-                parent_link = self._read(parent_dir / "link")
-                if parent_link is None:
-                    raise LayerNotFound(f"parent layer {parent} does not exist")
+                parent_link = self._parent_link(parent)
                 chain = [f"{_LINK_DIR}/{parent_link}", *self._lowers(parent)]
                 if len(chain) > self.max_lowers:
                     raise MaxDepthExceeded(
@@ -168,17 +203,21 @@ class Overlay2Driver(OverlayHome):
             staging = transit.transit_path(self.home, id, transit.CREATING)
             link = None
             try:
+                if compact:
+                    staging.mkdir(mode=0o755)
+                    self.refs.set_note(id, "lower", chain[0])
+                    os.rename(staging, target)
+                    return
                 staging.mkdir(mode=0o710)
                 if size is not None:
                     assert self._quota is not None
                     self._quota.set(staging, size)
                 (staging / "diff").mkdir(mode=0o755)
-                link = self._make_link(id)
+                link = self._make_link(id, f"../{id}/diff")
                 (staging / "link").write_text(link)
                 if lower is not None:
                     (staging / "work").mkdir(mode=0o700)
                     (staging / "lower").write_text(lower)
-                    (parent_dir / "committed").touch()
                 os.rename(staging, target)
             except BaseException:
                 if link is not None:
@@ -187,16 +226,19 @@ class Overlay2Driver(OverlayHome):
                 fsutil.remove_tree(staging)
                 raise
 
-    def _make_link(self, id: str) -> str:
+    def _make_link(self, id: str, target: str) -> str:
         while True:
             link = _new_link_id()
             try:
-                os.symlink(f"../{id}/diff", self.home / _LINK_DIR / link)
+                os.symlink(target, self.home / _LINK_DIR / link)
                 return link
             except FileExistsError:
                 continue
 
     # ------------------------------------------------------------- get / put
+
+    def _mount_point(self, id: str) -> pathlib.Path:
+        return self.home / _MERGED_DIR / id if self._compact(id) else self._dir(id) / "merged"
 
     def get(self, id: str) -> pathlib.Path:
         layer = self._dir(id)
@@ -206,29 +248,38 @@ class Overlay2Driver(OverlayHome):
             lowers = self._lowers(id)
             if not lowers:
                 return layer / "diff"
-            merged = layer / "merged"
+            merged = self._mount_point(id)
             ovl.acquire_mount(ref, merged, lambda: self._spec(id, lowers), classic=self.classic)
             return merged
 
     def _spec(self, id: str, lowers: list[str]) -> ovl.OverlaySpec:
-        if (self._dir(id) / "committed").exists():
+        compact = self._compact(id)
+        upper = id if compact else f"{id}/diff"
+        if self.refs.note(id, "link") is not None if compact else (self._dir(id) / "committed").exists():
             # A layer with children must not change under them: mount it without upper.
             # It has at most max_lowers - 1 ancestors (a child exists), so this still fits.
-            return ovl.OverlaySpec(self.home, [f"{id}/diff", *lowers], options=self.mount_opts)
-        return ovl.OverlaySpec(self.home, lowers, f"{id}/diff", f"{id}/work", self.mount_opts)
+            return ovl.OverlaySpec(self.home, [upper, *lowers], options=self.mount_opts)
+        work = f"{_MERGED_DIR}/{id}" if compact else f"{id}/work"
+        return ovl.OverlaySpec(self.home, lowers, upper, work, self.mount_opts)
 
     def put(self, id: str) -> None:
         layer = self._dir(id)
         with self.refs.locked(id) as ref:
             if not layer.is_dir():
                 raise LayerNotFound(f"layer {id} does not exist")
-            if (layer / "lower").exists():
+            if self._compact(id):
+                ovl.release_mount(ref, self._mount_point(id), holds_work=True)
+            elif (layer / "lower").exists():
                 ovl.release_mount(ref, layer / "merged")
+
+    def fill(self, id: str, write: Callable[[pathlib.Path], None]) -> None:
+        """Write straight into the layer's upper dir: no mount, and the same merged tree."""
+        fill_directly(self._upper(id), [self._diff_of(link) for link in self._lowers(id)], write)
 
     # ---------------------------------------------------------------- remove
 
-    def _forget_links(self, layer: pathlib.Path) -> None:
-        link = self._read(layer / "link")
+    def _forget_links(self, id: str) -> None:
+        link = self._link(id)
         if link:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.home / _LINK_DIR / link)
@@ -247,10 +298,11 @@ class Overlay2Driver(OverlayHome):
         layer = self._dir(id)
         if not layer.is_dir():
             raise LayerNotFound(f"layer {id} does not exist")
+        merged = self._mount_point(id)
         data = {
-            "WorkDir": str(layer / "work"),
-            "MergedDir": str(layer / "merged"),
-            "UpperDir": str(layer / "diff"),
+            "WorkDir": str(merged if self._compact(id) else layer / "work"),
+            "MergedDir": str(merged),
+            "UpperDir": str(self._upper(id)),
         }
         lowers = self._lowers(id)
         if lowers:
@@ -281,22 +333,14 @@ class Overlay2Driver(OverlayHome):
         lowers = self._lowers(id)
         if parent is None:
             return not lowers
-        link = self._read(self._dir(parent) / "link")
+        link = self._link(parent)
         return bool(lowers) and link is not None and lowers[0] == f"{_LINK_DIR}/{link}"
 
     def _upper(self, id: str) -> pathlib.Path:
         layer = self._dir(id)
         if not layer.is_dir():
             raise LayerNotFound(f"layer {id} does not exist")
-        return layer / "diff"
-
-    def diff(self, id: str, parent: str | None = None) -> BinaryIO:
-        if not self._native(id, parent):
-            return super().diff(id, parent)
-        out = self._spool()
-        archive.tar_directory(self._upper(id), out, whiteouts="overlay")
-        out.seek(0)
-        return out
+        return layer if self._compact(id) else layer / "diff"
 
     def apply_diff(self, id: str, parent: str | None, stream: BinaryIO) -> int:
         if not self._native(id, parent):
@@ -315,11 +359,6 @@ class Overlay2Driver(OverlayHome):
         finally:
             self.put(parent)
         return size
-
-    def diff_size(self, id: str, parent: str | None = None) -> int:
-        if not self._native(id, parent):
-            return super().diff_size(id, parent)
-        return fsutil.tree_size(self._upper(id))
 
     def changes(self, id: str, parent: str | None = None) -> list[Change]:
         if not self._native(id, parent):

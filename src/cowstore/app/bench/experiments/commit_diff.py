@@ -24,6 +24,9 @@ SMALL = "1 small file of many"
 BIG = "rewritten big file"
 # cowstore's target: a native diff costs what changed, whatever the image's size.
 _FLAT_DIFF = {"overlay2": 2.0}
+# cowstore's target: a commit of one small change in a small image within this many ms, on
+# drivers whose diff once compared whole trees (now the changes newer than the copy, or the upper dir).
+_SMALL_COMMIT_MS = {"vfs": 100.0, "overlay": 100.0, "devicemapper": 100.0}
 
 
 def _big_mib(scale: Scale) -> int:
@@ -131,6 +134,16 @@ class CommitDiff(Experiment):
                     "rewritten big file",
                 )
             )
+            commit_few = result.median(subject, "commit_ms", SMALL_IN_FEW)
+            if subject in _SMALL_COMMIT_MS and commit_few is not None:
+                limit = _SMALL_COMMIT_MS[subject]
+                verdicts.append(
+                    target(
+                        subject,
+                        commit_few <= limit,
+                        f"commit of 1 small file of {FEW}: {commit_few:.1f} ms <= {limit:g}",
+                    )
+                )
             if subject in _FLAT_DIFF:
                 verdicts.append(
                     target(
