@@ -144,9 +144,13 @@ class SnapshotLayers:
             snap = self.get(namespace, key)
             if self.records.children(snap.id):
                 raise SnapshotConflict(f"cannot remove snapshot {key} with child")
-            self.records.set_state(snap.id, "removing")
-            fault("snapshot-remove:after-mark")
-            self._drop(snap.id)
+            op = OperationLock(self.store.tmp, snap.id)  # the marker a store open looks for
+            try:
+                self.records.set_state(snap.id, "removing")
+                fault("snapshot-remove:after-mark")
+                self._drop(snap.id)
+            finally:
+                op.release()
 
     def set_labels(self, namespace: str | None, key: str, labels: Mapping[str, str]) -> Snapshot:
         """Replace the labels (an empty value drops a label); stamps the update time."""
@@ -183,6 +187,7 @@ class SnapshotLayers:
             if snap.state == "creating" and not OperationLock.abandoned(self.store.tmp, snap.id):
                 continue
             self._drop(snap.id)
+            OperationLock.clear(self.store.tmp, snap.id)
             done.append(f"removed unfinished snapshot {snap.key!r} of namespace {snap.namespace!r}")
         return done
 

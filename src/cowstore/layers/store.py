@@ -79,39 +79,11 @@ class LayerStore:
     # ---- crash recovery -------------------------------------------------------------
 
     def recover(self) -> list[str]:
-        """Finish what killed processes left in state creating/removing; return what was done.
+        """Finish what killed processes left in state creating/removing; return what was done."""
+        from cowstore.layers import recovery
 
-        The lock file of an interrupted operation is removed only once its records are
-        final, so a crash during recovery leaves the marker for the next opener.
-        """
-        done: list[str] = []
         with self.lock.exclusive():
-            for rw in self.records.unfinished_mounts():
-                if OperationLock.abandoned(self.tmp, rw.mount_id):
-                    initlayers.drop_storage(self.driver, self.records, rw.name, rw.mount_id, rw.init_id)
-                    self.records.delete_mount(rw.name)
-                    OperationLock.clear(self.tmp, rw.mount_id)
-                    done.append(f"removed unfinished container layer {rw.name}")
-                    if rw.parent:
-                        self.collect(rw.parent)
-            for unfinished in self.records.unfinished_layers():
-                if OperationLock.abandoned(self.tmp, unfinished.cache_id):
-                    self.driver.remove(unfinished.cache_id)
-                    self.records.delete_layer(unfinished.cache_id)
-                    OperationLock.clear(self.tmp, unfinished.cache_id)
-                    done.append(f"removed unfinished layer {unfinished.cache_id}")
-                    if unfinished.parent:
-                        self.collect(unfinished.parent)
-            done += self.snapshots.recover()
-            for lease_id in self.records.lease_ids():
-                if OperationLock.abandoned(self.tmp, lease_id):
-                    self._release_lease(lease_id)
-                    OperationLock.clear(self.tmp, lease_id)
-                    done.append(f"released the references of interrupted operation {lease_id}")
-            for op_id in OperationLock.interrupted(self.tmp):  # died before recording, or after finishing
-                OperationLock.clear(self.tmp, op_id)
-            OperationLock.sweep_private(self.tmp)
-        return done
+            return recovery.recover(self)
 
     # ---- read-only layers -----------------------------------------------------------
 
@@ -252,7 +224,7 @@ class LayerStore:
             yield lease_id
         finally:
             try:
-                self._release_lease(lease_id)
+                self.release_lease(lease_id)
             finally:
                 op.release()
 
@@ -260,7 +232,7 @@ class LayerStore:
         """Within the owner's transaction `tx`: the lease's reference on `chain` now belongs to the owner."""
         self.records.hand_over(tx, lease, chain)
 
-    def _release_lease(self, lease_id: str) -> None:
+    def release_lease(self, lease_id: str) -> None:
         with self.lock.exclusive():
             for chain in self.records.leased(lease_id):
                 self.release(chain, lease_id)
