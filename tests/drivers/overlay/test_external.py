@@ -44,8 +44,8 @@ def _options(spec: MountSpec) -> dict[str, str]:
 
 def test_base_is_a_bind_and_a_child_an_overlay_read_only_as_a_view(driver: Driver) -> None:
     driver.create("base", None)
-    driver.create_rw("active", "base")
-    driver.create_rw("view", "base")
+    driver.create("active", "base")
+    driver.create("view", "base")
     assert driver.external_mounts("base", readonly=False) == [
         MountSpec("bind", str(driver.get("base")), ("rbind", "rw"))
     ]
@@ -64,6 +64,10 @@ def test_base_is_a_bind_and_a_child_an_overlay_read_only_as_a_view(driver: Drive
     assert view.type == "overlay" and "ro" in opts and "upperdir" not in opts
     assert len(opts["lowerdir"].split(":")) == 2  # overlay needs two lowers without an upper
 
+    driver.create_rw("container", "base")  # compact: a container layer only the driver mounts
+    with pytest.raises(NotSupported):
+        driver.external_mounts("container", readonly=False)
+
 
 def test_overlay2_fits_128_layers_in_a_page_and_refuses_the_chain_that_does_not_fit(tmp_path: pathlib.Path) -> None:
     try:
@@ -74,7 +78,7 @@ def test_overlay2_fits_128_layers_in_a_page_and_refuses_the_chain_that_does_not_
         parent = None
         depth = 0
         while True:
-            driver.create_rw("probe", parent)
+            driver.create("probe", parent)
             try:
                 [spec] = driver.external_mounts("probe", readonly=False)
             except MaxDepthExceeded as exc:

@@ -170,6 +170,11 @@ class OverlayDriver(OverlayHome):
     def external_mounts(self, id: str, *, readonly: bool) -> list[MountSpec]:
         """A complete tree (`root/`) is a bind; a layer on one is an overlay of its `upper/` on
         that root, or for a read-only view, the two stacked as lowers."""
+        if self._compact(id):
+            raise NotSupported(
+                f"layer {id} is a container layer in the compact layout, which only this driver mounts: "
+                "make layers that another program mounts with create"
+            )
         layer = self._dir(id)
         if (layer / "root").is_dir():
             return [MountSpec.bind(layer / "root", readonly=readonly)]

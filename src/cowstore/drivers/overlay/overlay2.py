@@ -313,6 +313,11 @@ class Overlay2Driver(OverlayHome):
         """containerd's overlayfs shapes: a base layer is a bind of its diff dir, any other an
         overlay of its ancestors' short links; a read-only one stacks its own (empty) diff
         dir on them instead of an upper, since overlay needs two lowers without one."""
+        if self._compact(id):
+            raise NotSupported(
+                f"layer {id} is a container layer in the compact layout, which only this driver mounts: "
+                "make layers that another program mounts with create"
+            )
         layer = self._dir(id)
         link = self._read(layer / "link")
         if link is None:
