@@ -10,12 +10,8 @@ layer is mounted at `mnt/<id>` and its root is `mnt/<id>/rootfs`. Diffs are naiv
 itself (snapshots) use the filesystem's root instead of `rootfs/` (`root_layout` in their
 record), like containerd's own devmapper snapshotter.
 
-A snapshot is a copy of its parent, block for block, so every inode it holds has a
-ctime older than the snapshot: the snapshot's time and parent are a note on its lock
-file, and the changes against that parent compare only what is newer (see
-`changes_dirs`). And both are mounted read-only without their journal for that
-(unless mounted already), so looking at them writes nothing and unmounting them has
-nothing to flush.
+The changes of a snapshot against its origin compare only inodes newer than the
+snapshot, on read-only journal-less mounts (`snapdiff`).
 
 In the compact layout a mount writes nothing it need not: `noatime` (unless
 dm.mountopt says otherwise), and no `mnt/<id>/id` file (Docker writes one per mount).
@@ -29,23 +25,23 @@ import os
 import pathlib
 import subprocess
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from cowstore.archive import changes_dirs, export_changes
+from cowstore.archive import export_changes
 from cowstore.archive.changes import Change
 from cowstore.drivers.common.exports import ExportMarks
 from cowstore.drivers.common.ids import check_id
 from cowstore.drivers.common.refcount import MountRefs
-from cowstore.drivers.devicemapper import server
+from cowstore.drivers.devicemapper import server, snapdiff
 from cowstore.drivers.devicemapper.deviceset import BASE, DeviceSet
 from cowstore.drivers.devicemapper.options import backing_files, check_host, parse_options
 from cowstore.drivers.driver import MountSpec
 from cowstore.drivers.naive import NaiveDiffDriver
 from cowstore.errors import InvalidOption, LayerExists, LayerNotFound, MountError, NotSupported, Unavailable
 from cowstore.host import fsutil, loop
-from cowstore.host.mounts import MS_NOATIME, MS_RDONLY, is_mountpoint, mount, mount_table, umount
+from cowstore.host.mounts import MS_NOATIME, is_mountpoint, mount, mount_table, umount
 from cowstore.units import human_size, parse_size
 
 _META_BLOCK = 4096  # the pool's metadata block size
@@ -328,69 +324,20 @@ class DeviceMapperDriver(NaiveDiffDriver):
         self.exports.clear(id)
         return loop.find(path) is None
 
-    @contextlib.contextmanager
-    def _read_only_view(self, id: str) -> Iterator[pathlib.Path]:
-        """Layer `id`'s tree mounted read-only and without its journal, on a private mount point.
-
-        Under the layer's lock, so no `get` attaches a read-write mount to the read-only
-        loop device meanwhile; a layer already mounted is simply used as it is.
-        """
-        info = self.devices.info(check_id(id))
-        if info is None or info.get("deleted"):
-            raise LayerNotFound(f"devmapper: Unknown device {id}")
-        with self.refs.locked(id) as ref:
-            inside = "" if info.get("root_layout") else "rootfs"
-            if ref.value() > 0 or is_mountpoint(self.home / "mnt" / id):
-                yield self.home / "mnt" / id / inside
-                return
-            target = self.home / "mnt" / f".view-{id}"
-            target.mkdir(mode=0o700, exist_ok=True)
-            path = self.devices.activate(id, info["device_id"])
-            try:
-                with loop.attached(path, direct_io=True, read_only=True) as device:
-                    mount(
-                        device,
-                        target,
-                        self.opts.fs,
-                        MS_RDONLY,
-                        "noload" if self.opts.fs == "ext4" else "norecovery,nouuid",
-                    )
-                try:
-                    yield target / inside
-                finally:
-                    umount(target, 0)
-            finally:
-                self.devices.deactivate(id)
-                target.rmdir()
-
-    def _copied_before(self, id: str, parent: str | None) -> int | None:
-        """When snapshot `id` was taken of `parent` (ns), if it was; None otherwise."""
-        note = self.refs.note(id, "copied")
-        if parent is None or note is None:
-            return None
-        stamp, _, origin = note.partition(" ")
-        return int(stamp) if origin == parent else None
-
-    @contextlib.contextmanager
-    def _snapshot_changes(self, id: str, parent: str, stamp: int) -> Iterator[tuple[pathlib.Path, list[Change]]]:
-        """Both trees read-only (nothing written, nothing to flush at unmount) and the changes."""
-        with self._read_only_view(id) as root, self._read_only_view(parent) as view:
-            yield root, changes_dirs(root, view, copied_before=stamp)
-
     def changes(self, id: str, parent: str | None = None) -> list[Change]:
-        stamp = self._copied_before(id, parent)
+        stamp = snapdiff.copied_before(self.refs, id, parent)
         if stamp is None or parent is None:
             return super().changes(id, parent)
-        with self._snapshot_changes(id, parent, stamp) as (_, found):
+        with snapdiff.snapshot_changes(self, id, parent, stamp) as (_, found):
             return found
 
     def diff(self, id: str, parent: str | None = None) -> BinaryIO:
-        stamp = self._copied_before(id, parent)
+        stamp = snapdiff.copied_before(self.refs, id, parent)
         if stamp is None or parent is None:
             return super().diff(id, parent)
         out = self._spool()
         try:
-            with self._snapshot_changes(id, parent, stamp) as (root, found):
+            with snapdiff.snapshot_changes(self, id, parent, stamp) as (root, found):
                 export_changes(root, found, out)
         except BaseException:
             out.close()
