@@ -10,6 +10,7 @@ import click
 from cowstore.cli.app import app, parse_opts
 from cowstore.cli.images import JSON_ONLY, JSON_ONLY_HELP
 from cowstore.cli.output import FORMATS, ago, emit_json, spinner, table
+from cowstore.host.safefile import output_file
 from cowstore.images.errors import ArchiveToTerminal
 from cowstore.units import human_size
 
@@ -132,14 +133,8 @@ def container_export(container: str, output: str | None) -> None:
             )
         store.containers.export(container, sys.stdout.buffer)
         return
-    target = pathlib.Path(output)
-    tmp = target.with_name(f".{target.name}.partial")
-    try:
-        with open(tmp, "wb") as out, spinner(f"exporting {container}"):
-            store.containers.export(container, out)
-        tmp.replace(target)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with output_file(output) as out, spinner(f"exporting {container}"):
+        store.containers.export(container, out)
 
 
 @container_group.command("cp")
