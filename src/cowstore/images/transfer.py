@@ -72,11 +72,11 @@ def save(
     entries = resolve(images, refs)
     if fmt == "oci-dir":
         ocilayout.check_empty_target(out)  # type: ignore[arg-type]
-        sink = DirSink(pathlib.Path(out))  # type: ignore[arg-type]
+        directory = DirSink(pathlib.Path(out))  # type: ignore[arg-type]
         try:
-            ocilayout.write_layout(entries, images.layers, sink, progress)
+            ocilayout.write_layout(entries, images.layers, directory, progress)
         finally:
-            sink.close()
+            directory.close()
         return
     if fmt not in FORMATS:
         raise BadImageArchive(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
