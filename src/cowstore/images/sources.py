@@ -12,14 +12,15 @@ import errno
 import os
 import pathlib
 import posixpath
-import shutil
 import stat
 import tarfile
 import tempfile
 from collections.abc import Callable, Iterator
 from typing import IO, BinaryIO, Self
 
+from cowstore.archive import Limits
 from cowstore.host.safepath import RESOLVE_BENEATH, RESOLVE_NO_MAGICLINKS, openat2
+from cowstore.images import outerlimits
 from cowstore.images.compression import decompressed
 from cowstore.images.config import MAX_JSON
 from cowstore.images.errors import BadImageArchive
@@ -42,14 +43,15 @@ def _clean(name: str) -> str:
 class TarTree:
     """Members of a (possibly compressed) tar archive, spooled to a seekable file if needed."""
 
-    def __init__(self, stream: BinaryIO, what: str, spool_dir: pathlib.Path) -> None:
+    def __init__(self, stream: BinaryIO, what: str, spool_dir: pathlib.Path, limits: Limits | None = None) -> None:
         self.what = what
+        limits = limits or Limits()
         # Both stay open for the tree's lifetime (members are streamed on demand); close() ends them.
         self._spool = tempfile.TemporaryFile(dir=spool_dir, prefix="spool-")  # noqa: SIM115
         try:
             plain, _ = decompressed(stream, what)
-            shutil.copyfileobj(plain, self._spool, 1024 * 1024)
-            self._spool.seek(0)
+            outerlimits.spool(plain, self._spool, limits, what)
+            outerlimits.scan(self._spool, limits, what)
             self._tar = tarfile.open(fileobj=self._spool, mode="r:")  # noqa: SIM115
             self._members: dict[str, tarfile.TarInfo] = {}
             for member in self._tar:
@@ -205,17 +207,19 @@ def opener(tree: TarTree | DirTree, name: str) -> Callable[[], BinaryIO]:
 
 
 @contextlib.contextmanager
-def open_tree(source: str | os.PathLike | BinaryIO, spool_dir: pathlib.Path) -> Iterator[TarTree | DirTree]:
+def open_tree(
+    source: str | os.PathLike | BinaryIO, spool_dir: pathlib.Path, limits: Limits | None = None
+) -> Iterator[TarTree | DirTree]:
     """A TarTree or DirTree for a path (directory or tar, `-` is stdin) or an open stream."""
     if hasattr(source, "read"):
-        tree: TarTree | DirTree = TarTree(source, "input", spool_dir)  # type: ignore[arg-type]
+        tree: TarTree | DirTree = TarTree(source, "input", spool_dir, limits)  # type: ignore[arg-type]
     else:
         path = pathlib.Path(source)
         if path.is_dir():
             tree = DirTree(path, str(path))
         else:
             with open_input(path) as handle:
-                tree = TarTree(handle, str(path), spool_dir)
+                tree = TarTree(handle, str(path), spool_dir, limits)
     try:
         yield tree
     finally:
