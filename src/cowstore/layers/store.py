@@ -403,9 +403,26 @@ class LayerStore:
         return self.driver.diff_size(rw.mount_id, self._diff_parent(rw))
 
     def rw_diff(self, name: str) -> BinaryIO:
-        """The container's changeset as a tar (what a commit registers)."""
+        """The container's changeset as a tar (what a commit registers).
+
+        The drivers spool the whole tar before the layer store reads a byte of it, and a
+        sparse file costs its full length there: so the changes' apparent size is held
+        against the limits first, and nothing is written when they refuse it.
+        """
         rw = self.get_rw(name)
-        return self.driver.diff(rw.mount_id, self._diff_parent(rw))
+        parent = self._diff_parent(rw)
+        size = self.driver.diff_size(rw.mount_id, parent)
+        if size > self.limits.max_bytes:
+            raise ArchiveError(
+                f"the changes hold {size} bytes, over the limit of {self.limits.max_bytes} bytes (--limit max-bytes)"
+            )
+        fs = os.statvfs(self.tmp)
+        if fs.f_bavail * fs.f_frsize - size < self.limits.min_free_disk:
+            raise StagingSpaceExhausted(
+                f"the changes hold {size} bytes: spooling them would leave less than {self.limits.min_free_disk} "
+                f"bytes free on {self.tmp} (--limit min-free-disk)"
+            )
+        return self.driver.diff(rw.mount_id, parent)
 
     def rw_metadata(self, name: str) -> dict[str, str]:
         return self.driver.metadata(self.get_rw(name).mount_id)
