@@ -12,6 +12,7 @@ import pathlib
 import resource
 import stat
 from collections.abc import Iterable, Iterator
+from typing import AnyStr
 
 from cowstore.host import mounts
 from cowstore.host.libc import LIBC, last_error
@@ -245,6 +246,27 @@ def unique_size(stats: Iterable[os.stat_result]) -> int:
 def tree_size(path: str | os.PathLike[str]) -> int:
     """Bytes of regular files below `path`, each hard-linked inode counted once."""
     return unique_size(st for _, st in walk_tree(os.fspath(path)))
+
+
+def walk(root: AnyStr) -> Iterator[tuple[AnyStr, list[AnyStr], list[AnyStr]]]:
+    """os.walk (top-down; prune by editing dirnames) without recursion, for trees of any depth.
+
+    Python's own os.walk recurses once per level and fails past ~1,000 nested directories,
+    a depth any hostile layer reaches.
+    """
+    stack = [root]
+    while stack:
+        top = stack.pop()
+        dirs: list[AnyStr] = []
+        files: list[AnyStr] = []
+        try:
+            with os.scandir(top) as it:
+                for entry in it:
+                    (dirs if entry.is_dir(follow_symlinks=False) else files).append(entry.name)
+        except OSError:
+            continue
+        yield top, dirs, files
+        stack.extend(os.path.join(top, name) for name in reversed(dirs))
 
 
 def walk_tree(root: str) -> Iterator[tuple[str, os.stat_result]]:

@@ -104,7 +104,7 @@ def drop_needless_whiteouts(upper: pathlib.Path, parent_view: pathlib.Path) -> N
     so a whiteout there (a tar may white out a name its lower layers never had) would
     show up in readdir as a name that cannot be opened.
     """
-    for dirpath, dirnames, filenames in os.walk(upper):
+    for dirpath, dirnames, filenames in fsutil.walk(os.fspath(upper)):
         rel = os.path.relpath(dirpath, upper)
         for name in dirnames + filenames:
             path = os.path.join(dirpath, name)
