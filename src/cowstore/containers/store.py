@@ -43,7 +43,7 @@ INIT_PATHS: dict[str, str] = {
     "/dev/console": "file",
     "/etc/mtab": "/proc/mounts",
 }
-_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
+_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}")
 _ADJECTIVES = ("brave", "calm", "eager", "fond", "gentle", "happy", "jolly", "keen", "lucid", "merry", "quiet", "witty")
 _NOUNS = ("bell", "curie", "darwin", "euler", "gauss", "hopper", "knuth", "lovelace", "noether", "ritchie", "turing")
 
@@ -161,7 +161,7 @@ class ContainerStore:
         layers are copies, other writers wait for the copy.
         """
         image = self.images.get(image_ref)
-        if name is not None and not _NAME.match(name):
+        if name is not None and not _NAME.fullmatch(name):
             raise InvalidOption(f"invalid container name {name!r}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")
         with self.layers.lock.exclusive():
             name = name or self._new_name()

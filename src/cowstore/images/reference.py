@@ -13,9 +13,9 @@ from cowstore.images.errors import InvalidReference
 DEFAULT_TAG = "latest"
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _DOMAIN = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?)"
-_NAME = re.compile(rf"^(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*$")
-_TAG = re.compile(r"^[\w][\w.-]{0,127}$")
-_HEX_PREFIX = re.compile(r"^(?:sha256:)?[0-9a-f]{1,64}$")
+_NAME = re.compile(rf"(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*")
+_TAG = re.compile(r"[\w][\w.-]{0,127}", re.ASCII)  # Go's \w: ASCII only, no look-alike letters
+_HEX_PREFIX = re.compile(r"(?:sha256:)?[0-9a-f]{1,64}")
 
 
 def split(ref: str) -> tuple[str, str]:
@@ -29,9 +29,9 @@ def split(ref: str) -> tuple[str, str]:
     colon = ref.rfind(":")
     if colon > slash:
         name, tag = ref[:colon], ref[colon + 1 :]
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise InvalidReference(f"invalid reference format: {ref!r} (repository names must be lowercase)")
-    if not _TAG.match(tag):
+    if not _TAG.fullmatch(tag):
         raise InvalidReference(f"invalid tag format: {tag!r}")
     return familiar(name), tag
 
@@ -66,4 +66,4 @@ def fully_qualified(ref: str) -> str:
 
 def is_id_prefix(text: str) -> bool:
     """Whether `text` could be an image id or a prefix of one (hex, optionally `sha256:`)."""
-    return bool(_HEX_PREFIX.match(text))
+    return bool(_HEX_PREFIX.fullmatch(text))
