@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from cowstore.host import fsutil
+from cowstore.host.longpath import ShortPaths
 
 # The one xattr Docker keeps in layers (file capabilities); diffs compare it too.
 CAPABILITY_XATTR = "security.capability"
@@ -118,40 +119,54 @@ def changes_dirs(new: str | os.PathLike, old: str | os.PathLike | None) -> list[
     # Each stack item: directory path relative to both roots, and whether it exists as a
     # directory in the old tree (else everything below it is an addition).
     stack: list[tuple[str, bool]] = [("", old_root is not None)]
-    while stack:
-        rel, in_old = stack.pop()
-        new_entries = list_entries(os.path.join(new_root, rel))
-        old_entries = list_entries(os.path.join(old_root, rel)) if in_old and old_root is not None else {}
-        for name, nst in new_entries.items():
-            path = f"{rel}/{name}" if rel else name
-            ost = old_entries.get(name)
-            if ost is None:
-                found["/" + path] = "A"
-                if stat.S_ISDIR(nst.st_mode):
-                    stack.append((path, False))
-                continue
-            if (nst.st_dev, nst.st_ino) == (ost.st_dev, ost.st_ino):
-                continue  # the same lower inode seen through a union mount
-            assert old_root is not None
-            if entry_modified(os.path.join(new_root, path), nst, os.path.join(old_root, path), ost):
-                found["/" + path] = "C"
-            if stat.S_ISDIR(nst.st_mode):
-                stack.append((path, stat.S_ISDIR(ost.st_mode)))
-        for name in old_entries.keys() - new_entries.keys():
-            found["/" + (f"{rel}/{name}" if rel else name)] = "D"
+    with ShortPaths() as short:
+        while stack:
+            rel, in_old = stack.pop()
+            _compare_dir(short, new_root, old_root if in_old else None, rel, found, stack)
     return sorted_with_parents(found)
+
+
+def _compare_dir(
+    short: ShortPaths,
+    new_root: str,
+    old_root: str | None,
+    rel: str,
+    found: dict[str, str],
+    stack: list[tuple[str, bool]],
+) -> None:
+    """One directory of changes_dirs: record its changes, queue its subdirectories."""
+    new_entries = list_entries(short.path(new_root, rel))
+    old_entries = list_entries(short.path(old_root, rel)) if old_root is not None else {}
+    for name, nst in new_entries.items():
+        path = f"{rel}/{name}" if rel else name
+        ost = old_entries.get(name)
+        if ost is None:
+            found["/" + path] = "A"
+            if stat.S_ISDIR(nst.st_mode):
+                stack.append((path, False))
+            continue
+        if (nst.st_dev, nst.st_ino) == (ost.st_dev, ost.st_ino):
+            continue  # the same lower inode seen through a union mount
+        assert old_root is not None
+        if entry_modified(short.path(new_root, path), nst, short.path(old_root, path), ost):
+            found["/" + path] = "C"
+        if stat.S_ISDIR(nst.st_mode):
+            stack.append((path, stat.S_ISDIR(ost.st_mode)))
+    for name in old_entries.keys() - new_entries.keys():
+        found["/" + (f"{rel}/{name}" if rel else name)] = "D"
 
 
 def changes_size(root: str | os.PathLike, changes: Iterable[Change]) -> int:
     """Bytes that the additions and modifications occupy (hard links counted once)."""
     root = os.fspath(root)
 
-    def stats() -> Iterable[os.stat_result]:
+    def stats(short: ShortPaths) -> Iterable[os.stat_result]:
         for change in changes:
             if change.kind != "D":
                 try:
-                    yield os.lstat(os.path.join(root, change.path.lstrip("/")))
+                    yield os.lstat(short.path(root, change.path.lstrip("/")))
                 except FileNotFoundError:
                     continue
 
-    return fsutil.unique_size(stats())
+    with ShortPaths() as short:
+        return fsutil.unique_size(stats(short))

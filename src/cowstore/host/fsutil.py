@@ -16,6 +16,7 @@ from typing import AnyStr
 
 from cowstore.host import mounts
 from cowstore.host.libc import LIBC, last_error
+from cowstore.host.longpath import ShortPaths
 
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
@@ -276,20 +277,21 @@ def walk_tree(root: str) -> Iterator[tuple[str, os.stat_result]]:
     """
     stack: list[list[str]] = [[""]]
     first = True
-    while stack:
-        level = stack[-1]
-        if not level:
-            stack.pop()
-            continue
-        rel_dir = level.pop(0)
-        if first:
-            first = False
-        else:
-            st = os.lstat(os.path.join(root, rel_dir))
-            yield rel_dir, st
-            if not stat.S_ISDIR(st.st_mode):
+    with ShortPaths() as short:
+        while stack:
+            level = stack[-1]
+            if not level:
+                stack.pop()
                 continue
-        names = sorted(os.listdir(os.path.join(root, rel_dir) if rel_dir else root))
-        children = [f"{rel_dir}/{n}" if rel_dir else n for n in names]
-        if children:
-            stack.append(children)
+            rel_dir = level.pop(0)
+            if first:
+                first = False
+            else:
+                st = os.lstat(short.path(root, rel_dir))
+                yield rel_dir, st
+                if not stat.S_ISDIR(st.st_mode):
+                    continue
+            names = sorted(os.listdir(short.path(root, rel_dir)))
+            children = [f"{rel_dir}/{n}" if rel_dir else n for n in names]
+            if children:
+                stack.append(children)
