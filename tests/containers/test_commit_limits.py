@@ -80,3 +80,17 @@ def test_commit_within_the_limits_still_works(store: Store) -> None:
         store.containers.umount("small")
     committed = store.containers.commit("small", tag="small:1")
     assert list(committed.tags) == ["small:1"]
+
+
+def test_commit_refuses_a_file_named_like_a_whiteout(store: Store) -> None:
+    """`diff` shows `A /.wh.etc`; committing it would delete /etc instead: refused in one line."""
+    [image] = load(store.images, io.BytesIO(build_image_archive()))
+    store.containers.create(image.tags[0], name="wh")
+    root = store.containers.mount("wh")
+    try:
+        (root / ".wh.etc").write_bytes(b"innocent")
+    finally:
+        store.containers.umount("wh")
+    assert "A /.wh.etc" in {str(c) for c in store.containers.diff("wh")}
+    with pytest.raises(InvalidArgument, match=r"\.wh\.etc"):
+        store.containers.commit("wh", tag="wh:1")

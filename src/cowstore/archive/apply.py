@@ -21,6 +21,7 @@ import stat
 from typing import BinaryIO, Literal, overload
 
 from cowstore.archive import tarstream
+from cowstore.archive.ownentries import OwnEntries
 from cowstore.archive.tarstream import Limits, TarEntry, TarReader
 from cowstore.archive.whiteouts import (
     META_PREFIX,
@@ -71,6 +72,7 @@ class LayerApplier:
         self.unpacked: set[str] = set()
         self.dir_times: list[tuple[str, int]] = []
         self._dirs: dict[str, int] = {}
+        self.own = OwnEntries()
 
     def close(self) -> None:
         self._forget_dirs()
@@ -135,12 +137,14 @@ class LayerApplier:
         if any(part.startswith(META_PREFIX) for part in parts[:-1]):
             return 0  # inside aufs bookkeeping dirs (.wh..wh.plnk/...): never materialised
         base = parts[-1]
+        self.own.check_parent(parts, entry.name)
         if base.startswith(WHITEOUT_PREFIX):
             self._apply_whiteout(parts, entry)
             return 0
         if entry.kind == tarstream.CHARDEV and entry.devmajor == 0 and entry.devminor == 0:
             raise ArchiveError("overlay whiteout device (char 0:0) in a layer", entry.name)
         rel = "/".join(parts)
+        self.own.check_replace(rel, entry.kind == tarstream.DIRECTORY, entry.name)
         if entry.kind == tarstream.HARDLINK:
             target = clean_name(entry.linkname, entry.name)
             if not target or target == parts:
@@ -153,6 +157,7 @@ class LayerApplier:
             pfd = self._parent(parts, create=True)
             assert pfd is not None
         self.unpacked.add(rel)
+        self.own.record(rel, entry.kind, entry.size)
         if entry.kind == tarstream.REGULAR:
             return self._write_file(reader, entry, pfd, base)
         if entry.kind == tarstream.DIRECTORY:

@@ -422,6 +422,11 @@ class LayerStore:
                 f"the changes hold {size} bytes: spooling them would leave less than {self.limits.min_free_disk} "
                 f"bytes free on {self.tmp} (--limit min-free-disk)"
             )
+        reserved = [c.path for c in self.driver.changes(rw.mount_id, parent) if _reserved(c)]
+        if reserved:
+            raise ArchiveError(
+                f"{reserved[0]} is named like a whiteout (.wh.): a layer cannot store it; rename it before commit"
+            )
         return self.driver.diff(rw.mount_id, parent)
 
     def rw_metadata(self, name: str) -> dict[str, str]:
@@ -451,3 +456,8 @@ class LayerStore:
         """
         with self.lock.exclusive():
             return consistency.check(self, repair=repair, verify_content=verify_content, expected_refs=expected_refs)
+
+
+def _reserved(change: Change) -> bool:
+    """A container file named `.wh.*` would become a whiteout in the committed layer (docs/semantics.md)."""
+    return change.kind != "D" and change.path.rpartition("/")[2].startswith(".wh.")
