@@ -28,6 +28,14 @@ def test_references_with_a_newline_are_invalid(ref: str) -> None:
     assert not reference.is_id_prefix("abc\n")
 
 
+def test_a_repository_named_like_an_image_id_is_invalid() -> None:
+    with pytest.raises(InvalidArgument, match="64-byte hexadecimal"):
+        reference.normalize("a" * 64)
+    with pytest.raises(InvalidArgument, match="64-byte hexadecimal"):
+        reference.normalize("a" * 64 + ":1")
+    assert reference.normalize("a" * 63) == "a" * 63 + ":latest"
+
+
 def test_digests_and_layer_ids_with_a_newline_are_invalid() -> None:
     with pytest.raises(InvalidArgument):
         check_digest("sha256:" + "a" * 64 + "\n")

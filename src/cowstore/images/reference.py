@@ -15,6 +15,7 @@ _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _DOMAIN = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?)"
 _NAME = re.compile(rf"(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*")
 _TAG = re.compile(r"[\w][\w.-]{0,127}", re.ASCII)  # Go's \w: ASCII only, no look-alike letters
+_ANONYMOUS = re.compile(r"[a-f0-9]{64}")
 _HEX_PREFIX = re.compile(r"(?:sha256:)?[0-9a-f]{1,64}")
 
 
@@ -31,6 +32,8 @@ def split(ref: str) -> tuple[str, str]:
         name, tag = ref[:colon], ref[colon + 1 :]
     if not _NAME.fullmatch(name):
         raise InvalidReference(f"invalid reference format: {ref!r} (repository names must be lowercase)")
+    if _ANONYMOUS.fullmatch(name):  # it would read as an image id
+        raise InvalidReference(f"invalid repository name ({name}), cannot specify 64-byte hexadecimal strings")
     if not _TAG.fullmatch(tag):
         raise InvalidReference(f"invalid tag format: {tag!r}")
     return familiar(name), tag
