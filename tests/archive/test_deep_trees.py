@@ -16,26 +16,21 @@ import tarfile
 import pytest
 
 from cowstore.app.demo import build_image_archive
-from cowstore.errors import ArchiveError, NotSupported
-from cowstore.host import mounts
+from cowstore.errors import ArchiveError
 from cowstore.images import load
 from cowstore.store import Store
 
 from ..images.imagearchives import docker_archive
+from ..support.stores import store_or_skip
 from ..support.tars import E, build
 
 
 @pytest.fixture(params=["vfs", "overlay2"])
 def store(request: pytest.FixtureRequest, tmp_path: pathlib.Path):
     try:
-        s = Store(tmp_path / "root", request.param, sync=False)
-    except NotSupported as exc:
-        pytest.skip(f"{request.param}: {exc}")
-    try:
-        yield s
+        with store_or_skip(tmp_path, request.param) as s:
+            yield s
     finally:
-        s.shutdown()
-        assert mounts.mounts_under(tmp_path) == []
         # pytest's own cleanup (shutil.rmtree) recurses once per level and would fail on these trees.
         subprocess.run(["rm", "-rf", "--one-file-system", str(tmp_path / "root")], check=True)
 

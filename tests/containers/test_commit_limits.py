@@ -14,25 +14,19 @@ import pytest
 
 from cowstore.app.demo import build_image_archive
 from cowstore.archive import Limits
-from cowstore.errors import InvalidArgument, NotSupported, ResourceExhausted
-from cowstore.host import mounts
+from cowstore.errors import InvalidArgument, ResourceExhausted
 from cowstore.images import load
 from cowstore.store import Store
+
+from ..support.stores import store_or_skip
 
 GiB = 1024**3
 
 
 @pytest.fixture(params=["vfs", "overlay2"])
 def store(request: pytest.FixtureRequest, tmp_path: pathlib.Path):
-    try:
-        s = Store(tmp_path / "root", request.param, sync=False, limits=Limits(max_bytes=100 * 1024 * 1024))
-    except NotSupported as exc:
-        pytest.skip(f"{request.param}: {exc}")
-    try:
+    with store_or_skip(tmp_path, request.param, limits=Limits(max_bytes=100 * 1024 * 1024)) as s:
         yield s
-    finally:
-        s.shutdown()
-        assert mounts.mounts_under(tmp_path) == []
 
 
 def _container_with_sparse_file(store: Store) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import collections
 import os
 
-from cowstore.host.safepath import RESOLVE_BENEATH, RESOLVE_NO_SYMLINKS, openat2, split_pieces
+from cowstore.host.safepath import descend, split_pieces
 
 _SHORT = 3072  # joined paths up to this length are used as they are
 _PIECE = 2048  # prefix pieces opened per openat2 call, and the longest tail
@@ -40,15 +40,7 @@ class ShortPaths:
         if fd is not None:
             self._fds.move_to_end(key)
             return fd
-        fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            for piece in split_pieces(head):
-                nxt = openat2(fd, piece, os.O_PATH | os.O_DIRECTORY, RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)
-                os.close(fd)
-                fd = nxt
-        except BaseException:
-            os.close(fd)
-            raise
+        fd = descend(os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC), split_pieces(head))
         self._fds[key] = fd
         if len(self._fds) > _CACHED:
             _, old = self._fds.popitem(last=False)

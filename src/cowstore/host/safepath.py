@@ -81,6 +81,19 @@ def split_pieces(rel: str, piece: int = 2048) -> list[str]:
     return pieces
 
 
+def descend(fd: int, pieces: list[str]) -> int:
+    """The directory reached by opening each piece below the last, no symlink followed; consumes `fd`."""
+    try:
+        for piece in pieces:
+            nxt = openat2(fd, piece, os.O_PATH | os.O_DIRECTORY, RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)
+            os.close(fd)
+            fd = nxt
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 class Root:
     """A directory in which relative and absolute names resolve as under chroot."""
 
@@ -110,15 +123,7 @@ class Root:
             return openat2(self.fd, rel, os.O_PATH | os.O_DIRECTORY, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
         first, *rest = split_pieces(rel)
         fd = openat2(self.fd, first, os.O_PATH | os.O_DIRECTORY, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
-        try:
-            for piece in rest:
-                nxt = openat2(fd, piece, os.O_PATH | os.O_DIRECTORY, RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)
-                os.close(fd)
-                fd = nxt
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
+        return descend(fd, rest)
 
     def open(self, rel: str, flags: int, mode: int = 0) -> int:
         """Open `rel` in the root; the last component is followed only if flags lack O_NOFOLLOW."""
