@@ -144,7 +144,6 @@ class LayerApplier:
         if entry.kind == tarstream.CHARDEV and entry.devmajor == 0 and entry.devminor == 0:
             raise ArchiveError("overlay whiteout device (char 0:0) in a layer", entry.name)
         rel = "/".join(parts)
-        self.own.check_replace(rel, entry.kind == tarstream.DIRECTORY, entry.name)
         if entry.kind == tarstream.HARDLINK:
             target = clean_name(entry.linkname, entry.name)
             if not target or target == parts:
@@ -157,7 +156,7 @@ class LayerApplier:
             pfd = self._parent(parts, create=True)
             assert pfd is not None
         self.unpacked.add(rel)
-        self.own.record(rel, entry.kind, entry.size)
+        self.own.record(rel, entry.kind)
         if entry.kind == tarstream.REGULAR:
             return self._write_file(reader, entry, pfd, base)
         if entry.kind == tarstream.DIRECTORY:
