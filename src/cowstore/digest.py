@@ -13,14 +13,14 @@ from typing import Protocol
 
 from cowstore.errors import DigestMismatch, InvalidDigest
 
-_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 EMPTY_LAYER_DIGEST = "sha256:5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef"
 
 
 def check_digest(value: object) -> str:
     """Return `value` if it is a well-formed sha256 digest, else raise InvalidDigest."""
-    if not isinstance(value, str) or not _DIGEST.match(value):
+    if not isinstance(value, str) or not _DIGEST.fullmatch(value):
         raise InvalidDigest(f"invalid digest {value!r}: expected sha256:<64 lowercase hex>")
     return value
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
+import stat
 import threading
 
 import pytest
@@ -174,3 +175,22 @@ def test_copy_out_closes_every_descriptor_on_failure(ctr, tmp_path: pathlib.Path
     with pytest.raises(CopyError):
         copy_out(root, "/a", out)
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+@pytest.mark.parametrize("kind", ["chr", "fifo", "link-to-chr"])
+def test_copy_in_refuses_host_devices_and_fifos(ctr, tmp_path: pathlib.Path, kind: str) -> None:
+    """`cp /dev/zero c:/z` used to copy forever (filling the disk); a FIFO blocked it for good."""
+    source = tmp_path / "special"
+    if kind == "fifo":
+        os.mkfifo(source)
+    else:
+        node = tmp_path / "zero"
+        os.mknod(node, stat.S_IFCHR | 0o666, os.makedev(1, 5))
+        if kind == "chr":
+            source = node
+        else:
+            source.symlink_to(node)
+    root = container_root(ctr)
+    with pytest.raises(CopyError, match="neither a file nor a directory"):
+        copy_in(source, root, "/copied")
+    assert not (root / "copied").exists()

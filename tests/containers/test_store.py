@@ -12,25 +12,18 @@ import pytest
 from cowstore.app.demo import build_image_archive
 from cowstore.archive.changes import Change
 from cowstore.containers import INIT_PATHS, ContainerExists, ContainerMounted, ContainerNotFound
-from cowstore.errors import NotSupported
-from cowstore.host import mounts
 from cowstore.images import load
 from cowstore.store import Store
+
+from ..support.stores import store_or_skip
 
 DRIVERS = ["vfs", "overlay2", "overlay"]
 
 
 @pytest.fixture(params=DRIVERS)
 def store(request: pytest.FixtureRequest, tmp_path: pathlib.Path):
-    try:
-        s = Store(tmp_path / "root", request.param, sync=False)
-    except NotSupported as exc:
-        pytest.skip(f"{request.param}: {exc}")
-    try:
+    with store_or_skip(tmp_path, request.param) as s:
         yield s
-    finally:
-        s.shutdown()
-        assert mounts.mounts_under(tmp_path) == []
 
 
 @pytest.fixture

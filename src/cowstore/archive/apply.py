@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal, TypeVar, overload
 
 from cowstore.archive import tarstream
+from cowstore.archive.ownentries import OwnEntries
 from cowstore.archive.tarstream import Limits, Observed, TarEntry, TarReader
 from cowstore.archive.whiteouts import (
     META_PREFIX,
@@ -76,6 +77,7 @@ class LayerApplier:
         self.unpacked: set[str] = set()
         self.dir_times: list[tuple[str, int]] = []
         self._dirs: dict[str, int] = {}
+        self.own = OwnEntries()
 
     def close(self) -> None:
         self._forget_dirs()
@@ -143,6 +145,7 @@ class LayerApplier:
         if any(part.startswith(META_PREFIX) for part in parts[:-1]):
             return 0  # inside aufs bookkeeping dirs (.wh..wh.plnk/...): never materialised
         base = parts[-1]
+        self.own.check_parent(parts, entry.name)
         if base.startswith(WHITEOUT_PREFIX):
             self._apply_whiteout(parts, entry)
             return 0
@@ -158,6 +161,7 @@ class LayerApplier:
             if target_len == 0 or target_len >= self.limits.max_path:
                 raise ArchiveError("symlink target empty or too long", entry.name)
         self.unpacked.add(rel)
+        self.own.record(rel, entry.kind)
         if entry.kind == tarstream.DIRECTORY:
             self._make_dir(parts, entry)
             self.dir_times.append((rel, _mtime_ns(entry)))

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from cowstore.host import fsutil
+from cowstore.host.longpath import ShortPaths
 
 # The one xattr Docker keeps in layers (file capabilities); diffs compare it too.
 CAPABILITY_XATTR = "security.capability"
@@ -110,9 +111,9 @@ def sorted_with_parents(found: dict[str, str]) -> list[Change]:
     return sorted(Change(path, kind) for path, kind in found.items())
 
 
-def _old_entry(old_root: str, path: str) -> os.stat_result | None:
+def _old_entry(path: str) -> os.stat_result | None:
     try:
-        return os.lstat(os.path.join(old_root, path))
+        return os.lstat(path)
     except (FileNotFoundError, NotADirectoryError):
         return None
 
@@ -133,50 +134,70 @@ def changes_dirs(
     # Each stack item: directory path relative to both roots, and whether it exists as a
     # directory in the old tree (else everything below it is an addition).
     stack: list[tuple[str, bool]] = [("", old_root is not None)]
-    while stack:
-        rel, in_old = stack.pop()
-        new_entries = list_entries(os.path.join(new_root, rel))
-        listed = in_old and old_root is not None
-        if listed and copied_before is not None:
-            listed = os.lstat(os.path.join(new_root, rel)).st_ctime_ns >= copied_before
-        old_entries = list_entries(os.path.join(old_root, rel)) if listed and old_root is not None else {}
-        for name, nst in new_entries.items():
-            path = f"{rel}/{name}" if rel else name
-            if in_old and not listed and old_root is not None:  # an untouched directory of the copy
-                if nst.st_ctime_ns < (copied_before or 0):
-                    if stat.S_ISDIR(nst.st_mode):
-                        stack.append((path, True))
-                    continue
-                ost = _old_entry(old_root, path)
-            else:
-                ost = old_entries.get(name)
-            if ost is None:
-                found["/" + path] = "A"
-                if stat.S_ISDIR(nst.st_mode):
-                    stack.append((path, False))
-                continue
-            if (nst.st_dev, nst.st_ino) == (ost.st_dev, ost.st_ino):
-                continue  # the same lower inode seen through a union mount
-            assert old_root is not None
-            if entry_modified(os.path.join(new_root, path), nst, os.path.join(old_root, path), ost):
-                found["/" + path] = "C"
-            if stat.S_ISDIR(nst.st_mode):
-                stack.append((path, stat.S_ISDIR(ost.st_mode)))
-        for name in old_entries.keys() - new_entries.keys() if listed else ():
-            found["/" + (f"{rel}/{name}" if rel else name)] = "D"
+    with ShortPaths() as short:
+        while stack:
+            rel, in_old = stack.pop()
+            _compare_dir(short, new_root, old_root if in_old else None, rel, found, stack, copied_before)
     return sorted_with_parents(found)
+
+
+def _compare_dir(
+    short: ShortPaths,
+    new_root: str,
+    old_root: str | None,
+    rel: str,
+    found: dict[str, str],
+    stack: list[tuple[str, bool]],
+    copied_before: int | None,
+) -> None:
+    """One directory of changes_dirs: record its changes, queue its subdirectories.
+
+    `old_root` is None when the directory is not in the old tree. A directory whose
+    ctime is older than `copied_before` kept the entries of its copy: its old twin is
+    not listed, and only its entries with a newer ctime are looked up there one by one.
+    """
+    listed = old_root is not None
+    if listed and copied_before is not None:
+        listed = os.stat(short.path(new_root, rel)).st_ctime_ns >= copied_before  # a directory: no link to follow
+    new_entries = list_entries(short.path(new_root, rel))
+    old_entries = list_entries(short.path(old_root, rel)) if listed and old_root is not None else {}
+    for name, nst in new_entries.items():
+        path = f"{rel}/{name}" if rel else name
+        if old_root is not None and not listed:  # an untouched directory of the copy
+            if nst.st_ctime_ns < (copied_before or 0):
+                if stat.S_ISDIR(nst.st_mode):
+                    stack.append((path, True))
+                continue
+            ost = _old_entry(short.path(old_root, path))
+        else:
+            ost = old_entries.get(name)
+        if ost is None:
+            found["/" + path] = "A"
+            if stat.S_ISDIR(nst.st_mode):
+                stack.append((path, False))
+            continue
+        if (nst.st_dev, nst.st_ino) == (ost.st_dev, ost.st_ino):
+            continue  # the same lower inode seen through a union mount
+        assert old_root is not None
+        if entry_modified(short.path(new_root, path), nst, short.path(old_root, path), ost):
+            found["/" + path] = "C"
+        if stat.S_ISDIR(nst.st_mode):
+            stack.append((path, stat.S_ISDIR(ost.st_mode)))
+    for name in old_entries.keys() - new_entries.keys() if listed else ():
+        found["/" + (f"{rel}/{name}" if rel else name)] = "D"
 
 
 def changes_size(root: str | os.PathLike, changes: Iterable[Change]) -> int:
     """Bytes that the additions and modifications occupy (hard links counted once)."""
     root = os.fspath(root)
 
-    def stats() -> Iterable[os.stat_result]:
+    def stats(short: ShortPaths) -> Iterable[os.stat_result]:
         for change in changes:
             if change.kind != "D":
                 try:
-                    yield os.lstat(os.path.join(root, change.path.lstrip("/")))
+                    yield os.lstat(short.path(root, change.path.lstrip("/")))
                 except FileNotFoundError:
                     continue
 
-    return fsutil.unique_size(stats())
+    with ShortPaths() as short:
+        return fsutil.unique_size(stats(short))

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from cowstore.archive.entrycheck import check_entry
 from cowstore.archive.limits import Limits
 from cowstore.errors import ArchiveError
 
@@ -374,7 +375,7 @@ class TarReader:
                 raise ArchiveError("malformed PAX mtime", name)
         uid = _pax_int(pax, "uid", info.uid, name)
         gid = _pax_int(pax, "gid", info.gid, name)
-        return TarEntry(
+        entry = TarEntry(
             name=name,
             kind=kind,
             size=size if kind == REGULAR else 0,
@@ -387,6 +388,8 @@ class TarReader:
             devminor=info.devminor,
             xattrs=xattrs,
         )
+        check_entry(entry)
+        return entry
 
     def _drain_trailer(self) -> None:
         """After the first zero block only zeros may follow (the rest of the marker, padding)."""

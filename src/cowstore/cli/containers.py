@@ -11,6 +11,7 @@ from cowstore.cli import verbs
 from cowstore.cli.app import app, parse_opts
 from cowstore.cli.images import JSON_ONLY, JSON_ONLY_HELP
 from cowstore.cli.output import FORMATS, emit_json, spinner
+from cowstore.host.safefile import output_file
 from cowstore.images.errors import ArchiveToTerminal
 from cowstore.units import human_size
 
@@ -95,14 +96,8 @@ def container_export(container: str, output: str | None) -> None:
             )
         store.containers.export(container, sys.stdout.buffer)
         return
-    target = pathlib.Path(output)
-    tmp = target.with_name(f".{target.name}.partial")
-    try:
-        with open(tmp, "wb") as out, spinner(f"exporting {container}"):
-            store.containers.export(container, out)
-        tmp.replace(target)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with output_file(output) as out, spinner(f"exporting {container}"):
+        store.containers.export(container, out)
 
 
 @container_group.command("cp")

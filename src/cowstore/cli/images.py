@@ -13,6 +13,7 @@ from cowstore import images as imagelib
 from cowstore.cli import verbs
 from cowstore.cli.app import app
 from cowstore.cli.output import FORMATS, ago, emit_json, progress, table
+from cowstore.host.safefile import output_file
 from cowstore.images.config import parse_time
 from cowstore.images.errors import ArchiveToTerminal
 from cowstore.images.sources import open_input
@@ -127,14 +128,8 @@ def image_save(images: tuple[str, ...], output: str | None, fmt: str) -> None:
         return
     for ref in images:  # fail before creating the file
         store.images.get(ref)
-    target = pathlib.Path(output)
-    tmp = target.with_name(f".{target.name}.partial")
-    try:
-        with open(tmp, "wb") as out, progress("saving") as update:
-            imagelib.save(store.images, list(images), out, fmt=fmt, progress=update)
-        tmp.replace(target)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with output_file(output) as out, progress("saving") as update:
+        imagelib.save(store.images, list(images), out, fmt=fmt, progress=update)
 
 
 def image_details(ref: str) -> dict:

@@ -234,11 +234,17 @@ def copy_in(source: pathlib.Path, container_root: pathlib.Path, path: str) -> No
 
 
 def _copy_file_in(source: pathlib.Path, parent_fd: int, name: str) -> None:
+    # A host device or FIFO would be read forever (/dev/zero fills the disk) or block:
+    # only regular files are copied, checked on the descriptor that is read.
+    src_fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    st = os.fstat(src_fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(src_fd)
+        raise CopyError(f"{source} is neither a file nor a directory")
     existing = lstat_or_none(name, parent_fd)
     if existing is not None and not stat.S_ISDIR(existing.st_mode):
         os.unlink(name, dir_fd=parent_fd)  # replace, never write through a symlink or hard link
-    st = os.stat(source)
-    with open(source, "rb") as src:
+    with os.fdopen(src_fd, "rb") as src:
         dst = os.open(
             name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=parent_fd
         )

@@ -42,8 +42,8 @@ INIT_PATHS: dict[str, str] = {
     "/dev/console": "file",
     "/etc/mtab": "/proc/mounts",
 }
-_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
-_ID = re.compile(r"^[0-9a-f]{64}$")
+_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}")
+_ID = re.compile(r"[0-9a-f]{64}")
 _ADJECTIVES = ("brave", "calm", "eager", "fond", "gentle", "happy", "jolly", "keen", "lucid", "merry", "quiet", "witty")
 _NOUNS = ("bell", "curie", "darwin", "euler", "gauss", "hopper", "knuth", "lovelace", "noether", "ritchie", "turing")
 
@@ -168,9 +168,9 @@ class ContainerStore:
         layers are copies, other writers wait for the copy.
         """
         image = self.images.get(image_ref)
-        if name is not None and not _NAME.match(name):
+        if name is not None and not _NAME.fullmatch(name):
             raise InvalidOption(f"invalid container name {name!r}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")
-        if container_id is not None and not _ID.match(container_id):
+        if container_id is not None and not _ID.fullmatch(container_id):
             raise InvalidOption(f"invalid container id {container_id!r}: 64 lowercase hex digits are needed")
         with self.layers.lock.exclusive():
             name = name or self._new_name()

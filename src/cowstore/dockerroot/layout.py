@@ -26,8 +26,8 @@ from cowstore.errors import Corrupt, InvalidArgument, InvalidDigest, NotFound
 
 DRIVERS = ("aufs", "btrfs", "devicemapper", "overlay", "overlay2", "vfs")
 _MAX_JSON = 16 * 1024 * 1024
-_STORAGE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-_CONTAINER_ID = re.compile(r"^[0-9a-f]{64}$")
+_STORAGE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+_CONTAINER_ID = re.compile(r"[0-9a-f]{64}")
 
 
 class NotADockerRoot(InvalidArgument):
@@ -127,7 +127,7 @@ def _digest(value: str, what: str) -> str:
 
 def storage_id(value: str, what: str) -> str:
     """An id that names a directory or device of the driver: one safe path component."""
-    if not _STORAGE_ID.match(value):
+    if not _STORAGE_ID.fullmatch(value):
         raise BadObject(f"{what}: {value!r} is not a valid storage id")
     return value
 
@@ -242,7 +242,7 @@ class DockerRoot:
         return found, problems
 
     def _container(self, path: pathlib.Path) -> DockerContainer:
-        if not _CONTAINER_ID.match(path.name):
+        if not _CONTAINER_ID.fullmatch(path.name):
             raise BadObject("not a container id")
         config = _json(path / "config.v2.json")
         name = str(config.get("Name") or "").lstrip("/")

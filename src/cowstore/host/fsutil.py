@@ -13,9 +13,11 @@ import pathlib
 import resource
 import stat
 from collections.abc import Iterable, Iterator
+from typing import AnyStr
 
 from cowstore.host import mounts
 from cowstore.host.libc import LIBC, last_error
+from cowstore.host.longpath import ShortPaths
 
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
@@ -257,6 +259,27 @@ def tree_size(path: str | os.PathLike[str]) -> int:
     return unique_size(st for _, st in walk_tree(os.fspath(path)))
 
 
+def walk(root: AnyStr) -> Iterator[tuple[AnyStr, list[AnyStr], list[AnyStr]]]:
+    """os.walk (top-down; prune by editing dirnames) without recursion, for trees of any depth.
+
+    Python's own os.walk recurses once per level and fails past ~1,000 nested directories,
+    a depth any hostile layer reaches.
+    """
+    stack = [root]
+    while stack:
+        top = stack.pop()
+        dirs: list[AnyStr] = []
+        files: list[AnyStr] = []
+        try:
+            with os.scandir(top) as it:
+                for entry in it:
+                    (dirs if entry.is_dir(follow_symlinks=False) else files).append(entry.name)
+        except OSError:
+            continue
+        yield top, dirs, files
+        stack.extend(os.path.join(top, name) for name in reversed(dirs))
+
+
 def walk_tree(root: str) -> Iterator[tuple[str, os.stat_result]]:
     """Pre-order walk (a directory, then its contents) in lexical order, iteratively.
 
@@ -264,20 +287,21 @@ def walk_tree(root: str) -> Iterator[tuple[str, os.stat_result]]:
     """
     stack: list[list[str]] = [[""]]
     first = True
-    while stack:
-        level = stack[-1]
-        if not level:
-            stack.pop()
-            continue
-        rel_dir = level.pop(0)
-        if first:
-            first = False
-        else:
-            st = os.lstat(os.path.join(root, rel_dir))
-            yield rel_dir, st
-            if not stat.S_ISDIR(st.st_mode):
+    with ShortPaths() as short:
+        while stack:
+            level = stack[-1]
+            if not level:
+                stack.pop()
                 continue
-        names = sorted(os.listdir(os.path.join(root, rel_dir) if rel_dir else root))
-        children = [f"{rel_dir}/{n}" if rel_dir else n for n in names]
-        if children:
-            stack.append(children)
+            rel_dir = level.pop(0)
+            if first:
+                first = False
+            else:
+                st = os.lstat(short.path(root, rel_dir))
+                yield rel_dir, st
+                if not stat.S_ISDIR(st.st_mode):
+                    continue
+            names = sorted(os.listdir(short.path(root, rel_dir)))
+            children = [f"{rel_dir}/{n}" if rel_dir else n for n in names]
+            if children:
+                stack.append(children)

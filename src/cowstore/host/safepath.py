@@ -65,6 +65,35 @@ def lstat_beneath(root: str | os.PathLike, rel: str) -> os.stat_result | None:
         os.close(fd)
 
 
+_ONE_CALL = 3072
+
+
+def split_pieces(rel: str, piece: int = 2048) -> list[str]:
+    """`rel` cut at slashes into pieces of at most about `piece` bytes (names are at most 255)."""
+    pieces = []
+    while len(rel) > piece:
+        cut = rel.rfind("/", 0, piece)
+        if cut <= 0:
+            break
+        pieces.append(rel[:cut])
+        rel = rel[cut + 1 :]
+    pieces.append(rel)
+    return pieces
+
+
+def descend(fd: int, pieces: list[str]) -> int:
+    """The directory reached by opening each piece below the last, no symlink followed; consumes `fd`."""
+    try:
+        for piece in pieces:
+            nxt = openat2(fd, piece, os.O_PATH | os.O_DIRECTORY, RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)
+            os.close(fd)
+            fd = nxt
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 class Root:
     """A directory in which relative and absolute names resolve as under chroot."""
 
@@ -84,9 +113,17 @@ class Root:
         self.close()
 
     def open_dir(self, rel: str) -> int:
-        """An O_PATH descriptor of directory `rel`, resolved in the root (symlinks followed inside)."""
+        """An O_PATH descriptor of directory `rel`, resolved in the root (symlinks followed inside).
+
+        A `rel` longer than the kernel takes in one call (a tree nested past PATH_MAX) is
+        resolved piece by piece; past the first piece no symlink is followed at all.
+        """
         rel = rel.strip("/") or "."
-        return openat2(self.fd, rel, os.O_PATH | os.O_DIRECTORY, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
+        if len(rel) <= _ONE_CALL:
+            return openat2(self.fd, rel, os.O_PATH | os.O_DIRECTORY, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
+        first, *rest = split_pieces(rel)
+        fd = openat2(self.fd, first, os.O_PATH | os.O_DIRECTORY, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
+        return descend(fd, rest)
 
     def open(self, rel: str, flags: int, mode: int = 0) -> int:
         """Open `rel` in the root; the last component is followed only if flags lack O_NOFOLLOW."""

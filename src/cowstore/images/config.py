@@ -51,6 +51,8 @@ def load_json(raw: bytes, what: str) -> Any:
         return json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadImageArchive(f"{what} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadImageArchive(f"{what} is nested too deeply") from None
 
 
 def parse_config(raw: bytes, what: str = "image config") -> dict:
@@ -70,7 +72,26 @@ def parse_config(raw: bytes, what: str = "image config") -> dict:
             check_digest(diff_id)
         except InvalidDigest as exc:
             raise BadImageArchive(f"{what}: {exc}") from None
+    _check_history(config.get("history"), what)
     return config
+
+
+_HISTORY_FIELDS = {"created": str, "created_by": str, "author": str, "comment": str, "empty_layer": bool}
+
+
+def _check_history(history: object, what: str) -> None:
+    """History must be a list of objects with typed fields (as Docker's own config type requires),
+    or `history` and `inspect` would fail on an image that loaded."""
+    if history is None:
+        return
+    if not isinstance(history, list):
+        raise BadImageArchive(f"{what}: history is not a JSON array")
+    for number, entry in enumerate(history):
+        if not isinstance(entry, dict):
+            raise BadImageArchive(f"{what}: history entry {number} is not a JSON object")
+        for key, kind in _HISTORY_FIELDS.items():
+            if key in entry and not isinstance(entry[key], kind):
+                raise BadImageArchive(f"{what}: history entry {number}: {key} must be a {kind.__name__}")
 
 
 def diff_ids(config: dict) -> list[str]:

@@ -22,7 +22,7 @@ from cowstore.images.store import Image
 from cowstore.layers import LayerStore
 
 MANIFEST = "manifest.json"
-_DIGEST_PATH = re.compile(r"(?:^|/)(?:sha256[:/])?([0-9a-f]{64})(?:\.json|\.tar)?$")
+_DIGEST_PATH = re.compile(r"(?:^|/)(?:sha256[:/])?([0-9a-f]{64})(?:\.json|\.tar)?\Z")
 
 Progress = Callable[[str, int, int], None]
 

@@ -83,6 +83,8 @@ def _platform_manifest(tree: TarTree | DirTree, index: dict, what: str) -> dict:
         if isinstance(platform, dict) and platform.get("os") == "linux" and platform.get("architecture") == arch:
             return descriptor
     if len(manifests) == 1:
+        if not isinstance(manifests[0], dict):
+            raise BadImageArchive(f"{what}: image index entry is not a JSON object")
         return manifests[0]
     raise BadImageArchive(f"{what}: image index has no manifest for linux/{arch}")
 

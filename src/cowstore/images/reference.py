@@ -16,11 +16,12 @@ from cowstore.images.errors import InvalidReference
 DEFAULT_TAG = "latest"
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _DOMAIN = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?)"
-_NAME = re.compile(rf"^(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*$")
-_TAG = re.compile(r"^[\w][\w.-]{0,127}$")
-_HEX_PREFIX = re.compile(r"^(?:sha256:)?[0-9a-f]{1,64}$")
-_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
-_PATH = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
+_NAME = re.compile(rf"(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*")
+_TAG = re.compile(r"[\w][\w.-]{0,127}", re.ASCII)  # Go's \w: ASCII only, no look-alike letters
+_ANONYMOUS = re.compile(r"[a-f0-9]{64}")
+_HEX_PREFIX = re.compile(r"(?:sha256:)?[0-9a-f]{1,64}")
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+_PATH = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
 DOCKER_HUB = "docker.io"
 HUB_ENDPOINT = "registry-1.docker.io"
 
@@ -36,9 +37,11 @@ def split(ref: str) -> tuple[str, str]:
     colon = ref.rfind(":")
     if colon > slash:
         name, tag = ref[:colon], ref[colon + 1 :]
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise InvalidReference(f"invalid reference format: {ref!r} (repository names must be lowercase)")
-    if not _TAG.match(tag):
+    if _ANONYMOUS.fullmatch(name):  # it would read as an image id
+        raise InvalidReference(f"invalid repository name ({name}), cannot specify 64-byte hexadecimal strings")
+    if not _TAG.fullmatch(tag):
         raise InvalidReference(f"invalid tag format: {tag!r}")
     return familiar(name), tag
 
@@ -73,7 +76,7 @@ def fully_qualified(ref: str) -> str:
 
 def is_id_prefix(text: str) -> bool:
     """Whether `text` could be an image id or a prefix of one (hex, optionally `sha256:`)."""
-    return bool(_HEX_PREFIX.match(text))
+    return bool(_HEX_PREFIX.fullmatch(text))
 
 
 def is_digest_ref(ref: str) -> bool:
@@ -150,22 +153,22 @@ def parse_remote(ref: str) -> Remote:
     if not isinstance(ref, str) or not ref or len(ref) > 512:
         raise InvalidReference(f"invalid reference format: {ref!r}")
     rest, _, digest = ref.partition("@")
-    if digest and not _DIGEST.match(digest):
+    if digest and not _DIGEST.fullmatch(digest):
         raise InvalidReference(f"invalid reference format: {ref!r} (digest must be sha256:<64 lowercase hex>)")
     tag = None
     slash, colon = rest.rfind("/"), rest.rfind(":")
     if colon > slash:
         rest, tag = rest[:colon], rest[colon + 1 :]
-        if not _TAG.match(tag):
+        if not _TAG.fullmatch(tag):
             raise InvalidReference(f"invalid tag format: {tag!r}")
-    if not _NAME.match(rest):
+    if not _NAME.fullmatch(rest):
         raise InvalidReference(f"invalid reference format: {ref!r} (repository names must be lowercase)")
     first, sep, path = rest.partition("/")
     if sep and ("." in first or ":" in first or first == "localhost"):
         domain = first
     else:
         domain, path = DOCKER_HUB, rest
-    if not _PATH.match(path):
+    if not _PATH.fullmatch(path):
         raise InvalidReference(f"invalid reference format: {ref!r} (repository names must be lowercase)")
     if domain in (DOCKER_HUB, "index.docker.io"):
         domain = DOCKER_HUB

@@ -9,6 +9,8 @@ import shutil
 import tarfile
 from typing import BinaryIO
 
+from cowstore.host.safefile import create_exclusive, open_subdir
+
 
 class TarSink:
     """Members appended to a streaming tar (works on pipes and stdout)."""
@@ -49,33 +51,49 @@ class TarSink:
 
 
 class DirSink:
-    """Files written below a directory (an OCI layout directory)."""
+    """Files written below a directory (an OCI layout directory).
+
+    Every name is created exclusively beneath a directory descriptor and no symlink is
+    followed: whoever wins a race against the emptiness check can make the save fail,
+    never make it write elsewhere.
+    """
 
     def __init__(self, root: pathlib.Path) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
     def mkdir(self, name: str) -> None:
-        (self.root / name).mkdir(parents=True, exist_ok=True)
+        os.close(open_subdir(self._fd, name, create=True))
+
+    def _create(self, name: str) -> BinaryIO:
+        parent, _, base = name.rpartition("/")
+        dir_fd = open_subdir(self._fd, parent)
+        try:
+            return os.fdopen(create_exclusive(dir_fd, base), "wb")
+        finally:
+            os.close(dir_fd)
 
     def add_bytes(self, name: str, data: bytes) -> None:
-        path = self.root / name
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        with self._create(name) as out:
+            out.write(data)
 
     def add_file(self, name: str, handle: BinaryIO, size: int) -> None:
-        path = self.root / name
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as out:
+        with self._create(name) as out:
             shutil.copyfileobj(handle, out, 1024 * 1024)
-        os.replace(tmp, path)
 
     def symlink(self, name: str, target: str) -> None:
-        os.symlink(target, self.root / name)
+        parent, _, base = name.rpartition("/")
+        dir_fd = open_subdir(self._fd, parent)
+        try:
+            os.symlink(target, base, dir_fd=dir_fd)
+        finally:
+            os.close(dir_fd)
 
     def close(self) -> None:
-        pass
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 def spooled_size(handle: BinaryIO) -> int:

@@ -12,14 +12,15 @@ import errno
 import os
 import pathlib
 import posixpath
-import shutil
 import stat
 import tarfile
 import tempfile
 from collections.abc import Callable, Iterator
 from typing import IO, BinaryIO, Self
 
+from cowstore.archive import Limits
 from cowstore.host.safepath import RESOLVE_BENEATH, RESOLVE_NO_MAGICLINKS, openat2
+from cowstore.images import outerlimits
 from cowstore.images.compression import decompressed
 from cowstore.images.config import MAX_JSON
 from cowstore.images.errors import BadImageArchive
@@ -44,12 +45,17 @@ class TarTree:
 
     An uncompressed archive file that the tree owns (`own`) is read where it is:
     nothing is copied. A compressed archive or a pipe is first decompressed into a
-    private seekable file, since a docker-save archive names its layers at its end.
+    private seekable file, since a docker-save archive names its layers at its end;
+    the copy stops before the disk gets fuller than `min-free-disk`. Either way every
+    header is checked against `limits` before tarfile parses any of it.
     """
 
-    def __init__(self, stream: BinaryIO, what: str, spool_dir: pathlib.Path, *, own: bool = False) -> None:
+    def __init__(
+        self, stream: BinaryIO, what: str, spool_dir: pathlib.Path, limits: Limits | None = None, *, own: bool = False
+    ) -> None:
         self.what = what
         self.copied = True
+        limits = limits or Limits()
         try:
             plain, kind = decompressed(stream, what)
             if own and kind == "plain" and stream.seekable():
@@ -60,11 +66,16 @@ class TarTree:
                 # Both stay open for the tree's lifetime (members are streamed on demand); close() ends them.
                 self._spool = tempfile.TemporaryFile(dir=spool_dir, prefix="spool-")  # noqa: SIM115
                 with contextlib.closing(plain):
-                    shutil.copyfileobj(plain, self._spool, 1024 * 1024)
-                self._spool.seek(0)
+                    try:
+                        outerlimits.spool(plain, self._spool, limits, what)
+                    except BaseException:
+                        self._spool.close()
+                        raise
         except (OSError, ValueError) as exc:
             raise BadImageArchive(f"cannot read {what}: {exc}") from None
         try:
+            outerlimits.scan(self._spool, limits, what)
+            self._spool.seek(0)
             self._tar = tarfile.open(fileobj=self._spool, mode="r:")  # noqa: SIM115
             self._members: dict[str, tarfile.TarInfo] = {}
             for member in self._tar:
@@ -220,10 +231,12 @@ def opener(tree: TarTree | DirTree, name: str) -> Callable[[], BinaryIO]:
 
 
 @contextlib.contextmanager
-def open_tree(source: str | os.PathLike | BinaryIO, spool_dir: pathlib.Path) -> Iterator[TarTree | DirTree]:
+def open_tree(
+    source: str | os.PathLike | BinaryIO, spool_dir: pathlib.Path, limits: Limits | None = None
+) -> Iterator[TarTree | DirTree]:
     """A TarTree or DirTree for a path (directory or tar, `-` is stdin) or an open stream."""
     if hasattr(source, "read"):
-        tree: TarTree | DirTree = TarTree(source, "input", spool_dir)  # type: ignore[arg-type]
+        tree: TarTree | DirTree = TarTree(source, "input", spool_dir, limits)  # type: ignore[arg-type]
     else:
         path = pathlib.Path(source)
         if path.is_dir():
@@ -231,7 +244,7 @@ def open_tree(source: str | os.PathLike | BinaryIO, spool_dir: pathlib.Path) -> 
         else:
             handle = open_input(path)
             try:
-                tree = TarTree(handle, str(path), spool_dir, own=True)
+                tree = TarTree(handle, str(path), spool_dir, limits, own=True)
             except BaseException:
                 handle.close()
                 raise

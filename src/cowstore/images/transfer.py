@@ -28,7 +28,7 @@ def _layout_name(source: str | os.PathLike | BinaryIO) -> str | None:
 
 def load(images: ImageStore, source: str | os.PathLike | BinaryIO, progress: Progress | None = None) -> list[Image]:
     """Import every image of a docker-save archive or an OCI layout (directory or tar)."""
-    with open_tree(source, images.layers.tmp) as tree:
+    with open_tree(source, images.layers.tmp, images.layers.limits) as tree:
         if dockerarchive.is_docker_archive(tree):
             sources = dockerarchive.read_sources(tree)
         elif ocilayout.is_oci_layout(tree):
@@ -72,7 +72,11 @@ def save(
     entries = resolve(images, refs)
     if fmt == "oci-dir":
         ocilayout.check_empty_target(out)  # type: ignore[arg-type]
-        ocilayout.write_layout(entries, images.layers, DirSink(pathlib.Path(out)), progress)  # type: ignore[arg-type]
+        directory = DirSink(pathlib.Path(out))  # type: ignore[arg-type]
+        try:
+            ocilayout.write_layout(entries, images.layers, directory, progress)
+        finally:
+            directory.close()
         return
     if fmt not in FORMATS:
         raise BadImageArchive(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")

@@ -21,6 +21,7 @@ from cowstore.archive.limits import Limits
 from cowstore.digest import DigestingReader, DigestingWriter, Reader, Writer, chain_id, check_digest, random_id
 from cowstore.drivers.driver import Driver
 from cowstore.errors import (
+    ArchiveError,
     DigestMismatch,
     LayerExists,
     LayerInUse,
@@ -28,6 +29,7 @@ from cowstore.errors import (
     LayerNotRetained,
     MaxDepthExceeded,
     NotMounted,
+    StagingSpaceExhausted,
 )
 from cowstore.host import fsutil
 from cowstore.layers import initlayers
@@ -403,9 +405,16 @@ class LayerStore:
         return self.driver.diff_size(rw.mount_id, self._diff_parent(rw))
 
     def rw_diff(self, name: str) -> BinaryIO:
-        """The container's changeset as a tar (what a commit registers)."""
+        """The container's changeset as a tar (what a commit registers).
+
+        The drivers spool the whole tar before the layer store reads a byte of it, and a
+        sparse file costs its full length there: so the changes' apparent size is held
+        against the limits first, and nothing is written when they refuse it.
+        """
         rw = self.get_rw(name)
-        return self.driver.diff(rw.mount_id, self._diff_parent(rw))
+        parent = self._diff_parent(rw)
+        _check_changes(self.driver, rw.mount_id, parent, self.limits, self.tmp)
+        return self.driver.diff(rw.mount_id, parent)
 
     def rw_apply(self, name: str, stream: BinaryIO) -> int:
         """Apply a changeset tar to a container layer (Docker's RWLayer.ApplyDiff)."""
@@ -458,3 +467,28 @@ class _Discard:
 
     def write(self, data: bytes) -> None:
         pass
+
+
+def _reserved(change: Change) -> bool:
+    """A container file named `.wh.*` would become a whiteout in the committed layer (docs/semantics.md)."""
+    return change.kind != "D" and change.path.rpartition("/")[2].startswith(".wh.")
+
+
+def _check_changes(driver: Driver, mount_id: str, parent: str | None, limits: Limits, tmp: pathlib.Path) -> None:
+    """Refuse a commit the limits forbid, or one holding a file named like a whiteout."""
+    size = driver.diff_size(mount_id, parent)
+    if size > limits.max_bytes:
+        raise ArchiveError(
+            f"the changes hold {size} bytes, over the limit of {limits.max_bytes} bytes (--limit max-bytes)"
+        )
+    fs = os.statvfs(tmp)
+    if fs.f_bavail * fs.f_frsize - size < limits.min_free_disk:
+        raise StagingSpaceExhausted(
+            f"the changes hold {size} bytes: spooling them would leave less than {limits.min_free_disk} "
+            f"bytes free on {tmp} (--limit min-free-disk)"
+        )
+    reserved = [c.path for c in driver.changes(mount_id, parent) if _reserved(c)]
+    if reserved:
+        raise ArchiveError(
+            f"{reserved[0]} is named like a whiteout (.wh.): a layer cannot store it; rename it before commit"
+        )

@@ -337,7 +337,7 @@ def layer_changes(diff_dir: pathlib.Path, parent_dirs: list[pathlib.Path]) -> li
     kinds: dict[str, str] = {}
     touched: set[str] = set()
     root = os.fspath(diff_dir)
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, dirnames, filenames in fsutil.walk(root):
         rel_dir = os.path.relpath(dirpath, root)
         rel_dir = "" if rel_dir == "." else rel_dir
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(META_PREFIX))

@@ -16,6 +16,7 @@ from cowstore.archive.changes import Change, entry_modified, list_entries, sorte
 from cowstore.archive.whiteouts import OVERLAY_OPAQUE, is_overlay_whiteout, overlay_xattr
 from cowstore.drivers.overlay.kernel import in_user_namespace
 from cowstore.host import fsutil
+from cowstore.host.longpath import ShortPaths
 from cowstore.host.safepath import lstat_beneath
 
 
@@ -44,31 +45,32 @@ def upper_changes(upper: str | os.PathLike, parent_view: str | os.PathLike | Non
     old_root = os.fspath(parent_view) if parent_view is not None else None
     found: dict[str, str] = {}
     stack: list[tuple[str, bool]] = [("", old_root is not None)]
-    while stack:
-        rel, in_old = stack.pop()
-        new_entries = list_entries(os.path.join(upper_root, rel))
-        for name, nst in new_entries.items():
-            path = f"{rel}/{name}" if rel else name
-            old_path = os.path.join(old_root, path) if in_old and old_root is not None else None
-            ost = fsutil.lstat_or_none(old_path) if old_path is not None else None
-            if is_overlay_whiteout(nst):
-                if ost is not None:
-                    found["/" + path] = "D"
-                continue
-            if ost is None or old_path is None:  # old_path: for the type checker
-                found["/" + path] = "A"
-                if stat.S_ISDIR(nst.st_mode):
-                    stack.append((path, False))
-                continue
-            new_path = os.path.join(upper_root, path)
-            if entry_modified(new_path, nst, old_path, ost):
-                found["/" + path] = "C"
-            if not stat.S_ISDIR(nst.st_mode):
-                continue
-            if stat.S_ISDIR(ost.st_mode) and is_opaque(new_path):
-                for gone in list_entries(old_path).keys() - _real_names(new_path):
-                    found[f"/{path}/{gone}"] = "D"
-            stack.append((path, stat.S_ISDIR(ost.st_mode)))
+    with ShortPaths() as short:
+        while stack:
+            rel, in_old = stack.pop()
+            new_entries = list_entries(short.path(upper_root, rel))
+            for name, nst in new_entries.items():
+                path = f"{rel}/{name}" if rel else name
+                old_path = short.path(old_root, path) if in_old and old_root is not None else None
+                ost = fsutil.lstat_or_none(old_path) if old_path is not None else None
+                if is_overlay_whiteout(nst):
+                    if ost is not None:
+                        found["/" + path] = "D"
+                    continue
+                if ost is None or old_path is None:  # old_path: for the type checker
+                    found["/" + path] = "A"
+                    if stat.S_ISDIR(nst.st_mode):
+                        stack.append((path, False))
+                    continue
+                new_path = short.path(upper_root, path)
+                if entry_modified(new_path, nst, old_path, ost):
+                    found["/" + path] = "C"
+                if not stat.S_ISDIR(nst.st_mode):
+                    continue
+                if stat.S_ISDIR(ost.st_mode) and is_opaque(new_path):
+                    for gone in list_entries(old_path).keys() - _real_names(new_path):
+                        found[f"/{path}/{gone}"] = "D"
+                stack.append((path, stat.S_ISDIR(ost.st_mode)))
     return sorted_with_parents(found)
 
 
@@ -104,7 +106,7 @@ def drop_needless_whiteouts(upper: pathlib.Path, parent_view: pathlib.Path) -> N
     so a whiteout there (a tar may white out a name its lower layers never had) would
     show up in readdir as a name that cannot be opened.
     """
-    for dirpath, dirnames, filenames in os.walk(upper):
+    for dirpath, dirnames, filenames in fsutil.walk(os.fspath(upper)):
         rel = os.path.relpath(dirpath, upper)
         for name in dirnames + filenames:
             path = os.path.join(dirpath, name)

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from cowstore.archive.whiteouts import META_PREFIX_BYTES, OPAQUE_MARKER_BYTES, WHITEOUT_PREFIX_BYTES
 from cowstore.drivers.aufs.unionfs.branches import whiteout
 from cowstore.drivers.aufs.unionfs.resolve import Loc, Resolver, join, lexists, lstat_or_none, split
+from cowstore.host.fsutil import walk
 
 _CHUNK = 1 << 30
 _TMP_PREFIX = META_PREFIX_BYTES + b"tmp."
@@ -198,7 +199,7 @@ class Upper:
         if index is None:
             index = {}
             root = self.paths.branches[branch].path
-            for dirpath, _dirnames, filenames in os.walk(root):
+            for dirpath, _dirnames, filenames in walk(root):
                 rel = os.path.relpath(dirpath, root)
                 rel = b"" if rel == b"." else rel
                 for name in filenames:
@@ -307,7 +308,7 @@ def _clear_dir(real_dir: bytes) -> None:
 
 
 def _remove_tree(root: bytes) -> None:
-    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
+    for dirpath, dirnames, filenames in reversed(list(walk(root))):
         for name in filenames:
             os.unlink(dirpath + b"/" + name)
         for name in dirnames:
