@@ -13,10 +13,14 @@ from typing import Any
 
 from cowstore.app.bench.experiments.base import Context, Experiment, Metric, Point, Result, Verdict
 from cowstore.app.bench.experiments.common import Timer, container, unique
+from cowstore.app.bench.experiments.verdicts import claim
 from cowstore.app.bench.scale import Scale
+from cowstore.app.bench.stats import side
 from cowstore.app.bench.subjects import Subject
 
 _REFERENCES = {"btrfs": ("btrfs-cli",)}
+# The talk's figures for one container: under 0.1 s, under 1 MB.
+_MS, _KIB = 100.0, 1024.0
 
 
 class ContainerCost(Experiment):
@@ -75,14 +79,11 @@ class ContainerCost(Experiment):
     def judge(self, result: Result) -> list[Verdict]:
         verdicts = []
         for subject, _, n in result.ends("time_ms"):
-            ms = result.median(subject, "time_ms", n) or 0.0
-            kib = result.median(subject, "disk_kib", n) or 0.0
+            ms, kib = result.spread(subject, "time_ms", n), result.spread(subject, "disk_kib", n)
+            if ms is None or kib is None:
+                continue
             versus = result.versus(subject, _REFERENCES.get(subject, ()), "time_ms", n)
-            verdicts.append(
-                Verdict(
-                    subject,
-                    "confirmed" if ms < 100 and kib < 1024 else "not confirmed",
-                    f"{ms:.1f} ms{versus} and {kib:.0f} KiB per container at N={n}",
-                )
-            )
+            sides = (side(ms, high=_MS), side(kib, high=_KIB))
+            detail = f"{ms.show(' ms')}{versus} and {kib.show(' KiB', 0)} per container at N={n}"
+            verdicts.append(claim(subject, True, sides, detail, f"{ms.brief(' ms')}, {kib.brief(' KiB', 0)}", ms))
         return verdicts
