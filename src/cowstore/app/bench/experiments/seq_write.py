@@ -58,9 +58,10 @@ _AS_NATIVE = ("overlay2", "overlay", "vfs")
 def _measure(subject: Subject, path: pathlib.Path, size: int, ctx: Context) -> dict[str, float]:
     """Settle the machine, write `path` (timed), evict the subject's storage and the common
     backing's image, read it cold, then warm; delete it."""
+    block = os.urandom(MIB)
     settle(subject.storage_dir(), ctx.scratch.image)
     with Timer() as write:
-        write_file(path, size, os.urandom(MIB))
+        write_file(path, size, block)
     evict(subject.storage_dir(), ctx.scratch.image)
     with Timer() as cold:
         read_file(path)
@@ -89,7 +90,7 @@ class SeqWrite(Experiment):
     warmup = True
 
     def points(self, scale: Scale) -> list[Point]:
-        return scale.pick([64], [256], [512])
+        return scale.pick([64], [256])
 
     def supports(self, subject: Subject) -> str | None:
         return None if subject.kind != "peer" else "cowstore drivers and their baselines only"
