@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import pathlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import click
@@ -45,14 +45,18 @@ def _points(experiment: Mapping[str, Any]) -> dict[tuple[str, str, str], Mapping
     }
 
 
+def _common(a: Mapping[str, Any], b: Mapping[str, Any]) -> Iterator[tuple[Mapping[str, Any], Mapping[str, Any]]]:
+    """The experiments both reports hold, as (A's, B's), in A's order."""
+    theirs = {e["key"]: e for e in b["experiments"]}
+    for ea in a["experiments"]:
+        if ea["key"] in theirs:
+            yield ea, theirs[ea["key"]]
+
+
 def figure_rows(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[dict[str, Any]]:
     """One row per figure both reports hold: medians, B / A, and whether the ranges overlap."""
-    theirs = {e["key"]: e for e in b["experiments"]}
     rows = []
-    for ea in a["experiments"]:
-        eb = theirs.get(ea["key"])
-        if eb is None:
-            continue
+    for ea, eb in _common(a, b):
         pb = _points(eb)
         for key, pa in _points(ea).items():
             other = pb.get(key)
@@ -76,12 +80,8 @@ def figure_rows(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[dict[str, An
 
 def verdict_changes(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[dict[str, str]]:
     """Verdicts (experiment, subject, kind, in order) whose status differs between A and B."""
-    theirs = {e["key"]: e for e in b["experiments"]}
     changes = []
-    for ea in a["experiments"]:
-        eb = theirs.get(ea["key"])
-        if eb is None:
-            continue
+    for ea, eb in _common(a, b):
         mine = _by_subject(ea["verdicts"])
         for key, vb in _by_subject(eb["verdicts"]).items():
             va = mine.get(key)
