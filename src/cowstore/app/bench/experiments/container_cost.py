@@ -19,7 +19,7 @@ from cowstore.app.bench.stats import side
 from cowstore.app.bench.subjects import Subject
 
 _REFERENCES = {"btrfs": ("btrfs-cli",)}
-# The talk's figures for one container: under 0.1 s, under 1 MB.
+# The figures "Deep dive into Docker storage drivers" gives for one container: under 0.1 s, under 1 MB.
 _MS, _KIB = 100.0, 1024.0
 
 

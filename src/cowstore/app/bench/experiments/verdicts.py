@@ -1,6 +1,7 @@
 """Verdicts, and the one rule that turns a figure with its spread into one.
 
-A figure is a :class:`~cowstore.app.bench.stats.Spread`: a median over rounds with a
+A claim is one of the talk "Deep dive into Docker storage drivers"; a figure is a
+:class:`~cowstore.app.bench.stats.Spread`: a median over rounds with a
 confidence interval. A claim, a target or a check names the region the figure should be
 in (below 0.6x native, above 5x growth...). The verdict is positive only when the whole
 interval lies inside the region, negative only when it lies wholly outside, and
