@@ -89,3 +89,24 @@ def test_compare_reads_reports_of_the_first_format_and_refuses_other_files(tmp_p
     (tmp_path / "other.json").write_text("[]")
     result = CliRunner().invoke(bench_command, ["compare", str(path), str(tmp_path / "other.json")])
     assert result.exit_code != 0 and "not a report.json of cowstore bench" in str(result.exception)
+
+
+def test_a_run_cut_short_by_its_time_limit_says_what_stopped_and_what_never_ran(tmp_path: pathlib.Path) -> None:
+    ctx = Context(Scale.STANDARD, ImageCache(tmp_path), Scratch(0), log=lambda message: None, deadline=0.0)
+    subjects = [_Fake("fast"), _Fake("native", "native")]
+    result = run_experiment(_Probe({"native": 1.0, "fast": 2.0}), subjects, ctx)
+    run = {
+        "created": "2026-01-01T00:00:00+00:00",
+        "scale": "full",
+        "time_limit_minutes": 40.0,
+        "not_run": {"walk": "the time limit (40 min) ran out"},
+        "host": {"kernel": "6.1", "cpus": 2, "memory_gib": 4, "load_average": [0, 0, 0]},
+        "subjects": {s.name: {"kind": s.kind, "description": s.name} for s in subjects},
+    }
+    writer = ReportWriter(tmp_path / "out", run)
+    writer.add(result)
+    data = json.loads(writer.json_path.read_text())
+    assert data["experiments"][0]["stopped"].startswith("the time limit ran out in round 1 of 3, before ")
+    md = writer.md_path.read_text()
+    assert "`--scale full`, `--time-limit 40`" in md and "- Not run: **walk**: the time limit (40 min)" in md
+    assert "⏱️ **Stopped early:** the time limit ran out in round 1 of 3" in md

@@ -117,3 +117,20 @@ def test_a_subject_that_fails_is_reported_and_the_others_go_on(ctx: Context) -> 
     assert result.errors == {"broken": "prepare: OSError: cannot"}
     assert len(result.samples["a"]["v"][2]) == 3 and "broken" not in result.samples
     assert ("finish", "broken") not in experiment.calls
+
+
+def test_past_the_time_limit_no_sample_starts_and_the_result_says_where_it_stopped(ctx: Context) -> None:
+    experiment = _Probe({"a": 1.0, "b": 2.0})
+    sample = experiment.sample
+
+    def sample_then_run_out(subject: Subject, state: Any, point: Point, ctx: Context) -> dict[str, float]:
+        if len(_samples(experiment.calls)) == 4:  # after round 1 (2 subjects x 2 points), in the 5th
+            ctx.deadline = 0.0
+        return sample(subject, state, point, ctx)
+
+    experiment.sample = sample_then_run_out  # type: ignore[method-assign]
+    result = run_experiment(experiment, [_Fake("a"), _Fake("b")], ctx)
+    assert len(_samples(experiment.calls)) == 5 and result.rounds == 1
+    assert result.stopped == "the time limit ran out in round 2 of 3, before a at 1 (1 of 3 rounds complete)"
+    assert [s.round for s in result.samples["b"]["v"][1]] == [0, 1]
+    assert ("finish", "a") in experiment.calls and ("finish", "b") in experiment.calls

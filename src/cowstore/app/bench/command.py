@@ -127,6 +127,15 @@ def _subjects(
     metavar="N",
     help="N times the rounds of every experiment: narrower intervals where a verdict is inconclusive.",
 )
+@click.option(
+    "--time-limit",
+    "time_limit",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="MINUTES",
+    help="Start no sample after this long: the experiment in progress is judged on what it reached "
+    "and marked stopped, the ones after it are listed as not run (for `full` on a busy machine).",
+)
 @click.pass_context
 def bench_command(
     ctx: click.Context,
@@ -137,6 +146,7 @@ def bench_command(
     out: pathlib.Path,
     only: tuple[str, ...],
     repeat: int,
+    time_limit: float | None,
 ) -> None:
     """Measure the claims of the talk "Deep dive into Docker storage drivers" per driver, on a scratch
     store, against baselines, and write a report (`bench compare A.json B.json`: compare two reports)."""
@@ -171,6 +181,9 @@ def bench_command(
     unavailable: dict[str, str] = {}
     created = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     run: dict[str, Any] = {"created": created, "scale": scale.value, "repeat": repeat, "host": report.host_facts()}
+    if time_limit is not None:
+        run["time_limit_minutes"] = time_limit
+    deadline = None if time_limit is None else time.monotonic() + time_limit * 60
     with interrupts_as_exceptions(), Scratch(_SCRATCH_GIB[scale] * GIB) as scratch:
         log(f"scratch store in {scratch.base} on {scratch.backing}")
         baselines = {name for experiment in experiments for name in experiment.baselines}
@@ -179,8 +192,11 @@ def bench_command(
             run |= {"backing": scratch.backing, "subjects": descriptions, "unavailable": unavailable}
             writer = report.ReportWriter(out, run)
             calibration = Calibration(scratch, probe_mib(scale))
-            context = Context(scale, ImageCache(scratch.path("images")), scratch, log, repeat, calibration)
+            context = Context(scale, ImageCache(scratch.path("images")), scratch, log, repeat, calibration, deadline)
             for experiment in experiments:
+                if context.out_of_time():
+                    run.setdefault("not_run", {})[experiment.key] = f"the time limit ({time_limit:g} min) ran out"
+                    continue
                 result = run_experiment(experiment, subjects, context)
                 run["calibration"] = calibration.summary()
                 writer.add(result)

@@ -61,6 +61,8 @@ def _header(data: Mapping[str, Any]) -> list[str]:
     host = data["host"]
     state = "" if data.get("complete", True) else f" — **incomplete: {len(data['experiments'])} experiments so far**"
     repeat = f", `--repeat {data['repeat']}`" if data.get("repeat", 1) > 1 else ""
+    if data.get("time_limit_minutes"):
+        repeat += f", `--time-limit {data['time_limit_minutes']:g}`"
     seconds = f", {data['seconds']:.0f} s in all" if "seconds" in data else ""
     lines = [
         "# cowstore bench report",
@@ -74,6 +76,7 @@ def _header(data: Mapping[str, Any]) -> list[str]:
         "- Subjects: " + "; ".join(f"**{n}**: {d['description']}" for n, d in data.get("subjects", {}).items()),
     ]
     lines += [f"- Not measured: **{name}**: {reason}" for name, reason in data.get("unavailable", {}).items()]
+    lines += [f"- Not run: **{key}**: {reason}" for key, reason in data.get("not_run", {}).items()]
     lines.append(calibration_line(data.get("calibration")))
     return lines
 
@@ -123,6 +126,8 @@ def _experiment(e: Mapping[str, Any]) -> list[str]:
         f"x: {e['x_label']}; {e.get('rounds', '?')} rounds; {e['seconds']:.1f} s{during}.",
         "",
     ]
+    if e.get("stopped"):
+        lines += [f"⏱️ **Stopped early:** {e['stopped']}; the tables hold every point it reached.", ""]
     if e.get("plot"):
         lines += [f"![{e['title']}]({e['plot']})", ""]
     rows = _rows(e)

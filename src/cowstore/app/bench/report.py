@@ -111,6 +111,7 @@ def result_json(r: Result, plot: str | None) -> dict[str, Any]:
         "x_label": r.x_label,
         "seconds": round(r.seconds, 2),
         "rounds": r.rounds,
+        "stopped": r.stopped,
         "calibration_write_mb_s": calibration,
         "metrics": [{"key": m.key, "label": m.label, "unit": m.unit} for m in r.metrics],
         "points": r.points,

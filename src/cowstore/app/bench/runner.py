@@ -8,8 +8,10 @@ is sampled next to every other subject, alternately just before and just after i
 warm-up round is run first where the experiment asks for one, and not recorded. A
 baseline takes part only where the experiment lists it. A subject that fails is recorded
 with the error and dropped from the experiment; the run goes on with the others (a bench
-must report, not crash). Ctrl-C and SIGTERM are not failures: they propagate so the
-caller can clean up.
+must report, not crash). Past the run's time limit no sample starts: the experiment
+ends there, says where, and is judged on the rounds it has (a paired ratio uses only
+the rounds both its subjects reached). Ctrl-C and SIGTERM are not failures: they
+propagate so the caller can clean up.
 """
 
 from __future__ import annotations
@@ -27,6 +29,14 @@ WARMUP = -1  # the round number of the discarded warm-up round
 def _describe(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+class _OutOfTime(Exception):
+    """The time limit ran out before `subject`'s sample at `point` in round `round_no`."""
+
+    def __init__(self, subject: str, point: Point, round_no: int) -> None:
+        super().__init__(subject, point, round_no)
+        self.subject, self.point, self.round_no = subject, point, round_no
 
 
 class _Run:
@@ -60,6 +70,8 @@ class _Run:
     def sample(self, subject: Subject, point: Point, round_no: int, beside: str | None = None) -> None:
         if subject.name in self.result.errors or subject.name not in self.states:
             return
+        if self.ctx.out_of_time():
+            raise _OutOfTime(subject.name, point, round_no)
         scale = self.ctx.scale
         reason = self.experiment.limit(subject, self.states[subject.name], point, scale)
         if reason:
@@ -125,7 +137,13 @@ def run_experiment(experiment: Experiment, subjects: Sequence[Subject], ctx: Con
             finally:
                 if experiment.stepwise:
                     run.finish(active)
-        result.rounds = rounds
+            result.rounds = max(round_no + 1, 0)
+    except _OutOfTime as stop:
+        where = "the warm-up round" if stop.round_no == WARMUP else f"round {stop.round_no + 1} of {rounds}"
+        result.stopped = (
+            f"the time limit ran out in {where}, before {stop.subject} at {stop.point} "
+            f"({result.rounds} of {rounds} rounds complete)"
+        )
     finally:
         run.finish(active)
         result.seconds = time.perf_counter() - started

@@ -26,6 +26,9 @@ Writing an experiment (one module in this package, added to `ALL` in `__init__.p
   like). `stepwise = True` is for points that are steps depending on each other (fill,
   then delete, then trim): each round then prepares a fresh state, walks all the steps and
   finishes it.
+- **Stop early** is the runner's job too: past the run's `--time-limit` it takes no new
+  sample, marks the result `stopped` (where it stopped) and still judges what was
+  measured, so an experiment sized for hours reports the points it reached.
 - **Judge** in `judge(result)`, one or more verdicts per subject, from *per-round* figures
   with their spread (`Result.paired`, `Result.growth`, `Result.spread`, or
   `combine(fn, result.by_round(...), ...)` for anything else computed round by round) and the helpers of
@@ -38,6 +41,7 @@ Writing an experiment (one module in this package, added to `ALL` in `__init__.p
 from __future__ import annotations
 
 import abc
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -65,6 +69,11 @@ class Context:
     # Called at the start of every round with the experiment's result: the calibration probe
     # of the backing (`cowstore.app.bench.calibration`), or nothing.
     on_round: Callable[[Result], None] | None = None
+    # The `time.monotonic()` instant after which no sample starts (`--time-limit`), or none.
+    deadline: float | None = None
+
+    def out_of_time(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
 
 
 class Experiment(abc.ABC):

@@ -71,6 +71,8 @@ class Result:
     rounds: int = 0
     # The backing's own throughput (MB/s) probed at the start of each round of this experiment.
     calibration: list[float] = field(default_factory=list)
+    # Why and where the experiment stopped before its last round (the time limit), or None.
+    stopped: str | None = None
 
     def add(
         self, subject: str, values: dict[str, float], point: Point, round_no: int, beside: str | None = None
