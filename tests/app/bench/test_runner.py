@@ -9,10 +9,12 @@ from typing import Any
 import pytest
 
 from cowstore.app.bench.experiments import Context, Experiment, Metric, Point, Result, Verdict
+from cowstore.app.bench.experiments.verdicts import claim
 from cowstore.app.bench.images import ImageCache
 from cowstore.app.bench.runner import run_experiment
 from cowstore.app.bench.scale import Scale
 from cowstore.app.bench.scratch import Scratch
+from cowstore.app.bench.stats import side
 from cowstore.app.bench.subjects import Subject
 
 
@@ -134,3 +136,25 @@ def test_past_the_time_limit_no_sample_starts_and_the_result_says_where_it_stopp
     assert result.stopped == "the time limit ran out in round 2 of 3, before a at 1 (1 of 3 rounds complete)"
     assert [s.round for s in result.samples["b"]["v"][1]] == [0, 1]
     assert ("finish", "a") in experiment.calls and ("finish", "b") in experiment.calls
+
+
+def test_a_verdict_on_one_round_of_an_experiment_cut_short_is_inconclusive(ctx: Context) -> None:
+    class _Judging(_Probe):
+        def judge(self, result: Result) -> list[Verdict]:
+            found = result.spread("a", "v", 2)
+            assert found is not None
+            return [claim("a", True, [side(found, high=1e9)], found.show(), found.brief(), found)]
+
+    experiment = _Judging({"a": 1.0})
+    sample = experiment.sample
+
+    def sample_then_run_out(subject: Subject, state: Any, point: Point, ctx: Context) -> dict[str, float]:
+        if len(_samples(experiment.calls)) == 1:
+            ctx.deadline = 0.0
+        return sample(subject, state, point, ctx)
+
+    experiment.sample = sample_then_run_out  # type: ignore[method-assign]
+    verdict = run_experiment(experiment, [_Fake("a")], ctx).verdicts[0]
+    assert verdict.status == "inconclusive" and verdict.detail.endswith("(one round only)")
+    ctx.deadline = None
+    assert run_experiment(_Judging({"a": 1.0}), [_Fake("a")], ctx).verdicts[0].status == "confirmed"

@@ -16,14 +16,17 @@ propagate so the caller can clean up.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from typing import Any
 
-from cowstore.app.bench.experiments import Context, Experiment, Point, Result
+from cowstore.app.bench.experiments import Context, Experiment, Point, Result, Verdict
+from cowstore.app.bench.experiments.verdicts import INCONCLUSIVE
 from cowstore.app.bench.subjects import Subject
 
 WARMUP = -1  # the round number of the discarded warm-up round
+_DECIDED = ("confirmed", "not confirmed", "met", "missed")
 
 
 def _describe(exc: BaseException) -> str:
@@ -148,4 +151,15 @@ def run_experiment(experiment: Experiment, subjects: Sequence[Subject], ctx: Con
         run.finish(active)
         result.seconds = time.perf_counter() - started
     result.verdicts = experiment.judge(result)
+    if result.stopped is not None:
+        result.verdicts = [_one_round_decides_nothing(v) for v in result.verdicts]
     return result
+
+
+def _one_round_decides_nothing(verdict: Verdict) -> Verdict:
+    """In an experiment the time limit cut short, a verdict resting on a single round has no
+    interval to clear a threshold with: it becomes inconclusive (one-round experiments,
+    such as the thin pool's, are never cut short: they have no second round to lose)."""
+    if verdict.spread is None or verdict.spread.count >= 2 or verdict.status not in _DECIDED:
+        return verdict
+    return dataclasses.replace(verdict, status=INCONCLUSIVE, detail=f"{verdict.detail} (one round only)")
