@@ -58,7 +58,14 @@ def test_quick_bench_writes_json_and_report(tmp_path: pathlib.Path, monkeypatch:
     assert not cost["errors"]
     for point in cost["series"]["vfs"]["time_ms"]:
         assert point["min"] <= point["median"] <= point["max"] and point["n"] == len(point["samples"])
-    assert any(v["subject"] == "vfs" and v["status"] in ("confirmed", "not confirmed") for v in cost["verdicts"])
+    statuses = ("confirmed", "not confirmed", "inconclusive")
+    assert any(v["subject"] == "vfs" and v["status"] in statuses and v["figure"] for v in cost["verdicts"])
+    assert data["complete"] is True and data["calibration"]["probes"] >= len(keys)
+    seq = data["experiments"][keys.index("seq_write")]
+    natives = seq["series"]["native"]["write_mb_s"][0]
+    assert set(natives["beside"]) == {s for s in seq["series"] if s != "native"}  # native sampled beside each
+    checks = [v for v in seq["verdicts"] if v["kind"] == "check"]
+    assert {v["subject"] for v in checks} == {"vfs", "overlay2"} & set(seq["series"])
     assert "thin pools are devicemapper's" in data["experiments"][keys.index("thin_pool")]["skipped"]["vfs"]
     assert "vfs" in data["experiments"][keys.index("walk")]["series"]
     assert keys[-5:] == ["cli", "import", "load", "commit", "save"]
@@ -74,6 +81,7 @@ def test_quick_bench_writes_json_and_report(tmp_path: pathlib.Path, monkeypatch:
 
     report = (out / "report.md").read_text()
     assert report.startswith("# cowstore bench report") and "`--scale quick`" in report
+    assert "## Claims at a glance" in report and "- Calibration: the backing itself" in report
     for experiment in data["experiments"]:
         assert f"## {experiment['title']}" in report
         if importlib.util.find_spec("matplotlib") is not None and experiment["series"]:

@@ -1,4 +1,5 @@
-"""`cowstore bench`: set up the scratch store, open the subjects, run, report, clean up."""
+"""`cowstore bench`: set up the scratch store, open the subjects, run, report, clean up;
+`cowstore bench compare A.json B.json`: the ratios between two reports."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from rich.console import Console
 
 from cowstore.app.bench import report
 from cowstore.app.bench.baselines import BASELINES
-from cowstore.app.bench.experiments import ALL, Context, Result
+from cowstore.app.bench.calibration import Calibration, probe_mib
+from cowstore.app.bench.compare import compare_command
+from cowstore.app.bench.experiments import ALL, Context
 from cowstore.app.bench.images import ImageCache
 from cowstore.app.bench.peers import PEERS, open_peer
 from cowstore.app.bench.runner import run_experiment
@@ -77,7 +80,7 @@ def _subjects(
                 log(f"closing {subject.name} failed: {exc}")
 
 
-@click.command("bench")
+@click.group("bench", invoke_without_command=True)
 @click.option(
     "--driver",
     "drivers",
@@ -116,16 +119,39 @@ def _subjects(
     metavar="KEY",
     help=f"Run only these experiments ({', '.join(e.key for e in ALL)}).",
 )
+@click.option(
+    "--repeat",
+    type=click.IntRange(1, 100),
+    default=1,
+    show_default=True,
+    metavar="N",
+    help="N times the rounds of every experiment: narrower intervals where a verdict is inconclusive.",
+)
+@click.option(
+    "--time-limit",
+    "time_limit",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="MINUTES",
+    help="Start no sample after this long: the experiment in progress is judged on what it reached "
+    "and marked stopped, the ones after it are listed as not run (for `full` on a busy machine).",
+)
+@click.pass_context
 def bench_command(
+    ctx: click.Context,
     drivers: tuple[str, ...],
     scale_name: str | None,
     quick: bool,
     compare: str,
     out: pathlib.Path,
     only: tuple[str, ...],
+    repeat: int,
+    time_limit: float | None,
 ) -> None:
     """Measure the claims of the talk "Deep dive into Docker storage drivers" per driver, on a scratch
-    store, against baselines, and write a report."""
+    store, against baselines, and write a report (`bench compare A.json B.json`: compare two reports)."""
+    if ctx.invoked_subcommand is not None:
+        return
     if quick and scale_name not in (None, Scale.QUICK):
         raise click.BadParameter(f"--quick contradicts --scale {scale_name}", param_hint="--quick")
     scale = Scale.QUICK if quick else Scale(scale_name or Scale.STANDARD)
@@ -153,29 +179,33 @@ def bench_command(
         click.echo(f"[{time.perf_counter() - started:6.1f}s] {message}", err=True)
 
     unavailable: dict[str, str] = {}
-    results: list[Result] = []
     created = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-    run: dict[str, Any] = {"created": created, "scale": scale.value, "host": report.host_facts()}
+    run: dict[str, Any] = {"created": created, "scale": scale.value, "repeat": repeat, "host": report.host_facts()}
+    if time_limit is not None:
+        run["time_limit_minutes"] = time_limit
+    deadline = None if time_limit is None else time.monotonic() + time_limit * 60
     with interrupts_as_exceptions(), Scratch(_SCRATCH_GIB[scale] * GIB) as scratch:
         log(f"scratch store in {scratch.base} on {scratch.backing}")
         baselines = {name for experiment in experiments for name in experiment.baselines}
         with _subjects(scratch, chosen, baselines, peers, unavailable, log) as subjects:
-            ctx = Context(scale=scale, images=ImageCache(scratch.path("images")), scratch=scratch, log=log)
-            for experiment in experiments:
-                result = run_experiment(experiment, subjects, ctx)
-                results.append(result)
-                report.print_result(console, result)
             descriptions = {s.name: {"kind": s.kind, "description": s.describe()} for s in subjects}
-        run |= {
-            "backing": scratch.backing,
-            "subjects": descriptions,
-            "unavailable": unavailable,
-            "seconds": round(time.perf_counter() - started, 1),
-        }
-    peer_names = [n for n, d in descriptions.items() if d["kind"] == "peer"]
-    driver_subjects = [n for n, d in descriptions.items() if d["kind"] == "driver"]
-    ratios = report.peer_ratios(results, peer_names, driver_subjects)
-    json_path, md_path = report.write_outputs(out, run, results, ratios)
+            run |= {"backing": scratch.backing, "subjects": descriptions, "unavailable": unavailable}
+            writer = report.ReportWriter(out, run)
+            calibration = Calibration(scratch, probe_mib(scale))
+            context = Context(scale, ImageCache(scratch.path("images")), scratch, log, repeat, calibration, deadline)
+            for experiment in experiments:
+                if context.out_of_time():
+                    run.setdefault("not_run", {})[experiment.key] = f"the time limit ({time_limit:g} min) ran out"
+                    continue
+                result = run_experiment(experiment, subjects, context)
+                run["calibration"] = calibration.summary()
+                writer.add(result)
+                report.print_result(console, result)
+        run["seconds"] = round(time.perf_counter() - started, 1)
+    writer.write(complete=True)
     for name, reason in unavailable.items():
         console.print(f"not measured: {name}: {reason}", style="dim")
-    console.print(f"report: {md_path}\nraw results: {json_path}")
+    console.print(f"report: {writer.md_path}\nraw results: {writer.json_path}")
+
+
+bench_command.add_command(compare_command)

@@ -17,6 +17,7 @@ daemon left behind.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pathlib
 import shutil
@@ -141,8 +142,11 @@ class DockerSubject(CliPeer):
 
     def describe(self) -> str:
         runtime = self._run("info", "--format", "{{.DefaultRuntime}}")
+        status = json.loads(self._run("info", "--format", "{{json .DriverStatus}}") or "[]")
+        facts = ", ".join(f"{key} {value}" for key, value in status or [])
         return (
-            f"docker {self.version} (dockerd from docker.io), --storage-driver {self.driver}, runtime {runtime}, "
+            f"docker {self.version} (dockerd from docker.io), --storage-driver {self.driver} ({facts}), "
+            f"runtime {runtime}, "
             f"data root on {fsutil.backing_fs(self.data_root)}; CLI round trip floor {self.floor_ms:.0f} ms; "
             "create is not a mount (docker mounts a container only while it runs)"
         )

@@ -1,9 +1,11 @@
 """The bench's outputs: raw results as JSON, a Markdown report with one PNG per experiment,
 and a table per experiment on the terminal.
 
-JSON keeps every sample, so a reader can recompute anything; Markdown and the tables
-show the median with the min–max range, and the verdicts. Plots need matplotlib (the
-`bench` extra); without it the report says so instead of failing.
+JSON keeps every sample with its round, so a reader can recompute anything (`bench
+compare` reads it back); Markdown (`markdown.py`) and the tables show the median with
+the min–max range, and the verdicts with the spread they rest on. The report is written
+again after every experiment, marked incomplete until the run ends: a run of hours that
+is stopped still leaves what it measured.
 """
 
 from __future__ import annotations
@@ -18,18 +20,13 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from cowstore.app.bench.experiments import ALL, PEER_EXPERIMENTS, Result
+from cowstore.app.bench import markdown
+from cowstore.app.bench.experiments import PEER_EXPERIMENTS, Result, Verdict
+from cowstore.app.bench.markdown import mark
+from cowstore.app.bench.plots import write_plot
 from cowstore.app.bench.stats import fmt, summarize
 
-FORMAT_VERSION = 1
-_STATUS_MARK = {
-    "confirmed": "✅ confirmed",
-    "not confirmed": "❌ not confirmed",
-    "not claimed": "➖ not claimed",
-    "measured": "📏 measured",
-    "met": "🎯 target met",
-    "missed": "🔻 target missed",
-}
+FORMAT_VERSION = 2
 
 
 def host_facts() -> dict[str, Any]:
@@ -51,13 +48,20 @@ def _series(result: Result) -> dict[str, dict[str, list[dict[str, Any]]]]:
         for metric, by_point in metrics.items():
             rows = out.setdefault(subject, {}).setdefault(metric, [])
             for point in result.points:
-                if by_point.get(point):
-                    rows.append({"x": point, **summarize(by_point[point]).as_dict(), "samples": by_point[point]})
+                samples = by_point.get(point)
+                if not samples:
+                    continue
+                values = [s.value for s in samples]
+                row: dict[str, Any] = {"x": point, **summarize(values).as_dict(), "samples": values}
+                row["rounds"] = [s.round for s in samples]
+                if any(s.beside for s in samples):
+                    row["beside"] = [s.beside for s in samples]
+                rows.append(row)
     return out
 
 
 def peer_ratios(results: Sequence[Result], peers: Sequence[str], drivers: Sequence[str]) -> list[dict[str, Any]]:
-    """cowstore/peer ratios of the medians, for every point both measured."""
+    """cowstore/peer ratios, paired round by round, for every point both measured."""
     rows = []
     for result in results:
         if result.key not in PEER_EXPERIMENTS:
@@ -66,105 +70,59 @@ def peer_ratios(results: Sequence[Result], peers: Sequence[str], drivers: Sequen
             for driver in drivers:
                 for metric in result.metrics:
                     for point in result.points:
-                        mine = result.median(driver, metric.key, point)
-                        theirs = result.median(peer, metric.key, point)
-                        if mine is not None and theirs:
-                            rows.append(
-                                {
-                                    "experiment": result.key,
-                                    "metric": metric.key,
-                                    "unit": metric.unit,
-                                    "x": point,
-                                    "driver": driver,
-                                    "peer": peer,
-                                    "driver_median": mine,
-                                    "peer_median": theirs,
-                                    "ratio": mine / theirs,
-                                }
-                            )
+                        found = result.paired(driver, peer, metric.key, point)
+                        mine, theirs = result.median(driver, metric.key, point), result.median(peer, metric.key, point)
+                        if found is None or mine is None or theirs is None:
+                            continue
+                        rows.append(
+                            {
+                                "experiment": result.key,
+                                "metric": metric.key,
+                                "unit": metric.unit,
+                                "x": point,
+                                "driver": driver,
+                                "peer": peer,
+                                "driver_median": mine,
+                                "peer_median": theirs,
+                                "ratio": found.median,
+                                "spread": found.as_dict(),
+                            }
+                        )
     return rows
 
 
-def to_json(run: dict[str, Any], results: Sequence[Result], plots: dict[str, str]) -> dict[str, Any]:
-    experiments = []
-    for r in results:
-        experiments.append(
-            {
-                "key": r.key,
-                "title": r.title,
-                "claim": r.claim,
-                "x_label": r.x_label,
-                "seconds": round(r.seconds, 2),
-                "metrics": [{"key": m.key, "label": m.label, "unit": m.unit} for m in r.metrics],
-                "points": r.points,
-                "series": _series(r),
-                "skipped": r.skipped,
-                "errors": r.errors,
-                "limits": {k: v for k, v in r.limits.items() if v},
-                "notes": r.notes,
-                "verdicts": [{"subject": v.subject, "status": v.status, "detail": v.detail} for v in r.verdicts],
-                "plot": plots.get(r.key),
-            }
-        )
-    return {"format": FORMAT_VERSION, **run, "experiments": experiments}
+def verdict_json(verdict: Verdict) -> dict[str, Any]:
+    return {
+        "subject": verdict.subject,
+        "kind": verdict.kind,
+        "status": verdict.status,
+        "figure": verdict.figure,
+        "detail": verdict.detail,
+        "spread": verdict.spread.as_dict() if verdict.spread else None,
+    }
 
 
-def _plot(result: Result, path: pathlib.Path) -> bool:
-    """One PNG for the experiment: a panel per metric, medians with min–max bars."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    metrics = [m for m in result.metrics if any(m.key in result.samples[s] for s in result.subjects())]
-    if not metrics:
-        return False
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 4), squeeze=False)
-    subjects = result.subjects()
-    numeric = all(isinstance(p, int) for p in result.points)
-    for ax, metric in zip(axes[0], metrics, strict=True):
-        for index, subject in enumerate(subjects):
-            points = result.measured_points(subject, metric.key)
-            stats = [result.summary(subject, metric.key, p) for p in points]
-            if not points:
-                continue
-            med = [s.median for s in stats if s]
-            err = [[s.median - s.low for s in stats if s], [s.high - s.median for s in stats if s]]
-            if numeric:
-                ax.errorbar(points, med, yerr=err, marker="o", capsize=3, label=subject)
-            else:
-                width = 0.8 / max(len(subjects), 1)
-                xs = [result.points.index(p) + (index - (len(subjects) - 1) / 2) * width for p in points]
-                ax.bar(xs, med, width, yerr=err, capsize=3, label=subject)
-        if numeric:
-            values = [p for p in result.points if isinstance(p, int) and p > 0]
-            if values and max(values) / min(values) >= 50:
-                ax.set_xscale("log")
-        else:
-            ax.set_xticks(
-                range(len(result.points)), [str(p) for p in result.points], rotation=20, ha="right", fontsize=8
-            )
-        ax.set_title(metric.label, fontsize=10)
-        ax.set_xlabel(result.x_label, fontsize=9)
-        ax.set_ylabel(metric.unit)
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    fig.suptitle(result.title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return True
-
-
-def write_plots(results: Sequence[Result], out: pathlib.Path) -> dict[str, str]:
-    plots = {}
-    for result in results:
-        name = f"{result.key}.png"
-        if result.samples and _plot(result, out / name):
-            plots[result.key] = name
-    return plots
+def result_json(r: Result, plot: str | None) -> dict[str, Any]:
+    calibration = summarize(r.calibration).as_dict() if r.calibration else None
+    return {
+        "key": r.key,
+        "title": r.title,
+        "claim": r.claim,
+        "x_label": r.x_label,
+        "seconds": round(r.seconds, 2),
+        "rounds": r.rounds,
+        "stopped": r.stopped,
+        "calibration_write_mb_s": calibration,
+        "metrics": [{"key": m.key, "label": m.label, "unit": m.unit} for m in r.metrics],
+        "points": r.points,
+        "series": _series(r),
+        "skipped": r.skipped,
+        "errors": r.errors,
+        "limits": {k: v for k, v in r.limits.items() if v},
+        "notes": r.notes,
+        "verdicts": [verdict_json(v) for v in r.verdicts],
+        "plot": plot,
+    }
 
 
 def _table_rows(result: Result) -> list[list[str]]:
@@ -190,65 +148,6 @@ def _table_rows(result: Result) -> list[list[str]]:
 _HEADERS = ["subject", "metric", "x", "median", "min – max", "n"]
 
 
-def markdown(run: dict[str, Any], results: Sequence[Result], plots: dict[str, str], peers: list[dict[str, Any]]) -> str:
-    host = run["host"]
-    lines = [
-        "# cowstore bench report",
-        "",
-        f"- Run: {run['created']} (`--scale {run['scale']}`), {run['seconds']:.0f} s in all",
-        (
-            f"- Host: kernel {host['kernel']}, {host['cpus']} CPUs, {host['memory_gib']} GiB RAM, "
-            f"load average at start {host['load_average']}"
-        ),
-        f"- Backing: {run['backing']}",
-        "- Subjects: " + "; ".join(f"**{n}**: {d['description']}" for n, d in run["subjects"].items()),
-    ]
-    for name, reason in run["unavailable"].items():
-        lines.append(f"- Not measured: **{name}**: {reason}")
-    lines += ["", "## Verdicts", "", "| experiment | subject | verdict | figures |", "|---|---|---|---|"]
-    for r in results:
-        for v in r.verdicts:
-            lines.append(f"| {r.title} | {v.subject} | {_STATUS_MARK.get(v.status, v.status)} | {v.detail} |")
-    for r in results:
-        lines += ["", f"## {r.title}", "", f"**Claim:** {r.claim}", "", f"x: {r.x_label}; {r.seconds:.1f} s.", ""]
-        if r.key in plots:
-            lines += [f"![{r.title}]({plots[r.key]})", ""]
-        rows = _table_rows(r)
-        if rows:
-            lines += ["| " + " | ".join(_HEADERS) + " |", "|" + "---|" * len(_HEADERS)]
-            lines += ["| " + " | ".join(row) + " |" for row in rows]
-            lines.append("")
-        for v in r.verdicts:
-            lines.append(f"- {_STATUS_MARK.get(v.status, v.status)} — **{v.subject}**: {v.detail}")
-        for subject, reason in r.skipped.items():
-            lines.append(f"- skipped **{subject}**: {reason}")
-        for subject, points in r.limits.items():
-            for point, reason in points.items():
-                lines.append(f"- not measured **{subject}** at {point}: {reason}")
-        for subject, error in r.errors.items():
-            lines.append(f"- ⚠️ **{subject}** failed {error}")
-        lines += [f"- note: {n}" for n in r.notes]
-    lines += ["", f"## {len(ALL) + 1}. Peers", ""]
-    if peers:
-        lines += [
-            "Ratios of medians, cowstore / peer (below 1: cowstore is faster or smaller).",
-            "",
-            "| experiment | metric | x | driver | peer | driver median | peer median | ratio |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        lines += [
-            f"| {p['experiment']} | {p['metric']} ({p['unit']}) | {p['x']} | {p['driver']} | {p['peer']} | "
-            f"{fmt(p['driver_median'])} | {fmt(p['peer_median'])} | {p['ratio']:.2f} |"
-            for p in peers
-        ]
-    else:
-        lines.append("No peer measured in this run (`--compare podman,docker`).")
-    for name, reason in run["unavailable"].items():
-        if name in ("podman", "docker"):
-            lines.append(f"- {name}: {reason}")
-    return "\n".join(lines) + "\n"
-
-
 def print_result(console: Console, result: Result) -> None:
     rows = _table_rows(result)
     console.print(f"[bold]{result.title}[/] — {result.claim}")
@@ -260,21 +159,43 @@ def print_result(console: Console, result: Result) -> None:
             table.add_row(*row)
         console.print(table)
     for v in result.verdicts:
-        console.print(f"  {_STATUS_MARK.get(v.status, v.status)} [bold]{v.subject}[/]: {v.detail}")
+        console.print(f"  {mark(v.status)} [bold]{v.subject}[/]: {v.detail}")
     for subject, reason in result.skipped.items():
         console.print(f"  skipped {subject}: {reason}", style="dim")
     for subject, error in result.errors.items():
         console.print(f"  {subject} failed {error}", style="yellow")
 
 
-def write_outputs(
-    out: pathlib.Path, run: dict[str, Any], results: Sequence[Result], peers: list[dict[str, Any]]
-) -> tuple[pathlib.Path, pathlib.Path]:
-    """Write report.json, report.md and the PNGs into `out`; return the two report paths."""
-    out.mkdir(parents=True, exist_ok=True)
-    plots = write_plots(results, out)
-    data = to_json(run, results, plots) | {"peers": peers}
-    json_path, md_path = out / "report.json", out / "report.md"
-    json_path.write_text(json.dumps(data, indent=1) + "\n")
-    md_path.write_text(markdown(run, results, plots, peers))
-    return json_path, md_path
+class ReportWriter:
+    """report.json, report.md and the PNGs in `out`, written again after each experiment."""
+
+    def __init__(self, out: pathlib.Path, run: dict[str, Any]) -> None:
+        self.out = out
+        self.run = run
+        self.results: list[Result] = []
+        self.plots: dict[str, str] = {}
+        out.mkdir(parents=True, exist_ok=True)
+        self.json_path, self.md_path = out / "report.json", out / "report.md"
+
+    def add(self, result: Result) -> None:
+        self.results.append(result)
+        plot = write_plot(result, self.out)
+        if plot:
+            self.plots[result.key] = plot
+        self.write(complete=False)
+
+    def write(self, *, complete: bool) -> None:
+        experiments = [result_json(r, self.plots.get(r.key)) for r in self.results]
+        data = {"format": FORMAT_VERSION, "complete": complete, **self.run, "experiments": experiments}
+        kinds = {name: d["kind"] for name, d in self.run.get("subjects", {}).items()}
+        peers = [n for n, k in kinds.items() if k == "peer"]
+        data["peers"] = peer_ratios(self.results, peers, [n for n, k in kinds.items() if k == "driver"])
+        self._replace(self.json_path, json.dumps(data, indent=1) + "\n")
+        self._replace(self.md_path, markdown.render(data))
+
+    @staticmethod
+    def _replace(path: pathlib.Path, text: str) -> None:
+        """Write `text` beside `path`, then rename it over: a reader never sees half a report."""
+        partial = path.with_name(f".{path.name}.partial")
+        partial.write_text(text)
+        partial.replace(path)

@@ -1,62 +1,59 @@
-"""What an experiment is, and the result it leaves: samples per subject, metric and point.
+"""The experiment API: what an experiment declares, what the runner does with it, and how it judges.
 
-An experiment declares its points (the x axis: a container count, a file size, a
-chain depth or a named step), its metrics, and takes one sample of one subject at one
-point at a time, so the runner can interleave subjects and rounds. It then judges,
-per subject, the claim of the talk "Deep dive into Docker storage drivers" that it
-tests, and cowstore's own targets for a driver against that driver's baseline.
+Writing an experiment (one module in this package, added to `ALL` in `__init__.py`):
+
+- **Declare** a `key` (stable: reports and `bench compare` match on it), a `title`, the
+  `claim` of the talk "Deep dive into Docker storage drivers" it tests (or cowstore's own
+  question), an `x_label`, its `metrics` and its `points(scale)`: the x values (a container
+  count, a file size, a named step), sized per scale with `Scale.pick`.
+- **Choose subjects** with `supports` (default: cowstore drivers and the `baselines` the
+  experiment lists), and per point with `limit` (a point a driver refuses is a limit, with
+  the driver's reason, not an error).
+- **Measure** one subject at one point per `sample` call, returning {metric: value}; put
+  what samples share (an imported image) in `prepare`'s state and undo it in `finish`.
+  Never loop over subjects or rounds yourself: the runner does, so that every subject is
+  measured side by side (see `runner.py`):
+
+      for each round (the order of the subjects rotates from round to round):
+          for each point:
+              for each subject: sample(subject, state, point)
+
+  `rounds(scale)` sets how many (`--repeat N` multiplies it). `beside = "native"` has that
+  reference sampled right next to every other subject, alternately just before and just
+  after it, so a ratio to it compares two samples seconds apart (for I/O on a disk whose
+  speed drifts). `warmup = True` runs one round first and discards it (the first write into
+  a region of a sparse image allocates it on the host: later rounds then compare like with
+  like). `stepwise = True` is for points that are steps depending on each other (fill,
+  then delete, then trim): each round then prepares a fresh state, walks all the steps and
+  finishes it.
+- **Stop early** is the runner's job too: past the run's `--time-limit` it takes no new
+  sample, marks the result `stopped` (where it stopped) and still judges what was
+  measured, so an experiment sized for hours reports the points it reached.
+- **Judge** in `judge(result)`, one or more verdicts per subject, from *per-round* figures
+  with their spread (`Result.paired`, `Result.growth`, `Result.spread`, or
+  `combine(fn, result.by_round(...), ...)` for anything else computed round by round) and the helpers of
+  `verdicts.py` (`claim`, `target`, `noise_check`, `measured`): a verdict is positive or
+  negative only when the whole confidence interval lies on one side of the claim's
+  threshold (`stats.side`), "inconclusive" otherwise. Put the figure with its spread in
+  the verdict (`Spread.show`/`brief`) so a reader sees how sure it is.
 """
 
 from __future__ import annotations
 
 import abc
-from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+from cowstore.app.bench.experiments.result import Metric, Point, Result, combine
+from cowstore.app.bench.experiments.verdicts import Verdict
 from cowstore.app.bench.images import ImageCache
 from cowstore.app.bench.scale import Scale
 from cowstore.app.bench.scratch import Scratch
-from cowstore.app.bench.stats import Summary, summarize
 from cowstore.app.bench.subjects import Subject
 
-Point = int | str
-
-
-@dataclass(frozen=True)
-class Metric:
-    key: str
-    label: str
-    unit: str
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """What the figures of one subject say, and which figures.
-
-    On a claim of the talk: "confirmed", "not confirmed", "not claimed" (the talk says
-    nothing of this subject) or "measured" (the experiment has no criterion). On one of
-    cowstore's own targets for a driver, set against a baseline of the same run: "met"
-    or "missed".
-    """
-
-    subject: str
-    status: str
-    detail: str
-
-
-def judged(subject: str, expected: Mapping[str, str], found: str, detail: str) -> Verdict:
-    """The verdict on a claim that `subject` behaves as `expected[subject]` ("grows", "once"...),
-    where the figures show `found`; "not claimed" when the talk says nothing of `subject`."""
-    if subject not in expected:
-        return Verdict(subject, "not claimed", detail)
-    return Verdict(subject, "confirmed" if found == expected[subject] else "not confirmed", detail)
-
-
-def target(subject: str, ok: bool, detail: str) -> Verdict:
-    """The verdict on one of cowstore's targets for `subject`."""
-    return Verdict(subject, "met" if ok else "missed", detail)
+__all__ = ["Context", "Experiment", "Metric", "Point", "Result", "Verdict", "combine"]
 
 
 @dataclass
@@ -67,62 +64,16 @@ class Context:
     images: ImageCache
     scratch: Scratch
     log: Callable[[str], None]
+    # Multiplies every experiment's rounds (`--repeat`).
+    repeat: int = 1
+    # Called at the start of every round with the experiment's result: the calibration probe
+    # of the backing (`cowstore.app.bench.calibration`), or nothing.
+    on_round: Callable[[Result], None] | None = None
+    # The `time.monotonic()` instant after which no sample starts (`--time-limit`), or none.
+    deadline: float | None = None
 
-
-@dataclass
-class Result:
-    key: str
-    title: str
-    claim: str
-    x_label: str
-    metrics: tuple[Metric, ...]
-    points: list[Point]
-    samples: dict[str, dict[str, dict[Point, list[float]]]] = field(
-        default_factory=lambda: defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
-    )
-    skipped: dict[str, str] = field(default_factory=dict)
-    errors: dict[str, str] = field(default_factory=dict)
-    limits: dict[str, dict[str, str]] = field(default_factory=lambda: defaultdict(dict))
-    notes: list[str] = field(default_factory=list)
-    verdicts: list[Verdict] = field(default_factory=list)
-    seconds: float = 0.0
-
-    def add(self, subject: str, values: dict[str, float], point: Point) -> None:
-        for metric, value in values.items():
-            self.samples[subject][metric][point].append(value)
-
-    def summary(self, subject: str, metric: str, point: Point) -> Summary | None:
-        values = self.samples.get(subject, {}).get(metric, {}).get(point)
-        return summarize(values) if values else None
-
-    def median(self, subject: str, metric: str, point: Point) -> float | None:
-        found = self.summary(subject, metric, point)
-        return found.median if found else None
-
-    def subjects(self) -> list[str]:
-        return list(self.samples)
-
-    def measured_points(self, subject: str, metric: str) -> list[Point]:
-        have = self.samples.get(subject, {}).get(metric, {})
-        return [p for p in self.points if have.get(p)]
-
-    def ends(self, metric: str, least: int = 1) -> Iterator[tuple[str, Point, Point]]:
-        """(subject, first point, last point) of every subject with `least` or more points of `metric`."""
-        for subject in self.subjects():
-            points = self.measured_points(subject, metric)
-            if len(points) >= least:
-                yield subject, points[0], points[-1]
-
-    def ratio(self, subject: str, reference: str, metric: str, point: Point) -> float | None:
-        """The median of `subject` over that of `reference` at `point` (None: one is missing or zero)."""
-        mine, theirs = self.median(subject, metric, point), self.median(reference, metric, point)
-        return mine / theirs if mine is not None and theirs else None
-
-    def versus(self, subject: str, references: Sequence[str], metric: str, point: Point) -> str:
-        """` (0.74x loop-lvm, 0.58x loop-dio)`: the ratios to the references measured at `point`, or ""."""
-        ratios = ((ref, self.ratio(subject, ref, metric, point)) for ref in references)
-        shown = ", ".join(f"{r:.2f}x {ref}" for ref, r in ratios if r is not None)
-        return f" ({shown})" if shown else ""
+    def out_of_time(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
 
 
 class Experiment(abc.ABC):
@@ -136,9 +87,17 @@ class Experiment(abc.ABC):
     # The baselines (see cowstore.app.bench.baselines) measured beside the drivers here;
     # a baseline takes part in no other experiment.
     baselines: tuple[str, ...] = ()
+    # A subject sampled right next to every other one in each round (see the module's doc).
+    beside: str | None = None
+    # One discarded round before the recorded ones.
+    warmup: bool = False
+    # Points are dependent steps: a fresh state (prepare ... finish) for every round.
+    stepwise: bool = False
 
     def rounds(self, scale: Scale) -> int:
-        return scale.pick(2, 3)
+        """Recorded rounds: 5 give an interval of 94% confidence (min–max); 3 only of 75%, which
+        `full` settles for as its largest points take hours (`--repeat` buys more)."""
+        return scale.pick(2, 5, 3)
 
     @abc.abstractmethod
     def points(self, scale: Scale) -> list[Point]:
@@ -169,7 +128,7 @@ class Experiment(abc.ABC):
 
     @abc.abstractmethod
     def judge(self, result: Result) -> list[Verdict]:
-        """Verdicts on the claim, one per subject measured."""
+        """Verdicts on the claim, one or more per subject measured."""
 
     def result(self, scale: Scale) -> Result:
         return Result(self.key, self.title, self.claim, self.x_label, self.metrics, self.points(scale))

@@ -9,7 +9,7 @@ back to the device and creation works again. The balance itself may need metadat
 it fails with ENOSPC, some of the small files are deleted first (5%, then more: what an
 administrator must do), and the retry then creates
 up to twice as many files as were deleted plus 100: more than the deleted files' space
-alone could hold. One round: each step depends on the last.
+alone could hold. Each round walks the steps on a new filesystem: each step depends on the last.
 """
 
 from __future__ import annotations
@@ -19,9 +19,11 @@ import os
 import pathlib
 from typing import Any
 
-from cowstore.app.bench.experiments.base import Context, Experiment, Metric, Point, Result, Verdict
+from cowstore.app.bench.experiments.base import Context, Experiment, Metric, Point, Result, Verdict, combine
 from cowstore.app.bench.experiments.common import MIB
+from cowstore.app.bench.experiments.verdicts import claim
 from cowstore.app.bench.scale import Scale
+from cowstore.app.bench.stats import side
 from cowstore.app.bench.subjects import Subject
 from cowstore.drivers import open_driver
 from cowstore.drivers.btrfs import BtrfsDriver, allocation, balance
@@ -98,6 +100,7 @@ class BtrfsChunks(Experiment):
         "allocated); a balance (`-dusage`) fixes it."
     )
     x_label = "step"
+    stepwise = True
     metrics = (
         Metric("df_free_mib", "free space df shows", "MiB"),
         Metric("unallocated_mib", "device space in no chunk", "MiB"),
@@ -157,23 +160,22 @@ class BtrfsChunks(Experiment):
     def judge(self, result: Result) -> list[Verdict]:
         verdicts = []
         for subject in result.subjects():
-            free = result.median(subject, "df_free_mib", TRAPPED)
-            created = result.median(subject, "files", TRAPPED)
-            again = result.median(subject, "files", RETRIED)
-            freed = result.median(subject, "unallocated_mib", BALANCED)
-            deleted = result.median(subject, "files", BALANCED)
-            if None in (free, created, again, freed):
+            free = result.spread(subject, "df_free_mib", TRAPPED)
+            created = result.spread(subject, "files", TRAPPED)
+            freed = result.spread(subject, "unallocated_mib", BALANCED)
+            removed = result.spread(subject, "files", BALANCED)
+            deleted = result.by_round(subject, "files", BALANCED)
+            again = result.by_round(subject, "files", RETRIED)
+            # Files that fit after the balance beyond twice those deleted for it (> 0: fixed).
+            beyond = combine(lambda a, d: a - 2 * d, again, deleted)
+            if free is None or created is None or freed is None or removed is None or beyond is None:
                 continue
-            trapped = created is not None and created < _MAX_SMALL and (free or 0) > 32
-            fixed = (again or 0) > 2 * (deleted or 0)
-            verdicts.append(
-                Verdict(
-                    subject,
-                    "confirmed" if trapped and fixed else "not confirmed",
-                    f"ENOSPC after {created:.0f} small files while df showed {free:.0f} MiB free; "
-                    f"after deleting {deleted:.0f} of them the balance left {freed:.0f} MiB "
-                    f"unallocated and {again:.0f} new files fit (of {2 * (deleted or 0) + 100:.0f} "
-                    "tried)",
-                )
+            sides = (side(created, high=_MAX_SMALL - 1), side(free, low=32), side(beyond, low=1))
+            detail = (
+                f"ENOSPC after {created.brief(' small files', 0)} while df showed {free.brief(' MiB', 0)} free; "
+                f"after deleting {removed.brief('', 0)} of them the "
+                f"balance left {freed.brief(' MiB', 0)} unallocated and {beyond.brief('', 0)} more files "
+                "fit than twice those deleted"
             )
+            verdicts.append(claim(subject, True, sides, detail, f"ENOSPC with {free.brief(' MiB', 0)} free", free))
         return verdicts

@@ -12,10 +12,12 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from cowstore.app.bench.experiments.base import Context, Experiment, Metric, Point, Result, Verdict, target
+from cowstore.app.bench.experiments.base import Context, Experiment, Metric, Point, Result, Verdict
 from cowstore.app.bench.experiments.common import MIB, Timer, many_files, unique, write_file
+from cowstore.app.bench.experiments.verdicts import measured, target
 from cowstore.app.bench.images import BigFile
 from cowstore.app.bench.scale import Scale
+from cowstore.app.bench.stats import side
 from cowstore.app.bench.subjects import DriverSubject, Subject
 
 FEW = 100
@@ -46,6 +48,9 @@ class CommitDiff(Experiment):
         Metric("commit_ms", "commit to a new layer/image", "ms"),
         Metric("naive_ms", "naive diff (compare the mounted trees)", "ms"),
     )
+
+    def rounds(self, scale: Scale) -> int:
+        return scale.pick(2, 3)
 
     def points(self, scale: Scale) -> list[Point]:
         return [SMALL_IN_FEW, SMALL, BIG]
@@ -119,37 +124,25 @@ class CommitDiff(Experiment):
     def judge(self, result: Result) -> list[Verdict]:
         verdicts = []
         for subject in result.subjects():
-            few, diff = result.median(subject, "diff_ms", SMALL_IN_FEW), result.median(subject, "diff_ms", SMALL)
-            naive = result.median(subject, "naive_ms", SMALL)
-            small, big = result.median(subject, "commit_ms", SMALL), result.median(subject, "commit_ms", BIG)
+            few, diff = result.spread(subject, "diff_ms", SMALL_IN_FEW), result.spread(subject, "diff_ms", SMALL)
+            naive = result.spread(subject, "naive_ms", SMALL)
+            small, big = result.spread(subject, "commit_ms", SMALL), result.spread(subject, "commit_ms", BIG)
             if few is None or diff is None or small is None or big is None:
                 continue
-            baseline = f" (naive {naive:.1f} ms)" if naive is not None else ""
-            verdicts.append(
-                Verdict(
-                    subject,
-                    "measured",
-                    f"diff of one small file {few:.1f} ms in {FEW} files, {diff:.1f} ms in many"
-                    f"{baseline}; commit {small:.1f} ms for one small file, {big:.0f} ms for the "
-                    "rewritten big file",
-                )
+            baseline = f" (naive {naive.brief(' ms')})" if naive is not None else ""
+            detail = (
+                f"diff of one small file {few.brief(' ms')} in {FEW} files, {diff.brief(' ms')} in many{baseline}; "
+                f"commit {small.brief(' ms')} for one small file, {big.brief(' ms', 0)} for the rewritten big file"
             )
-            commit_few = result.median(subject, "commit_ms", SMALL_IN_FEW)
+            verdicts.append(measured(subject, detail, f"diff {diff.brief(' ms')}, commit {small.brief(' ms')}", diff))
+            growth = result.growth(subject, "diff_ms", SMALL_IN_FEW, SMALL)
+            if subject in _FLAT_DIFF and growth is not None:
+                bound = _FLAT_DIFF[subject]
+                detail = f"diff in many files <= {bound:g}x diff in {FEW}: {growth.show('x', 2)}"
+                verdicts.append(target(subject, [side(growth, high=bound)], detail, growth))
+            commit_few = result.spread(subject, "commit_ms", SMALL_IN_FEW)
             if subject in _SMALL_COMMIT_MS and commit_few is not None:
                 limit = _SMALL_COMMIT_MS[subject]
-                verdicts.append(
-                    target(
-                        subject,
-                        commit_few <= limit,
-                        f"commit of 1 small file of {FEW}: {commit_few:.1f} ms <= {limit:g}",
-                    )
-                )
-            if subject in _FLAT_DIFF:
-                verdicts.append(
-                    target(
-                        subject,
-                        diff <= _FLAT_DIFF[subject] * few,
-                        f"diff in many files <= {_FLAT_DIFF[subject]:g}x diff in {FEW}: {diff / few:.2f}x",
-                    )
-                )
+                detail = f"commit of 1 small file of {FEW}: {commit_few.show(' ms')} <= {limit:g} ms"
+                verdicts.append(target(subject, [side(commit_few, high=limit)], detail, commit_few))
         return verdicts

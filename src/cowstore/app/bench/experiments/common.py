@@ -113,6 +113,15 @@ def evict(*paths: pathlib.Path | None) -> None:
                 _drop_cache(os.path.join(dirpath, name))
 
 
+def settle(*paths: pathlib.Path | None) -> None:
+    """Write back every dirty page of the machine, then evict `paths` (see :func:`evict`):
+    what follows is timed on its own data, not on what an earlier step left to flush. Twice:
+    the write-back of a loop-backed filesystem dirties its image file on the filesystem below."""
+    os.sync()
+    os.sync()
+    evict(*paths)
+
+
 def many_files(scale: Scale) -> int:
     """Small files in the image of experiments 6 and 10: a real image's worth unless quick."""
     return scale.pick(500, 10_000)

@@ -15,10 +15,12 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from cowstore.app.bench.experiments.base import Context, Experiment, Metric, Point, Result, Verdict, judged
+from cowstore.app.bench.experiments.base import Context, Experiment, Metric, Point, Result, Verdict
 from cowstore.app.bench.experiments.common import MIB, Timer, container
+from cowstore.app.bench.experiments.verdicts import claim
 from cowstore.app.bench.images import BigFile
 from cowstore.app.bench.scale import Scale
+from cowstore.app.bench.stats import INSIDE, OUTSIDE, side
 from cowstore.app.bench.subjects import PlainSubject, Subject
 
 # Which way each design goes in "Deep dive into Docker storage drivers": a file-level union
@@ -34,6 +36,8 @@ _EXPECTED = {
 }
 # aufs's reference on each backing: the kernel's overlayfs through the overlay2 driver.
 _REFERENCE = {"aufs": ("overlay2",), "aufs@xfs": ("overlay2@xfs",)}
+# A copy-up "grows" when the biggest file's costs more than this many times the smallest's.
+_GROWS = 5.0
 
 
 def _sizes(scale: Scale) -> list[int]:
@@ -128,10 +132,19 @@ class CopyUp(Experiment):
     def judge(self, result: Result) -> list[Verdict]:
         verdicts = []
         for subject, low, high in result.ends("open_ms", least=2):
-            small, big = (result.median(subject, "open_ms", p) or 0.0 for p in (low, high))
-            growth = big / small if small else float("inf")
-            shape = "grows" if growth > 5 else "flat"
+            growth = result.growth(subject, "open_ms", low, high)
+            small, big = result.spread(subject, "open_ms", low), result.spread(subject, "open_ms", high)
+            if growth is None or small is None or big is None:
+                continue
+            grows = side(growth, low=_GROWS)
+            shape = {INSIDE: "grows", OUTSIDE: "flat"}.get(grows, "unclear")
             versus = result.versus(subject, _REFERENCE.get(subject, ()), "open_ms", high)
-            detail = f"{small:.2f} ms at {low} MiB, {big:.2f} ms at {high} MiB ({growth:.1f}x){versus}: {shape}"
-            verdicts.append(judged(subject, _EXPECTED, shape, detail))
+            detail = (
+                f"{small.brief(' ms', 2)} at {low} MiB, {big.brief(' ms', 2)} at {high} MiB "
+                f"(growth {growth.show('x', 1)}){versus}: {shape}"
+            )
+            expected = _EXPECTED.get(subject)
+            sides = [grows if expected == "grows" else side(growth, high=_GROWS)]
+            figure = f"{high} MiB / {low} MiB: {growth.brief('x', 1)}"
+            verdicts.append(claim(subject, expected is not None, sides, detail, figure, growth))
         return verdicts

@@ -16,9 +16,11 @@ import tarfile
 from dataclasses import dataclass, field
 from typing import Any
 
-from cowstore.app.bench.experiments.base import Context, Experiment, Metric, Point, Result, Verdict, target
+from cowstore.app.bench.experiments.base import Context, Experiment, Metric, Point, Result, Verdict
 from cowstore.app.bench.experiments.common import Timer, container
+from cowstore.app.bench.experiments.verdicts import measured, target
 from cowstore.app.bench.scale import Scale
+from cowstore.app.bench.stats import side
 from cowstore.app.bench.subjects import Subject
 from cowstore.errors import CowstoreError
 
@@ -122,12 +124,17 @@ class DeepLayers(Experiment):
         for subject, low, high in result.ends("read_ms", least=2):
             parts = []
             for metric in ("mount_ms", "read_ms"):
-                a, b = result.median(subject, metric, low) or 0.0, result.median(subject, metric, high) or 0.0
+                a, b = result.spread(subject, metric, low), result.spread(subject, metric, high)
+                growth = result.growth(subject, metric, low, high)
+                if a is None or b is None or growth is None:
+                    continue
                 versus = result.versus(subject, _REFERENCES.get(subject, ()), metric, high)
-                parts.append(f"{metric} {a:.2f} -> {b:.2f} ms ({b / a if a else float('inf'):.1f}x){versus}")
+                parts.append(f"{metric} {a.brief(' ms', 2)} -> {b.brief(' ms', 2)} ({growth.brief('x', 1)}){versus}")
             stop = result.limits.get(subject)
             suffix = f"; {next(iter(stop.values()))}" if stop else ""
-            verdicts.append(Verdict(subject, "measured", f"{low} -> {high} layers: {', '.join(parts)}{suffix}"))
+            read = result.growth(subject, "read_ms", low, high)
+            figure = f"read {read.brief('x', 1)} from {low} to {high} layers" if read else ""
+            verdicts.append(measured(subject, f"{low} -> {high} layers: {', '.join(parts)}{suffix}", figure, read))
         return verdicts + self._targets(result)
 
     @staticmethod
@@ -140,13 +147,10 @@ class DeepLayers(Experiment):
             if not points:
                 continue
             at = min((p for p in points if isinstance(p, int) and p >= depth), default=points[-1])
-            ms = result.median(subject, "mount_ms", at) or 0.0
+            ms = result.spread(subject, "mount_ms", at)
+            if ms is None:
+                continue
             versus = result.versus(subject, _REFERENCES.get(subject, ()), "mount_ms", at)
-            verdicts.append(
-                target(
-                    subject,
-                    ms <= bound,
-                    f"mount <= {bound:g} ms on a {depth}-layer chain: {ms:.2f} ms on {at} layers{versus}",
-                )
-            )
+            detail = f"mount <= {bound:g} ms on a {depth}-layer chain: {ms.show(' ms', 2)} on {at} layers{versus}"
+            verdicts.append(target(subject, [side(ms, high=bound)], detail, ms))
         return verdicts

@@ -26,10 +26,13 @@ import time
 from typing import Any
 
 from cowstore.app.bench.cli_peer import CliPeer
-from cowstore.app.bench.experiments.base import Context, Experiment, Point, Result, Verdict, target
+from cowstore.app.bench.experiments.base import Context, Experiment, Point, Result, Verdict
 from cowstore.app.bench.experiments.common import MIB
+from cowstore.app.bench.experiments.result import combine, ratio
+from cowstore.app.bench.experiments.verdicts import target
 from cowstore.app.bench.images import BigFile
 from cowstore.app.bench.scale import Scale
+from cowstore.app.bench.stats import side
 from cowstore.app.bench.subjects import DriverSubject, Subject
 from cowstore.errors import Unavailable
 from cowstore.host import fsutil
@@ -198,33 +201,32 @@ def gnu_tar_ms(tar: pathlib.Path, ctx: Context) -> float:
 
 
 def versus_docker(result: Result, metric: str, bounds: dict[Any, float]) -> list[Verdict]:
-    """cowstore's targets: at each point of `bounds`, its median at most that many times
-    Docker's of the same run; the ratio to podman is shown beside."""
+    """cowstore's targets: at each point of `bounds`, at most that many times Docker's time
+    of the same round (paired); the ratio to podman is shown beside."""
     verdicts = []
     for subject in cowstore_subjects(result):
         for point, bound in bounds.items():
-            ratio = result.ratio(subject, DOCKER, metric, point)
-            mine = result.median(subject, metric, point)
-            if ratio is None or mine is None:
+            versus = result.paired(subject, DOCKER, metric, point)
+            mine = result.spread(subject, metric, point)
+            if versus is None or mine is None:
                 continue
-            podman = result.ratio(subject, PODMAN, metric, point)
-            beside = f", {podman:.2f}x podman" if podman is not None else ""
-            verdicts.append(
-                target(subject, ratio <= bound, f"{point}: {mine:.0f} ms, {ratio:.2f}x docker (<= {bound:g}){beside}")
-            )
+            podman = result.paired(subject, PODMAN, metric, point)
+            beside = f", {podman.show('x', 2)} podman" if podman is not None else ""
+            detail = f"{point}: {mine.show(' ms', 0)}, {versus.show('x', 2)} docker (<= {bound:g}){beside}"
+            verdicts.append(target(subject, [side(versus, high=bound)], detail, versus))
     return verdicts
 
 
 def versus_tar(result: Result, bound: float) -> list[Verdict]:
-    """cowstore's target against GNU `tar -x` of the same tar on the same backing (metric tar_ms)."""
+    """cowstore's target against GNU `tar -x` of the same tar on the same backing, in the same
+    round (metric tar_ms)."""
     verdicts = []
     for subject in cowstore_subjects(result):
         for point in result.points:
-            mine, floor = result.median(subject, "ms", point), result.median(subject, "tar_ms", point)
-            if mine is not None and floor:
-                verdicts.append(
-                    target(subject, mine <= bound * floor, f"{point}: {mine / floor:.2f}x tar -x (<= {bound:g})")
-                )
+            versus = combine(ratio, result.by_round(subject, "ms", point), result.by_round(subject, "tar_ms", point))
+            if versus is not None:
+                detail = f"{point}: {versus.show('x', 2)} tar -x (<= {bound:g})"
+                verdicts.append(target(subject, [side(versus, high=bound)], detail, versus))
     return verdicts
 
 

@@ -11,10 +11,12 @@ from __future__ import annotations
 from contextlib import ExitStack
 from typing import Any
 
-from cowstore.app.bench.experiments.base import Context, Experiment, Metric, Point, Result, Verdict, judged
+from cowstore.app.bench.experiments.base import Context, Experiment, Metric, Point, Result, Verdict
 from cowstore.app.bench.experiments.common import MIB, cached_bytes, container, evict, read_file
+from cowstore.app.bench.experiments.verdicts import claim
 from cowstore.app.bench.images import BigFile
 from cowstore.app.bench.scale import Scale
+from cowstore.app.bench.stats import INSIDE, side
 from cowstore.app.bench.subjects import Subject
 
 _EXPECTED = {"overlay": "once", "overlay2": "once", "aufs": "once", "devicemapper": "per container"}
@@ -38,7 +40,7 @@ class PageCache(Experiment):
     )
 
     def rounds(self, scale: Scale) -> int:
-        return scale.pick(1, 2)
+        return scale.pick(1, 3)
 
     def points(self, scale: Scale) -> list[Point]:
         return [1, 4]
@@ -61,16 +63,24 @@ class PageCache(Experiment):
     def finish(self, subject: Subject, state: Any) -> None:
         subject.drop_image(state)
 
+    @staticmethod
+    def _regions(n: int) -> dict[str, tuple[float, float]]:
+        """The copies cached for N containers that each shape stands for."""
+        return {"once": (0.0, 1.5), "in between": (1.5, 0.7 * n), "per container": (0.7 * n, float("inf"))}
+
     def judge(self, result: Result) -> list[Verdict]:
         verdicts = []
         for subject, _, n in result.ends("copies"):
             assert isinstance(n, int)
-            copies = result.median(subject, "copies", n) or 0.0
-            if copies <= 1.5:
-                shape = "once"
-            elif copies >= 0.7 * n:
-                shape = "per container"
-            else:
-                shape = "in between"
-            verdicts.append(judged(subject, _EXPECTED, shape, f"{copies:.2f} copies cached for N={n}: {shape}"))
+            copies = result.spread(subject, "copies", n)
+            if copies is None:
+                continue
+            regions = self._regions(n)
+            shape = next((name for name, r in regions.items() if side(copies, *r) == INSIDE), "unclear")
+            expected = _EXPECTED.get(subject)
+            sides = [side(copies, *regions[expected])] if expected else []
+            detail = f"{copies.show(' copies', 2)} cached for N={n}: {shape}"
+            verdicts.append(
+                claim(subject, expected is not None, sides, detail, f"{copies.brief('', 2)} copies", copies)
+            )
         return verdicts

@@ -1,6 +1,6 @@
 """Experiment 7 — thin pool behaviour (devicemapper): allocation on first write, discard, metadata.
 
-One container walks through the steps in order (one round): pool blocks in use after
+One container walks through the steps in order (each round with a new one): pool blocks in use after
 creating it, after each sequential write, after deleting the files, and after an
 explicit discard (FITRIM, what `fstrim` does) returns the blocks to the pool. Metadata
 grows with the blocks mapped; the store is also closed and opened again (a daemon
@@ -13,9 +13,12 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from cowstore.app.bench.experiments.base import Context, Experiment, Metric, Point, Result, Verdict
+from cowstore.app.bench.experiments.base import Context, Experiment, Metric, Point, Result, Verdict, combine
 from cowstore.app.bench.experiments.common import MIB, Timer, fstrim, unique, write_file
+from cowstore.app.bench.experiments.result import ratio
+from cowstore.app.bench.experiments.verdicts import claim
 from cowstore.app.bench.scale import Scale
+from cowstore.app.bench.stats import side
 from cowstore.app.bench.subjects import DriverSubject, Subject
 from cowstore.drivers.devicemapper import DeviceMapperDriver, PoolUsage
 from cowstore.host.fsutil import syncfs
@@ -43,6 +46,7 @@ class ThinPool(Experiment):
         "freed blocks to the pool."
     )
     x_label = "step"
+    stepwise = True
     metrics = (
         Metric("pool_mib", "pool data in use (growth since the container was created)", "MiB"),
         Metric("meta_per_block", "pool metadata per data block mapped since then", "bytes"),
@@ -112,22 +116,22 @@ class ThinPool(Experiment):
         last = [p for p in result.points if isinstance(p, str) and p.startswith("written")][-1]
         total = float(last.split()[1])
         for subject in result.subjects():
-            pool = {p: result.median(subject, "pool_mib", p) for p in result.points}
-            meta = result.median(subject, "meta_per_block", last)
-            reopen = [result.median(subject, "reopen_ms", p) for p in (CREATED, REOPENED)]
-            written, deleted, trimmed = pool[last], pool[DELETED], pool[TRIMMED]
-            if written is None or deleted is None or trimmed is None or meta is None or None in reopen:
-                continue
-            thin = abs(written - total) <= max(0.25 * total, 2)
-            returned = trimmed < 0.5 * written
-            verdicts.append(
-                Verdict(
-                    subject,
-                    "confirmed" if thin and returned else "not confirmed",
-                    f"{written:.1f} MiB of pool after writing {total:.0f} MiB; {deleted:.1f} MiB "
-                    f"after deleting; {trimmed:.1f} MiB after fstrim; {meta:.1f} bytes of metadata "
-                    f"per mapped block; reopen {reopen[0]:.0f} ms nearly empty, "
-                    f"{reopen[1]:.0f} ms with {written:.0f} MiB mapped",
-                )
+            written, deleted = result.spread(subject, "pool_mib", last), result.spread(subject, "pool_mib", DELETED)
+            kept = combine(
+                ratio, result.by_round(subject, "pool_mib", TRIMMED), result.by_round(subject, "pool_mib", last)
             )
+            meta = result.spread(subject, "meta_per_block", last)
+            reopen = [result.spread(subject, "reopen_ms", p) for p in (CREATED, REOPENED)]
+            if written is None or deleted is None or kept is None or meta is None or None in reopen:
+                continue
+            slack = max(0.25 * total, 2)
+            sides = (side(written, total - slack, total + slack), side(kept, high=0.5))
+            empty, full = (r.brief(" ms", 0) for r in reopen if r is not None)
+            detail = (
+                f"{written.brief(' MiB', 1)} of pool after writing {total:.0f} MiB; {deleted.brief(' MiB', 1)} "
+                f"after deleting; {kept.show('x', 3)} of it kept after fstrim; {meta.brief(' bytes', 1)} of "
+                f"metadata per mapped block; reopen {empty} nearly empty, {full} with {total:.0f} MiB mapped"
+            )
+            figure = f"{written.brief(' MiB', 0)} for {total:.0f} MiB written, {kept.brief('x', 3)} after fstrim"
+            verdicts.append(claim(subject, True, sides, detail, figure, written))
         return verdicts

@@ -10,10 +10,12 @@ from __future__ import annotations
 from contextlib import ExitStack
 from typing import Any
 
-from cowstore.app.bench.experiments.base import Context, Experiment, Metric, Point, Result, Verdict, judged
+from cowstore.app.bench.experiments.base import Context, Experiment, Metric, Point, Result, Verdict, combine
 from cowstore.app.bench.experiments.common import MIB, Timer, container
+from cowstore.app.bench.experiments.verdicts import claim
 from cowstore.app.bench.images import BigFile
 from cowstore.app.bench.scale import Scale
+from cowstore.app.bench.stats import INSIDE, OUTSIDE, side
 from cowstore.app.bench.subjects import Subject
 
 _EXPECTED = {
@@ -24,6 +26,11 @@ _EXPECTED = {
     "btrfs": "flat",
     "devicemapper": "flat",
 }
+
+
+# "linear": the disk grows by more than this many MiB per image MiB, and the time by more than
+# this factor; "flat": the disk grows by less than that many.
+_LINEAR_SLOPE, _LINEAR_TIME, _FLAT_SLOPE = 0.8, 1.5, 0.05
 
 
 def _sizes(scale: Scale) -> list[int]:
@@ -69,19 +76,28 @@ class VfsLinear(Experiment):
         verdicts = []
         for subject, low, high in result.ends("disk_mib", least=2):
             assert isinstance(low, int) and isinstance(high, int)
-            disk_low, disk_high = (result.median(subject, "disk_mib", p) or 0.0 for p in (low, high))
-            t_low, t_high = (result.median(subject, "create_ms", p) or 0.0 for p in (low, high))
-            disk_slope = (disk_high - disk_low) / (high - low)
-            time_growth = t_high / t_low if t_low else float("inf")
-            if disk_slope > 0.8 and time_growth > 1.5:
+            slope = combine(
+                lambda a, b, span=high - low: (b - a) / span,
+                result.by_round(subject, "disk_mib", low),
+                result.by_round(subject, "disk_mib", high),
+            )
+            growth = result.growth(subject, "create_ms", low, high)
+            if slope is None or growth is None:
+                continue
+            linear = [side(slope, low=_LINEAR_SLOPE), side(growth, low=_LINEAR_TIME)]
+            flat = side(slope, high=_FLAT_SLOPE)
+            if all(s == INSIDE for s in linear):
                 shape = "linear"
-            elif disk_slope < 0.05:
+            elif flat == INSIDE:
                 shape = "flat"
             else:
-                shape = "in between"
+                shape = "in between" if OUTSIDE in linear and flat == OUTSIDE else "unclear"
             detail = (
-                f"disk grows {disk_slope:.2f} MiB per image MiB, create+mount {t_low:.0f} -> {t_high:.0f} ms "
-                f"({time_growth:.1f}x) from {low} to {high} MiB: {shape}"
+                f"disk grows {slope.show(' MiB', 2)} per image MiB, create+mount grows {growth.show('x', 1)} "
+                f"from {low} to {high} MiB: {shape}"
             )
-            verdicts.append(judged(subject, _EXPECTED, shape, detail))
+            expected = _EXPECTED.get(subject)
+            sides = linear if expected == "linear" else [flat]
+            figure = f"{slope.brief(' MiB/MiB', 2)}, time {growth.brief('x', 1)}"
+            verdicts.append(claim(subject, expected is not None, sides, detail, figure, slope))
         return verdicts

@@ -13,9 +13,11 @@ import os
 import pathlib
 from typing import Any
 
-from cowstore.app.bench.experiments.base import Context, Experiment, Metric, Point, Result, Verdict, target
+from cowstore.app.bench.experiments.base import Context, Experiment, Metric, Point, Result, Verdict
 from cowstore.app.bench.experiments.common import Timer, container, many_files
+from cowstore.app.bench.experiments.verdicts import measured, target
 from cowstore.app.bench.scale import Scale
+from cowstore.app.bench.stats import side
 from cowstore.app.bench.subjects import PlainSubject, Subject
 from cowstore.archive import apply_layer
 
@@ -75,14 +77,13 @@ class Walk(Experiment):
         point = result.points[0]
         verdicts = []
         for subject in result.subjects():
-            ms = result.median(subject, "walk_ms", point)
+            ms = result.spread(subject, "walk_ms", point)
             if subject == "native" or ms is None:
                 continue
             versus = result.versus(subject, _REFERENCES.get(subject, ("native",)), "walk_ms", point)
-            verdicts.append(Verdict(subject, "measured", f"{ms:.1f} ms for {point} files{versus}"))
-            ratio = result.ratio(subject, "overlay2", "walk_ms", point)
+            verdicts.append(measured(subject, f"{ms.show(' ms')} for {point} files{versus}", ms.brief(" ms"), ms))
+            ratio = result.paired(subject, "overlay2", "walk_ms", point)
             if subject == "aufs" and ratio is not None:
-                verdicts.append(
-                    target(subject, ratio <= _AUFS_VS_OVERLAY2, f"<= {_AUFS_VS_OVERLAY2:g}x overlay2: {ratio:.2f}x")
-                )
+                detail = f"<= {_AUFS_VS_OVERLAY2:g}x overlay2: {ratio.show('x', 2)}"
+                verdicts.append(target(subject, [side(ratio, high=_AUFS_VS_OVERLAY2)], detail, ratio))
         return verdicts
