@@ -84,6 +84,18 @@ class Driver(abc.ABC):
     def cleanup(self) -> None:  # noqa: B027 - optional: most drivers have something to release
         """Release everything this driver mounted or attached (shutdown)."""
 
+    def stale_mounts(self) -> list[str]:
+        """Layers whose mount is left by a helper server that died (FUSE: it answers ENOTCONN).
+
+        Only drivers served by a FUSE server (aufs' union server, devicemapper's block
+        server) can have any; their next get or put of the layer mounts it afresh, and
+        `cowstore check` reports the others.
+        """
+        return []
+
+    def clear_stale_mount(self, id: str) -> None:  # noqa: B027 - only FUSE-backed drivers have stale mounts
+        """Detach the dead mount of `id` (one of `stale_mounts`); its count of users starts again at 0."""
+
     def ids(self) -> list[str]:
         """Every layer id the driver holds (containers/storage's ListLayers).
 

@@ -23,6 +23,7 @@ from cowstore.errors import MountError
 LOOP_CTL_GET_FREE = 0x4C82
 LOOP_CONFIGURE = 0x4C0A
 LOOP_CLR_FD = 0x4C01
+LOOP_GET_STATUS64 = 0x4C05
 LO_FLAGS_READ_ONLY = 1
 LO_FLAGS_AUTOCLEAR = 4
 LO_FLAGS_DIRECT_IO = 16
@@ -34,6 +35,11 @@ _FLAGS = _INFO + 52
 _FILE_NAME = _INFO + 56
 _NAME_MAX = 63
 _ATTACH_TRIES = 20
+_INFO64_SIZE = 232  # struct loop_info64: lo_device and lo_inode come first
+
+
+def _devices() -> list[str]:
+    return [f"/dev/{entry.name}" for entry in sorted(pathlib.Path("/sys/block").glob("loop*"))]
 
 
 def backing_file(device: str) -> str | None:
@@ -44,14 +50,52 @@ def backing_file(device: str) -> str | None:
         return None
 
 
+def backing_identity(device: str) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of the file behind a loop device, as the kernel sees it now.
+
+    None when the device is detached, or when its file no longer answers: a file
+    served by a FUSE server that died fails every request, this one included.
+    """
+    try:
+        fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        info = bytearray(_INFO64_SIZE)
+        fcntl.ioctl(fd, LOOP_GET_STATUS64, info, True)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    encoded, inode = struct.unpack_from("=QQ", info)
+    # The kernel's new_encode_dev: minor bits 0-7 and 20-39, major bits 8-19.
+    major = (encoded >> 8) & 0xFFF
+    minor = (encoded & 0xFF) | ((encoded >> 12) & 0xFFF00)
+    return os.makedev(major, minor), inode
+
+
 def find(path: str | os.PathLike) -> str | None:
-    """The loop device currently attached to the file `path`, if any."""
+    """The loop device currently attached to the file `path`, if any.
+
+    The name is not enough: a device attached to a file of a FUSE server that died
+    still reports the path, which a new server now serves with a new file; only a
+    device whose file is the very inode at `path` counts.
+    """
     target = os.path.realpath(path)
-    for entry in sorted(pathlib.Path("/sys/block").glob("loop*")):
-        device = f"/dev/{entry.name}"
-        if backing_file(device) == target:
-            return device
-    return None
+    candidates = [device for device in _devices() if backing_file(device) == target]
+    if not candidates:
+        return None
+    try:
+        st = os.stat(target)
+    except OSError:
+        return None
+    return next((d for d in candidates if backing_identity(d) == (st.st_dev, st.st_ino)), None)
+
+
+def attached_below(directory: str | os.PathLike) -> list[str]:
+    """Loop devices whose file lies below `directory`, alive or not (for a store's reset)."""
+    base = os.path.realpath(directory).rstrip("/") + "/"
+    return [device for device in _devices() if (backing_file(device) or "").startswith(base)]
 
 
 def _configure(control: int, image_fd: int, path: str, flags: int) -> tuple[str, int] | None:
@@ -122,10 +166,14 @@ def detach(path: str | os.PathLike, *, wait: float = 5.0) -> None:
     Call it once the device's users are gone (unmounted): a device still in use is only
     marked to detach when its last user goes, and this waits `wait` seconds for that.
     """
-    target = os.path.realpath(path)
-    device = find(target)
-    if device is None:
-        return
+    device = find(path)
+    if device is not None:
+        detach_device(device, wait=wait)
+
+
+def detach_device(device: str, *, wait: float = 5.0) -> None:
+    """Detach `device` (see `detach`), whatever file it is attached to."""
+    target = backing_file(device)
     try:
         fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -138,5 +186,5 @@ def detach(path: str | os.PathLike, *, wait: float = 5.0) -> None:
     finally:
         os.close(fd)
     deadline = time.monotonic() + wait
-    while backing_file(device) == target and time.monotonic() < deadline:
+    while target is not None and backing_file(device) == target and time.monotonic() < deadline:
         time.sleep(0.01)

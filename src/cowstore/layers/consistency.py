@@ -38,6 +38,7 @@ def check(
 ) -> list[Problem]:
     """All checks, in the order that lets each repair help the next (store lock held)."""
     problems = _unfinished(store, repair)
+    problems += _stale_mounts(store, repair)
     problems += _storage(store, repair)
     if expected_refs is not None:
         held = dict(expected_refs)
@@ -62,6 +63,30 @@ def _unfinished(store: LayerStore, repair: bool) -> list[Problem]:
         store.recover()
         for problem in problems:
             problem.repaired = True
+    return problems
+
+
+def _stale_mounts(store: LayerStore, repair: bool) -> list[Problem]:
+    """Mounts left by a FUSE server that died: they answer ENOTCONN to every access.
+
+    A container's next mount or umount re-establishes its mount by itself; repairing
+    detaches the dead mount and records the container as unmounted.
+    """
+    owners = {rw.mount_id: rw for rw in store.rw_layers()}
+    owners.update({rw.init_id: rw for rw in store.rw_layers() if rw.init_id})
+    layers = {layer.cache_id: layer.chain_id for layer in store.layers()}
+    problems = []
+    for id in store.driver.stale_mounts():
+        rw = owners.get(id)
+        subject = rw.name if rw is not None else layers.get(id, id)
+        detail = f"{store.driver.name} mount of {id} is served by no live server (it died); it answers ENOTCONN"
+        problem = Problem("stale-mount", subject, detail)
+        if repair:
+            store.driver.clear_stale_mount(id)
+            if rw is not None and id == rw.mount_id:
+                store.records.reset_mount_count(rw.name)
+            problem.repaired = True
+        problems.append(problem)
     return problems
 
 

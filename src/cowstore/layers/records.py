@@ -177,6 +177,10 @@ class LayerRecords:
         """Add `change` (+1 or -1) to the times the container layer is mounted."""
         self.db.write("UPDATE mounts SET mount_count = mount_count + ? WHERE name = ?", (change, name))
 
+    def reset_mount_count(self, name: str) -> None:
+        """The container layer is mounted no more (its dead mount was cleared)."""
+        self.db.write("UPDATE mounts SET mount_count = 0 WHERE name = ?", (name,))
+
     def delete_mount(self, name: str) -> None:
         self.db.write("DELETE FROM mounts WHERE name = ?", (name,))
 

@@ -31,7 +31,7 @@ from cowstore.drivers.aufs.unionfs.client import UnionClient
 from cowstore.drivers.common import transit
 from cowstore.drivers.common.ids import check_id
 from cowstore.drivers.common.options import parse_bool
-from cowstore.drivers.common.refcount import MountRefs
+from cowstore.drivers.common.refcount import MountRefs, RefCount
 from cowstore.drivers.naive import NaiveDiffDriver
 from cowstore.errors import (
     InvalidOption,
@@ -141,11 +141,13 @@ class AufsDriver(NaiveDiffDriver):
                 return self._diff(id)
             mnt = self._mnt(id)
             mounted = mounts.is_mountpoint(mnt)
-            if mounted and not self.kernel_aufs and self.union.info(mnt) is None:
-                # Its server died: the mount only answers ENOTCONN. Start over.
+            if mounted and self._stale(mnt):
+                # Its server died: the mount only answers ENOTCONN. Mount it afresh;
+                # its users keep their count and find their files again.
+                users = max(ref.value(), 1)
                 self.union.unmount(mnt)
-                ref.reset()
-                mounted = False
+                self._remount(id, ref, users + 1)
+                return mnt
             if ref.increment(mounted) > 1:
                 return mnt
             try:
@@ -154,6 +156,16 @@ class AufsDriver(NaiveDiffDriver):
                 ref.decrement(False)
                 raise
             return mnt
+
+    def _stale(self, mnt: pathlib.Path) -> bool:
+        """Whether the union mount at `mnt` is left by a server that died (no live one serves it)."""
+        return not self.kernel_aufs and self.union.info(mnt) is None
+
+    def _remount(self, id: str, ref: RefCount, users: int) -> None:
+        """Mount `id` again for `users` users (a dead server's mount is already gone)."""
+        ref.reset()
+        self._mount(id)
+        ref.set(users)
 
     def _mount(self, id: str) -> None:
         mnt = self._mnt(id)
@@ -184,9 +196,33 @@ class AufsDriver(NaiveDiffDriver):
             if not self._parents(id):
                 return
             mnt = self._mnt(id)
-            if ref.decrement(mounts.is_mountpoint(mnt)) > 0:
+            mounted = mounts.is_mountpoint(mnt)
+            if mounted and self._stale(mnt):
+                remaining = max(ref.value(), 1) - 1
+                self.union.unmount(mnt)
+                ref.reset()
+                if remaining:
+                    self._remount(id, ref, remaining)
+                return
+            if ref.decrement(mounted) > 0:
                 return
             self._unmount(id)
+
+    def stale_mounts(self) -> list[str]:
+        """Layers whose union mount no live server answers (its server was killed)."""
+        if self.kernel_aufs:
+            return []
+        mnt_dir = self.home / "mnt"
+        mounted = {row.target for row in mounts.mount_table()}
+        names = (n for n in sorted(os.listdir(mnt_dir)) if transit.valid_id(n) is not None)
+        return [n for n in names if os.path.realpath(mnt_dir / n) in mounted and self._stale(mnt_dir / n)]
+
+    def clear_stale_mount(self, id: str) -> None:
+        with self.refs.locked(id) as ref:
+            mnt = self._mnt(id)
+            if mounts.is_mountpoint(mnt) and self._stale(mnt):
+                self.union.unmount(mnt)
+                ref.reset()
 
     def _unmount(self, id: str) -> None:
         mnt = self._mnt(id)

@@ -20,14 +20,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from cowstore.drivers.common.ids import check_id
-from cowstore.drivers.common.refcount import MountRefs
+from cowstore.drivers.common.refcount import MountRefs, RefCount
 from cowstore.drivers.devicemapper import server
 from cowstore.drivers.devicemapper.deviceset import BASE, DeviceSet
 from cowstore.drivers.devicemapper.options import backing_files, check_host, parse_options
 from cowstore.drivers.naive import NaiveDiffDriver
 from cowstore.errors import InvalidOption, LayerExists, LayerNotFound, MountError, Unavailable
 from cowstore.host import fsutil, loop
-from cowstore.host.mounts import is_mountpoint, mount, umount
+from cowstore.host.mounts import find_mount, is_mountpoint, mount, mount_table, umount
+from cowstore.host.service import ServiceClient
 from cowstore.units import human_size, parse_size
 
 _META_BLOCK = 4096  # the pool's metadata block size
@@ -55,26 +56,82 @@ class DeviceMapperDriver(NaiveDiffDriver):
             (home / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
         self.refs = MountRefs(home)
         self.data_file, self.meta_file = backing_files(home, self.opts)
-        devices_dir = home / "devicemapper" / "mapper"
-        self.client = server.start_server(
+        self.client = self._start_server()
+        self.devices = DeviceSet(home, self.client, self._devices_dir)
+        try:
+            self.devices.rollback()
+            self._setup_base()
+        except BaseException:
+            server.stop_server(self.client, self._devices_dir)
+            raise
+
+    # ---------------------------------------------------------------- server
+
+    @property
+    def _devices_dir(self) -> pathlib.Path:
+        return self.home / "devicemapper" / "mapper"
+
+    def _start_server(self) -> ServiceClient:
+        return server.start_server(
             metadata=self.meta_file,
             data=self.data_file,
-            mountpoint=devices_dir,
-            socket=home / "devicemapper" / "control.sock",
-            log=home / "devicemapper" / "server.log",
+            mountpoint=self._devices_dir,
+            socket=self.home / "devicemapper" / "control.sock",
+            log=self.home / "devicemapper" / "server.log",
             block_size=self.opts.block_size,
             no_space_policy=self.opts.no_space_policy,
             min_free_pct=self.opts.min_free_pct,
             cgroup=self.opts.server_cgroup,
             discard_passdown=self.opts.blkdiscard,
         )
-        self.devices = DeviceSet(home, self.client, devices_dir)
+
+    def _revive(self) -> None:
+        """Start the block server again if it died (SIGKILL, OOM) since this driver opened.
+
+        Its device files died with it: every mount on them is stale (see `_stale`).
+        """
+        if not self.client.alive():
+            self.client = self.devices.client = self._start_server()
+
+    def _stale(self, mnt: pathlib.Path) -> bool:
+        """Whether the filesystem mounted at `mnt` sits on a device file of a dead server.
+
+        Its loop device then fails every request: its file belonged to a FUSE
+        connection that ended with the server, whatever now serves the same name. The
+        server is asked first: for a moment after its death the kernel still answers
+        for its files from cached attributes.
+        """
+        found = find_mount(os.path.realpath(mnt))
+        if found is None:
+            return False
+        if not self.client.alive():
+            return True
+        identity = loop.backing_identity(found.source)
         try:
-            self.devices.rollback()
-            self._setup_base()
-        except BaseException:
-            server.stop_server(self.client, devices_dir)
-            raise
+            live = os.stat(self._devices_dir).st_dev
+        except OSError:
+            return True
+        return identity is None or identity[0] != live
+
+    def _drop_stale(self, id: str, mnt: pathlib.Path, ref: RefCount) -> None:
+        """Detach a stale mount (its loop device goes with it) and forget the dead activation."""
+        umount(mnt)
+        ref.reset()
+        self._revive()
+        self.devices.deactivate(id)
+
+    def stale_mounts(self) -> list[str]:
+        """Layers mounted from a device file of a block server that died."""
+        mnt_dir = self.home / "mnt"
+        mounted = {row.target for row in mount_table()}
+        names = (n for n in sorted(os.listdir(mnt_dir)) if n != BASE and not n.startswith("."))
+        return [n for n in names if os.path.realpath(mnt_dir / n) in mounted and self._stale(mnt_dir / n)]
+
+    def clear_stale_mount(self, id: str) -> None:
+        mnt = self.home / "mnt" / check_id(id)
+        with self.refs.locked(id) as ref:
+            if is_mountpoint(mnt) and self._stale(mnt):
+                self._drop_stale(id, mnt, ref)
 
     # ------------------------------------------------------------------ base
 
@@ -142,6 +199,7 @@ class DeviceMapperDriver(NaiveDiffDriver):
             if size < origin["size"]:
                 # A snapshot can only grow its filesystem (Docker's text).
                 raise InvalidOption(f"devmapper: Container size cannot be smaller than {human_size(origin['size'])}")
+        self._revive()
         device_id = self.devices.create(id, origin["device_id"], size)
         if size > origin["size"]:
             self._grow_fs(id, device_id)
@@ -176,6 +234,7 @@ class DeviceMapperDriver(NaiveDiffDriver):
             if is_mountpoint(mnt):
                 umount(mnt)
             ref.reset()
+            self._revive()
             self.devices.delete(id, info["device_id"])
             with contextlib.suppress(FileNotFoundError):
                 fsutil.remove_tree(mnt)
@@ -186,27 +245,42 @@ class DeviceMapperDriver(NaiveDiffDriver):
         if info is None or info.get("deleted"):
             raise LayerNotFound(f"devmapper: Unknown device {id}")
         mnt = self.home / "mnt" / id
-        rootfs = mnt / "rootfs"
         with self.refs.locked(id) as ref:
-            if ref.increment(is_mountpoint(mnt)) > 1:
-                return rootfs
-            try:
-                mnt.mkdir(mode=0o755, exist_ok=True)
-                options = list(self.opts.mount_opts)
-                if self.opts.fs == "xfs":
-                    options.insert(0, "nouuid")
-                with loop.attached(self.devices.activate(id, info["device_id"]), direct_io=True) as device:
-                    mount(device, mnt, self.opts.fs, 0, ",".join(options) or None)
-            except BaseException:
-                ref.decrement(False)
-                self.devices.deactivate(id)
-                raise
-            rootfs.mkdir(mode=0o755, exist_ok=True)
-            id_file = mnt / "id"
-            if not id_file.exists():
-                id_file.write_text(id)
-                id_file.chmod(0o600)
-            return rootfs
+            mounted = is_mountpoint(mnt)
+            if mounted and self._stale(mnt):
+                # Its block server died: mount it afresh (the ext4 journal replays what
+                # the pool committed); its users keep their count.
+                users = max(ref.value(), 1)
+                self._drop_stale(id, mnt, ref)
+                self._mount(id, info["device_id"])
+                ref.set(users + 1)
+            elif ref.increment(mounted) == 1:
+                try:
+                    self._mount(id, info["device_id"])
+                except BaseException:
+                    ref.decrement(False)
+                    raise
+            return mnt / "rootfs"
+
+    def _mount(self, id: str, device_id: int) -> None:
+        """Activate the device, attach a loop device to it and mount its filesystem."""
+        mnt = self.home / "mnt" / id
+        self._revive()
+        try:
+            mnt.mkdir(mode=0o755, exist_ok=True)
+            options = list(self.opts.mount_opts)
+            if self.opts.fs == "xfs":
+                options.insert(0, "nouuid")
+            with loop.attached(self.devices.activate(id, device_id), direct_io=True) as device:
+                mount(device, mnt, self.opts.fs, 0, ",".join(options) or None)
+        except BaseException:
+            self.devices.deactivate(id)
+            raise
+        (mnt / "rootfs").mkdir(mode=0o755, exist_ok=True)
+        id_file = mnt / "id"
+        if not id_file.exists():
+            id_file.write_text(id)
+            id_file.chmod(0o600)
 
     def put(self, id: str) -> None:
         info = self.devices.info(check_id(id))
@@ -214,7 +288,15 @@ class DeviceMapperDriver(NaiveDiffDriver):
             raise LayerNotFound(f"devmapper: Unknown device {id}")
         mnt = self.home / "mnt" / id
         with self.refs.locked(id) as ref:
-            if ref.decrement(is_mountpoint(mnt)) > 0:
+            mounted = is_mountpoint(mnt)
+            if mounted and self._stale(mnt):
+                remaining = max(ref.value(), 1) - 1
+                self._drop_stale(id, mnt, ref)
+                if remaining:
+                    self._mount(id, info["device_id"])
+                    ref.set(remaining)
+                return
+            if ref.decrement(mounted) > 0:
                 return
             try:
                 umount(mnt)
@@ -304,6 +386,7 @@ class DeviceMapperDriver(NaiveDiffDriver):
         return xml
 
     def cleanup(self) -> None:
+        self._revive()
         for mnt in sorted((self.home / "mnt").iterdir()):
             if is_mountpoint(mnt):
                 umount(mnt)
