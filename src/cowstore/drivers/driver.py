@@ -10,11 +10,32 @@ from __future__ import annotations
 
 import abc
 import pathlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import BinaryIO
 
 from cowstore.archive.changes import Change
 from cowstore.errors import NotSupported
+from cowstore.host import diskusage
+
+
+@dataclass(frozen=True)
+class DiskUsage:
+    """Bytes a driver's storage really occupies, each block counted once.
+
+    `layers[id]` holds what only that layer (or a later one in the order asked)
+    occupies: what a layer shares with an earlier one (its parent's hard links, the
+    blocks of the snapshot it is) counts for the earlier one. `other` is the driver's
+    own (link directories, counts, a pool's metadata and base device). Together they
+    are what the driver's `storage_roots` hold on the store's filesystem.
+    """
+
+    layers: dict[str, int]
+    other: int
+
+    @property
+    def total(self) -> int:
+        return sum(self.layers.values()) + self.other
 
 
 class Driver(abc.ABC):
@@ -83,6 +104,24 @@ class Driver(abc.ABC):
 
     def cleanup(self) -> None:  # noqa: B027 - optional: most drivers have something to release
         """Release everything this driver mounted or attached (shutdown)."""
+
+    def storage_paths(self, id: str) -> list[pathlib.Path]:
+        """The files and directories that hold layer `id` and nothing else (for `disk_usage`)."""
+        raise NotSupported(f"{self.name} cannot tell where a layer's storage is")
+
+    def storage_roots(self) -> list[pathlib.Path]:
+        """What the driver keeps in the store root: its home (and a loopback image beside it)."""
+        return [self.home]
+
+    def disk_usage(self, ids: Sequence[str]) -> DiskUsage:
+        """Allocated bytes of each layer in `ids` (parents first) and of the rest of the home.
+
+        This default counts inodes below `storage_paths` once each; drivers whose layers
+        share blocks rather than inodes (snapshots) count those blocks instead.
+        """
+        seen: set[tuple[int, int]] = set()
+        layers = {id: sum(diskusage.allocated(path, seen) for path in self.storage_paths(id)) for id in ids}
+        return DiskUsage(layers, diskusage.allocated(self.home, seen))
 
     def stale_mounts(self) -> list[str]:
         """Layers whose mount is left by a helper server that died (FUSE: it answers ENOTCONN).

@@ -434,3 +434,8 @@ class LayerStore:
         """
         with self.lock.exclusive():
             return consistency.check(self, repair=repair, verify_content=verify_content, expected_refs=expected_refs)
+
+    def prune(self, owners: Mapping[str, int]) -> tuple[list[Layer], list[str]]:
+        """Delete layers nobody uses and driver storage no record names (see `consistency.prune`)."""
+        with self.lock.exclusive():
+            return consistency.prune(self, owners)

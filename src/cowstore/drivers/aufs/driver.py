@@ -100,6 +100,9 @@ class AufsDriver(NaiveDiffDriver):
             raise LayerNotFound(f"layer {id} does not exist") from None
         return [line for line in text.splitlines() if line]
 
+    def storage_paths(self, id: str) -> list[pathlib.Path]:
+        return [self._diff(id), self._layers_file(id), self._mnt(id)]
+
     def branches(self, id: str) -> list[str]:
         """The union's branches as aufs spells them: `DIR=rw` on top, then `DIR=ro+wh`."""
         return [f"{self._diff(id)}=rw"] + [f"{self._diff(p)}=ro+wh" for p in self._parents(id)]

@@ -15,7 +15,7 @@ import contextlib
 import os
 import pathlib
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,9 +24,10 @@ from cowstore.drivers.common.refcount import MountRefs, RefCount
 from cowstore.drivers.devicemapper import server
 from cowstore.drivers.devicemapper.deviceset import BASE, DeviceSet
 from cowstore.drivers.devicemapper.options import backing_files, check_host, parse_options
+from cowstore.drivers.driver import DiskUsage
 from cowstore.drivers.naive import NaiveDiffDriver
 from cowstore.errors import InvalidOption, LayerExists, LayerNotFound, MountError, Unavailable
-from cowstore.host import fsutil, loop
+from cowstore.host import diskusage, fsutil, loop
 from cowstore.host.mounts import find_mount, is_mountpoint, mount, mount_table, umount
 from cowstore.host.service import ServiceClient
 from cowstore.units import human_size, parse_size
@@ -335,6 +336,22 @@ class DeviceMapperDriver(NaiveDiffDriver):
             metadata_total=st["total_meta_blocks"] * _META_BLOCK,
             block_size=bs,
         )
+
+    def disk_usage(self, ids: Sequence[str]) -> DiskUsage:
+        """Pool blocks, each counted for the first device that maps it: the base device's
+        (the empty filesystem every layer starts from) go to `other`, a snapshot's shared
+        blocks to its origin. `other` also holds the pool's metadata and what the data
+        file keeps allocated beyond the mapped blocks."""
+        self._revive()
+        records = [(id, self.devices.info(id)) for id in (BASE, *ids)]
+        known = [(id, record["device_id"]) for id, record in records if record is not None]
+        blocks = self.client.call("usage", ids=[device_id for _, device_id in known])
+        pool = self.pool_usage()
+        layers = dict.fromkeys(ids, 0)
+        layers.update({id: n * pool.block_size for (id, _), n in zip(known, blocks, strict=True) if id != BASE})
+        total = diskusage.allocated(self.home, set())
+        total += (pool.data_total if self.opts.data_dev else 0) + (pool.metadata_total if self.opts.metadata_dev else 0)
+        return DiskUsage(layers, max(0, total - sum(layers.values())))
 
     def status(self) -> list[tuple[str, str]]:
         usage = self.pool_usage()
