@@ -31,6 +31,7 @@ from cowstore.errors import (
     MaxDepthExceeded,
     NotMounted,
     StagingSpaceExhausted,
+    space_errors,
 )
 from cowstore.host import fsutil
 from cowstore.layers import consistency, tarsplit
@@ -163,7 +164,12 @@ class LayerStore:
 
         A layer whose chain id is already stored is not extracted again. With `lease`,
         the new reference belongs to that lease until it is handed over (see `lease`).
+        A full disk leaves nothing behind and fails as NoSpace.
         """
+        with space_errors("storing a layer"):
+            return self._register(stream, parent, expected_diff_id, lease)
+
+    def _register(self, stream: Reader, parent: str | None, expected_diff_id: str | None, lease: str | None) -> Layer:
         if expected_diff_id is not None:
             check_digest(expected_diff_id)
         parent_layer = self.get(parent) if parent is not None else None
@@ -225,8 +231,12 @@ class LayerStore:
             return self.get(chain)
 
     def _abandon_layer(self, cache_id: str) -> None:
+        """Undo a layer that was never published (its row is still `creating`).
+
+        Storage first: after a full disk, that frees the room the row's deletion needs;
+        a crash in between leaves the row to recovery, which removes it again.
+        """
         with self.lock.exclusive():
-            self.records.set_layer_state(cache_id, "removing")
             self.driver.remove(cache_id)
             self.records.delete_layer(cache_id)
 
@@ -337,6 +347,16 @@ class LayerStore:
         With `init`, an `<id>-init` layer sits between them, holding what `init`
         writes (mount targets); it never shows in the container's diff or commits.
         """
+        with space_errors(f"creating container layer {name}"):
+            return self._create_rw(name, parent, init, storage_opts)
+
+    def _create_rw(
+        self,
+        name: str,
+        parent: str | None,
+        init: Callable[[pathlib.Path], None] | None,
+        storage_opts: Mapping[str, str] | None,
+    ) -> RWLayer:
         mount_id = random_id()
         init_id = f"{mount_id}-init" if init is not None else None
         with self.lock.exclusive():

@@ -26,7 +26,7 @@ from cowstore.drivers.devicemapper.deviceset import BASE, DeviceSet
 from cowstore.drivers.devicemapper.options import backing_files, check_host, parse_options
 from cowstore.drivers.driver import DiskUsage
 from cowstore.drivers.naive import NaiveDiffDriver
-from cowstore.errors import InvalidOption, LayerExists, LayerNotFound, MountError, Unavailable
+from cowstore.errors import InvalidOption, LayerExists, LayerNotFound, MountError, NoSpace, Unavailable
 from cowstore.host import diskusage, fsutil, loop
 from cowstore.host.mounts import find_mount, is_mountpoint, mount, mount_table, umount
 from cowstore.host.service import ServiceClient
@@ -273,7 +273,10 @@ class DeviceMapperDriver(NaiveDiffDriver):
             if self.opts.fs == "xfs":
                 options.insert(0, "nouuid")
             with loop.attached(self.devices.activate(id, device_id), direct_io=True) as device:
-                mount(device, mnt, self.opts.fs, 0, ",".join(options) or None)
+                try:
+                    mount(device, mnt, self.opts.fs, 0, ",".join(options) or None)
+                except MountError as exc:
+                    raise self._out_of_space(exc) from exc
         except BaseException:
             self.devices.deactivate(id)
             raise
@@ -282,6 +285,20 @@ class DeviceMapperDriver(NaiveDiffDriver):
         if not id_file.exists():
             id_file.write_text(id)
             id_file.chmod(0o600)
+
+    def _out_of_space(self, exc: MountError) -> Exception:
+        """A mount that failed with an I/O error because the pool (or the disk under it) is full says so.
+
+        The kernel reports a block that cannot be written as EIO to the filesystem,
+        which cannot tell why; the pool can.
+        """
+        usage = self.pool_usage()
+        st = os.statvfs(self.data_file.parent)
+        if usage.data_used >= usage.data_total:
+            return NoSpace(f"devmapper: thin pool is out of data space: {exc}")
+        if st.f_bavail * st.f_frsize < usage.block_size:
+            return NoSpace(f"devmapper: no space left on device under the thin pool: {exc}")
+        return exc
 
     def put(self, id: str) -> None:
         info = self.devices.info(check_id(id))
@@ -307,6 +324,15 @@ class DeviceMapperDriver(NaiveDiffDriver):
             self.devices.deactivate(id)
             with contextlib.suppress(OSError):
                 mnt.rmdir()
+
+    def settle(self, path: pathlib.Path) -> None:
+        """Flush the layer's own filesystem before it is published.
+
+        A thin pool (or the disk under it) that runs out shows only at write-back, and
+        the unmount that follows would drop that error: a layer would be published with
+        blocks that never landed.
+        """
+        fsutil.syncfs(path)
 
     def ids(self) -> list[str]:
         return self.devices.layer_ids()
