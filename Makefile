@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install lint test demo bench clean
+.PHONY: install lint test demo bench soak clean
 
 install: $(STAMP)
 
@@ -30,6 +30,10 @@ demo: install
 
 bench: install
 	$(VENV)/bin/cowstore bench --quick
+
+# Eight processes of random commands for ten minutes per driver (the suite runs 30 seconds).
+soak: install
+	COWSTORE_SOAK_SECONDS=600 $(PY) -m pytest -s -o timeout=1800 tests/soak
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info
