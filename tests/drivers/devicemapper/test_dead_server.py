@@ -8,26 +8,16 @@ import time
 
 import pytest
 
-from cowstore.drivers import open_driver
-from cowstore.errors import NotSupported
 from cowstore.host import loop, mounts, service
 
-OPTIONS = {
-    "dm.loopdatasize": "512M",
-    "dm.loopmetadatasize": "32M",
-    "dm.basesize": "40M",
-    "dm.fs": "ext4",
-    "dm.server_cgroup": "",
-}
+from ...support.drivers import open_or_skip
+
 DATA = os.urandom(300_000)
 
 
 @pytest.fixture
 def driver(tmp_path):
-    try:
-        drv = open_driver("devicemapper", tmp_path / "devicemapper", OPTIONS)
-    except NotSupported as exc:
-        pytest.skip(str(exc))
+    drv = open_or_skip("devicemapper", tmp_path / "devicemapper")
     try:
         yield drv
     finally:
