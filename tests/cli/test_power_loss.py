@@ -108,8 +108,10 @@ def test_power_loss(driver: str, tmp_path: pathlib.Path) -> None:
             assert expected <= present, (position, expected - present)
             checked += 1
         finally:
-            reset(root)
-            mounts.umount(recorder.mountpoint)
-            loop.detach(state)
+            try:
+                reset(root)
+            finally:
+                mounts.umount(recorder.mountpoint)
+                loop.detach(state)
     print(f"power loss {driver}: {total} flushes recorded, {checked} states opened and verified")
     assert checked >= min(len(chosen), 3)

@@ -377,6 +377,8 @@ class LayerStore:
                 parent_cache = init_id
                 fault("create-rw:after-init")
             self.driver.create_rw(mount_id, parent_cache, storage_opts=storage_opts)
+            if self.sync:  # a container reported ready survives a power loss with its driver files
+                fsutil.syncfs(self.driver.home)
             with self.lock.exclusive():
                 self.records.set_mount_state(name, "ready")
             return self.get_rw(name)

@@ -22,6 +22,7 @@ import base64
 import contextlib
 import os
 import pathlib
+import re
 import secrets
 from collections.abc import Mapping
 from typing import BinaryIO
@@ -41,6 +42,7 @@ from cowstore.host.quota import ProjectQuota
 # Docker's limit for classic mount(2): 128 short links fit a page with room to spare.
 CLASSIC_MAX_LOWERS = 128
 _LINK_DIR = "l"
+_LINK_NAME = re.compile(r"[A-Z2-7]{26}")
 
 
 def _new_link_id() -> str:
@@ -89,7 +91,7 @@ class Overlay2Driver(OverlayHome):
 
     def _read(self, path: pathlib.Path) -> str | None:
         try:
-            return path.read_text().strip()
+            return path.read_text(errors="replace").strip()
         except FileNotFoundError:
             return None
 
@@ -228,8 +230,10 @@ class Overlay2Driver(OverlayHome):
     # ---------------------------------------------------------------- remove
 
     def _forget_links(self, layer: pathlib.Path) -> None:
+        """Remove the layer's short link; a link file a power loss left unwritten (zeros)
+        names none, and the sweep at the next open removes the symlink it leaves."""
         link = self._read(layer / "link")
-        if link:
+        if link and _LINK_NAME.fullmatch(link):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.home / _LINK_DIR / link)
 
