@@ -34,7 +34,7 @@ bench: install
 # Eight processes of random commands for ten minutes per driver (the suite runs 30 seconds),
 # then power loss at every flush of a recorded session on vfs, overlay2 and devicemapper.
 soak: install
-	COWSTORE_SOAK_SECONDS=600 $(PY) -m pytest -s -o timeout=1800 tests/soak
+	COWSTORE_SOAK_SECONDS=600 $(PY) -m pytest -s -o timeout=1800 tests/cli/test_soak.py
 	COWSTORE_POWER_LOSS=all $(PY) -m pytest -s -o timeout=3600 tests/cli/test_power_loss.py
 
 clean:
