@@ -8,7 +8,8 @@ and the store opened on it: `check --verify` must be clean, and every image or
 container a command had reported done before that flush must be there.
 
 The suite checks vfs at a dozen evenly spread flushes; COWSTORE_POWER_LOSS=all checks
-every flush, on vfs, overlay2 and devicemapper (`make soak` runs it).
+every flush, on vfs, overlay2 and devicemapper (`make soak` runs it);
+COWSTORE_POWER_LOSS=N checks N flushes, COWSTORE_POWER_LOSS_DRIVERS=a,b picks the drivers.
 """
 
 from __future__ import annotations
@@ -31,9 +32,10 @@ from ..support.drivers import HOST_OPTIONS
 from ..support.logwrites import Recorder, flushes, replay
 
 MiB = 1024 * 1024
-EVERY = os.environ.get("COWSTORE_POWER_LOSS") == "all"
-DRIVERS = ["vfs", "overlay2", "devicemapper"] if EVERY else ["vfs"]
-SAMPLES = 12
+MODE = os.environ.get("COWSTORE_POWER_LOSS", "12")  # "all", or how many flushes to check
+EVERY = MODE == "all"
+DRIVERS = os.environ.get("COWSTORE_POWER_LOSS_DRIVERS", "vfs,overlay2,devicemapper" if EVERY else "vfs").split(",")
+SAMPLES = 12 if EVERY else int(MODE)
 OPTIONS = {"devicemapper": {**HOST_OPTIONS["devicemapper"], "dm.loopdatasize": "96M", "dm.basesize": "32M"}}
 
 
