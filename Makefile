@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install lint test test-containerd demo bench clean
+.PHONY: install lint test test-containerd demo bench soak clean
 
 install: $(STAMP)
 
@@ -36,6 +36,12 @@ demo: install
 
 bench: install
 	$(VENV)/bin/cowstore bench --quick
+
+# Eight processes of random commands for ten minutes per driver (the suite runs 30 seconds),
+# then power loss at every flush of a recorded session on vfs, overlay2 and devicemapper.
+soak: install
+	COWSTORE_SOAK_SECONDS=600 $(PY) -m pytest -s -o timeout=1800 tests/cli/test_soak.py
+	COWSTORE_POWER_LOSS=all $(PY) -m pytest -s -o timeout=3600 tests/cli/test_power_loss.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

@@ -8,6 +8,10 @@ adds a precise name. Domain errors that belong to one part of the program (image
 containers, a driver) are defined there, under one of these categories.
 """
 
+import contextlib
+import errno
+from collections.abc import Iterator
+
 
 class CowstoreError(Exception):
     """Base class of every error cowstore raises on purpose."""
@@ -134,3 +138,19 @@ class StoreLocked(Unavailable):
 
 class StagingSpaceExhausted(ResourceExhausted):
     """Staging a layer stopped before the disk filled up (see --limit min-free-disk)."""
+
+
+class NoSpace(ResourceExhausted):
+    """The filesystem under the store is full (ENOSPC, a quota, or the database could not grow)."""
+
+
+@contextlib.contextmanager
+def space_errors(what: str) -> Iterator[None]:
+    """Turn a full disk or quota met while doing `what` into NoSpace, one line that says so."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise NoSpace(f"{what}: no space left on device{where}") from exc

@@ -38,6 +38,7 @@ _COMMANDS = {
     "inspect": "cowstore.cli.system:inspect",
     "info": "cowstore.cli.system:info",
     "demo": "cowstore.cli.system:demo",
+    "system": "cowstore.cli.system:system_group",
     "check": "cowstore.cli.maintenance:check",
     "bench": "cowstore.app.bench.command:bench_command",
     "btrfs": "cowstore.cli.maintenance:btrfs_group",

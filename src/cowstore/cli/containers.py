@@ -11,6 +11,8 @@ from cowstore.cli import verbs
 from cowstore.cli.app import app, parse_opts
 from cowstore.cli.images import JSON_ONLY, JSON_ONLY_HELP
 from cowstore.cli.output import FORMATS, emit_json, spinner
+from cowstore.containers import ContainerStore
+from cowstore.errors import space_errors
 from cowstore.host.safefile import output_file
 from cowstore.images.errors import ArchiveToTerminal
 from cowstore.units import human_size
@@ -108,9 +110,13 @@ def container_cp(source: str, destination: str) -> None:
 
     Container paths resolve inside the container (its symlinks cannot lead to host files).
     """
+    with space_errors(f"cp {source} {destination}"):
+        _copy(app().store.containers, source, destination)
+
+
+def _copy(containers: ContainerStore, source: str, destination: str) -> None:
     from cowstore.containers.cp import copy_in, copy_out
 
-    containers = app().store.containers
     if ":" in source and not pathlib.Path(source).exists():
         name, _, path = source.partition(":")
         root = containers.mount(name)

@@ -20,6 +20,7 @@ where a file or symlink must go is refused with CopyError.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import stat
@@ -251,6 +252,11 @@ def _copy_file_in(source: pathlib.Path, parent_fd: int, name: str) -> None:
         try:
             _copy_fd(src.fileno(), dst)
             _copy_meta(st, dst)
+            os.fsync(dst)  # on a thin device a full disk shows only at writeback: see it here
+        except BaseException:  # a full disk: leave no partial file in the container
+            with contextlib.suppress(OSError):
+                os.unlink(name, dir_fd=parent_fd)
+            raise
         finally:
             os.close(dst)
 

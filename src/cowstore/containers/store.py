@@ -22,7 +22,7 @@ from typing import Any, BinaryIO
 
 from cowstore.archive.changes import Change
 from cowstore.digest import random_id
-from cowstore.errors import AlreadyExists, InUse, InvalidOption, LayerNotFound, NotFound
+from cowstore.errors import AlreadyExists, InUse, InvalidOption, LayerNotFound, NotFound, space_errors
 from cowstore.images import Image, ImageNotFound, ImageStore
 from cowstore.images.config import committed_config, encode
 from cowstore.layers import LayerStore
@@ -235,7 +235,7 @@ class ContainerStore:
         container = self.get(ref)
         rw = self.layers.get_rw(container.id)
         base = self._base_config(container)
-        with self.layers.lease() as lease:
+        with space_errors(f"committing {container.name}"), self.layers.lease() as lease:
             with contextlib.closing(self.layers.rw_diff(container.id)) as stream:
                 layer = self.layers.register(stream, rw.parent, lease=lease)
             fault("commit:after-register")

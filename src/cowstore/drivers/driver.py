@@ -17,12 +17,13 @@ from __future__ import annotations
 import abc
 import os
 import pathlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
 from cowstore.archive.changes import Change
 from cowstore.errors import InvalidOption, NotSupported
+from cowstore.host import diskusage
 
 LAYOUTS = ("compact", "docker")
 
@@ -39,6 +40,25 @@ class MountSpec:
     def bind(cls, path: str | os.PathLike, *, readonly: bool) -> MountSpec:
         """A recursive bind of `path`, read-only or writable, as containerd's own snapshotters give."""
         return cls("bind", os.fspath(path), ("rbind", "ro" if readonly else "rw"))
+
+
+@dataclass(frozen=True)
+class DiskUsage:
+    """Bytes a driver's storage really occupies, each block counted once.
+
+    `layers[id]` holds what only that layer (or a later one in the order asked)
+    occupies: what a layer shares with an earlier one (its parent's hard links, the
+    blocks of the snapshot it is) counts for the earlier one. `other` is the driver's
+    own (link directories, counts, a pool's metadata and base device). Together they
+    are what the driver's `storage_roots` hold on the store's filesystem.
+    """
+
+    layers: dict[str, int]
+    other: int
+
+    @property
+    def total(self) -> int:
+        return sum(self.layers.values()) + self.other
 
 
 class Driver(abc.ABC):
@@ -147,6 +167,36 @@ class Driver(abc.ABC):
 
     def release_external(self, id: str) -> None:  # noqa: B027 - most drivers keep nothing for it
         """Let go of what `external_mounts` keeps for `id`; nothing kept is no error."""
+
+    def storage_paths(self, id: str) -> list[pathlib.Path]:
+        """The files and directories that hold layer `id` and nothing else (for `disk_usage`)."""
+        raise NotSupported(f"{self.name} cannot tell where a layer's storage is")
+
+    def storage_roots(self) -> list[pathlib.Path]:
+        """What the driver keeps in the store root: its home (and a loopback image beside it)."""
+        return [self.home]
+
+    def disk_usage(self, ids: Sequence[str]) -> DiskUsage:
+        """Allocated bytes of each layer in `ids` (parents first) and of the rest of the home.
+
+        This default counts inodes below `storage_paths` once each; drivers whose layers
+        share blocks rather than inodes (snapshots) count those blocks instead.
+        """
+        seen: set[tuple[int, int]] = set()
+        layers = {id: sum(diskusage.allocated(path, seen) for path in self.storage_paths(id)) for id in ids}
+        return DiskUsage(layers, diskusage.allocated(self.home, seen))
+
+    def stale_mounts(self) -> list[str]:
+        """Layers whose mount is left by a helper server that died (FUSE: it answers ENOTCONN).
+
+        Only drivers served by a FUSE server (aufs' union server, devicemapper's block
+        server) can have any; their next get or put of the layer mounts it afresh, and
+        `cowstore check` reports the others.
+        """
+        return []
+
+    def clear_stale_mount(self, id: str) -> None:  # noqa: B027 - only FUSE-backed drivers have stale mounts
+        """Detach the dead mount of `id` (one of `stale_mounts`); its count of users starts again at 0."""
 
     def ids(self) -> list[str]:
         """Every layer id the driver holds (containers/storage's ListLayers).

@@ -7,6 +7,7 @@ paths are tested against; slow in proportion to the size of the whole tree.
 
 from __future__ import annotations
 
+import pathlib
 import tempfile
 from typing import BinaryIO, cast
 
@@ -56,9 +57,14 @@ class NaiveDiffDriver(Driver):
     def apply_diff(self, id: str, parent: str | None, stream: BinaryIO) -> int:
         path = self.get(id)
         try:
-            return archive.apply_layer(stream, path, whiteouts="oci")
+            size = archive.apply_layer(stream, path, whiteouts="oci")
+            self.settle(path)
+            return size
         finally:
             self.put(id)
+
+    def settle(self, path: pathlib.Path) -> None:  # noqa: B027 - only a driver with a filesystem per layer needs it
+        """Make what apply_diff wrote below `path` durable, raising any write error (none to do here)."""
 
     def diff_size(self, id: str, parent: str | None = None) -> int:
         changes = self.changes(id, parent)

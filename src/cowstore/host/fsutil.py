@@ -108,10 +108,16 @@ def lstat_or_none(path: str | os.PathLike, dir_fd: int | None = None) -> os.stat
 
 
 def syncfs(path: str | os.PathLike) -> None:
-    """Flush the one filesystem holding `path` (cheaper than sync(2) on a shared machine)."""
+    """Flush the one filesystem holding `path` (cheaper than sync(2) on a shared machine).
+
+    Raises the write-back error the filesystem met since the last syncfs (a full disk
+    under a thin device shows only here).
+    """
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        LIBC.syncfs(fd)
+        if LIBC.syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), str(path))
     finally:
         os.close(fd)
 
@@ -129,29 +135,18 @@ def supports_d_type(path: str | os.PathLike) -> bool:
     """Whether readdir on `path`'s filesystem reports file types (overlay needs it).
 
     Reads raw getdents64 records, because os.scandir hides a DT_UNKNOWN behind a stat.
+    An entry `path` already holds answers without writing anything (a driver asks at
+    every open, also on a full disk); an empty `path` gets a probe file.
     """
+    found = _first_d_type(path)
+    if found is not None:
+        return found != _DT_UNKNOWN
     probe = pathlib.Path(path) / f".d_type-probe-{os.getpid()}"
     probe.mkdir(exist_ok=True)
     try:
         (probe / "f").touch()
-        fd = os.open(probe, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            buf = ctypes.create_string_buffer(4096)
-            syscall = LIBC.syscall
-            n = syscall(_SYS_GETDENTS64, fd, buf, len(buf))
-            if n < 0:
-                return False
-            offset = 0
-            while offset < n:
-                reclen = int.from_bytes(buf.raw[offset + 16 : offset + 18], "little")
-                d_type = buf.raw[offset + 18]
-                name = buf.raw[offset + 19 : offset + reclen].split(b"\0", 1)[0]
-                if name == b"f":
-                    return d_type != _DT_UNKNOWN
-                offset += reclen
-            return False
-        finally:
-            os.close(fd)
+        found = _first_d_type(probe)
+        return found is not None and found != _DT_UNKNOWN
     finally:
         # The probe holds one file: two system calls, not a tree removal that first reads
         # the mount table (which every command opening an overlay store would pay).
@@ -161,6 +156,24 @@ def supports_d_type(path: str | os.PathLike) -> bool:
             probe.rmdir()
         except OSError:
             remove_tree(probe)
+
+
+def _first_d_type(path: str | os.PathLike) -> int | None:
+    """The d_type readdir reports for the first entry of `path` other than . and ..; None if it has none."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        buf = ctypes.create_string_buffer(4096)
+        n = LIBC.syscall(_SYS_GETDENTS64, fd, buf, len(buf))
+        offset = 0
+        while 0 < n and offset < n:
+            reclen = int.from_bytes(buf.raw[offset + 16 : offset + 18], "little")
+            name = buf.raw[offset + 19 : offset + reclen].split(b"\0", 1)[0]
+            if name not in (b".", b".."):
+                return buf.raw[offset + 18]
+            offset += reclen
+        return None
+    finally:
+        os.close(fd)
 
 
 def _open_dir_nofollow(name: str, dir_fd: int) -> int | None:

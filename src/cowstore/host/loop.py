@@ -34,8 +34,15 @@ _INFO = 8
 _FLAGS = _INFO + 52
 _FILE_NAME = _INFO + 56
 _NAME_MAX = 63
-_INFO64_SIZE = 232  # struct loop_info64
 _ATTACH_TRIES = 20
+_INFO64_SIZE = 232  # struct loop_info64: lo_device and lo_inode come first
+
+
+def _devices() -> list[str]:
+    """Every loop device of the host in number order, with plain os calls: a host may have a
+    hundred of them, and this runs on every devicemapper mount and unmount."""
+    names = sorted((n for n in os.listdir("/sys/block") if n.startswith("loop")), key=lambda n: (len(n), n))
+    return [f"/dev/{name}" for name in names]
 
 
 def backing_file(device: str) -> str | None:
@@ -52,19 +59,52 @@ def backing_file(device: str) -> str | None:
         os.close(fd)
 
 
+def backing_identity(device: str) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of the file behind a loop device, as the kernel sees it now.
+
+    None when the device is detached, or when its file no longer answers: a file
+    served by a FUSE server that died fails every request, this one included.
+    """
+    try:
+        fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        info = bytearray(_INFO64_SIZE)
+        fcntl.ioctl(fd, LOOP_GET_STATUS64, info, True)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    encoded, inode = struct.unpack_from("=QQ", info)
+    # The kernel's new_encode_dev: minor bits 0-7 and 20-39, major bits 8-19.
+    major = (encoded >> 8) & 0xFFF
+    minor = (encoded & 0xFF) | ((encoded >> 12) & 0xFFF00)
+    return os.makedev(major, minor), inode
+
+
 def find(path: str | os.PathLike) -> str | None:
     """The loop device currently attached to the file `path`, if any.
 
-    With plain os calls: a host may have a hundred loop devices, and this runs on every
-    devicemapper mount and unmount.
+    The name is not enough: a device attached to a file of a FUSE server that died
+    still reports the path, which a new server now serves with a new file; only a
+    device whose file is the very inode at `path` counts.
     """
     target = os.path.realpath(path)
-    names = sorted((n for n in os.listdir("/sys/block") if n.startswith("loop")), key=lambda n: (len(n), n))
-    for name in names:
-        device = f"/dev/{name}"
-        if backing_file(device) == target:
-            return device
-    return None
+    candidates = [device for device in _devices() if backing_file(device) == target]
+    if not candidates:
+        return None
+    try:
+        st = os.stat(target)
+    except OSError:
+        return None
+    return next((d for d in candidates if backing_identity(d) == (st.st_dev, st.st_ino)), None)
+
+
+def attached_below(directory: str | os.PathLike) -> list[str]:
+    """Loop devices whose file lies below `directory`, alive or not (for a store's reset)."""
+    base = os.path.realpath(directory).rstrip("/") + "/"
+    return [device for device in _devices() if (backing_file(device) or "").startswith(base)]
 
 
 def _configure(control: int, image_fd: int, path: str, flags: int) -> tuple[str, int] | None:
@@ -174,10 +214,14 @@ def detach(path: str | os.PathLike, *, wait: float = 5.0) -> None:
     Call it once the device's users are gone (unmounted): a device still in use is only
     marked to detach when its last user goes, and this waits `wait` seconds for that.
     """
-    target = os.path.realpath(path)
-    device = find(target)
-    if device is None:
-        return
+    device = find(path)
+    if device is not None:
+        detach_device(device, wait=wait)
+
+
+def detach_device(device: str, *, wait: float = 5.0) -> None:
+    """Detach `device` (see `detach`), whatever file it is attached to."""
+    target = backing_file(device)
     try:
         fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -190,5 +234,5 @@ def detach(path: str | os.PathLike, *, wait: float = 5.0) -> None:
     finally:
         os.close(fd)
     deadline = time.monotonic() + wait
-    while backing_file(device) == target and time.monotonic() < deadline:
+    while target is not None and backing_file(device) == target and time.monotonic() < deadline:
         time.sleep(0.01)

@@ -17,15 +17,17 @@ The socket is mode 0600 in a root-only directory: only root can drive a server.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
+import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from cowstore import errors
@@ -36,6 +38,23 @@ _CATEGORY_BY_NAME = {cat.__name__: cat for cat in errors.CATEGORIES}
 
 class ServiceUnavailable(Unavailable):
     """No server answers on the control socket."""
+
+
+# sun_path holds 108 bytes; a store root deep in a temporary directory needs more.
+_SUN_PATH_MAX = 107
+
+
+@contextlib.contextmanager
+def _addressable(path: str) -> Iterator[str]:
+    """`path` as a socket address: a long one through its directory's descriptor in /proc."""
+    if len(os.fsencode(path)) <= _SUN_PATH_MAX:
+        yield path
+        return
+    fd = os.open(os.path.dirname(path) or ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        yield f"/proc/self/fd/{fd}/{os.path.basename(path)}"
+    finally:
+        os.close(fd)
 
 
 class ServiceClient:
@@ -58,7 +77,8 @@ class ServiceClient:
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as sock:
                 sock.settimeout(self.timeout)
-                sock.connect(self.socket_path)
+                with _addressable(self.socket_path) as address:
+                    sock.connect(address)
                 sock.sendall(request)
                 with sock.makefile("rb") as stream:
                     line = stream.readline()
@@ -106,7 +126,8 @@ class ControlServer:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as server:
             if os.path.exists(path):
                 os.unlink(path)
-            server.bind(path)
+            with _addressable(path) as address:
+                server.bind(address)
             os.chmod(path, 0o600)
             self.socket_inode = os.stat(path).st_ino
             server.listen(16)
@@ -218,3 +239,39 @@ def serve_control(handler: object, path: str) -> ControlServer:
     control = ControlServer(handler)
     threading.Thread(target=control.serve, args=(path,), daemon=True).start()
     return control
+
+
+def servers_below(directory: str | os.PathLike) -> list[int]:
+    """Pids of helper servers (`python -m cowstore...`) whose arguments name a path below `directory`.
+
+    What `start` launched for a store, found even when the control socket is gone.
+    """
+    base = os.path.realpath(directory).rstrip("/") + "/"
+    found = []
+    for entry in pathlib.Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        args = [os.fsdecode(arg) for arg in argv]
+        if "-m" not in args or not any(arg.startswith("cowstore.") for arg in args):
+            continue
+        if any(os.path.realpath(arg).startswith(base) for arg in args if arg.startswith("/")):
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+def terminate(pid: int, timeout: float = 10.0) -> None:
+    """SIGTERM, and SIGKILL after `timeout` seconds; returns once the process is gone."""
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while running(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if not running(pid):
+            return

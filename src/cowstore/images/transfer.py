@@ -7,6 +7,7 @@ import pathlib
 import re
 from typing import BinaryIO
 
+from cowstore.errors import space_errors
 from cowstore.images import dockerarchive, ocilayout, reference
 from cowstore.images.errors import BadImageArchive, InvalidReference
 from cowstore.images.importer import Progress, import_all
@@ -28,7 +29,7 @@ def _layout_name(source: str | os.PathLike | BinaryIO) -> str | None:
 
 def load(images: ImageStore, source: str | os.PathLike | BinaryIO, progress: Progress | None = None) -> list[Image]:
     """Import every image of a docker-save archive or an OCI layout (directory or tar)."""
-    with open_tree(source, images.layers.tmp, images.layers.limits) as tree:
+    with space_errors("loading images"), open_tree(source, images.layers.tmp, images.layers.limits) as tree:
         if dockerarchive.is_docker_archive(tree):
             sources = dockerarchive.read_sources(tree)
         elif ocilayout.is_oci_layout(tree):

@@ -205,6 +205,10 @@ class LayerRecords:
         """
         self.db.write("UPDATE mounts SET mount_count = mount_count + ? WHERE name = ?", (change, name), durable=False)
 
+    def reset_mount_count(self, name: str) -> None:
+        """The container layer is mounted no more (its dead mount was cleared)."""
+        self.db.write("UPDATE mounts SET mount_count = 0 WHERE name = ?", (name,))
+
     def delete_mount(self, name: str) -> None:
         self.db.write("DELETE FROM mounts WHERE name = ?", (name,))
 

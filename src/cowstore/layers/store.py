@@ -13,16 +13,14 @@ import contextlib
 import os
 import pathlib
 import sqlite3
-import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, BinaryIO
 
 from cowstore.archive.limits import Limits
-from cowstore.digest import DigestingReader, DigestingWriter, Reader, Writer, chain_id, check_digest, random_id
+from cowstore.digest import DigestingReader, Reader, Writer, chain_id, check_digest, random_id
 from cowstore.drivers.driver import Driver
 from cowstore.errors import (
     ArchiveError,
-    DigestMismatch,
     LayerExists,
     LayerInUse,
     LayerNotFound,
@@ -30,6 +28,7 @@ from cowstore.errors import (
     MaxDepthExceeded,
     NotMounted,
     StagingSpaceExhausted,
+    space_errors,
 )
 from cowstore.host import fsutil
 from cowstore.layers import initlayers
@@ -124,39 +123,43 @@ class LayerStore:
         (at its end, say), leaves nothing behind. A layer whose chain id is already
         stored is not extracted again. With `lease`, the new reference belongs to that
         lease until it is handed over (see `lease`).
+        A full disk leaves nothing behind and fails as NoSpace.
         """
-        if expected_diff_id is not None:
-            check_digest(expected_diff_id)
-        parent_layer = self.get(parent) if parent is not None else None
-        if parent_layer is not None and parent_layer.depth >= MAX_DEPTH:
-            raise MaxDepthExceeded()
-        if expected_diff_id is not None and self.records.layer(chain_id(parent, expected_diff_id)) is not None:
-            reader = DigestingReader(stream)  # read it through all the same: its source may check its end
-            reader.drain()
-            reader.verify(expected_diff_id, "layer")
-            existing = self.retain_if_present(chain_id(parent, expected_diff_id), lease)
-            if existing is not None:
-                return existing
-        from cowstore.layers.ingest import extract
-
-        cache_id = random_id()
-        with self.lock.exclusive():
+        with space_errors("storing a layer"):
+            if expected_diff_id is not None:
+                check_digest(expected_diff_id)
             parent_layer = self.get(parent) if parent is not None else None
-            op = self.announce(cache_id, lambda: self.records.add_layer(cache_id, parent))
-        try:
-            fault("register:after-insert")
-            parent_cache = parent_layer.cache_id if parent_layer else None
-            self.driver.create(cache_id, parent_cache)
-            size, diff_id, split = extract(self.driver, cache_id, parent_cache, stream, self.limits, expected_diff_id)
-            if self.sync:
-                fsutil.syncfs(self.driver.home)
-            fault("register:after-apply")
-            return self._publish(cache_id, chain_id(parent, diff_id), diff_id, parent_layer, size, split, lease)
-        except BaseException:
-            self._abandon_layer(cache_id)
-            raise
-        finally:
-            op.release()
+            if parent_layer is not None and parent_layer.depth >= MAX_DEPTH:
+                raise MaxDepthExceeded()
+            if expected_diff_id is not None and self.records.layer(chain_id(parent, expected_diff_id)) is not None:
+                reader = DigestingReader(stream)  # read it through all the same: its source may check its end
+                reader.drain()
+                reader.verify(expected_diff_id, "layer")
+                existing = self.retain_if_present(chain_id(parent, expected_diff_id), lease)
+                if existing is not None:
+                    return existing
+            from cowstore.layers.ingest import extract
+
+            cache_id = random_id()
+            with self.lock.exclusive():
+                parent_layer = self.get(parent) if parent is not None else None
+                op = self.announce(cache_id, lambda: self.records.add_layer(cache_id, parent))
+            try:
+                fault("register:after-insert")
+                parent_cache = parent_layer.cache_id if parent_layer else None
+                self.driver.create(cache_id, parent_cache)
+                size, diff_id, split = extract(
+                    self.driver, cache_id, parent_cache, stream, self.limits, expected_diff_id
+                )
+                if self.sync:
+                    fsutil.syncfs(self.driver.home)
+                fault("register:after-apply")
+                return self._publish(cache_id, chain_id(parent, diff_id), diff_id, parent_layer, size, split, lease)
+            except BaseException:
+                self._abandon_layer(cache_id)
+                raise
+            finally:
+                op.release()
 
     def announce(self, op_id: str, record: Callable[[], None]) -> OperationLock:
         """Take the operation lock of `op_id`, then `record` the operation in state `creating`.
@@ -194,8 +197,12 @@ class LayerStore:
             return self.get(chain)
 
     def _abandon_layer(self, cache_id: str) -> None:
+        """Undo a layer that was never published (its row is still `creating`).
+
+        Storage first: after a full disk, that frees the room the row's deletion needs;
+        a crash in between leaves the row to recovery, which removes it again.
+        """
         with self.lock.exclusive():
-            self.records.set_layer_state(cache_id, "removing")
             self.driver.remove(cache_id)
             self.records.delete_layer(cache_id)
 
@@ -275,36 +282,21 @@ class LayerStore:
         The bytes are hashed on the way; DigestMismatch at the end means the layer no
         longer hashes to its diff id, and what was written must be discarded.
         """
-        from cowstore.layers import tarsplit
+        from cowstore.layers import tars
 
-        layer = self.get(chain)
-        split = self.records.tar_split(chain)
-        digester = DigestingWriter(out)
-        root = self.driver.get(layer.cache_id)
-        try:
-            tarsplit.assemble(split, root, digester.write)
-        finally:
-            self.driver.put(layer.cache_id)
-        if digester.digest != layer.diff_id:
-            raise DigestMismatch(
-                f"could not verify layer data for: {layer.diff_id}. This may be because internal files in the "
-                "layer store were modified. Re-pull or re-import the image to fix it."
-            )
+        tars.assemble(self.driver, self.get(chain), self.records.tar_split(chain), out)
 
     def tar_stream(self, chain: str) -> BinaryIO:
         """The layer's original tar, byte for byte, verified against its diff id (in a private file)."""
-        out = tempfile.TemporaryFile(dir=self.tmp, prefix="spool-")
-        try:
-            self.write_tar(chain, out)
-        except BaseException:
-            out.close()
-            raise
-        out.seek(0)
-        return out
+        from cowstore.layers import tars
+
+        return tars.spooled(self.tmp, lambda out: self.write_tar(chain, out))
 
     def verify(self, chain: str) -> None:
         """Reassemble the layer's tar only to hash it: DigestMismatch (or a TarSplitError) if it changed."""
-        self.write_tar(chain, _Discard())
+        from cowstore.layers import tars
+
+        self.write_tar(chain, tars.Discard())
 
     # ---- container (read-write) layers ----------------------------------------------
 
@@ -338,42 +330,45 @@ class LayerStore:
         `on_ready(tx)` runs in the transaction that makes the layer ready (its owner's
         record), so no crash can leave one without the other.
         """
-        mount_id = random_id()
-        shared = init is not None and not storage_opts and not self.driver.docker_layout
-        with self.lock.exclusive():
-            if self.records.mount_name_taken(name):
-                raise LayerExists(f"mount already exists with name: {name}")
-            parent_cache = self.get(parent).cache_id if parent is not None else None
-            init_id = None
-            if init is not None:
-                init_id = initlayers.shared_id(parent_cache) if shared else f"{mount_id}-init"
-            op = self.announce(mount_id, lambda: self.records.add_mount(name, mount_id, init_id, parent))
-            if shared and init is not None and init_id is not None:
-                try:
-                    initlayers.make_shared(self, name, init_id, parent_cache, init)
-                except BaseException:
+        with space_errors(f"creating container layer {name}"):
+            mount_id = random_id()
+            shared = init is not None and not storage_opts and not self.driver.docker_layout
+            with self.lock.exclusive():
+                if self.records.mount_name_taken(name):
+                    raise LayerExists(f"mount already exists with name: {name}")
+                parent_cache = self.get(parent).cache_id if parent is not None else None
+                init_id = None
+                if init is not None:
+                    init_id = initlayers.shared_id(parent_cache) if shared else f"{mount_id}-init"
+                op = self.announce(mount_id, lambda: self.records.add_mount(name, mount_id, init_id, parent))
+                if shared and init is not None and init_id is not None:
+                    try:
+                        initlayers.make_shared(self, name, init_id, parent_cache, init)
+                    except BaseException:
+                        self.records.delete_mount(name)
+                        op.release()
+                        raise
+            try:
+                fault("create-rw:after-insert")
+                if init is not None and init_id is not None and not shared:
+                    self.driver.create_rw(init_id, parent_cache, storage_opts=storage_opts)
+                    self.driver.fill(init_id, init)
+                if init_id is not None:
+                    parent_cache = init_id
+                    fault("create-rw:after-init")
+                self.driver.create_rw(mount_id, parent_cache, storage_opts=storage_opts)
+                if self.sync:  # a container reported ready survives a power loss with its driver files
+                    fsutil.syncfs(self.driver.home)
+                with self.lock.exclusive():
+                    self.records.set_mount_state(name, "ready", on_ready)
+                return self.get_rw(name)
+            except BaseException:
+                with self.lock.exclusive():
+                    initlayers.drop_storage(self.driver, self.records, name, mount_id, init_id)
                     self.records.delete_mount(name)
-                    op.release()
-                    raise
-        try:
-            fault("create-rw:after-insert")
-            if init is not None and init_id is not None and not shared:
-                self.driver.create_rw(init_id, parent_cache, storage_opts=storage_opts)
-                self.driver.fill(init_id, init)
-            if init_id is not None:
-                parent_cache = init_id
-                fault("create-rw:after-init")
-            self.driver.create_rw(mount_id, parent_cache, storage_opts=storage_opts)
-            with self.lock.exclusive():
-                self.records.set_mount_state(name, "ready", on_ready)
-            return self.get_rw(name)
-        except BaseException:
-            with self.lock.exclusive():
-                initlayers.drop_storage(self.driver, self.records, name, mount_id, init_id)
-                self.records.delete_mount(name)
-            raise
-        finally:
-            op.release()
+                raise
+            finally:
+                op.release()
 
     def _diff_parent(self, rw: RWLayer) -> str | None:
         if rw.init_id:
@@ -461,12 +456,12 @@ class LayerStore:
         with self.lock.exclusive():
             return consistency.check(self, repair=repair, verify_content=verify_content, expected_refs=expected_refs)
 
+    def prune(self, owners: Mapping[str, int]) -> tuple[list[Layer], list[str]]:
+        """Delete layers nobody uses and driver storage no record names (see `consistency.prune`)."""
+        from cowstore.layers import consistency
 
-class _Discard:
-    """A writer that keeps nothing (reassembling a layer only to hash it)."""
-
-    def write(self, data: bytes) -> None:
-        pass
+        with self.lock.exclusive():
+            return consistency.prune(self, owners)
 
 
 def _reserved(change: Change) -> bool:

@@ -6,6 +6,10 @@ schema is the only SQL here: every statement on a table lives in that table's ow
 module (layers/records.py, layers/snapshotrecords.py, images/store.py,
 containers/store.py, metadata/settings.py, distribution/records.py), which is handed
 the one open Database.
+
+
+On a full disk the database gives up its reserve (metadata/reserve.py) and a write
+that still finds no room fails as NoSpace.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import sqlite3
 from collections.abc import Iterator, Mapping
 
 from cowstore.errors import StoreCorrupt
+from cowstore.metadata.reserve import Reserve
 
 # Each entry migrates from version index to index+1. Never edit a released entry: add one.
 MIGRATIONS: list[str] = [
@@ -132,12 +137,29 @@ class Database:
 
     def __init__(self, path: pathlib.Path, *, durable: bool = True) -> None:
         self.path = path
-        self.conn = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
-        self.conn.row_factory = sqlite3.Row
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA foreign_keys=ON")
         self.durable = durable
-        self.conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+        self.reserve = Reserve(path.parent)
+        self.reserve.guard()
+        try:
+            self.conn = self._connect(durable)
+        except sqlite3.OperationalError as exc:
+            if not self.reserve.disk_full(exc) or not self.reserve.release():
+                raise self.reserve.error(exc) from exc
+            self.conn = self._connect(durable)
+        self.reserve.refill()
+
+    def _connect(self, durable: bool) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            conn.execute("PRAGMA user_version").fetchone()  # maps the shared-memory index now
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
     def close(self) -> None:
         self.conn.close()
@@ -153,6 +175,17 @@ class Database:
         store's rows take (the bench) checkpoints first.
         """
         self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    @contextlib.contextmanager
+    def _space(self) -> Iterator[None]:
+        """Database errors from a full disk become NoSpace; the reserve goes, for what follows."""
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            if not self.reserve.disk_full(exc):
+                raise
+            self.reserve.release()
+            raise self.reserve.error(exc) from exc
 
     def migrate(self) -> None:
         version = self.conn.execute("PRAGMA user_version").fetchone()[0]
@@ -176,22 +209,26 @@ class Database:
         created) or that mean nothing after a reboot (mount counts): on the path of every
         container create and mount, each fsync saved is a millisecond or more.
         """
+        self.reserve.guard()
         relaxed = self.durable and not durable
-        if relaxed:
-            self.conn.execute("PRAGMA synchronous=NORMAL")
-        try:
-            self.conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self.conn
-            except BaseException:
-                self.conn.execute("ROLLBACK")
-                raise
-            self.conn.execute("COMMIT")
-        finally:
+        with self._space():
             if relaxed:
-                self.conn.execute("PRAGMA synchronous=FULL")
+                self.conn.execute("PRAGMA synchronous=NORMAL")
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self.conn
+                    self.conn.execute("COMMIT")
+                except BaseException:
+                    if self.conn.in_transaction:  # SQLite may have rolled back already (a full disk)
+                        self.conn.execute("ROLLBACK")
+                    raise
+            finally:
+                if relaxed:
+                    self.conn.execute("PRAGMA synchronous=FULL")
 
     def query(self, sql: str, params: tuple | Mapping[str, object] = ()) -> list[sqlite3.Row]:
+        self.reserve.guard()
         return self.conn.execute(sql, params).fetchall()
 
     def write(self, sql: str, params: tuple | Mapping[str, object] = (), *, durable: bool = True) -> None:

@@ -11,6 +11,7 @@ import pathlib
 import sqlite3
 
 from cowstore.metadata.db import DATABASE_FILE, Database, open_read_only
+from cowstore.metadata.reserve import Reserve
 
 
 def record(db: Database, key: str, value: str) -> None:
@@ -23,11 +24,27 @@ def recorded(root: pathlib.Path, key: str) -> str | None:
     path = root / DATABASE_FILE
     if not path.exists():
         return None
+    reserve = Reserve(root)
+    reserve.guard()
+    try:
+        return _lookup(path, key)
+    except sqlite3.OperationalError as exc:
+        if not reserve.disk_full(exc):
+            return None  # a store from before the settings table
+        if not reserve.release():  # a full disk: even a reader needs room for the WAL index
+            raise reserve.error(exc) from exc
+    return _lookup(path, key)
+
+
+def _lookup(path: pathlib.Path, key: str) -> str | None:
     conn = open_read_only(path)
     try:
-        row = conn.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
-    except sqlite3.OperationalError:  # a store from before the settings table
-        return None
+        try:
+            row = conn.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return None
+            raise
     finally:
         conn.close()
     return row[0] if row else None

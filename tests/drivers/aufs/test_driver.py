@@ -370,8 +370,37 @@ def test_a_killed_server_is_noticed_and_replaced(driver, home):
         assert "ServerPid" not in driver.metadata("other")  # still the dead server's mount
     finally:
         driver.put("ctr")
+    assert mounts.is_mountpoint(path)  # the first get still holds it
+    driver.put("ctr")
     assert not mounts.is_mountpoint(path)
     driver.put("other")  # detaches the dead server's mount
+    assert mounts.mounts_under(home) == []
+
+
+def test_mounts_of_a_killed_server_keep_their_users_and_check_can_clear_them(driver, home):
+    driver.create("base", None)
+    for id in ("ctr", "once", "other"):
+        driver.create_rw(id, "base")
+        with open(driver.get(id) / "f", "w") as fh:
+            fh.write(id)
+            fh.flush()
+            os.fsync(fh.fileno())
+    driver.get("ctr")  # two users of ctr
+    _kill_server(home)
+    assert driver.stale_mounts() == ["ctr", "once", "other"]
+    path = driver.get("ctr")  # three users now, on a new server
+    assert (path / "f").read_text() == "ctr"
+    driver.put("once")  # its only user leaves: the dead mount is cleared, not re-established
+    assert not mounts.is_mountpoint(home / "mnt" / "once")
+    assert driver.stale_mounts() == ["other"]
+    driver.clear_stale_mount("other")
+    assert driver.stale_mounts() == [] and not mounts.is_mountpoint(home / "mnt" / "other")
+    _kill_server(home)
+    driver.put("ctr")  # two users left: the mount is re-established for them
+    assert (path / "f").read_text() == "ctr"
+    driver.put("ctr")
+    assert mounts.is_mountpoint(path)
+    driver.put("ctr")
     assert mounts.mounts_under(home) == []
 
 

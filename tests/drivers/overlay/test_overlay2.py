@@ -469,3 +469,15 @@ def test_whiteout_device_is_a_char_0_0(driver: Overlay2Driver) -> None:
     driver.apply_diff("top", "base", _tar({".wh.f": b""}))
     st = os.lstat(driver.home / "top" / "diff" / "f")
     assert stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+def test_a_link_file_left_unwritten_by_a_power_loss_is_removed_with_its_layer(driver: Overlay2Driver) -> None:
+    driver.create("a", None)
+    link = (driver.home / "a" / "link").read_text().strip()
+    assert (driver.home / "l" / link).is_symlink()
+    (driver.home / "a" / "link").write_bytes(b"\0" * len(link))  # size reached the disk, data did not
+    driver.remove("a")
+    assert not driver.exists("a")
+    reopened = _open(driver.home)  # its sweep removes the short link left behind
+    assert not (driver.home / "l" / link).is_symlink()
+    reopened.cleanup()

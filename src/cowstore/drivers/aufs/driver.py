@@ -33,7 +33,7 @@ from cowstore.drivers.common.exports import ExportMarks
 from cowstore.drivers.common.fill import fill_directly
 from cowstore.drivers.common.ids import check_id
 from cowstore.drivers.common.options import parse_bool
-from cowstore.drivers.common.refcount import MountRefs
+from cowstore.drivers.common.refcount import MountRefs, RefCount
 from cowstore.drivers.driver import MountSpec
 from cowstore.drivers.naive import NaiveDiffDriver
 from cowstore.errors import (
@@ -104,6 +104,9 @@ class AufsDriver(NaiveDiffDriver):
             raise LayerNotFound(f"layer {id} does not exist") from None
         return [line for line in text.splitlines() if line]
 
+    def storage_paths(self, id: str) -> list[pathlib.Path]:
+        return [self._diff(id), self._layers_file(id), self._mnt(id)]
+
     def branches(self, id: str) -> list[str]:
         """The union's branches as aufs spells them: `DIR=rw` on top, then `DIR=ro+wh`."""
         return [f"{self._diff(id)}=rw"] + [f"{self._diff(p)}=ro+wh" for p in self._parents(id)]
@@ -145,11 +148,13 @@ class AufsDriver(NaiveDiffDriver):
                 return self._diff(id)
             mnt = self._mnt(id)
             mounted = mounts.is_mountpoint(mnt)
-            if mounted and not self.kernel_aufs and self.union.info(mnt) is None:
-                # Its server died: the mount only answers ENOTCONN. Start over.
+            if mounted and self._stale(mnt):
+                # Its server died: the mount only answers ENOTCONN. Mount it afresh;
+                # its users keep their count and find their files again.
+                users = max(ref.value(), 1)
                 self.union.unmount(mnt)
-                ref.reset()
-                mounted = False
+                self._remount(id, ref, users + 1)
+                return mnt
             if ref.increment(mounted) > 1:
                 return mnt
             try:
@@ -162,6 +167,16 @@ class AufsDriver(NaiveDiffDriver):
     def fill(self, id: str, write: Callable[[pathlib.Path], None]) -> None:
         """Write straight into the layer's diff dir: no union mount, and the same merged tree."""
         fill_directly(self._diff(id), [self._diff(p) for p in self._parents(id)], write)
+
+    def _stale(self, mnt: pathlib.Path) -> bool:
+        """Whether the union mount at `mnt` is left by a server that died (no live one serves it)."""
+        return not self.kernel_aufs and self.union.info(mnt) is None
+
+    def _remount(self, id: str, ref: RefCount, users: int) -> None:
+        """Mount `id` again for `users` users (a dead server's mount is already gone)."""
+        ref.reset()
+        self._mount(id)
+        ref.set(users)
 
     def _mount(self, id: str) -> None:
         mnt = self._mnt(id)
@@ -192,9 +207,33 @@ class AufsDriver(NaiveDiffDriver):
             if not self._parents(id):
                 return
             mnt = self._mnt(id)
-            if ref.decrement(mounts.is_mountpoint(mnt)) > 0:
+            mounted = mounts.is_mountpoint(mnt)
+            if mounted and self._stale(mnt):
+                remaining = max(ref.value(), 1) - 1
+                self.union.unmount(mnt)
+                ref.reset()
+                if remaining:
+                    self._remount(id, ref, remaining)
+                return
+            if ref.decrement(mounted) > 0:
                 return
             self._unmount(id)
+
+    def stale_mounts(self) -> list[str]:
+        """Layers whose union mount no live server answers (its server was killed)."""
+        if self.kernel_aufs:
+            return []
+        mnt_dir = self.home / "mnt"
+        mounted = {row.target for row in mounts.mount_table()}
+        names = (n for n in sorted(os.listdir(mnt_dir)) if transit.valid_id(n) is not None)
+        return [n for n in names if os.path.realpath(mnt_dir / n) in mounted and self._stale(mnt_dir / n)]
+
+    def clear_stale_mount(self, id: str) -> None:
+        with self.refs.locked(id) as ref:
+            mnt = self._mnt(id)
+            if mounts.is_mountpoint(mnt) and self._stale(mnt):
+                self.union.unmount(mnt)
+                ref.reset()
 
     def _unmount(self, id: str) -> None:
         mnt = self._mnt(id)

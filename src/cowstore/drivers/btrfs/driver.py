@@ -18,7 +18,7 @@ import pathlib
 import re
 import secrets
 import subprocess
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 from cowstore.archive.changes import Change
 from cowstore.drivers.btrfs import fastdiff, loopback, space
@@ -27,10 +27,10 @@ from cowstore.drivers.common import transit
 from cowstore.drivers.common.ids import check_id
 from cowstore.drivers.common.plaindirs import PlainDirectories
 from cowstore.drivers.common.refcount import MountRefs
-from cowstore.drivers.driver import MountSpec
+from cowstore.drivers.driver import DiskUsage, MountSpec
 from cowstore.drivers.naive import NaiveDiffDriver
 from cowstore.errors import InvalidOption, LayerExists, LayerInUse, LayerNotFound, NotSupported, Unavailable
-from cowstore.host import fsutil, mounts
+from cowstore.host import diskusage, fsutil, mounts
 from cowstore.units import human_size, parse_size
 
 _OPTIONS = ("btrfs.min_space", "btrfs.loopback")
@@ -304,6 +304,25 @@ class BtrfsDriver(PlainDirectories, NaiveDiffDriver):
         with _opened(self._path(id)) as fd:
             btrfsioctl.sync(fd)
             return btrfsioctl.qgroup_usage(fd, btrfsioctl.subvol_id(fd))
+
+    def storage_roots(self) -> list[pathlib.Path]:
+        return [self.home] + ([self.image] if self.image is not None else [])
+
+    def disk_usage(self, ids: Sequence[str]) -> DiskUsage:
+        """Data extents by physical address: a snapshot's blocks shared with its parent count
+        for the parent, the blocks it rewrote for itself.
+
+        On a loopback image `other` is the rest of what the image occupies on the
+        store's filesystem (btrfs' metadata trees, inline small files, chunks it keeps);
+        elsewhere it is the data kept below the home outside the subvolumes.
+        """
+        fsutil.syncfs(self.home)
+        counted = diskusage.Extents()
+        layers = {id: counted.data_bytes(self._path(id)) for id in ids}
+        if self.image is None:
+            return DiskUsage(layers, counted.data_bytes(self.home))
+        image = diskusage.allocated(self.image, set())
+        return DiskUsage(layers, max(0, image - sum(layers.values())))
 
     # -- info -----------------------------------------------------------------------
 

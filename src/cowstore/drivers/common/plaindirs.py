@@ -21,6 +21,9 @@ class PlainDirectories:
     def _path(self, id: str) -> pathlib.Path:
         return self.layers_dir / check_id(id)
 
+    def storage_paths(self, id: str) -> list[pathlib.Path]:
+        return [self._path(id)]
+
     def put(self, id: str) -> None:
         if not self.exists(id):
             raise LayerNotFound(f"layer {id} does not exist")

@@ -59,6 +59,10 @@ class RefCount:
     def reset(self) -> None:
         self._store(0)
 
+    def set(self, users: int) -> None:
+        """Record `users` as they are: a mount re-established for its users keeps their count."""
+        self._store(users)
+
 
 class MountRefs:
     """Per-id locks and mount counts under `<home>/mountpoints/`."""

@@ -23,9 +23,8 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
-import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -33,15 +32,16 @@ from cowstore.archive import export_changes
 from cowstore.archive.changes import Change
 from cowstore.drivers.common.exports import ExportMarks
 from cowstore.drivers.common.ids import check_id
-from cowstore.drivers.common.refcount import MountRefs
-from cowstore.drivers.devicemapper import server, snapdiff
+from cowstore.drivers.common.refcount import MountRefs, RefCount
+from cowstore.drivers.devicemapper import external, fstools, info, server, snapdiff
 from cowstore.drivers.devicemapper.deviceset import BASE, DeviceSet
 from cowstore.drivers.devicemapper.options import backing_files, check_host, parse_options
-from cowstore.drivers.driver import MountSpec
+from cowstore.drivers.driver import DiskUsage, MountSpec
 from cowstore.drivers.naive import NaiveDiffDriver
-from cowstore.errors import InvalidOption, LayerExists, LayerNotFound, MountError, NotSupported, Unavailable
-from cowstore.host import fsutil, loop
-from cowstore.host.mounts import MS_NOATIME, is_mountpoint, mount, mount_table, umount
+from cowstore.errors import InvalidOption, LayerExists, LayerNotFound, MountError, NoSpace
+from cowstore.host import diskusage, fsutil, loop
+from cowstore.host.mounts import MS_NOATIME, find_mount, is_mountpoint, mount, mount_table, umount
+from cowstore.host.service import ServiceClient
 from cowstore.units import human_size, parse_size
 
 _META_BLOCK = 4096  # the pool's metadata block size
@@ -74,26 +74,82 @@ class DeviceMapperDriver(NaiveDiffDriver):
         self.refs = MountRefs(home)
         self.exports = ExportMarks(home)
         self.data_file, self.meta_file = backing_files(home, self.opts)
-        devices_dir = home / "devicemapper" / "mapper"
-        self.client = server.start_server(
+        self.client = self._start_server()
+        self.devices = DeviceSet(home, self.client, self._devices_dir)
+        try:
+            self.devices.rollback()
+            self._setup_base()
+        except BaseException:
+            server.stop_server(self.client, self._devices_dir)
+            raise
+
+    # ---------------------------------------------------------------- server
+
+    @property
+    def _devices_dir(self) -> pathlib.Path:
+        return self.home / "devicemapper" / "mapper"
+
+    def _start_server(self) -> ServiceClient:
+        return server.start_server(
             metadata=self.meta_file,
             data=self.data_file,
-            mountpoint=devices_dir,
-            socket=home / "devicemapper" / "control.sock",
-            log=home / "devicemapper" / "server.log",
+            mountpoint=self._devices_dir,
+            socket=self.home / "devicemapper" / "control.sock",
+            log=self.home / "devicemapper" / "server.log",
             block_size=self.opts.block_size,
             no_space_policy=self.opts.no_space_policy,
             min_free_pct=self.opts.min_free_pct,
             cgroup=self.opts.server_cgroup,
             discard_passdown=self.opts.blkdiscard,
         )
-        self.devices = DeviceSet(home, self.client, devices_dir)
+
+    def _revive(self) -> None:
+        """Start the block server again if it died (SIGKILL, OOM) since this driver opened.
+
+        Its device files died with it: every mount on them is stale (see `_stale`).
+        """
+        if not self.client.alive():
+            self.client = self.devices.client = self._start_server()
+
+    def _stale(self, mnt: pathlib.Path) -> bool:
+        """Whether the filesystem mounted at `mnt` sits on a device file of a dead server.
+
+        Its loop device then fails every request: its file belonged to a FUSE
+        connection that ended with the server, whatever now serves the same name. The
+        server is asked first: for a moment after its death the kernel still answers
+        for its files from cached attributes.
+        """
+        found = find_mount(os.path.realpath(mnt))
+        if found is None:
+            return False
+        if not self.client.alive():
+            return True
+        identity = loop.backing_identity(found.source)
         try:
-            self.devices.rollback()
-            self._setup_base()
-        except BaseException:
-            server.stop_server(self.client, devices_dir)
-            raise
+            live = os.stat(self._devices_dir).st_dev
+        except OSError:
+            return True
+        return identity is None or identity[0] != live
+
+    def _drop_stale(self, id: str, mnt: pathlib.Path, ref: RefCount) -> None:
+        """Detach a stale mount (its loop device goes with it) and forget the dead activation."""
+        umount(mnt)
+        ref.reset()
+        self._revive()
+        self.devices.deactivate(id)
+
+    def stale_mounts(self) -> list[str]:
+        """Layers mounted from a device file of a block server that died."""
+        mnt_dir = self.home / "mnt"
+        mounted = {row.target for row in mount_table()}
+        names = (n for n in sorted(os.listdir(mnt_dir)) if n != BASE and not n.startswith("."))
+        return [n for n in names if os.path.realpath(mnt_dir / n) in mounted and self._stale(mnt_dir / n)]
+
+    def clear_stale_mount(self, id: str) -> None:
+        mnt = self.home / "mnt" / check_id(id)
+        with self.refs.locked(id) as ref:
+            if is_mountpoint(mnt) and self._stale(mnt):
+                self._drop_stale(id, mnt, ref)
 
     # ------------------------------------------------------------------ base
 
@@ -121,9 +177,9 @@ class DeviceMapperDriver(NaiveDiffDriver):
             args = ["mkfs.ext4", "-q", "-F", "-E", "nodiscard,lazy_itable_init=0,lazy_journal_init=0"]
         else:
             args = ["mkfs.xfs", "-q", "-f", "-K"]
-        self._run([*args, *self.opts.mkfs_args, device])
+        fstools.run([*args, *self.opts.mkfs_args, device])
         if fs == "ext4":
-            self._run(["tune2fs", "-c", "-1", "-i", "0", device])
+            fstools.run(["tune2fs", "-c", "-1", "-i", "0", device])
         target = self.home / "mnt" / BASE
         target.mkdir(exist_ok=True)
         mount(device, target, fs, 0, "nouuid" if fs == "xfs" else None)
@@ -132,14 +188,7 @@ class DeviceMapperDriver(NaiveDiffDriver):
         finally:
             umount(target, 0)
             target.rmdir()
-        return self._run(["blkid", "-s", "UUID", "-o", "value", device]).strip()
-
-    @staticmethod
-    def _run(args: list[str]) -> str:
-        result = subprocess.run(args, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            raise Unavailable(f"devmapper: {' '.join(args)} failed: {result.stderr.strip()[-300:]}")
-        return result.stdout
+        return fstools.run(["blkid", "-s", "UUID", "-o", "value", device]).strip()
 
     # -------------------------------------------------------------- layers
 
@@ -161,34 +210,14 @@ class DeviceMapperDriver(NaiveDiffDriver):
             if size < origin["size"]:
                 # A snapshot can only grow its filesystem (Docker's text).
                 raise InvalidOption(f"devmapper: Container size cannot be smaller than {human_size(origin['size'])}")
+        self._revive()
         layout = {"root_layout": True} if origin.get("root_layout") else {}
         device_id = self.devices.create(id, origin["device_id"], size, grow=size > origin["size"], **layout)
         if parent is not None:
             with self.refs.locked(id):
                 self.refs.set_note(id, "copied", f"{time.clock_gettime_ns(_INODE_CLOCK)} {parent}")
         if size > origin["size"]:
-            self._grow_fs(id, device_id)
-
-    def _grow_fs(self, id: str, device_id: int) -> None:
-        try:
-            with loop.attached(self.devices.activate(id, device_id), direct_io=True) as device:
-                self._grow(id, device)
-        finally:
-            self.devices.deactivate(id)
-
-    def _grow(self, id: str, device: str) -> None:
-        if self.opts.fs == "ext4":
-            self._run(["e2fsck", "-f", "-p", device])
-            self._run(["resize2fs", device])
-            return
-        target = self.home / "mnt" / f".grow-{id}"
-        target.mkdir(exist_ok=True)
-        mount(device, target, "xfs", 0, "nouuid")
-        try:
-            self._run(["xfs_growfs", str(target)])
-        finally:
-            umount(target)
-            target.rmdir()
+            fstools.grow(self, id, device_id)
 
     def remove(self, id: str) -> None:
         info = self.devices.info(id)
@@ -199,7 +228,8 @@ class DeviceMapperDriver(NaiveDiffDriver):
             if is_mountpoint(mnt):
                 umount(mnt)
             ref.reset()
-            self._unexport(id)
+            self._revive()
+            external.unexport(self, id)
             self.devices.delete(id, info["device_id"])
             with contextlib.suppress(FileNotFoundError):
                 fsutil.remove_tree(mnt)
@@ -210,31 +240,63 @@ class DeviceMapperDriver(NaiveDiffDriver):
         if info is None or info.get("deleted"):
             raise LayerNotFound(f"devmapper: Unknown device {id}")
         mnt = self.home / "mnt" / id
-        root_layout = bool(info.get("root_layout"))
-        rootfs = mnt if root_layout else mnt / "rootfs"
+        rootfs = mnt if info.get("root_layout") else mnt / "rootfs"
         with self.refs.locked(id) as ref:
-            if ref.increment(is_mountpoint(mnt)) > 1:
-                return rootfs
-            try:
-                mnt.mkdir(mode=0o755, exist_ok=True)
-                options = [opt for opt in self.opts.mount_opts if opt != "noatime"]
-                flags = MS_NOATIME if "noatime" in self.opts.mount_opts else 0  # a flag, not fs data
-                if self.opts.fs == "xfs":
-                    options.insert(0, "nouuid")
-                with loop.attached(self.devices.activate(id, info["device_id"]), direct_io=True) as device:
-                    mount(device, mnt, self.opts.fs, flags, ",".join(options) or None)
-            except BaseException:
-                ref.decrement(False)
-                self.devices.deactivate(id)
-                raise
-            if root_layout:
-                return rootfs
-            rootfs.mkdir(mode=0o755, exist_ok=True)
-            id_file = mnt / "id"
-            if self.docker_layout and not id_file.exists():
-                id_file.write_text(id)
-                id_file.chmod(0o600)
+            mounted = is_mountpoint(mnt)
+            if mounted and self._stale(mnt):
+                # Its block server died: mount it afresh (the ext4 journal replays what
+                # the pool committed); its users keep their count.
+                users = max(ref.value(), 1)
+                self._drop_stale(id, mnt, ref)
+                self._mount(id, info)
+                ref.set(users + 1)
+            elif ref.increment(mounted) == 1:
+                try:
+                    self._mount(id, info)
+                except BaseException:
+                    ref.decrement(False)
+                    raise
             return rootfs
+
+    def _mount(self, id: str, info: dict[str, Any]) -> None:
+        """Activate the device, attach a loop device to it and mount its filesystem."""
+        mnt = self.home / "mnt" / id
+        self._revive()
+        try:
+            mnt.mkdir(mode=0o755, exist_ok=True)
+            options = [opt for opt in self.opts.mount_opts if opt != "noatime"]
+            flags = MS_NOATIME if "noatime" in self.opts.mount_opts else 0  # a flag, not fs data
+            if self.opts.fs == "xfs":
+                options.insert(0, "nouuid")
+            with loop.attached(self.devices.activate(id, info["device_id"]), direct_io=True) as device:
+                try:
+                    mount(device, mnt, self.opts.fs, flags, ",".join(options) or None)
+                except MountError as exc:
+                    raise self._out_of_space(exc) from exc
+        except BaseException:
+            self.devices.deactivate(id)
+            raise
+        if info.get("root_layout"):
+            return
+        (mnt / "rootfs").mkdir(mode=0o755, exist_ok=True)
+        id_file = mnt / "id"
+        if self.docker_layout and not id_file.exists():
+            id_file.write_text(id)
+            id_file.chmod(0o600)
+
+    def _out_of_space(self, exc: MountError) -> Exception:
+        """A mount that failed with an I/O error because the pool (or the disk under it) is full says so.
+
+        The kernel reports a block that cannot be written as EIO to the filesystem,
+        which cannot tell why; the pool can.
+        """
+        usage = self.pool_usage()
+        st = os.statvfs(self.data_file.parent)
+        if usage.data_used >= usage.data_total:
+            return NoSpace(f"devmapper: thin pool is out of data space: {exc}")
+        if st.f_bavail * st.f_frsize < usage.block_size:
+            return NoSpace(f"devmapper: no space left on device under the thin pool: {exc}")
+        return exc
 
     def put(self, id: str) -> None:
         info = self.devices.info(check_id(id))
@@ -242,7 +304,15 @@ class DeviceMapperDriver(NaiveDiffDriver):
             raise LayerNotFound(f"devmapper: Unknown device {id}")
         mnt = self.home / "mnt" / id
         with self.refs.locked(id) as ref:
-            if ref.decrement(is_mountpoint(mnt)) > 0:
+            mounted = is_mountpoint(mnt)
+            if mounted and self._stale(mnt):
+                remaining = max(ref.value(), 1) - 1
+                self._drop_stale(id, mnt, ref)
+                if remaining:
+                    self._mount(id, info)
+                    ref.set(remaining)
+                return
+            if ref.decrement(mounted) > 0:
                 return
             try:
                 umount(mnt)
@@ -257,72 +327,12 @@ class DeviceMapperDriver(NaiveDiffDriver):
     # ------------------------------------------------------- external mounter
 
     def external_mounts(self, id: str, *, readonly: bool) -> list[MountSpec]:
-        """The thin device as a block device, like containerd's devmapper snapshotter gives
-        its dm device: a loop device over the device file, attached without autoclear and
-        kept until `release_external` (containerd mounts it whenever it likes)."""
-        info = self.devices.info(check_id(id))
-        if info is None or info.get("deleted"):
-            raise LayerNotFound(f"devmapper: Unknown device {id}")
-        if not info.get("root_layout"):
-            self._to_root_layout(id)
-        with self.refs.locked(id):
-            path = os.path.realpath(self.devices.activate(id, info["device_id"]))
-            device = self.exports.value(id)
-            if not device or loop.backing_file(device) != path:
-                device = loop.keep_attached(path, direct_io=True)
-                self.exports.mark(id, device)
-        options = [*self.opts.mount_opts, "ro" if readonly else "rw"]
-        if self.opts.fs == "xfs":
-            options.insert(0, "nouuid")
-        return [MountSpec(self.opts.fs, device, tuple(options))]
-
-    def _to_root_layout(self, id: str) -> None:
-        """Make the filesystem's root the layer's root, for a layer that is still empty.
-
-        Docker's layout keeps a layer in `rootfs/` of its filesystem, but a mount that
-        containerd makes of the block device shows the filesystem's root. A layer
-        with no content yet (a fresh snapshot of the base device) drops `rootfs/`,
-        `id` and `lost+found` and is recorded with `root_layout`, which its children
-        inherit; a layer holding data in Docker's layout cannot be mounted that way.
-        """
-        root = self.get(id).parent
-        try:
-            entries = set(os.listdir(root))
-            if not entries <= {"rootfs", "id", "lost+found"} or any((root / "rootfs").glob("*")):
-                raise NotSupported(
-                    f"devmapper: layer {id} holds data in Docker's layout (rootfs/): only an empty layer "
-                    "can be mounted by another program"
-                )
-            for name in ("rootfs", "lost+found"):
-                with contextlib.suppress(FileNotFoundError):
-                    (root / name).rmdir()
-            with contextlib.suppress(FileNotFoundError):
-                (root / "id").unlink()
-            os.chmod(root, 0o755)
-        finally:
-            self.put(id)
-        self.devices.update(id, root_layout=True)
+        """The thin device as a block device, as containerd's devmapper snapshotter gives its
+        dm device (see `external`)."""
+        return external.mounts(self, id, readonly=readonly)
 
     def release_external(self, id: str) -> None:
-        with self.refs.locked(check_id(id)):
-            if self._unexport(id) and not is_mountpoint(self.home / "mnt" / id):
-                self.devices.deactivate(id)
-
-    def _unexport(self, id: str) -> bool:
-        """Detach the exported loop device (lock of `id` held); True when no loop device is
-        left on the device file. While containerd still has it mounted, the kernel only
-        marks it to go with its last user; what was written through that mount is
-        flushed first, so a snapshot taken next sees it."""
-        device = self.exports.value(id)
-        path = os.path.realpath(self.devices.devices_dir / self.devices.device_name(id))
-        if device is None:
-            return loop.find(path) is None
-        if device and loop.backing_file(device) == path:
-            if any(row.source == device for row in mount_table()):
-                os.sync()
-            loop.detach(path, wait=0.5)
-        self.exports.clear(id)
-        return loop.find(path) is None
+        external.release(self, id)
 
     def changes(self, id: str, parent: str | None = None) -> list[Change]:
         stamp = snapdiff.copied_before(self.refs, id, parent)
@@ -344,6 +354,15 @@ class DeviceMapperDriver(NaiveDiffDriver):
             raise
         out.seek(0)
         return out
+
+    def settle(self, path: pathlib.Path) -> None:
+        """Flush the layer's own filesystem before it is published.
+
+        A thin pool (or the disk under it) that runs out shows only at write-back, and
+        the unmount that follows would drop that error: a layer would be published with
+        blocks that never landed.
+        """
+        fsutil.syncfs(path)
 
     def ids(self) -> list[str]:
         return self.devices.layer_ids()
@@ -374,44 +393,24 @@ class DeviceMapperDriver(NaiveDiffDriver):
             block_size=bs,
         )
 
+    def disk_usage(self, ids: Sequence[str]) -> DiskUsage:
+        """Pool blocks, each counted for the first device that maps it: the base device's
+        (the empty filesystem every layer starts from) go to `other`, a snapshot's shared
+        blocks to its origin. `other` also holds the pool's metadata and what the data
+        file keeps allocated beyond the mapped blocks."""
+        self._revive()
+        records = [(id, self.devices.info(id)) for id in (BASE, *ids)]
+        known = [(id, record["device_id"]) for id, record in records if record is not None]
+        blocks = self.client.call("usage", ids=[device_id for _, device_id in known])
+        pool = self.pool_usage()
+        layers = dict.fromkeys(ids, 0)
+        layers.update({id: n * pool.block_size for (id, _), n in zip(known, blocks, strict=True) if id != BASE})
+        total = diskusage.allocated(self.home, set())
+        total += (pool.data_total if self.opts.data_dev else 0) + (pool.metadata_total if self.opts.metadata_dev else 0)
+        return DiskUsage(layers, max(0, total - sum(layers.values())))
+
     def status(self) -> list[tuple[str, str]]:
-        usage = self.pool_usage()
-        bs, data_total, data_used = usage.block_size, usage.data_total, usage.data_used
-        meta_total, meta_used = usage.metadata_total, usage.metadata_used
-
-        def available(total: int, used: int, path: pathlib.Path) -> int:
-            free = total - used
-            if path.is_file():
-                vfs = os.statvfs(path)
-                free = min(free, vfs.f_bfree * vfs.f_frsize)
-            return free
-
-        loop_files = not self.opts.data_dev
-        base = self.devices.info(BASE) or {}
-        rows = [
-            ("Pool Name", f"{self.devices.prefix}-pool"),
-            ("Pool Blocksize", human_size(bs)),
-            ("Base Device Size", human_size(base.get("size", 0))),
-            ("Backing Filesystem", self.devices.facts().get("BaseDeviceFilesystem", self.opts.fs)),
-            ("Udev Sync Supported", "false"),
-            ("Data file", str(self.data_file)),
-            ("Metadata file", str(self.meta_file)),
-        ]
-        if loop_files:
-            rows += [("Data loop file", str(self.data_file)), ("Metadata loop file", str(self.meta_file))]
-        rows += [
-            ("Data Space Used", human_size(data_used)),
-            ("Data Space Total", human_size(data_total)),
-            ("Data Space Available", human_size(available(data_total, data_used, self.data_file))),
-            ("Metadata Space Used", human_size(meta_used)),
-            ("Metadata Space Total", human_size(meta_total)),
-            ("Metadata Space Available", human_size(available(meta_total, meta_used, self.meta_file))),
-            ("Thin Pool Minimum Free Space", human_size(data_total // bs * self.opts.min_free_pct // 100 * bs)),
-            ("Deferred Removal Enabled", "false"),
-            ("Deferred Deletion Enabled", "false"),
-            ("Deferred Deleted Device Count", "0"),
-        ]
-        return rows
+        return info.status(self)
 
     def list_devices(self) -> list[dict[str, Any]]:
         """`dmsetup ls` for this pool: every thin device with its layer id and activity."""
@@ -424,9 +423,10 @@ class DeviceMapperDriver(NaiveDiffDriver):
         return xml
 
     def cleanup(self) -> None:
+        self._revive()
         for id in self.exports.ids():
             with self.refs.locked(id):
-                if self._unexport(id) and not is_mountpoint(self.home / "mnt" / id):
+                if external.unexport(self, id) and not is_mountpoint(self.home / "mnt" / id):
                     self.devices.deactivate(id)
         for mnt in sorted((self.home / "mnt").iterdir()):
             if is_mountpoint(mnt):

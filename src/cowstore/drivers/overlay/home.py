@@ -53,6 +53,10 @@ class OverlayHome(NaiveDiffDriver):
     def _dir(self, id: str) -> pathlib.Path:
         return self.home / check_id(id)
 
+    def storage_paths(self, id: str) -> list[pathlib.Path]:
+        """The layer's directory: its files (and legacy overlay's hard links, counted once)."""
+        return [self._dir(id)]
+
     def _forget_links(self, id: str) -> None:
         """Drop what points at layer `id` from outside its directory (overlay2's short link)."""
 

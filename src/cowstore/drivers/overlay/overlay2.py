@@ -31,6 +31,7 @@ import base64
 import contextlib
 import os
 import pathlib
+import re
 import secrets
 from collections.abc import Callable, Mapping
 from typing import BinaryIO
@@ -52,6 +53,7 @@ from cowstore.host.quota import ProjectQuota
 CLASSIC_MAX_LOWERS = 128
 _LINK_DIR = "l"
 _MERGED_DIR = "merged"
+_LINK_NAME = re.compile(r"[A-Z2-7]{26}")
 
 
 def _new_link_id() -> str:
@@ -101,7 +103,7 @@ class Overlay2Driver(OverlayHome):
 
     def _read(self, path: pathlib.Path) -> str | None:
         try:
-            return path.read_text().strip()
+            return path.read_text(errors="replace").strip()
         except FileNotFoundError:
             return None
 
@@ -279,8 +281,10 @@ class Overlay2Driver(OverlayHome):
     # ---------------------------------------------------------------- remove
 
     def _forget_links(self, id: str) -> None:
+        """Remove the layer's short link; a link file a power loss left unwritten (zeros)
+        names none, and the sweep at the next open removes the symlink it leaves."""
         link = self._link(id)
-        if link:
+        if link and _LINK_NAME.fullmatch(link):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.home / _LINK_DIR / link)
 

@@ -11,6 +11,8 @@ cgroup, so that writers under memory pressure cannot deadlock it.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import pathlib
 
 from cowstore.drivers.devicemapper.thinpool.errors import ERROR_CLASSES
@@ -47,13 +49,13 @@ def start_server(
     """Start a block server (unless one already answers on `socket`) and wait until it serves.
 
     With `read_only`, the pool in `metadata` must exist, and its data area is never written.
+
+    Under a lock file beside the socket: processes that all find the server dead (it
+    was killed) start one new server between them, not one each.
     """
     pool = client(socket)
     if pool.alive():
         return pool
-    if is_mountpoint(mountpoint):
-        umount(mountpoint)  # left by a server that died
-    mountpoint.mkdir(mode=0o700, parents=True, exist_ok=True)
     args = [
         "--metadata",
         str(metadata),
@@ -80,7 +82,17 @@ def start_server(
         args.append("--no-discard-passdown")
     if read_only:
         args.append("--read-only")
-    return service.start(MODULE, args, client=pool, log=log, timeout=timeout)
+    lock = os.open(socket.with_name("server.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if pool.alive():
+            return pool
+        if is_mountpoint(mountpoint):
+            umount(mountpoint)  # left by a server that died
+        mountpoint.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return service.start(MODULE, args, client=pool, log=log, timeout=timeout)
+    finally:
+        os.close(lock)
 
 
 def stop_server(pool: ServiceClient, mountpoint: pathlib.Path, timeout: float = 20.0) -> None:

@@ -77,6 +77,18 @@ class Control:
             for dev in self.pool.devices()
         ]
 
+    def op_usage(self, ids: list[int]) -> list[int]:
+        """Data blocks each device of `ids` maps that no earlier one maps (origins come first,
+        so a snapshot counts only the blocks it wrote itself)."""
+        seen: set[int] = set()
+        counts = []
+        with self.pool.locked():
+            for dev_id in ids:
+                blocks = {data for _, data in self.pool.mappings(dev_id)} - seen
+                seen |= blocks
+                counts.append(len(blocks))
+        return counts
+
     def op_status(self) -> dict[str, Any]:
         status = self.pool.status()
         return {

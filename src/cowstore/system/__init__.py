@@ -1,0 +1,1 @@
+"""Whole-store housekeeping above the store: `system df`, `system prune` and `system reset`."""
