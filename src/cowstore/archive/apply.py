@@ -156,6 +156,10 @@ class LayerApplier:
             target = clean_name(entry.linkname, entry.name)
             if not target or target == parts:
                 raise ArchiveError("hard link to itself or to the root", entry.name)
+            if "/".join(target) not in self.unpacked:  # one answer on every driver: docs/semantics.md
+                raise ArchiveError(
+                    f"hard link target {entry.linkname!r} not in layer (a lower layer's file)", entry.name
+                )
         if entry.kind == tarstream.SYMLINK:
             target_len = len(os.fsencode(entry.linkname))
             if target_len == 0 or target_len >= self.limits.max_path:
