@@ -77,10 +77,13 @@ class Reserve:
         SQLite writes into its shared-memory index through a mapping, and on btrfs a
         page of a mapping that finds no space is a SIGBUS, not an error SQLite could
         report: the room must be there before it looks. btrfs frees what a deleted file
-        held at its next commit, hence the syncfs.
+        held at its next commit, hence the syncfs, on every step while the disk is
+        nearly full: the reserve may be gone already, and the room a failed step freed
+        (say, the layer a full disk stopped) must be there before the step that follows.
         """
-        if self.free() < _LOW_FREE and self.release():
-            syncfs(self.directory)
+        if self.free() < _LOW_FREE:
+            self.release()
+            syncfs(self.directory)  # also what a failed step just deleted (an abandoned layer)
 
     def release(self) -> bool:
         """Give the reserve to the full disk; False if it was gone already."""
