@@ -125,6 +125,13 @@ class OperationLock:
                 os.unlink(private)
             raise
 
+    def leave(self) -> None:
+        """Give up the lock but keep its file: the marker that makes the next opener's
+        recovery finish what this process could not undo (a full disk, say)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
     def release(self) -> None:
         if self._fd >= 0:
             with contextlib.suppress(FileNotFoundError):

@@ -21,6 +21,7 @@ from cowstore.digest import DigestingReader, Reader, Writer, chain_id, check_dig
 from cowstore.drivers.driver import Driver
 from cowstore.errors import (
     ArchiveError,
+    CowstoreError,
     LayerExists,
     LayerInUse,
     LayerNotFound,
@@ -156,7 +157,7 @@ class LayerStore:
                 fault("register:after-apply")
                 return self._publish(cache_id, chain_id(parent, diff_id), diff_id, parent_layer, size, split, lease)
             except BaseException:
-                self._abandon_layer(cache_id)
+                _undo_or_leave(op, lambda: self._abandon_layer(cache_id))
                 raise
             finally:
                 op.release()
@@ -363,9 +364,7 @@ class LayerStore:
                     self.records.set_mount_state(name, "ready", on_ready)
                 return self.get_rw(name)
             except BaseException:
-                with self.lock.exclusive():
-                    initlayers.drop_storage(self.driver, self.records, name, mount_id, init_id)
-                    self.records.delete_mount(name)
+                _undo_or_leave(op, lambda: _drop_unfinished_rw(self, name, mount_id, init_id))
                 raise
             finally:
                 op.release()
@@ -479,7 +478,8 @@ def _check_changes(driver: Driver, mount_id: str, parent: str | None, limits: Li
     fs = os.statvfs(tmp)
     if fs.f_bavail * fs.f_frsize - size < limits.min_free_disk:
         raise StagingSpaceExhausted(
-            f"the changes hold {size} bytes: spooling them would leave less than {limits.min_free_disk} "
+            f"not enough free space: the changes hold {size} bytes, and spooling them would leave less than "
+            f"{limits.min_free_disk} "
             f"bytes free on {tmp} (--limit min-free-disk)"
         )
     reserved = [c.path for c in driver.changes(mount_id, parent) if _reserved(c)]
@@ -487,3 +487,18 @@ def _check_changes(driver: Driver, mount_id: str, parent: str | None, limits: Li
         raise ArchiveError(
             f"{reserved[0]} is named like a whiteout (.wh.): a layer cannot store it; rename it before commit"
         )
+
+
+def _undo_or_leave(op: OperationLock, undo: Callable[[], None]) -> None:
+    """Undo what a failed operation made; when even that fails (a full disk), keep the
+    operation's marker instead, so the next opener's recovery finishes the undoing."""
+    try:
+        undo()
+    except (CowstoreError, OSError):
+        op.leave()
+
+
+def _drop_unfinished_rw(store: LayerStore, name: str, mount_id: str, init_id: str | None) -> None:
+    with store.lock.exclusive():
+        initlayers.drop_storage(store.driver, store.records, name, mount_id, init_id)
+        store.records.delete_mount(name)

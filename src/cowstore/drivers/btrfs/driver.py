@@ -188,6 +188,7 @@ class BtrfsDriver(PlainDirectories, NaiveDiffDriver):
             raise
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.quotas / id)
+        space.reclaim_if_full(self.home)
 
     def _destroy(self, path: pathlib.Path) -> None:
         """Delete subvolume `path` after every subvolume nested in it, deepest first."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import pathlib
+import subprocess
 from dataclasses import dataclass
 
 from cowstore.drivers.btrfs import ioctl as btrfsioctl
@@ -174,3 +175,24 @@ def balance_path(path: pathlib.Path, dusage: int) -> dict[str, int]:
         "unallocated_after": after,
         "freed_bytes": after - before,
     }
+
+
+# Below this much free space, a removal waits until btrfs has the space back.
+NEARLY_FULL = 64 * 1024 * 1024
+
+
+def reclaim_if_full(path: pathlib.Path) -> None:
+    """Wait for the space of deleted subvolumes when the filesystem is nearly full.
+
+    btrfs gives a deleted subvolume's space back in a background cleaner, well after
+    the deletion returns; on a full filesystem what comes next (the store's database
+    recording that the layer is gone) needs that space now, and SQLite's shared memory
+    meets a full btrfs as a SIGBUS, not an error.
+    """
+    st = os.statvfs(path)
+    if st.f_bavail * st.f_frsize >= NEARLY_FULL:
+        return
+    try:
+        subprocess.run(["btrfs", "subvolume", "sync", str(path)], capture_output=True, check=False, timeout=120)
+    except (OSError, subprocess.TimeoutExpired):
+        return
