@@ -3,6 +3,7 @@ baselines of other drivers run and clean up; scales."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -28,13 +29,18 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the bench mounts a lo
 
 
 def _leftovers(base: pathlib.Path) -> list[str]:
-    """Mounts and loop devices of the scratch space `base` (other processes' are not counted)."""
+    """Mounts, loop devices and processes of the scratch space `base` (other processes' are not counted)."""
     devices = [
         str(d)
         for d in pathlib.Path("/sys/block").glob("loop*")
         if (loop.backing_file(d.name) or "").startswith(f"{base}/")
     ]
-    return mounts.mounts_under(base) + devices
+    servers = []  # the registries of pull and push keep their config in the scratch space
+    for cmdline in pathlib.Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            if f"{base}/".encode() in cmdline.read_bytes():
+                servers.append(str(cmdline.parent))
+    return mounts.mounts_under(base) + devices + servers
 
 
 def test_quick_bench_writes_json_and_report(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -45,7 +51,7 @@ def test_quick_bench_writes_json_and_report(tmp_path: pathlib.Path, monkeypatch:
     args = ["--quick", "--driver", "vfs", "--driver", "overlay2", "--out", str(out)]
     result = CliRunner().invoke(bench_command, args)
     assert result.exit_code == 0, result.output
-    assert not _leftovers(scratches[0].base), "the bench left mounts or loop devices behind"
+    assert not _leftovers(scratches[0].base), "the bench left mounts, loop devices or servers behind"
     assert not scratches[0].base.exists()
 
     data = json.loads((out / "report.json").read_text())
@@ -68,8 +74,9 @@ def test_quick_bench_writes_json_and_report(tmp_path: pathlib.Path, monkeypatch:
     assert {v["subject"] for v in checks} == {"vfs", "overlay2"} & set(seq["series"])
     assert "thin pools are devicemapper's" in data["experiments"][keys.index("thin_pool")]["skipped"]["vfs"]
     assert "vfs" in data["experiments"][keys.index("walk")]["series"]
-    assert keys[-5:] == ["cli", "import", "load", "commit", "save"]
-    for edge in data["experiments"][-5:]:  # the CLI of overlay2 and the peers only
+    edges = ["cli", "import", "load", "commit", "save", "pull", "push"]
+    assert keys[-len(edges) :] == edges
+    for edge in data["experiments"][-len(edges) :]:  # the CLI of overlay2 and the peers only
         assert "vfs" in edge["skipped"] and not edge["errors"], edge["errors"]
     if "overlay2" in data["subjects"]:  # overlay2's baselines ran in their experiments only
         deep = data["experiments"][keys.index("deep_layers")]
@@ -78,6 +85,8 @@ def test_quick_bench_writes_json_and_report(tmp_path: pathlib.Path, monkeypatch:
         assert "overlay2@xfs" in data["subjects"] or "overlay2@xfs" in data["unavailable"]
         imported = data["experiments"][keys.index("import")]["series"]["overlay2"]
         assert {"ms", "tar_ms", "rss_mib"} <= set(imported)
+        for key in ("pull", "push"):  # from a registry on loopback, and to one
+            assert {"ms", "rss_mib"} <= set(data["experiments"][keys.index(key)]["series"]["overlay2"])
 
     report = (out / "report.md").read_text()
     assert report.startswith("# cowstore bench report") and "`--scale quick`" in report

@@ -17,6 +17,7 @@ from cowstore.app.bench.experiments.deep_layers import DeepLayers
 from cowstore.app.bench.experiments.import_rootfs import ImportRootfs
 from cowstore.app.bench.experiments.load_archive import LoadArchive
 from cowstore.app.bench.experiments.page_cache import PageCache
+from cowstore.app.bench.experiments.pull_push import Pull, Push
 from cowstore.app.bench.experiments.save_archive import SaveArchive
 from cowstore.app.bench.experiments.seq_write import SeqWrite
 from cowstore.app.bench.experiments.thin_pool import ThinPool
@@ -39,7 +40,20 @@ ALL: tuple[Experiment, ...] = (
     LoadArchive(),
     CommitCli(),
     SaveArchive(),
+    Pull(),
+    Push(),
 )
-PEER_EXPERIMENTS = ("container_cost", "copy_up", "commit_diff", "cli", "import", "load", "commit", "save")
+PEER_EXPERIMENTS = (
+    "container_cost",
+    "copy_up",
+    "commit_diff",
+    "cli",
+    "import",
+    "load",
+    "commit",
+    "save",
+    "pull",
+    "push",
+)
 
 __all__ = ["ALL", "PEER_EXPERIMENTS", "Context", "Experiment", "Metric", "Point", "Result", "Verdict"]
