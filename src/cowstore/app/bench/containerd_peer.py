@@ -193,7 +193,6 @@ class PrivateContainerd:
         self.env = dict(os.environ, PATH=os.environ.get("PATH", "") + _SBIN)
         self.process: subprocess.Popen[bytes] | None = None
         self.reaper: Subreaper | None = None
-        self.version = ""
 
     def config(self) -> str:
         return (
@@ -227,12 +226,11 @@ class PrivateContainerd:
                     start_new_session=True,
                 )
             deadline = time.monotonic() + _START_TIMEOUT
-            while (done := self._ctr("version")).returncode != 0:
+            while self._ctr("version").returncode != 0:
                 if self.process.poll() is not None or time.monotonic() > deadline:
                     reason = last_line(self.log.read_text(errors="replace")) or "no output"
                     raise ContainerdError(f"containerd did not start: {reason}")
                 time.sleep(0.1)
-            self.version = next((line.split()[-1] for line in done.stdout.splitlines() if "Version:" in line), "")
         except BaseException:
             self.close()
             raise
