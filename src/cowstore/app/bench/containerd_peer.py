@@ -1,9 +1,11 @@
 """A private containerd for the bench, with cowstore's snapshotter as one of its proxy plugins.
 
-containerd (Debian's 1.6) runs with its own root, state, socket and config in the
-scratch space, so it never touches a system containerd, and on the same backing as
-everything else, so its built-in overlayfs snapshotter and cowstore's compare on equal
-terms. The CRI plugin is off (there is no CNI here); `ctr` talks to the private socket.
+containerd (Debian's 1.6) runs with a config, root, state and sockets of its own, so it
+never touches a system containerd. Its root (where the built-in overlayfs snapshotter
+keeps its layers) and cowstore's store are in the scratch space, on the same backing as
+everything else, so the two snapshotters compare on equal terms; state and sockets are in
+a short directory under /run, as a Unix socket's path must fit in 108 bytes. The CRI
+plugin is off (there is no CNI here); `ctr` talks to the private socket.
 cowstore's snapshotter is the real command (`cowstore snapshotter serve`), one process
 on an overlay2 store of its own, named in the config as `[proxy_plugins.cowstore-overlay2]`:
 containerd calls it over gRPC exactly as it would in production.
