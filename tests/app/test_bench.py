@@ -74,10 +74,17 @@ def test_quick_bench_writes_json_and_report(tmp_path: pathlib.Path, monkeypatch:
     assert {v["subject"] for v in checks} == {"vfs", "overlay2"} & set(seq["series"])
     assert "thin pools are devicemapper's" in data["experiments"][keys.index("thin_pool")]["skipped"]["vfs"]
     assert "vfs" in data["experiments"][keys.index("walk")]["series"]
-    edges = ["cli", "import", "load", "commit", "save", "pull", "push"]
-    assert keys[-len(edges) :] == edges
-    for edge in data["experiments"][-len(edges) :]:  # the CLI of overlay2 and the peers only
+    edges = keys.index("cli")
+    names = ["cli", "import", "load", "commit", "save", "pull", "push"]
+    assert keys[edges : edges + len(names)] == names
+    for edge in data["experiments"][edges : edges + len(names)]:  # the CLI of overlay2 and the peers only
         assert "vfs" in edge["skipped"] and not edge["errors"], edge["errors"]
+    containerd = data["experiments"][keys.index("containerd")]
+    assert set(containerd["skipped"]) | set(containerd["series"]) == {"overlayfs", "cowstore-overlay2"}
+    assert not containerd["errors"], containerd["errors"]
+    if containerd["series"]:  # containerd installed: both ran, the target judged on paired rounds
+        assert {v["subject"] for v in containerd["verdicts"] if v["kind"] == "target"} == {"cowstore-overlay2"}
+        assert containerd["series"]["cowstore-overlay2"]["per_s"][0]["median"] > 0
     if "overlay2" in data["subjects"]:  # overlay2's baselines ran in their experiments only
         deep = data["experiments"][keys.index("deep_layers")]
         assert "overlayfs" in deep["series"] and not deep["errors"]

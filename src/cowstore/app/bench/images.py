@@ -46,6 +46,7 @@ _APPLETS = (
     "date",
     "dd",
     "adjtimex",
+    "true",
 )
 _ETC = {
     "etc/passwd": b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",

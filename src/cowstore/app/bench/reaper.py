@@ -10,6 +10,7 @@ descendants are re-parented to the bench itself, which can then end and reap the
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import time
@@ -18,6 +19,7 @@ from collections.abc import Callable
 from cowstore.host.libc import LIBC
 
 _PR_SET_CHILD_SUBREAPER = 36
+_PR_GET_CHILD_SUBREAPER = 37
 
 
 def _children() -> dict[int, tuple[str, str]]:
@@ -44,6 +46,11 @@ class Subreaper:
     """Makes this process the subreaper of its descendants until :meth:`close`."""
 
     def __init__(self) -> None:
+        # Whether this process already was one (another peer's Subreaper still open): close()
+        # then leaves it so, or that peer's helpers would go unreaped.
+        was = ctypes.c_int(0)
+        LIBC.prctl(_PR_GET_CHILD_SUBREAPER, ctypes.byref(was), 0, 0, 0)
+        self.was = bool(was.value)
         if LIBC.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
             raise OSError("prctl(PR_SET_CHILD_SUBREAPER) failed")
 
@@ -75,6 +82,7 @@ class Subreaper:
         return list(targets.values())
 
     def close(self) -> None:
-        """Reap what is left and stop adopting orphans."""
+        """Reap what is left and stop adopting orphans (unless this process did before)."""
         self.reap()
-        LIBC.prctl(_PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+        if not self.was:
+            LIBC.prctl(_PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)

@@ -114,7 +114,7 @@ def run_experiment(experiment: Experiment, subjects: Sequence[Subject], ctx: Con
     result = run.result
     started = time.perf_counter()
     active: list[Subject] = []
-    for subject in subjects:
+    for subject in experiment.subjects(subjects, ctx):
         if subject.kind == "baseline" and subject.name not in experiment.baselines:
             continue
         reason = experiment.supports(subject)

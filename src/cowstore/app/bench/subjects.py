@@ -70,7 +70,9 @@ class Subject:
     """One thing measured side by side with the others."""
 
     name: str
-    kind: str  # "driver", "peer", "native" or "baseline" (the reference for a driver, see baselines.py)
+    # "driver", "peer", "native", "baseline" (the reference for a driver, see baselines.py) or
+    # "snapshotter" (a containerd snapshotter, only inside experiments/containerd_run.py)
+    kind: str
     # False for an engine that mounts a container only while it runs (docker): experiments
     # then change files with `run` instead of through a mount point.
     mountable: bool = True

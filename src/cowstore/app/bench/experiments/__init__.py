@@ -12,6 +12,7 @@ from cowstore.app.bench.experiments.cli_round_trip import CliRoundTrip
 from cowstore.app.bench.experiments.commit_cli import CommitCli
 from cowstore.app.bench.experiments.commit_diff import CommitDiff
 from cowstore.app.bench.experiments.container_cost import ContainerCost
+from cowstore.app.bench.experiments.containerd_run import ContainerdRun
 from cowstore.app.bench.experiments.copy_up import CopyUp
 from cowstore.app.bench.experiments.deep_layers import DeepLayers
 from cowstore.app.bench.experiments.import_rootfs import ImportRootfs
@@ -42,6 +43,7 @@ ALL: tuple[Experiment, ...] = (
     SaveArchive(),
     Pull(),
     Push(),
+    ContainerdRun(),
 )
 PEER_EXPERIMENTS = (
     "container_cost",

@@ -8,7 +8,8 @@ Writing an experiment (one module in this package, added to `ALL` in `__init__.p
   count, a file size, a named step), sized per scale with `Scale.pick`.
 - **Choose subjects** with `supports` (default: cowstore drivers and the `baselines` the
   experiment lists), and per point with `limit` (a point a driver refuses is a limit, with
-  the driver's reason, not an error).
+  the driver's reason, not an error). An experiment whose subjects are not the run's
+  (containerd's snapshotters) brings its own with `subjects`.
 - **Measure** one subject at one point per `sample` call, returning {metric: value}; put
   what samples share (an imported image) in `prepare`'s state and undo it in `finish`.
   Never loop over subjects or rounds yourself: the runner does, so that every subject is
@@ -42,7 +43,7 @@ from __future__ import annotations
 
 import abc
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,6 +103,13 @@ class Experiment(abc.ABC):
     @abc.abstractmethod
     def points(self, scale: Scale) -> list[Point]:
         """The x values, in the order they are measured."""
+
+    def subjects(self, run: Sequence[Subject], ctx: Context) -> Sequence[Subject]:
+        """What this experiment measures: by default the run's subjects. An experiment whose
+        subjects exist only inside it (two snapshotters of one containerd) returns its own:
+        they hold nothing until `prepare`, and `finish` releases it (the runner calls finish
+        for every subject prepared, on any exit)."""
+        return run
 
     def supports(self, subject: Subject) -> str | None:
         """Why `subject` cannot take part (None: it can). Default: cowstore drivers (and the baselines listed)."""
