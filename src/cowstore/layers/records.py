@@ -106,11 +106,11 @@ class LayerRecords:
         return row[0]["users"] or 0
 
     def add_layer(self, cache_id: str, parent: str | None) -> None:
-        """Record a layer being created: it has no chain id until `publish`, which is durable (this is not)."""
+        """Record a layer being created: durably, before its storage exists, so that after a
+        power loss no storage is left that no record names."""
         self.db.write(
             "INSERT INTO layers (cache_id, parent, state, created) VALUES (?, ?, 'creating', ?)",
             (cache_id, parent, time.time()),
-            durable=False,
         )
 
     def publish(
@@ -166,11 +166,10 @@ class LayerRecords:
         return bool(self.db.query("SELECT 1 FROM mounts WHERE name = ?", (name,)))
 
     def add_mount(self, name: str, mount_id: str, init_id: str | None, parent: str | None) -> None:
-        """Record a container layer being created (not durably: `set_mount_state` to ready is)."""
+        """Record a container layer being created: durably, before its storage exists (see `add_layer`)."""
         self.db.write(
             "INSERT INTO mounts (name, mount_id, init_id, parent, state, created) VALUES (?, ?, ?, ?, 'creating', ?)",
             (name, mount_id, init_id, parent, time.time()),
-            durable=False,
         )
 
     def set_mount_state(

@@ -129,18 +129,21 @@ def system_usage(store: Store) -> SystemUsage:
         ids = [layer.cache_id for layer in layers]
         for found in rws.values():
             ids += [found.init_id, found.mount_id] if found.init_id else [found.mount_id]
-        usage = store.driver.disk_usage(ids)
+        usage = store.driver.disk_usage(list(dict.fromkeys(ids)))  # an image's -init layer is shared
         chains = {image.id: store.layers.chain(image.top_layer) if image.top_layer else [] for image in images}
         per_layer = {layer.chain_id: LayerUsage(layer, usage.layers.get(layer.cache_id, 0)) for layer in layers}
         for image in images:
             for layer in chains[image.id]:
                 per_layer[layer.chain_id].images.append(image.id)
         per_container = []
+        counted: set[str] = set()  # a shared -init layer counts for the first of its containers
         for container in containers:
             rw = rws.get(container.id)
             if rw is None:
                 continue
-            own = sum(usage.layers.get(id, 0) for id in (rw.mount_id, rw.init_id) if id)
+            own_ids = [id for id in (rw.mount_id, rw.init_id) if id and id not in counted]
+            counted.update(own_ids)
+            own = sum(usage.layers.get(id, 0) for id in own_ids)
             per_container.append(ContainerUsage(container, own, rw.mount_count > 0))
             for layer in store.layers.chain(rw.parent) if rw.parent else []:
                 per_layer[layer.chain_id].containers.append(container.id)
