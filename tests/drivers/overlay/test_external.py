@@ -19,23 +19,15 @@ from cowstore.drivers.driver import Driver
 from cowstore.errors import MaxDepthExceeded, NotSupported
 from cowstore.host import fsutil
 
+from ...support.drivers import opened
+
 pytestmark = pytest.mark.skipif(not fsutil.kernel_has_fs("overlay"), reason="kernel has no overlay filesystem")
 
 
 @pytest.fixture(params=["overlay2", "overlay"])
 def driver(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Iterator[Driver]:
-    home = tmp_path / request.param
-    try:
-        drv = open_driver(request.param, home)
-    except NotSupported as exc:
-        pytest.skip(str(exc))
-    try:
+    with opened(Driver, request.param, tmp_path / request.param) as drv:
         yield drv
-    finally:
-        try:
-            drv.cleanup()
-        finally:
-            fsutil.remove_tree(home)
 
 
 def _options(spec: MountSpec) -> dict[str, str]:
