@@ -20,7 +20,7 @@ from cowstore.archive.limits import Limits
 from cowstore.containers import ContainerStore
 from cowstore.drivers import Driver, driver_names, open_driver
 from cowstore.errors import InvalidOption, NotSupported
-from cowstore.host import fsutil, mounts
+from cowstore.host import fsutil, mounts, paths
 from cowstore.images import ImageStore
 from cowstore.layers import LayerStore
 from cowstore.metadata import settings
@@ -33,13 +33,7 @@ DEPRECATED = ("aufs", "devicemapper", "overlay")
 
 def default_root() -> pathlib.Path:
     """`$COWSTORE_ROOT`, else /var/lib/cowstore for root, else `$XDG_DATA_HOME/cowstore`."""
-    env = os.environ.get("COWSTORE_ROOT")
-    if env:
-        return pathlib.Path(env)
-    if os.geteuid() == 0:
-        return pathlib.Path("/var/lib/cowstore")
-    data = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return pathlib.Path(data) / "cowstore"
+    return pathlib.Path(paths.default_root())
 
 
 def recorded_driver(root: pathlib.Path) -> str | None:
@@ -138,6 +132,19 @@ class Store:
 
     def close(self) -> None:
         self.layers.close()
+
+    def recover_interrupted(self) -> bool:
+        """Finish what a process that died since this store was opened left undone, as an
+        opener would: for an opener that lives long (the store service). A directory scan
+        when nothing was interrupted; True when something was recovered."""
+        from cowstore.layers.lock import OperationLock
+
+        if not OperationLock.interrupted(self.layers.tmp):
+            return False
+        self.layers.recover()
+        with self.layers.lock.exclusive():
+            self._reconcile_containers(repair=True)
+        return True
 
     def shutdown(self) -> None:
         """Close and release every mount the driver made (containers are unmounted)."""

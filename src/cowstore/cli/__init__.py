@@ -1,5 +1,8 @@
 """The `cowstore` command line: image and container groups plus Docker's shortcuts.
 
+When a store service (`cowstore system service`) listens for the store, the hot
+commands are sent to it by `cowstore.cli.client`, which runs first and imports almost
+nothing; otherwise, and for every other command, the command runs in this process.
 Two ways in, one behaviour. The hot commands a script runs by the thousand (create,
 mount, umount, rm, images, ps, inspect) are parsed by `cowstore.cli.fast` with no CLI
 framework, so a call costs the interpreter's start and the work itself; everything
@@ -12,7 +15,6 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import Any
 
 # Command name -> "module:attribute". Each command's module is imported only when that
 # command runs (or help lists it), so `cowstore images` never loads the bench or rich.
@@ -53,10 +55,16 @@ _COMMANDS = {
 
 
 def run(argv: list[str] | None = None) -> None:
-    """The `cowstore` command: the fast path when it knows the command line, else click."""
-    from cowstore.cli.fast import try_fast
+    """The `cowstore` command: the store service, else the fast path when it knows the
+    command line, else click."""
+    from cowstore.cli.client import try_service
 
     args = sys.argv[1:] if argv is None else argv
+    code = try_service(args)
+    if code is not None:
+        sys.exit(code)
+    from cowstore.cli.fast import try_fast
+
     code = try_fast(args)
     if code is not None:
         sys.exit(code)
@@ -64,7 +72,7 @@ def run(argv: list[str] | None = None) -> None:
     main(args, prog_name="cowstore")
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:  # typing's Any would cost the client path its import
     """`main`, the click group, is loaded on first use (it imports click)."""
     if name == "main":
         return importlib.import_module("cowstore.cli.group").main

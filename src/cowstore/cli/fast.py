@@ -15,7 +15,7 @@ import os
 import pathlib
 import sqlite3
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from cowstore.cli import verbs
@@ -38,6 +38,8 @@ _GLOBAL: Options = {
     "--no-sync": ("sync", False),
     "--limit": ("limits", "append"),
     "--debug": ("debug", True),
+    "--host": ("host", "value"),
+    "-H": ("host", "value"),
 }
 _QUIET: Options = {"-q": ("quiet", True), "--quiet": ("quiet", True)}
 _FORMAT: Options = {"--format": ("fmt", "value")}
@@ -181,8 +183,11 @@ def _command(rest: list[str]) -> tuple[_Command, list[str]] | None:
     return None
 
 
-def _plan(argv: list[str]) -> tuple[App, _Command, dict[str, Any]] | None:
-    """What to run for `argv`, or None to leave the command line to click (nothing done yet)."""
+def plan(argv: list[str], environ: Mapping[str, str] = os.environ) -> tuple[App, _Command, dict[str, Any]] | None:
+    """What to run for `argv`, or None to leave the command line to click (nothing done yet).
+
+    `environ` holds the variables the options fall back on (the store service passes
+    its client's)."""
     parsed = _parse(argv, _GLOBAL, stop_at_positional=True)
     if parsed is None or not parsed[1]:
         return None
@@ -215,12 +220,12 @@ def _plan(argv: list[str]) -> tuple[App, _Command, dict[str, Any]] | None:
             limits = Limits.parse(limit_opts)
         except InvalidOption:
             return None
-    root = globals_.get("root") or os.environ.get("COWSTORE_ROOT") or None
+    root = globals_.get("root") or environ.get("COWSTORE_ROOT") or None
     if root is not None and os.path.isfile(root):
         return None
     state = App(
         pathlib.Path(root) if root is not None else None,
-        globals_.get("driver") or os.environ.get("COWSTORE_DRIVER") or None,
+        globals_.get("driver") or environ.get("COWSTORE_DRIVER") or None,
         driver_opts,
         globals_.get("debug", False),
         globals_.get("sync", True),
@@ -229,12 +234,8 @@ def _plan(argv: list[str]) -> tuple[App, _Command, dict[str, Any]] | None:
     return state, command, arguments
 
 
-def try_fast(argv: list[str]) -> int | None:
-    """Run `argv` if it is a hot command this parser knows; its exit code, or None for click."""
-    plan = _plan(argv)
-    if plan is None:
-        return None
-    state, command, arguments = plan
+def execute(state: App, command: _Command, arguments: dict[str, Any]) -> int:
+    """Run a planned command on `state`'s store (left open); its exit code, errors on stderr."""
     try:
         command.body(state.store, arguments)
     except (CowstoreError, OSError, sqlite3.Error) as exc:
@@ -243,6 +244,16 @@ def try_fast(argv: list[str]) -> int | None:
         message = str(exc) if isinstance(exc, CowstoreError) else f"{type(exc).__name__}: {exc}"
         sys.stderr.write(f"cowstore: {message}\n")
         return 1
+    return 0
+
+
+def try_fast(argv: list[str]) -> int | None:
+    """Run `argv` if it is a hot command this parser knows; its exit code, or None for click."""
+    planned = plan(argv)
+    if planned is None:
+        return None
+    state, command, arguments = planned
+    try:
+        return execute(state, command, arguments)
     finally:
         state.close()
-    return 0

@@ -77,6 +77,15 @@ class _Main(click.Group):
     "max-xattr-bytes, min-free-disk (repeatable).",
 )
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
+@click.option(
+    "--host",
+    "-H",
+    envvar="COWSTORE_HOST",
+    default=None,
+    metavar="unix://PATH",
+    help="Socket of the store service for the hot commands [default: ROOT/cowstore.sock; env COWSTORE_HOST]; "
+    "without a service they run in this process.",
+)
 @click.pass_context
 def main(
     ctx: click.Context,
@@ -86,8 +95,13 @@ def main(
     sync: bool,
     limits: tuple[str, ...],
     debug: bool,
+    host: str | None,
 ) -> None:
-    """cowstore: copy-on-write storage for container images and containers."""
+    """cowstore: copy-on-write storage for container images and containers.
+
+    `host` matters only before click runs (`cowstore.cli.client` sends the hot commands
+    there); a command that reaches click runs in this process.
+    """
     try:
         parsed_limits = Limits.parse(parse_opts(limits, "--limit"))
     except InvalidOption as exc:

@@ -68,7 +68,7 @@ def demo(count: int, keep: bool) -> None:
 
 @click.group("system")
 def system_group() -> None:
-    """The store as a whole: disk usage (df), prune, reset."""
+    """The store as a whole: disk usage (df), prune, reset, and the store service."""
 
 
 def _count(value: int | None) -> str:
@@ -198,3 +198,24 @@ def system_reset(force: bool) -> None:
 
 
 __all__ = ["container_group", "demo", "info", "inspect", "system_group"]
+
+
+@system_group.command("service")
+@click.option(
+    "--socket",
+    "address",
+    metavar="unix://PATH",
+    default=None,
+    help="Where to listen [default: ROOT/cowstore.sock, where the hot commands look for it].",
+)
+def system_service(address: str | None) -> None:
+    """Keep the store open and answer the hot commands on a socket, until SIGTERM or SIGINT.
+
+    create, mount, umount, rm, images, ps and inspect are then sent here by `cowstore`
+    (like `podman system service`); without a service they run in their own process.
+    """
+    from cowstore.cli.service import StoreService, default_socket, parse_address
+
+    state = app()
+    path = parse_address(address) if address else default_socket(state)
+    StoreService(state, path).serve()

@@ -32,6 +32,7 @@ from typing import Any
 
 from cowstore import errors
 from cowstore.errors import CowstoreError, Unavailable
+from cowstore.host.paths import socket_address
 
 _CATEGORY_BY_NAME = {cat.__name__: cat for cat in errors.CATEGORIES}
 
@@ -40,21 +41,15 @@ class ServiceUnavailable(Unavailable):
     """No server answers on the control socket."""
 
 
-# sun_path holds 108 bytes; a store root deep in a temporary directory needs more.
-_SUN_PATH_MAX = 107
-
-
 @contextlib.contextmanager
 def _addressable(path: str) -> Iterator[str]:
-    """`path` as a socket address: a long one through its directory's descriptor in /proc."""
-    if len(os.fsencode(path)) <= _SUN_PATH_MAX:
-        yield path
-        return
-    fd = os.open(os.path.dirname(path) or ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    """`path` as a socket address (see `cowstore.host.paths.socket_address`)."""
+    address, fd = socket_address(path)
     try:
-        yield f"/proc/self/fd/{fd}/{os.path.basename(path)}"
+        yield address
     finally:
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)
 
 
 class ServiceClient:
