@@ -90,6 +90,7 @@ def test_quick_bench_writes_json_and_report(tmp_path: pathlib.Path, monkeypatch:
         assert "overlayfs" in deep["series"] and not deep["errors"]
         assert "overlayfs" not in data["experiments"][0]["series"]
         assert "overlay2@xfs" in data["subjects"] or "overlay2@xfs" in data["unavailable"]
+        assert {"overlay2", "overlay2+service"} <= set(data["experiments"][edges]["series"])  # cli, both ways
         imported = data["experiments"][keys.index("import")]["series"]["overlay2"]
         assert {"ms", "tar_ms", "rss_mib"} <= set(imported)
         for key in ("pull", "push"):  # from a registry on loopback, and to one

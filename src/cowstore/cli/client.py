@@ -29,11 +29,10 @@ import _socket
 import os
 import sys
 
-from cowstore.host.paths import default_root, socket_address
+from cowstore.host.paths import SERVICE_SOCKET, default_root, socket_address
 
 MAGIC = b"CWS1"
 MAX_REQUEST = 1 << 20
-SOCKET_NAME = "cowstore.sock"
 # The first command word of every command the service may run; it decides exactly.
 _HOT = frozenset(("create", "mount", "umount", "rm", "images", "ps", "inspect", "container", "image"))
 _GLOBAL_VALUES = frozenset(("--root", "--driver", "-s", "--storage-opt", "--limit", "--host", "-H"))
@@ -88,7 +87,7 @@ def _request(argv: list[str]) -> tuple[str, bytes, bool] | None:
     options, words = parsed
     root = os.path.abspath(options.get("--root") or default_root())
     host = options.get("-H") or options.get("--host") or os.environ.get("COWSTORE_HOST")
-    path = socket_path(host) if host else os.path.join(root, SOCKET_NAME)
+    path = socket_path(host) if host else os.path.join(root, SERVICE_SOCKET)
     if not path:
         return None
     fields = [os.getcwd(), root, os.environ.get("COWSTORE_DRIVER", ""), *argv]

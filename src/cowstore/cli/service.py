@@ -36,9 +36,9 @@ import traceback
 
 from cowstore.cli import fast
 from cowstore.cli.app import App
-from cowstore.cli.client import MAGIC, MAX_REQUEST, SOCKET_NAME, socket_path
+from cowstore.cli.client import MAGIC, MAX_REQUEST, socket_path
 from cowstore.errors import CowstoreError, InUse, InvalidArgument
-from cowstore.host.paths import socket_address
+from cowstore.host.paths import SERVICE_SOCKET, socket_address
 
 # Seconds a client may take to send its request, and to take its reply.
 _IO_TIMEOUT = 5.0
@@ -56,7 +56,7 @@ class BadRequest(InvalidArgument):
 
 
 def default_socket(state: App) -> str:
-    return str(state.store.root / SOCKET_NAME)
+    return str(state.store.root / SERVICE_SOCKET)
 
 
 def parse_address(value: str) -> str:

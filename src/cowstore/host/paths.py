@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 
+# The store service's socket in a store root, where the client looks for it by default.
+SERVICE_SOCKET = "cowstore.sock"
 # sun_path holds 108 bytes; a store root deep in a temporary directory needs more.
 SUN_PATH_MAX = 107
 

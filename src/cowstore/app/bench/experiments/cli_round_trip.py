@@ -4,18 +4,30 @@ The claim of "Deep dive into Docker storage drivers", under 0.1 s per container,
 measured through the API in experiment 1; here the same work goes through the command
 line, one process per call, as a script creating containers by the hundred would run it. Docker has no mount command (it
 mounts a container only while it runs): its figure for both create points is
-`docker create`; podman needs `create` then `mount` for both.
+`docker create`; podman needs `create` then `mount` for both. cowstore is measured twice:
+each command in its own process as above, and through its store service
+(`overlay2+service`: `cowstore system service` on the root, the commands sent to it by
+the thin client in the `cowstore` entry point), as Docker's and podman's clients talk to
+their service.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from cowstore.app.bench.experiments.base import Context, Metric, Point, Result, Verdict
 from cowstore.app.bench.experiments.common import unique
-from cowstore.app.bench.experiments.edges import CAVEAT, EdgeExperiment, Engine, versus_docker
+from cowstore.app.bench.experiments.edges import (
+    CAVEAT,
+    EDGE_DRIVERS,
+    EdgeExperiment,
+    Engine,
+    ServedDriver,
+    versus_docker,
+)
 from cowstore.app.bench.scale import Scale
-from cowstore.app.bench.subjects import Subject
+from cowstore.app.bench.subjects import DriverSubject, Subject
 
 CREATE_MOUNT = "create --mount"
 TWO_CALLS = "create, then mount"
@@ -39,7 +51,17 @@ class CliRoundTrip(EdgeExperiment):
     def rounds(self, scale: Scale) -> int:
         return 3
 
+    def subjects(self, run: Sequence[Subject], ctx: Context) -> Sequence[Subject]:
+        """The run's subjects, and each edge driver once more through its store service."""
+        edge = [s for s in run if isinstance(s, DriverSubject) and s.driver_name in EDGE_DRIVERS]
+        return [*run, *(ServedDriver(s) for s in edge)]
+
     def caveat(self, subject: Subject) -> str | None:
+        if isinstance(subject, ServedDriver):
+            return (
+                "measured through the `cowstore` command with `cowstore system service` running on its root "
+                "(started before the samples): the hot commands go to the service through the thin client"
+            )
         if subject.kind == "driver":
             return CAVEAT
         if not subject.mountable:

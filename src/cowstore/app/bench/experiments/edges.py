@@ -8,7 +8,10 @@ filesystem holding the engine's storage, so every engine pays for making its dat
 durable (cowstore's `--sync`, the default, already does; the extra flush then costs
 little). The test images are built here once per run: a fat one (busybox, one big
 file, 2,000 small files) and a real many-small-files tree (the Python standard
-library this bench runs on).
+library this bench runs on). A cowstore command is started as the `cowstore` console
+script starts it (`from cowstore.cli import run`); `overlay2+service` runs the same
+commands with a store service (`cowstore system service`) listening on its root, so the
+hot ones go through the thin client.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import contextlib
 import functools
 import os
 import pathlib
+import signal
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -37,6 +42,7 @@ from cowstore.app.bench.subjects import DriverSubject, Subject
 from cowstore.errors import Unavailable
 from cowstore.host import fsutil
 from cowstore.host.fsutil import syncfs
+from cowstore.host.paths import SERVICE_SOCKET
 
 FAT = "fat image"
 MANY = "many small files"
@@ -50,8 +56,26 @@ class CliError(Unavailable):
     """A cowstore command run by the bench failed."""
 
 
+# What the `cowstore` console script runs.
+_ENTRY_POINT = "import sys; from cowstore.cli import run; sys.exit(run())"
+
+
 def fat_mib(scale: Scale) -> int:
     return scale.pick(32, 256)
+
+
+class ServedDriver(Subject):
+    """A cowstore driver measured through its store service: `cowstore system service` on
+    the engine's root, started before the samples (its start is not counted)."""
+
+    kind = "driver"
+
+    def __init__(self, driver: DriverSubject) -> None:
+        self.name = f"{driver.name}+service"
+        self.driver_name = driver.driver_name
+
+    def describe(self) -> str:
+        return f"cowstore {self.driver_name} driver through `cowstore system service`"
 
 
 class Engine:
@@ -65,11 +89,12 @@ class Engine:
             self.storage = self.peer.storage
             self.root: pathlib.Path | None = None
         else:
-            assert isinstance(subject, DriverSubject)
-            self.root = self.storage = ctx.scratch.path(f"cli-{subject.driver_name}")
+            assert isinstance(subject, DriverSubject | ServedDriver)
+            self.root = self.storage = ctx.scratch.path(f"cli-{subject.name}")
             self.driver = subject.driver_name
             compile_cowstore()
         self.peak_rss_mib = 0.0
+        self.service = self._start_service() if isinstance(subject, ServedDriver) else None
 
     @property
     def cowstore(self) -> bool:
@@ -79,7 +104,7 @@ class Engine:
         """One command; its stdout, stripped. For cowstore, the command's peak RSS is kept."""
         if self.peer is not None:
             return self.peer._run(*args)
-        argv = [sys.executable, "-m", "cowstore.cli", "--root", str(self.root), "--driver", self.driver, *args]
+        argv = [sys.executable, "-c", _ENTRY_POINT, "--root", str(self.root), "--driver", self.driver, *args]
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             process = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
             # wait4, not wait: the rusage of this one process, whose peak RSS is reported.
@@ -111,8 +136,29 @@ class Engine:
     def rmi(self, ref: str) -> None:
         self.run("rmi", "-f", ref)
 
+    def _start_service(self) -> subprocess.Popen[bytes]:
+        """`cowstore system service` on the engine's root, once its socket answers."""
+        assert self.root is not None
+        argv = [sys.executable, "-m", "cowstore.cli", "--root", str(self.root), "--driver", self.driver]
+        log = self.root.parent / f"{self.root.name}-service.log"
+        with open(log, "ab") as out:
+            process = subprocess.Popen(
+                [*argv, "system", "service"], stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True
+            )
+        deadline = time.monotonic() + 30
+        while not _answers(self.root / SERVICE_SOCKET):
+            if process.poll() is not None or time.monotonic() > deadline:
+                _stop(process)
+                raise CliError(f"cowstore system service did not come up; see {log}")
+            time.sleep(0.02)
+        return process
+
     def close(self) -> None:
-        """Unmount and forget what the cowstore CLI made (a peer's storage is its subject's)."""
+        """Stop the service, unmount and forget what the cowstore CLI made (a peer's storage
+        is its subject's)."""
+        if self.service is not None:
+            _stop(self.service)
+            self.service = None
         if self.root is not None:
             from cowstore.store import Store
 
@@ -120,6 +166,25 @@ class Engine:
                 Store(self.root, self.driver).shutdown()
             with contextlib.suppress(OSError):
                 fsutil.remove_tree(self.root)
+
+
+def _answers(path: pathlib.Path) -> bool:
+    with socket.socket(socket.AF_UNIX) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (the service finishes its command and removes its socket), SIGKILL if it hangs."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 @functools.cache
@@ -137,7 +202,7 @@ def compile_cowstore() -> None:
 def supports_edge(subject: Subject) -> str | None:
     if subject.kind == "peer":
         return None
-    if subject.kind == "driver" and isinstance(subject, DriverSubject) and subject.driver_name in EDGE_DRIVERS:
+    if isinstance(subject, DriverSubject | ServedDriver) and subject.driver_name in EDGE_DRIVERS:
         return None
     return f"measured through the CLI on {', '.join(EDGE_DRIVERS)} and the peers only"
 
