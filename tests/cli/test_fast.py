@@ -9,11 +9,6 @@ import pathlib
 import subprocess
 import sys
 
-import pytest
-
-from cowstore import images as imagelib
-from cowstore.app.demo import build_image_archive
-from cowstore.store import Store
 from tests.cli.test_cli_commands import ok
 
 # Run one command line through the console entry point, then name the modules it loaded.
@@ -37,22 +32,6 @@ def _cowstore(root: pathlib.Path, *args: str) -> tuple[str, set[str]]:
     done = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
     assert done.returncode == 0, done.stderr
     return done.stdout, set(eval(done.stderr.strip().splitlines()[-1]))  # noqa: S307 - our own repr
-
-
-@pytest.fixture
-def root(tmp_path: pathlib.Path):
-    path = tmp_path / "root"
-    archive = tmp_path / "demo.tar"
-    archive.write_bytes(build_image_archive())
-    store = Store(path, "vfs")
-    try:
-        imagelib.load(store.images, str(archive))
-    finally:
-        store.close()
-    try:
-        yield path
-    finally:
-        Store(path, "vfs").shutdown()
 
 
 def test_hot_commands_import_only_what_they_need(root: pathlib.Path) -> None:

@@ -20,10 +20,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from cowstore import images as imagelib
-from cowstore.app.demo import build_image_archive
 from cowstore.cli.client import MAGIC
-from cowstore.store import Store
+from cowstore.host.service import listening
 
 IMAGE = "busybox-demo"
 # Run a command line through the console entry point; the modules it loaded go to $PROBE_OUT.
@@ -77,7 +75,7 @@ class Service:
         argv += ["--socket", f"unix://{at}"] if at else []
         self.process = subprocess.Popen(argv, env=cli.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 30
-        while not _answers(self.socket):
+        while not listening(self.socket):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise AssertionError(f"the service did not come up: {self.process.stderr.read()}")  # type: ignore[union-attr]
@@ -96,15 +94,6 @@ class Service:
             self.process.communicate()
 
 
-def _answers(path: pathlib.Path) -> bool:
-    with socket.socket(socket.AF_UNIX) as probe:
-        try:
-            probe.connect(str(path))
-        except OSError:
-            return False
-    return True
-
-
 def _exchange(path: pathlib.Path, data: bytes) -> bytes:
     with socket.socket(socket.AF_UNIX) as sock:
         sock.settimeout(20)
@@ -115,19 +104,8 @@ def _exchange(path: pathlib.Path, data: bytes) -> bytes:
 
 
 @pytest.fixture
-def cli(tmp_path: pathlib.Path) -> Iterator[Cli]:
-    root = tmp_path / "root"
-    archive = tmp_path / "demo.tar"
-    archive.write_bytes(build_image_archive())
-    store = Store(root, "vfs")
-    try:
-        imagelib.load(store.images, str(archive))
-    finally:
-        store.close()
-    try:
-        yield Cli(root, tmp_path)
-    finally:
-        Store(root, "vfs").shutdown()
+def cli(root: pathlib.Path, tmp_path: pathlib.Path) -> Cli:
+    return Cli(root, tmp_path)
 
 
 @pytest.fixture

@@ -234,7 +234,7 @@ def plan(argv: list[str], environ: Mapping[str, str] = os.environ) -> tuple[App,
     return state, command, arguments
 
 
-def execute(state: App, command: _Command, arguments: dict[str, Any]) -> int:
+def run_plan(state: App, command: _Command, arguments: dict[str, Any]) -> int:
     """Run a planned command on `state`'s store (left open); its exit code, errors on stderr."""
     try:
         command.body(state.store, arguments)
@@ -254,6 +254,6 @@ def try_fast(argv: list[str]) -> int | None:
         return None
     state, command, arguments = planned
     try:
-        return execute(state, command, arguments)
+        return run_plan(state, command, arguments)
     finally:
         state.close()

@@ -39,6 +39,7 @@ from cowstore.cli.app import App
 from cowstore.cli.client import MAGIC, MAX_REQUEST, socket_path
 from cowstore.errors import CowstoreError, InUse, InvalidArgument
 from cowstore.host.paths import SERVICE_SOCKET, socket_address
+from cowstore.host.service import listening
 
 # Seconds a client may take to send its request, and to take its reply.
 _IO_TIMEOUT = 5.0
@@ -125,7 +126,7 @@ class StoreService:
         if os.path.lexists(self.path):
             if not stat.S_ISSOCK(os.lstat(self.path).st_mode):
                 raise InvalidArgument(f"{self.path} exists and is not a socket")
-            if _answers(self.path):
+            if listening(self.path):
                 raise ServiceRunning(f"a store service already listens on {self.path}")
             os.unlink(self.path)
         os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)
@@ -226,7 +227,7 @@ class StoreService:
         with self.lock, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
                 self.state.store.recover_interrupted()
-                code = fast.execute(self.state, command, arguments)
+                code = fast.run_plan(self.state, command, arguments)
             except (CowstoreError, OSError, sqlite3.Error) as exc:
                 err.write(f"cowstore: {exc}\n")
                 code = 1
@@ -262,20 +263,6 @@ def _drain(conn: socket.socket) -> None:
     for _ in range(16):
         if not conn.recv(1 << 16):
             return
-
-
-def _answers(path: str) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as probe:
-        probe.settimeout(1.0)
-        address, fd = socket_address(path)
-        try:
-            probe.connect(address)
-        except OSError:
-            return False
-        finally:
-            if fd is not None:
-                os.close(fd)
-    return True
 
 
 def _ignore(signum: int, frame: object) -> None:

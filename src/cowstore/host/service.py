@@ -52,6 +52,18 @@ def _addressable(path: str) -> Iterator[str]:
             os.close(fd)
 
 
+def listening(path: str | os.PathLike) -> bool:
+    """Whether a server accepts connections on the Unix socket at `path` (nothing is sent)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as probe:
+        probe.settimeout(1.0)
+        with _addressable(os.fspath(path)) as address:
+            try:
+                probe.connect(address)
+            except OSError:
+                return False
+    return True
+
+
 class ServiceClient:
     """Calls into the server listening on one control socket."""
 

@@ -21,7 +21,6 @@ import functools
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -43,6 +42,7 @@ from cowstore.errors import Unavailable
 from cowstore.host import fsutil
 from cowstore.host.fsutil import syncfs
 from cowstore.host.paths import SERVICE_SOCKET
+from cowstore.host.service import listening
 
 FAT = "fat image"
 MANY = "many small files"
@@ -146,7 +146,7 @@ class Engine:
                 [*argv, "system", "service"], stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True
             )
         deadline = time.monotonic() + 30
-        while not _answers(self.root / SERVICE_SOCKET):
+        while not listening(self.root / SERVICE_SOCKET):
             if process.poll() is not None or time.monotonic() > deadline:
                 _stop(process)
                 raise CliError(f"cowstore system service did not come up; see {log}")
@@ -166,15 +166,6 @@ class Engine:
                 Store(self.root, self.driver).shutdown()
             with contextlib.suppress(OSError):
                 fsutil.remove_tree(self.root)
-
-
-def _answers(path: pathlib.Path) -> bool:
-    with socket.socket(socket.AF_UNIX) as probe:
-        try:
-            probe.connect(str(path))
-        except OSError:
-            return False
-    return True
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
