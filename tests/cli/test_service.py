@@ -15,6 +15,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 
@@ -277,3 +278,65 @@ def _refused(cli: Cli, path: pathlib.Path) -> None:
     assert done.returncode == 0, done.stderr
     expected = f"Epermission denied: uid 65534 may not use the store service of {cli.root.resolve()}\n"
     assert done.stdout.decode() == expected
+
+
+def test_a_service_that_dies_mid_request(cli: Cli) -> None:
+    """The request arrived, no reply came: a listing is run again in the client; a command
+    that writes is not (it may have run), and says so."""
+    with socket.socket(socket.AF_UNIX) as dying:
+        dying.bind(str(cli.root / "cowstore.sock"))
+        dying.listen(4)
+
+        def swallow() -> None:
+            for _ in range(2):
+                conn, _ = dying.accept()
+                with conn:
+                    length = int.from_bytes(conn.recv(8, socket.MSG_WAITALL)[4:], "big")
+                    conn.recv(length, socket.MSG_WAITALL)
+
+        thread = threading.Thread(target=swallow, daemon=True)
+        thread.start()
+        listed = cli("images")
+        assert listed.returncode == 0 and IMAGE in listed.stdout and "cowstore.cli.fast" in cli.modules()
+        created = cli("create", "--name", "maybe", IMAGE)
+        thread.join(timeout=30)
+    assert created.returncode == 1 and created.stdout == ""
+    assert created.stderr.endswith("went away before answering in full; the command may or may not have run\n")
+    assert cli("ps", "-aq", direct=True).stdout == ""
+
+
+# Start a command with descriptor argv[1] as descriptor 3 and the variables of systemd's
+# socket activation naming this process, as systemd starts a socket-activated unit.
+_ACTIVATE = """
+import os, sys
+os.dup2(int(sys.argv[1]), 3)
+os.environ.update(LISTEN_FDS="1", LISTEN_PID=str(os.getpid()))
+os.execv(sys.executable, [sys.executable, *sys.argv[2:]])
+"""
+
+
+def test_socket_activation_uses_the_passed_socket_and_leaves_it(cli: Cli) -> None:
+    path = cli.root / "activated.sock"
+    with socket.socket(socket.AF_UNIX) as passed:
+        passed.bind(str(path))
+        passed.listen(8)
+        argv = ["-m", "cowstore.cli", "--root", str(cli.root), "--driver", "vfs", "system", "service"]
+        process = subprocess.Popen(
+            [sys.executable, "-c", _ACTIVATE, str(passed.fileno()), *argv],
+            pass_fds=(passed.fileno(),),
+            env=cli.env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            env = dict(cli.env, COWSTORE_HOST=f"unix://{path}")
+            probe = [sys.executable, "-c", _PROBE, "--root", str(cli.root), "--driver", "vfs", "images", "-q"]
+            # The passed socket takes the connection at once; the reply comes once the service runs.
+            done = subprocess.run(probe, capture_output=True, text=True, env=env, check=True, timeout=60)
+            assert "cowstore.store" not in cli.modules() and len(done.stdout.split()) == 1
+            assert not (cli.root / "cowstore.sock").exists()
+        finally:
+            process.send_signal(signal.SIGTERM)
+            _, log = process.communicate(timeout=20)
+        assert process.returncode == 0, log
+        assert path.exists() and "serving" in log

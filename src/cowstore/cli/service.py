@@ -16,7 +16,9 @@ left undone, as opening the store would. Only the socket owner's uid is served (
 socket is 0600, and each peer's credentials are checked); requests are bounded; a
 malformed one gets one line of error. SIGTERM and SIGINT stop the service: it finishes
 the running command, closes the store (mounts stay, as after any command) and removes
-its socket. A socket left by a service that died is replaced at start.
+its socket. A socket left by a service that died is replaced at start. Under systemd
+the socket may also be the unit's (socket activation, `LISTEN_FDS`): it is then used as
+passed and left in place.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from cowstore.host.service import listening
 
 # Seconds a client may take to send its request, and to take its reply.
 _IO_TIMEOUT = 5.0
-# Connections served at once; more are told to retry.
+# Connections served at once; the clients of more run their commands themselves.
 _MAX_CLIENTS = 32
 _DECLINED = b"D"
 
@@ -101,6 +103,22 @@ def _read(conn: socket.socket, size: int) -> bytes:
     return bytes(data)
 
 
+def activated_socket() -> socket.socket | None:
+    """The listening socket systemd passed as descriptor 3 (socket activation), if any.
+
+    The variables are removed so that nothing this process starts takes them as its own."""
+    if os.environ.get("LISTEN_PID") != str(os.getpid()) or os.environ.get("LISTEN_FDS") != "1":
+        return None
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(name, None)
+    listener = socket.socket(fileno=3)
+    listener.set_inheritable(False)
+    if listener.family != socket.AF_UNIX or listener.type != socket.SOCK_STREAM:
+        listener.detach()
+        raise InvalidArgument("the socket systemd passed is not a unix stream socket")
+    return listener
+
+
 def result(code: int, out: bytes, err: bytes) -> bytes:
     return b"R" + bytes([code & 0xFF]) + len(out).to_bytes(4, "big") + out + len(err).to_bytes(4, "big") + err
 
@@ -147,15 +165,14 @@ class StoreService:
         listener.listen(64)
         return listener
 
-    def serve(self, ready: threading.Event | None = None) -> None:
+    def serve(self) -> None:
         """Accept requests until SIGTERM or SIGINT; then clean up and return."""
-        listener = self.bind()
+        activated = activated_socket()
+        listener = activated or self.bind()
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         handlers = {sig: signal.signal(sig, _ignore) for sig in (signal.SIGTERM, signal.SIGINT)}
         previous_fd = signal.set_wakeup_fd(wake_w)
-        _log(f"serving {self.root} on {self.path}")
-        if ready is not None:
-            ready.set()
+        _log(f"serving {self.root} on {activated.getsockname() if activated else self.path}")
         try:
             while True:
                 readable = select.select([listener.fileno(), wake_r], [], [])[0]
@@ -188,7 +205,7 @@ class StoreService:
             return
         if not self.slots.acquire(blocking=False):
             with conn, contextlib.suppress(OSError):
-                conn.sendall(refusal("the store service is busy; try again"))
+                conn.sendall(_DECLINED)
             return
         threading.Thread(target=self._client, args=(conn,), daemon=True).start()
 
