@@ -35,7 +35,16 @@ MAGIC = b"CWS1"
 MAX_REQUEST = 1 << 20
 # The first command word of every command the service may run; it decides exactly.
 _HOT = frozenset(("create", "mount", "umount", "rm", "images", "ps", "inspect", "container", "image"))
-_GLOBAL_VALUES = frozenset(("--root", "--driver", "-s", "--storage-opt", "--limit", "--host", "-H"))
+# Global options taking a value, by every spelling -> the one they are kept under.
+_GLOBAL_VALUES = {
+    "--root": "--root",
+    "--driver": "--driver",
+    "-s": "--driver",
+    "--storage-opt": "--storage-opt",
+    "--limit": "--limit",
+    "--host": "--host",
+    "-H": "--host",
+}
 _GLOBAL_FLAGS = frozenset(("--sync", "--no-sync"))
 # A command that only reads may be run again here when the service vanished mid-request.
 _READ_ONLY = (
@@ -72,7 +81,7 @@ def _globals(argv: list[str]) -> tuple[dict[str, str], list[str]] | None:
                 if index >= len(argv):
                     return None
                 value = argv[index]
-            found[name] = value
+            found[_GLOBAL_VALUES[name]] = value
         elif name not in _GLOBAL_FLAGS or eq:
             return None
         index += 1
@@ -85,14 +94,18 @@ def _request(argv: list[str]) -> tuple[str, bytes, bool] | None:
     if parsed is None or parsed[1][0] not in _HOT:
         return None
     options, words = parsed
-    root = os.path.abspath(options.get("--root") or default_root())
-    host = options.get("-H") or options.get("--host") or os.environ.get("COWSTORE_HOST")
+    try:
+        cwd = os.getcwd()
+    except OSError:  # a working directory since removed: the command runs here, as before
+        return None
+    root = os.path.join(cwd, options.get("--root") or default_root())
+    host = options.get("--host") or os.environ.get("COWSTORE_HOST")
     path = socket_path(host) if host else os.path.join(root, SERVICE_SOCKET)
     if not path:
         return None
-    fields = [os.getcwd(), root, os.environ.get("COWSTORE_DRIVER", ""), *argv]
-    payload = b"\0".join(os.fsencode(field) for field in fields)
-    if len(payload) > MAX_REQUEST or any(b"\0" in os.fsencode(field) for field in fields):
+    fields = [cwd, root, os.environ.get("COWSTORE_DRIVER", ""), *argv]
+    payload = b"\0".join(os.fsencode(field) for field in fields)  # no field can hold a NUL
+    if len(payload) > MAX_REQUEST:
         return None
     read_only = tuple(words[:1]) in _READ_ONLY or tuple(words[:2]) in _READ_ONLY
     return path, MAGIC + len(payload).to_bytes(4, "big") + payload, read_only
