@@ -95,13 +95,9 @@ def main(
     sync: bool,
     limits: tuple[str, ...],
     debug: bool,
-    host: str | None,
+    host: str | None,  # read before click runs, by cowstore.cli.client; a command here runs in-process
 ) -> None:
-    """cowstore: copy-on-write storage for container images and containers.
-
-    `host` matters only before click runs (`cowstore.cli.client` sends the hot commands
-    there); a command that reaches click runs in this process.
-    """
+    """cowstore: copy-on-write storage for container images and containers."""
     try:
         parsed_limits = Limits.parse(parse_opts(limits, "--limit"))
     except InvalidOption as exc:
