@@ -82,13 +82,18 @@ def _header(data: Mapping[str, Any]) -> list[str]:
 
 
 def claims_table(data: Mapping[str, Any], link: str = "") -> list[str]:
-    """One row per experiment's claim, one column per driver and peer: the verdict and its figure."""
+    """One row per experiment's claim, one column per driver and peer: the verdict and its figure.
+
+    A subject with no verdict on a claim of the talk shows its verdicts on cowstore's own
+    targets instead: the command-line experiments (import, load, pull...) have only those.
+    """
     columns = [n for n, d in data.get("subjects", {}).items() if d["kind"] in ("driver", "peer")]
     lines = ["| claim | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     for e in data["experiments"]:
         cells = []
         for subject in columns:
-            found = [v for v in e["verdicts"] if v["subject"] == subject and v["kind"] == "claim"]
+            mine = [v for v in e["verdicts"] if v["subject"] == subject and v["figure"]]
+            found = [v for v in mine if v["kind"] == "claim"] or [v for v in mine if v["kind"] == "target"]
             cell = "; ".join(f"{mark(v['status']).split()[0]} {v['figure']}" for v in found)
             cells.append(cell or ("skipped" if subject in e["skipped"] else "—"))
         title = f"[{e['title']}]({link}#{_anchor(e['title'])})" if link else e["title"]

@@ -56,8 +56,25 @@ class CliError(Unavailable):
     """A cowstore command run by the bench failed."""
 
 
-# What the `cowstore` console script runs.
-_ENTRY_POINT = "import sys; from cowstore.cli import run; sys.exit(run())"
+# What the `cowstore` console script runs, then the process's own peak RSS (VmHWM) written
+# to the file $COWSTORE_BENCH_HWM names. Not wait4's ru_maxrss: a child forked from this
+# bench inherits the bench's high-water mark across exec, so every command would
+# report at least the bench's own size.
+_ENTRY_POINT = (
+    "import os, sys\n"
+    "from cowstore.cli import run\n"
+    "try:\n"
+    "    sys.exit(run())\n"
+    "finally:\n"
+    "    with open('/proc/self/status') as s, open(os.environ['COWSTORE_BENCH_HWM'], 'w') as o:\n"
+    "        o.write(next(line for line in s if line.startswith('VmHWM:')))\n"
+)
+
+
+def _kib(line: str) -> int:
+    """The kibibytes of a `VmHWM:   1234 kB` line; 0 when the command died before writing it."""
+    fields = line.split()
+    return int(fields[1]) if len(fields) >= 2 else 0
 
 
 def fat_mib(scale: Scale) -> int:
@@ -105,12 +122,10 @@ class Engine:
         if self.peer is not None:
             return self.peer._run(*args)
         argv = [sys.executable, "-c", _ENTRY_POINT, "--root", str(self.root), "--driver", self.driver, *args]
-        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-            process = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
-            # wait4, not wait: the rusage of this one process, whose peak RSS is reported.
-            _, status, usage = os.wait4(process.pid, 0)
-            process.returncode = os.waitstatus_to_exitcode(status)
-            self.peak_rss_mib = usage.ru_maxrss / 1024
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, tempfile.NamedTemporaryFile() as hwm:
+            env = {**os.environ, "COWSTORE_BENCH_HWM": hwm.name}
+            process = subprocess.run(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env, check=False)
+            self.peak_rss_mib = _kib(hwm.read().decode()) / 1024
             out.seek(0)
             err.seek(0)
             if process.returncode != 0:
