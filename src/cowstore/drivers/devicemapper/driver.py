@@ -24,12 +24,12 @@ import contextlib
 import os
 import pathlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from cowstore.archive import export_changes
-from cowstore.archive.changes import Change
+from cowstore.archive.changes import Change, changes_size
 from cowstore.drivers.common.exports import ExportMarks
 from cowstore.drivers.common.ids import check_id
 from cowstore.drivers.common.refcount import MountRefs, RefCount
@@ -341,13 +341,34 @@ class DeviceMapperDriver(NaiveDiffDriver):
         with snapdiff.snapshot_changes(self, id, parent, stamp) as (_, found):
             return found
 
+    def diff_size(self, id: str, parent: str | None = None) -> int:
+        stamp = snapdiff.copied_before(self.refs, id, parent)
+        if stamp is None or parent is None:
+            return super().diff_size(id, parent)
+        with snapdiff.snapshot_changes(self, id, parent, stamp) as (root, found):
+            return changes_size(root, found)
+
     def diff(self, id: str, parent: str | None = None) -> BinaryIO:
         stamp = snapdiff.copied_before(self.refs, id, parent)
         if stamp is None or parent is None:
             return super().diff(id, parent)
+        return self._snapshot_diff(id, parent, stamp, None)
+
+    def checked_diff(self, id: str, parent: str | None, check: Callable[[list[Change], int], None]) -> BinaryIO:
+        """One pass for a commit: the changes are found, checked and written from the same read-only views."""
+        stamp = snapdiff.copied_before(self.refs, id, parent)
+        if stamp is None or parent is None:
+            return super().checked_diff(id, parent, check)
+        return self._snapshot_diff(id, parent, stamp, check)
+
+    def _snapshot_diff(
+        self, id: str, parent: str, stamp: int, check: Callable[[list[Change], int], None] | None
+    ) -> BinaryIO:
         out = self._spool()
         try:
             with snapdiff.snapshot_changes(self, id, parent, stamp) as (root, found):
+                if check is not None:
+                    check(found, changes_size(root, found))
                 export_changes(root, found, out)
         except BaseException:
             out.close()
