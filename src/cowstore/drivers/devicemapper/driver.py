@@ -268,7 +268,10 @@ class DeviceMapperDriver(NaiveDiffDriver):
             flags = MS_NOATIME if "noatime" in self.opts.mount_opts else 0  # a flag, not fs data
             if self.opts.fs == "xfs":
                 options.insert(0, "nouuid")
-            with loop.attached(self.devices.activate(id, info["device_id"]), direct_io=True) as device:
+            # Under the lock and unmounted: only an exported layer has a loop device on its file.
+            reuse = self.exports.value(id) is not None
+            path = self.devices.activate(id, info["device_id"])
+            with loop.attached(path, direct_io=True, reuse=reuse) as device:
                 try:
                     mount(device, mnt, self.opts.fs, flags, ",".join(options) or None)
                 except MountError as exc:
@@ -314,13 +317,15 @@ class DeviceMapperDriver(NaiveDiffDriver):
                 return
             if ref.decrement(mounted) > 0:
                 return
+            found = find_mount(os.path.realpath(mnt))
             try:
                 umount(mnt)
             except MountError:
                 ref.increment(True)
                 raise
             if self.exports.value(id) is None:  # else the exported loop device still needs it
-                self.devices.deactivate(id)
+                # The autoclear loop device the mount held is the one to look after.
+                self.devices.deactivate(id, device=found.source if found is not None else None)
             with contextlib.suppress(OSError):
                 mnt.rmdir()
 
