@@ -44,11 +44,12 @@ def read_only_view(driver: DeviceMapperDriver, id: str) -> Iterator[pathlib.Path
         target = driver.home / "mnt" / f".view-{id}"
         target.mkdir(mode=0o700, exist_ok=True)
         path = driver.devices.activate(id, info["device_id"])
-        # Under the lock, neither mounted nor exported: no loop device is on its file.
-        reuse = driver.exports.value(id) is not None
+        # Under the lock and unmounted: only an exported layer has a loop device on its file,
+        # which the view shares and leaves to the export, attached and active.
+        exported = driver.exports.value(id) is not None
         device = None
         try:
-            with loop.attached(path, direct_io=True, read_only=True, reuse=reuse) as device:
+            with loop.attached(path, direct_io=True, read_only=True, reuse=exported) as device:
                 mount(
                     device,
                     target,
@@ -61,7 +62,8 @@ def read_only_view(driver: DeviceMapperDriver, id: str) -> Iterator[pathlib.Path
             finally:
                 umount(target, 0)
         finally:
-            driver.devices.deactivate(id, device=None if reuse or device is None else device)
+            if not exported:
+                driver.devices.deactivate(id, device=device)
             target.rmdir()
 
 
