@@ -406,9 +406,11 @@ class LayerStore:
         against the limits first, and nothing is written when they refuse it.
         """
         rw = self.get_rw(name)
-        return self.driver.checked_diff(
-            rw.mount_id, self._diff_parent(rw), lambda changes, size: _check_changes(changes, size, self.limits, self.tmp)
-        )
+
+        def check(changes: list[Change], size: int) -> None:
+            _check_changes(changes, size, self.limits, self.tmp)
+
+        return self.driver.checked_diff(rw.mount_id, self._diff_parent(rw), check)
 
     def rw_apply(self, name: str, stream: BinaryIO) -> int:
         """Apply a changeset tar to a container layer (Docker's RWLayer.ApplyDiff)."""

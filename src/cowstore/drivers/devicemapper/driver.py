@@ -369,17 +369,13 @@ class DeviceMapperDriver(NaiveDiffDriver):
     def _snapshot_diff(
         self, id: str, parent: str, stamp: int, check: Callable[[list[Change], int], None] | None
     ) -> BinaryIO:
-        out = self._spool()
-        try:
+        def write(out: BinaryIO) -> None:
             with snapdiff.snapshot_changes(self, id, parent, stamp) as (root, found):
                 if check is not None:
                     check(found, changes_size(root, found))
                 export_changes(root, found, out)
-        except BaseException:
-            out.close()
-            raise
-        out.seek(0)
-        return out
+
+        return self._spooled(write)
 
     def settle(self, path: pathlib.Path) -> None:
         """Flush the layer's own filesystem before it is published.
