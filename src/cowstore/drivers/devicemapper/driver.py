@@ -41,7 +41,7 @@ from cowstore.drivers.naive import NaiveDiffDriver
 from cowstore.errors import InvalidOption, LayerExists, LayerNotFound, MountError, NoSpace
 from cowstore.host import diskusage, fsutil, loop
 from cowstore.host.mounts import MS_NOATIME, find_mount, is_mountpoint, mount, mount_table, umount
-from cowstore.host.service import ServiceClient
+from cowstore.host.service import ServiceClient, running
 from cowstore.units import human_size, parse_size
 
 _META_BLOCK = 4096  # the pool's metadata block size
@@ -74,6 +74,7 @@ class DeviceMapperDriver(NaiveDiffDriver):
         self.refs = MountRefs(home)
         self.exports = ExportMarks(home)
         self.data_file, self.meta_file = backing_files(home, self.opts)
+        self._server_pid: int | None = None  # known once `_revive` has asked the server
         self.client = self._start_server()
         self.devices = DeviceSet(home, self.client, self._devices_dir)
         try:
@@ -108,8 +109,11 @@ class DeviceMapperDriver(NaiveDiffDriver):
 
         Its device files died with it: every mount on them is stale (see `_stale`).
         """
+        if self._server_pid is not None and running(self._server_pid):
+            return  # its process runs: no ping, a round trip on every create and mount
         if not self.client.alive():
             self.client = self.devices.client = self._start_server()
+        self._server_pid = self.client.call("pid")
 
     def _stale(self, mnt: pathlib.Path) -> bool:
         """Whether the filesystem mounted at `mnt` sits on a device file of a dead server.
