@@ -28,7 +28,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from cowstore.archive import export_changes
 from cowstore.archive.changes import Change, changes_size
 from cowstore.drivers.common.exports import ExportMarks
 from cowstore.drivers.common.ids import check_id
@@ -373,13 +372,7 @@ class DeviceMapperDriver(NaiveDiffDriver):
     def _snapshot_diff(
         self, id: str, parent: str, stamp: int, check: Callable[[list[Change], int], None] | None
     ) -> BinaryIO:
-        def write(out: BinaryIO) -> None:
-            with snapdiff.snapshot_changes(self, id, parent, stamp) as (root, found):
-                if check is not None:
-                    check(found, changes_size(root, found))
-                export_changes(root, found, out)
-
-        return self._spooled(write)
+        return self._spooled(lambda out: snapdiff.write_diff(self, id, parent, stamp, check, out))
 
     def settle(self, path: pathlib.Path) -> None:
         """Flush the layer's own filesystem before it is published.

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import pathlib
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, BinaryIO
 
-from cowstore.archive import changes_dirs
-from cowstore.archive.changes import Change
+from cowstore.archive import changes_dirs, export_changes
+from cowstore.archive.changes import Change, changes_size
 from cowstore.drivers.common.ids import check_id
 from cowstore.drivers.common.refcount import MountRefs
 from cowstore.errors import LayerNotFound
@@ -85,3 +85,19 @@ def snapshot_changes(
     """Both trees read-only (nothing written, nothing to flush at unmount) and the changes."""
     with read_only_view(driver, id) as root, read_only_view(driver, parent) as view:
         yield root, changes_dirs(root, view, copied_before=stamp)
+
+
+def write_diff(
+    driver: DeviceMapperDriver,
+    id: str,
+    parent: str,
+    stamp: int,
+    check: Callable[[list[Change], int], None] | None,
+    out: BinaryIO,
+) -> None:
+    """The tar of the changes into `out`, from the views they were found on; `check`, if
+    given, sees the changes and their size first and raises to refuse them."""
+    with snapshot_changes(driver, id, parent, stamp) as (root, found):
+        if check is not None:
+            check(found, changes_size(root, found))
+        export_changes(root, found, out)
