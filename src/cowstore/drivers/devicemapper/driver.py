@@ -39,7 +39,7 @@ from cowstore.drivers.driver import DiskUsage, MountSpec
 from cowstore.drivers.naive import NaiveDiffDriver
 from cowstore.errors import InvalidOption, LayerExists, LayerNotFound, MountError, NoSpace
 from cowstore.host import diskusage, fsutil, loop
-from cowstore.host.mounts import MS_NOATIME, find_mount, is_mountpoint, mount, mount_table, umount
+from cowstore.host.mounts import MS_NOATIME, Mount, device_mount, is_mountpoint, mount, mount_table, umount
 from cowstore.host.service import ServiceClient, running
 from cowstore.units import human_size, parse_size
 
@@ -114,15 +114,14 @@ class DeviceMapperDriver(NaiveDiffDriver):
             self.client = self.devices.client = self._start_server()
         self._server_pid = self.client.call("pid")
 
-    def _stale(self, mnt: pathlib.Path) -> bool:
-        """Whether the filesystem mounted at `mnt` sits on a device file of a dead server.
+    def _stale(self, found: Mount | None) -> bool:
+        """Whether the filesystem mounted as `found` sits on a device file of a dead server.
 
         Its loop device then fails every request: its file belonged to a FUSE
         connection that ended with the server, whatever now serves the same name. The
         server is asked first: for a moment after its death the kernel still answers
         for its files from cached attributes.
         """
-        found = find_mount(os.path.realpath(mnt))
         if found is None:
             return False
         if not self.client.alive():
@@ -144,14 +143,14 @@ class DeviceMapperDriver(NaiveDiffDriver):
     def stale_mounts(self) -> list[str]:
         """Layers mounted from a device file of a block server that died."""
         mnt_dir = self.home / "mnt"
-        mounted = {row.target for row in mount_table()}
+        mounted = {row.target: row for row in mount_table()}  # the last of a target is on top
         names = (n for n in sorted(os.listdir(mnt_dir)) if n != BASE and not n.startswith("."))
-        return [n for n in names if os.path.realpath(mnt_dir / n) in mounted and self._stale(mnt_dir / n)]
+        return [n for n in names if self._stale(mounted.get(os.path.realpath(mnt_dir / n)))]
 
     def clear_stale_mount(self, id: str) -> None:
         mnt = self.home / "mnt" / check_id(id)
         with self.refs.locked(id) as ref:
-            if is_mountpoint(mnt) and self._stale(mnt):
+            if self._stale(device_mount(mnt)):
                 self._drop_stale(id, mnt, ref)
 
     # ------------------------------------------------------------------ base
@@ -245,8 +244,9 @@ class DeviceMapperDriver(NaiveDiffDriver):
         mnt = self.home / "mnt" / id
         rootfs = mnt if info.get("root_layout") else mnt / "rootfs"
         with self.refs.locked(id) as ref:
-            mounted = is_mountpoint(mnt)
-            if mounted and self._stale(mnt):
+            found = device_mount(mnt)
+            mounted = found is not None
+            if self._stale(found):
                 # Its block server died: mount it afresh (the ext4 journal replays what
                 # the pool committed); its users keep their count.
                 users = max(ref.value(), 1)
@@ -310,8 +310,9 @@ class DeviceMapperDriver(NaiveDiffDriver):
             raise LayerNotFound(f"devmapper: Unknown device {id}")
         mnt = self.home / "mnt" / id
         with self.refs.locked(id) as ref:
-            mounted = is_mountpoint(mnt)
-            if mounted and self._stale(mnt):
+            found = device_mount(mnt)
+            mounted = found is not None
+            if self._stale(found):
                 remaining = max(ref.value(), 1) - 1
                 self._drop_stale(id, mnt, ref)
                 if remaining:
@@ -320,7 +321,6 @@ class DeviceMapperDriver(NaiveDiffDriver):
                 return
             if ref.decrement(mounted) > 0:
                 return
-            found = find_mount(os.path.realpath(mnt))
             try:
                 umount(mnt)
             except MountError:

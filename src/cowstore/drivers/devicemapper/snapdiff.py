@@ -22,7 +22,7 @@ from cowstore.drivers.common.ids import check_id
 from cowstore.drivers.common.refcount import MountRefs
 from cowstore.errors import LayerNotFound
 from cowstore.host import loop
-from cowstore.host.mounts import MS_RDONLY, is_mountpoint, mount, umount
+from cowstore.host.mounts import MS_RDONLY, device_mount, mount, umount
 
 if TYPE_CHECKING:
     from cowstore.drivers.devicemapper.driver import DeviceMapperDriver
@@ -40,7 +40,7 @@ def read_only_view(driver: DeviceMapperDriver, id: str) -> Iterator[pathlib.Path
         raise LayerNotFound(f"devmapper: Unknown device {id}")
     with driver.refs.locked(id) as ref:
         inside = "" if info.get("root_layout") else "rootfs"
-        if ref.value() > 0 or is_mountpoint(driver.home / "mnt" / id):
+        if ref.value() > 0 or device_mount(driver.home / "mnt" / id) is not None:
             yield driver.home / "mnt" / id / inside
             return
         target = driver.home / "mnt" / f".view-{id}"
