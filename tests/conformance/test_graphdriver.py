@@ -5,11 +5,13 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import tarfile
 
 import pytest
 
+from cowstore.archive.changes import Change
 from cowstore.drivers import Driver
-from cowstore.errors import NotFound, NotSupported
+from cowstore.errors import InvalidArgument, NotFound, NotSupported
 from cowstore.host import mounts
 
 from .helpers import (
@@ -216,3 +218,33 @@ def test_remove_of_an_unknown_layer_is_not_an_error(driver: Driver) -> None:
     id = new_id()
     driver.remove(id)
     assert not driver.exists(id)
+
+
+def test_checked_diff_checks_the_changes_then_writes_the_diff(driver: Driver) -> None:
+    """A commit's one pass: `check` sees what changes and diff_size say, the tar is diff's,
+    and a check that refuses leaves no tar and nothing mounted."""
+    base, upper = new_id(), new_id()
+    driver.create(base, None)
+    add_many_files(driver, base, 5, 3)
+    driver.create(upper, base)
+    expected = change_many_files(driver, upper, 5, 6)
+    seen: list[tuple[list[Change], int]] = []
+    with driver.checked_diff(upper, base, lambda changes, size: seen.append((changes, size))) as arch:
+        names = sorted(member.name for member in tarfile.open(fileobj=arch, mode="r|"))
+    with driver.diff(upper, base) as arch:
+        assert names == sorted(member.name for member in tarfile.open(fileobj=arch, mode="r|"))
+    assert seen == [(driver.changes(upper, base), driver.diff_size(upper, base))]
+    assert sorted(seen[0][0]) == sorted(expected)
+
+    class Refused(InvalidArgument):
+        pass
+
+    def refuse(changes: list[Change], size: int) -> None:
+        raise Refused(f"{len(changes)} changes")
+
+    before = mounts.mounts_under(driver.home)
+    with pytest.raises(Refused):
+        driver.checked_diff(upper, base, refuse)
+    assert mounts.mounts_under(driver.home) == before
+    driver.remove(upper)
+    driver.remove(base)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pathlib
 
+import pytest
+
 from cowstore.host import mounts
 
 
@@ -31,3 +33,24 @@ def test_find_mount_gives_the_topmost_mount_of_exactly_that_target(tmp_path: pat
 def test_escape_is_the_reverse_of_the_table_spelling() -> None:
     assert mounts._escape("/a b\tc\nd\\e") == rb"/a\040b\011c\012d\134e"
     assert mounts._unescape(mounts._escape("/x y\\z")) == "/x y\\z"
+
+
+def test_device_mount_reads_the_table_only_for_another_device(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target, plain = tmp_path / "mnt", tmp_path / "plain"
+    target.mkdir()
+    plain.mkdir()
+    reads: list[int] = []
+    read_table = mounts._read_table
+    monkeypatch.setattr(mounts, "_read_table", lambda: reads.append(1) or read_table())
+    assert mounts.device_mount(plain) is None and mounts.device_mount(tmp_path / "missing") is None
+    assert reads == []  # same device as the parent, or nothing there: no table read
+    mounts.mount("dm", target, "tmpfs")
+    try:
+        found = mounts.device_mount(target)
+        assert found is not None and (found.target, found.source) == (str(target), "dm")
+        assert mounts.device_mount("/") == mounts.find_mount("/")  # the root is its own parent
+    finally:
+        mounts.umount(target, 0)
+    assert mounts.device_mount(target) is None

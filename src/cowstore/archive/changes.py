@@ -77,6 +77,14 @@ def _same_mtime(new: str, nst: os.stat_result, old: str, ost: os.stat_result) ->
     return True
 
 
+def _rewritten(new: str, nst: os.stat_result, old: str, ost: os.stat_result) -> bool:
+    """Whether a regular file touched since the copy (its ctime says so) holds other bytes
+    than its old twin though Docker's rule sees the same size and mtime: a rewrite that
+    kept both (`touch -r`, a tar's whole-second mtimes) would otherwise go unseen. Read
+    only for the files the container touched."""
+    return stat.S_ISREG(nst.st_mode) and stat.S_ISREG(ost.st_mode) and not _same_content(new, old)
+
+
 def entry_modified(new: str, nst: os.stat_result, old: str, ost: os.stat_result) -> bool:
     """Docker's rule for whether an entry present in both trees changed."""
     if (nst.st_mode, nst.st_uid, nst.st_gid, nst.st_rdev) != (ost.st_mode, ost.st_uid, ost.st_gid, ost.st_rdev):
@@ -126,7 +134,8 @@ def changes_dirs(
     With `copied_before`, `new` began as a copy of `old` whose every entry has a ctime
     (which no one can set) before that many nanoseconds, so an entry of `new` with an
     older ctime is untouched: only the rest is compared with `old`, and only a
-    directory whose entries changed has its `old` twin listed.
+    directory whose entries changed has its `old` twin listed. A touched regular file
+    that Docker's rule calls unchanged (same size and mtime) has its content compared.
     """
     new_root = os.fspath(new)
     old_root = os.fspath(old) if old is not None else None
@@ -179,7 +188,10 @@ def _compare_dir(
         if (nst.st_dev, nst.st_ino) == (ost.st_dev, ost.st_ino):
             continue  # the same lower inode seen through a union mount
         assert old_root is not None
-        if entry_modified(short.path(new_root, path), nst, short.path(old_root, path), ost):
+        new_path, old_path = short.path(new_root, path), short.path(old_root, path)
+        if entry_modified(new_path, nst, old_path, ost) or (
+            copied_before is not None and nst.st_ctime_ns >= copied_before and _rewritten(new_path, nst, old_path, ost)
+        ):
             found["/" + path] = "C"
         if stat.S_ISDIR(nst.st_mode):
             stack.append((path, stat.S_ISDIR(ost.st_mode)))

@@ -152,6 +152,17 @@ class Driver(abc.ABC):
     def diff_size(self, id: str, parent: str | None = None) -> int:
         """Bytes of the changes of `id` against `parent`."""
 
+    def checked_diff(self, id: str, parent: str | None, check: Callable[[list[Change], int], None]) -> BinaryIO:
+        """`diff`, once `check(changes, size)` has accepted the changes and their size (a commit).
+
+        The layer store holds a commit's changes against its limits before any byte of
+        the tar is spooled; `check` raises to refuse them. This default asks `changes`,
+        `diff_size` and `diff` in turn; a driver that must mount to find changes
+        overrides it to find them once and write the tar from the same mounts.
+        """
+        check(self.changes(id, parent), self.diff_size(id, parent))
+        return self.diff(id, parent)
+
     def cleanup(self) -> None:  # noqa: B027 - optional: most drivers have something to release
         """Release everything this driver mounted or attached (shutdown)."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pathlib
 import tempfile
+from collections.abc import Callable
 from typing import BinaryIO, cast
 
 from cowstore import archive
@@ -24,22 +25,45 @@ class NaiveDiffDriver(Driver):
     def _spool(self) -> BinaryIO:
         return cast(BinaryIO, tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES, dir=str(self.home)))
 
-    def diff(self, id: str, parent: str | None = None) -> BinaryIO:
+    def _spooled(self, write: Callable[[BinaryIO], None]) -> BinaryIO:
+        """A private spool file that `write` fills, rewound; removed if `write` raises."""
         out = self._spool()
         try:
-            path = self.get(id)
-            try:
-                if parent is None:
-                    archive.tar_directory(path, out)
-                else:
-                    archive.export_changes(path, self.changes(id, parent), out)
-            finally:
-                self.put(id)
+            write(out)
         except BaseException:
             out.close()
             raise
         out.seek(0)
         return out
+
+    def diff(self, id: str, parent: str | None = None) -> BinaryIO:
+        return self._spooled(lambda out: self._write_diff(id, parent, None, out))
+
+    def checked_diff(self, id: str, parent: str | None, check: Callable[[list[Change], int], None]) -> BinaryIO:
+        """One pass for a commit: the changes are found once, checked, and written from the same mount.
+
+        Only while diff and diff_size are this class's own, which write and measure
+        exactly `changes`; a driver with its own diff or diff_size keeps the default.
+        """
+        if type(self).diff is not NaiveDiffDriver.diff or type(self).diff_size is not NaiveDiffDriver.diff_size:
+            return super().checked_diff(id, parent, check)
+        return self._spooled(lambda out: self._write_diff(id, parent, check, out))
+
+    def _write_diff(
+        self, id: str, parent: str | None, check: Callable[[list[Change], int], None] | None, out: BinaryIO
+    ) -> None:
+        """Write the diff of `id` to `out` from one mount of it; with `check`, check the changes first."""
+        path = self.get(id)
+        try:
+            changes = self.changes(id, parent) if parent is not None or check is not None else []
+            if check is not None:
+                check(changes, archive.changes_size(path, changes))
+            if parent is None:
+                archive.tar_directory(path, out)
+            else:
+                archive.export_changes(path, changes, out)
+        finally:
+            self.put(id)
 
     def changes(self, id: str, parent: str | None = None) -> list[Change]:
         path = self.get(id)

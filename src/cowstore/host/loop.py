@@ -152,14 +152,18 @@ def _attach(path: str, *, direct_io: bool, read_only: bool, autoclear: bool = Tr
 
 
 @contextlib.contextmanager
-def attached(path: str | os.PathLike, *, direct_io: bool = False, read_only: bool = False) -> Iterator[str]:
+def attached(
+    path: str | os.PathLike, *, direct_io: bool = False, read_only: bool = False, reuse: bool = True
+) -> Iterator[str]:
     """A loop device for `path` (an existing attachment is reused) held open in the block.
 
     Mount it, or hand it to mkfs, inside the block: the device stays attached after the
-    block only while something else holds it.
+    block only while something else holds it. A caller that knows no device is attached
+    to `path` passes `reuse=False` and skips the search, which reads every loop device
+    of the host.
     """
     real = os.path.realpath(path)
-    device = find(real)
+    device = find(real) if reuse else None
     if device is not None:
         try:
             dev_fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)

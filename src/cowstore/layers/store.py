@@ -406,9 +406,11 @@ class LayerStore:
         against the limits first, and nothing is written when they refuse it.
         """
         rw = self.get_rw(name)
-        parent = self._diff_parent(rw)
-        _check_changes(self.driver, rw.mount_id, parent, self.limits, self.tmp)
-        return self.driver.diff(rw.mount_id, parent)
+
+        def check(changes: list[Change], size: int) -> None:
+            _check_changes(changes, size, self.limits, self.tmp)
+
+        return self.driver.checked_diff(rw.mount_id, self._diff_parent(rw), check)
 
     def rw_apply(self, name: str, stream: BinaryIO) -> int:
         """Apply a changeset tar to a container layer (Docker's RWLayer.ApplyDiff)."""
@@ -468,9 +470,8 @@ def _reserved(change: Change) -> bool:
     return change.kind != "D" and change.path.rpartition("/")[2].startswith(".wh.")
 
 
-def _check_changes(driver: Driver, mount_id: str, parent: str | None, limits: Limits, tmp: pathlib.Path) -> None:
-    """Refuse a commit the limits forbid, or one holding a file named like a whiteout."""
-    size = driver.diff_size(mount_id, parent)
+def _check_changes(changes: list[Change], size: int, limits: Limits, tmp: pathlib.Path) -> None:
+    """Refuse a commit the limits forbid (`size`: the changes' bytes), or one holding a file named like a whiteout."""
     if size > limits.max_bytes:
         raise ArchiveError(
             f"the changes hold {size} bytes, over the limit of {limits.max_bytes} bytes (--limit max-bytes)"
@@ -482,7 +483,7 @@ def _check_changes(driver: Driver, mount_id: str, parent: str | None, limits: Li
             f"{limits.min_free_disk} "
             f"bytes free on {tmp} (--limit min-free-disk)"
         )
-    reserved = [c.path for c in driver.changes(mount_id, parent) if _reserved(c)]
+    reserved = [c.path for c in changes if _reserved(c)]
     if reserved:
         raise ArchiveError(
             f"{reserved[0]} is named like a whiteout (.wh.): a layer cannot store it; rename it before commit"

@@ -182,8 +182,17 @@ class DeviceSet:
         path: str = self.client.call("activate", id=device_id, name=self.device_name(id))
         return path
 
-    def deactivate(self, id: str) -> None:
+    def deactivate(self, id: str, *, device: str | None = None) -> None:
+        """Take the device file away, detaching the loop device still attached to it.
+
+        A caller that attached `device` with autoclear and has let go of it (unmounted)
+        names it: only that one can still be attached, and the search through every
+        loop device of the host is skipped.
+        """
         path = self.devices_dir / self.device_name(id)
-        if self.client.alive() and path.exists():
+        if device is not None:
+            if loop.backing_file(device) == os.path.realpath(path):
+                loop.detach_device(device)
+        elif self.client.alive() and path.exists():
             loop.detach(path)
         self.client.call("deactivate", name=self.device_name(id))

@@ -24,12 +24,11 @@ import contextlib
 import os
 import pathlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from cowstore.archive import export_changes
-from cowstore.archive.changes import Change
+from cowstore.archive.changes import Change, changes_size
 from cowstore.drivers.common.exports import ExportMarks
 from cowstore.drivers.common.ids import check_id
 from cowstore.drivers.common.refcount import MountRefs, RefCount
@@ -40,8 +39,8 @@ from cowstore.drivers.driver import DiskUsage, MountSpec
 from cowstore.drivers.naive import NaiveDiffDriver
 from cowstore.errors import InvalidOption, LayerExists, LayerNotFound, MountError, NoSpace
 from cowstore.host import diskusage, fsutil, loop
-from cowstore.host.mounts import MS_NOATIME, find_mount, is_mountpoint, mount, mount_table, umount
-from cowstore.host.service import ServiceClient
+from cowstore.host.mounts import MS_NOATIME, Mount, device_mount, is_mountpoint, mount, mount_table, umount
+from cowstore.host.service import ServiceClient, running
 from cowstore.units import human_size, parse_size
 
 _META_BLOCK = 4096  # the pool's metadata block size
@@ -74,6 +73,7 @@ class DeviceMapperDriver(NaiveDiffDriver):
         self.refs = MountRefs(home)
         self.exports = ExportMarks(home)
         self.data_file, self.meta_file = backing_files(home, self.opts)
+        self._server_pid: int | None = None  # known once `_revive` has asked the server
         self.client = self._start_server()
         self.devices = DeviceSet(home, self.client, self._devices_dir)
         try:
@@ -108,18 +108,20 @@ class DeviceMapperDriver(NaiveDiffDriver):
 
         Its device files died with it: every mount on them is stale (see `_stale`).
         """
+        if self._server_pid is not None and running(self._server_pid):
+            return  # its process runs: no ping, a round trip on every create and mount
         if not self.client.alive():
             self.client = self.devices.client = self._start_server()
+        self._server_pid = self.client.call("pid")
 
-    def _stale(self, mnt: pathlib.Path) -> bool:
-        """Whether the filesystem mounted at `mnt` sits on a device file of a dead server.
+    def _stale(self, found: Mount | None) -> bool:
+        """Whether the filesystem mounted as `found` sits on a device file of a dead server.
 
         Its loop device then fails every request: its file belonged to a FUSE
         connection that ended with the server, whatever now serves the same name. The
         server is asked first: for a moment after its death the kernel still answers
         for its files from cached attributes.
         """
-        found = find_mount(os.path.realpath(mnt))
         if found is None:
             return False
         if not self.client.alive():
@@ -141,14 +143,14 @@ class DeviceMapperDriver(NaiveDiffDriver):
     def stale_mounts(self) -> list[str]:
         """Layers mounted from a device file of a block server that died."""
         mnt_dir = self.home / "mnt"
-        mounted = {row.target for row in mount_table()}
+        mounted = {row.target: row for row in mount_table()}  # the last of a target is on top
         names = (n for n in sorted(os.listdir(mnt_dir)) if n != BASE and not n.startswith("."))
-        return [n for n in names if os.path.realpath(mnt_dir / n) in mounted and self._stale(mnt_dir / n)]
+        return [n for n in names if self._stale(mounted.get(os.path.realpath(mnt_dir / n)))]
 
     def clear_stale_mount(self, id: str) -> None:
         mnt = self.home / "mnt" / check_id(id)
         with self.refs.locked(id) as ref:
-            if is_mountpoint(mnt) and self._stale(mnt):
+            if self._stale(device_mount(mnt)):
                 self._drop_stale(id, mnt, ref)
 
     # ------------------------------------------------------------------ base
@@ -242,8 +244,9 @@ class DeviceMapperDriver(NaiveDiffDriver):
         mnt = self.home / "mnt" / id
         rootfs = mnt if info.get("root_layout") else mnt / "rootfs"
         with self.refs.locked(id) as ref:
-            mounted = is_mountpoint(mnt)
-            if mounted and self._stale(mnt):
+            found = device_mount(mnt)
+            mounted = found is not None
+            if self._stale(found):
                 # Its block server died: mount it afresh (the ext4 journal replays what
                 # the pool committed); its users keep their count.
                 users = max(ref.value(), 1)
@@ -268,7 +271,10 @@ class DeviceMapperDriver(NaiveDiffDriver):
             flags = MS_NOATIME if "noatime" in self.opts.mount_opts else 0  # a flag, not fs data
             if self.opts.fs == "xfs":
                 options.insert(0, "nouuid")
-            with loop.attached(self.devices.activate(id, info["device_id"]), direct_io=True) as device:
+            # Under the lock and unmounted: only an exported layer has a loop device on its file.
+            reuse = self.exports.value(id) is not None
+            path = self.devices.activate(id, info["device_id"])
+            with loop.attached(path, direct_io=True, reuse=reuse) as device:
                 try:
                     mount(device, mnt, self.opts.fs, flags, ",".join(options) or None)
                 except MountError as exc:
@@ -304,8 +310,9 @@ class DeviceMapperDriver(NaiveDiffDriver):
             raise LayerNotFound(f"devmapper: Unknown device {id}")
         mnt = self.home / "mnt" / id
         with self.refs.locked(id) as ref:
-            mounted = is_mountpoint(mnt)
-            if mounted and self._stale(mnt):
+            found = device_mount(mnt)
+            mounted = found is not None
+            if self._stale(found):
                 remaining = max(ref.value(), 1) - 1
                 self._drop_stale(id, mnt, ref)
                 if remaining:
@@ -320,7 +327,8 @@ class DeviceMapperDriver(NaiveDiffDriver):
                 ref.increment(True)
                 raise
             if self.exports.value(id) is None:  # else the exported loop device still needs it
-                self.devices.deactivate(id)
+                # The autoclear loop device the mount held is the one to look after.
+                self.devices.deactivate(id, device=found.source if found is not None else None)
             with contextlib.suppress(OSError):
                 mnt.rmdir()
 
@@ -341,19 +349,30 @@ class DeviceMapperDriver(NaiveDiffDriver):
         with snapdiff.snapshot_changes(self, id, parent, stamp) as (_, found):
             return found
 
+    def diff_size(self, id: str, parent: str | None = None) -> int:
+        stamp = snapdiff.copied_before(self.refs, id, parent)
+        if stamp is None or parent is None:
+            return super().diff_size(id, parent)
+        with snapdiff.snapshot_changes(self, id, parent, stamp) as (root, found):
+            return changes_size(root, found)
+
     def diff(self, id: str, parent: str | None = None) -> BinaryIO:
         stamp = snapdiff.copied_before(self.refs, id, parent)
         if stamp is None or parent is None:
             return super().diff(id, parent)
-        out = self._spool()
-        try:
-            with snapdiff.snapshot_changes(self, id, parent, stamp) as (root, found):
-                export_changes(root, found, out)
-        except BaseException:
-            out.close()
-            raise
-        out.seek(0)
-        return out
+        return self._snapshot_diff(id, parent, stamp, None)
+
+    def checked_diff(self, id: str, parent: str | None, check: Callable[[list[Change], int], None]) -> BinaryIO:
+        """One pass for a commit: the changes are found, checked and written from the same read-only views."""
+        stamp = snapdiff.copied_before(self.refs, id, parent)
+        if stamp is None or parent is None:
+            return super().checked_diff(id, parent, check)
+        return self._snapshot_diff(id, parent, stamp, check)
+
+    def _snapshot_diff(
+        self, id: str, parent: str, stamp: int, check: Callable[[list[Change], int], None] | None
+    ) -> BinaryIO:
+        return self._spooled(lambda out: snapdiff.write_diff(self, id, parent, stamp, check, out))
 
     def settle(self, path: pathlib.Path) -> None:
         """Flush the layer's own filesystem before it is published.
