@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import io
 import os
 import stat
 import tarfile
@@ -14,6 +15,7 @@ from cowstore.drivers import Driver
 from cowstore.errors import InvalidArgument, NotFound, NotSupported
 from cowstore.host import mounts
 
+from ..support.tars import layer_tar
 from .helpers import (
     add_file,
     add_many_files,
@@ -248,3 +250,26 @@ def test_checked_diff_checks_the_changes_then_writes_the_diff(driver: Driver) ->
     assert mounts.mounts_under(driver.home) == before
     driver.remove(upper)
     driver.remove(base)
+
+
+def test_a_rewrite_that_keeps_size_and_mtime_is_a_change(driver: Driver) -> None:
+    """Docker's rule (size and mtime) misses such a rewrite: here a layer applied from a tar
+    (whole-second mtimes, all alike) and a container that rewrites a file and puts its
+    mtime back must both show it, and their diffs must carry the new bytes."""
+    base, image, container = new_id(), new_id(), new_id()
+    driver.create(base, None)
+    driver.apply_diff(base, None, io.BytesIO(layer_tar({"f": b"aaaa", "g": b"keep"})))
+    driver.create(image, base)
+    driver.apply_diff(image, base, io.BytesIO(layer_tar({"f": b"bbbb"})))
+    assert Change("/f", "C") in driver.changes(image, base)
+    with driver.diff(image, base) as arch, tarfile.open(fileobj=arch, mode="r|") as tar:
+        found = {m.name.removeprefix("./"): tar.extractfile(m).read() for m in tar if m.isfile()}  # type: ignore[union-attr]
+    assert found == {"f": b"bbbb"}
+    driver.create_rw(container, image)
+    with mounted(driver, container) as root:
+        before = os.stat(root / "g")
+        (root / "g").write_bytes(b"KEEP")
+        os.utime(root / "g", ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert Change("/g", "C") in driver.changes(container, image)
+    for layer in (container, image, base):
+        driver.remove(layer)

@@ -77,11 +77,12 @@ def _same_mtime(new: str, nst: os.stat_result, old: str, ost: os.stat_result) ->
     return True
 
 
-def _rewritten(new: str, nst: os.stat_result, old: str, ost: os.stat_result) -> bool:
-    """Whether a regular file touched since the copy (its ctime says so) holds other bytes
-    than its old twin though Docker's rule sees the same size and mtime: a rewrite that
-    kept both (`touch -r`, a tar's whole-second mtimes) would otherwise go unseen. Read
-    only for the files the container touched."""
+def rewritten(new: str, nst: os.stat_result, old: str, ost: os.stat_result) -> bool:
+    """Whether a regular file known to be touched (a ctime after the copy, another inode
+    than its twin in a hard-linked copy, an upper-dir entry) holds other bytes than its
+    old twin though Docker's rule sees the same size and mtime: a rewrite that kept both
+    (`touch -r`, a tar's whole-second mtimes) would otherwise go unseen. Callers ask only
+    for touched files, so untouched ones are never read."""
     return stat.S_ISREG(nst.st_mode) and stat.S_ISREG(ost.st_mode) and not _same_content(new, old)
 
 
@@ -127,15 +128,21 @@ def _old_entry(path: str) -> os.stat_result | None:
 
 
 def changes_dirs(
-    new: str | os.PathLike, old: str | os.PathLike | None, *, copied_before: int | None = None
+    new: str | os.PathLike,
+    old: str | os.PathLike | None,
+    *,
+    copied_before: int | None = None,
+    linked: bool = False,
 ) -> list[Change]:
     """Changes that turn tree `old` (None: empty) into tree `new`, sorted by path.
 
     With `copied_before`, `new` began as a copy of `old` whose every entry has a ctime
     (which no one can set) before that many nanoseconds, so an entry of `new` with an
     older ctime is untouched: only the rest is compared with `old`, and only a
-    directory whose entries changed has its `old` twin listed. A touched regular file
-    that Docker's rule calls unchanged (same size and mtime) has its content compared.
+    directory whose entries changed has its `old` twin listed. With `linked`, `new`
+    began as a hard-linked copy of `old` (overlay's image layers): an entry that is not
+    its twin's inode was replaced. A touched or replaced regular file that Docker's rule
+    calls unchanged (same size and mtime) has its content compared.
     """
     new_root = os.fspath(new)
     old_root = os.fspath(old) if old is not None else None
@@ -146,7 +153,7 @@ def changes_dirs(
     with ShortPaths() as short:
         while stack:
             rel, in_old = stack.pop()
-            _compare_dir(short, new_root, old_root if in_old else None, rel, found, stack, copied_before)
+            _compare_dir(short, new_root, old_root if in_old else None, rel, found, stack, copied_before, linked)
     return sorted_with_parents(found)
 
 
@@ -158,6 +165,7 @@ def _compare_dir(
     found: dict[str, str],
     stack: list[tuple[str, bool]],
     copied_before: int | None,
+    linked: bool,
 ) -> None:
     """One directory of changes_dirs: record its changes, queue its subdirectories.
 
@@ -189,9 +197,8 @@ def _compare_dir(
             continue  # the same lower inode seen through a union mount
         assert old_root is not None
         new_path, old_path = short.path(new_root, path), short.path(old_root, path)
-        if entry_modified(new_path, nst, old_path, ost) or (
-            copied_before is not None and nst.st_ctime_ns >= copied_before and _rewritten(new_path, nst, old_path, ost)
-        ):
+        touched = linked or (copied_before is not None and nst.st_ctime_ns >= copied_before)
+        if entry_modified(new_path, nst, old_path, ost) or (touched and rewritten(new_path, nst, old_path, ost)):
             found["/" + path] = "C"
         if stat.S_ISDIR(nst.st_mode):
             stack.append((path, stat.S_ISDIR(ost.st_mode)))

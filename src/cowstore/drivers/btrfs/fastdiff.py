@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import stat
 
-from cowstore.archive.changes import Change, entry_modified, list_entries
+from cowstore.archive.changes import Change, entry_modified, list_entries, rewritten
 from cowstore.drivers.btrfs import ioctl as btrfsioctl
 
 
@@ -61,14 +61,20 @@ class _Comparison:
                 if stat.S_ISDIR(st.st_mode):
                     stack.append(path)
 
-    def entry(self, rel: str, nst: os.stat_result, ost: os.stat_result | None) -> None:
-        """Compare one entry whose parent directory is reached in both trees."""
+    def entry(self, rel: str, nst: os.stat_result, ost: os.stat_result | None, *, touched: bool) -> None:
+        """Compare one entry whose parent directory is reached in both trees.
+
+        `touched`: its inode changed since the snapshot, or is another inode than its
+        twin's (a snapshot keeps inode numbers), so a regular file that Docker's rule
+        calls unchanged has its content compared.
+        """
         if ost is None:
             self.found["/" + rel] = "A"
             if stat.S_ISDIR(nst.st_mode):
                 self._add_tree(rel)
             return
-        if entry_modified(os.path.join(self.new_root, rel), nst, os.path.join(self.old_root, rel), ost):
+        new, old = os.path.join(self.new_root, rel), os.path.join(self.old_root, rel)
+        if entry_modified(new, nst, old, ost) or (touched and rewritten(new, nst, old, ost)):
             self.found["/" + rel] = "C"
         if stat.S_ISDIR(nst.st_mode) and not stat.S_ISDIR(ost.st_mode):
             self._add_tree(rel)
@@ -78,7 +84,8 @@ class _Comparison:
         new_entries = list_entries(os.path.join(self.new_root, rel))
         old_entries = list_entries(os.path.join(self.old_root, rel))
         for name, nst in new_entries.items():
-            self.entry(f"{rel}/{name}" if rel else name, nst, old_entries.get(name))
+            ost = old_entries.get(name)
+            self.entry(f"{rel}/{name}" if rel else name, nst, ost, touched=ost is not None and nst.st_ino != ost.st_ino)
         for name in old_entries.keys() - new_entries.keys():
             self.found["/" + (f"{rel}/{name}" if rel else name)] = "D"
 
@@ -95,7 +102,7 @@ class _Comparison:
             ost = os.lstat(os.path.join(self.old_root, rel))
         except FileNotFoundError:
             ost = None
-        self.entry(rel, nst, ost)
+        self.entry(rel, nst, ost, touched=True)
 
     def result(self) -> list[Change]:
         for path in list(self.found):

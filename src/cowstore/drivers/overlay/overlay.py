@@ -232,6 +232,11 @@ class OverlayDriver(OverlayHome):
         )
 
     def changes(self, id: str, parent: str | None = None) -> list[Change]:
+        if parent is not None and self.exists(parent) and self._is_tree(parent) and self._is_tree(id):
+            # An image layer's root began as a hard-linked copy of its parent's: an entry
+            # that is another inode than its twin was replaced, and is compared by content
+            # where Docker's rule sees nothing.
+            return archive.changes_dirs(self._dir(id) / "root", self._dir(parent) / "root", linked=True)
         if not self._native(id, parent) or parent is None:
             return super().changes(id, parent)
         return upperdir.upper_changes(self._upper(id), self._dir(parent) / "root")

@@ -12,7 +12,7 @@ import os
 import pathlib
 import stat
 
-from cowstore.archive.changes import Change, entry_modified, list_entries, sorted_with_parents
+from cowstore.archive.changes import Change, entry_modified, list_entries, rewritten, sorted_with_parents
 from cowstore.archive.whiteouts import OVERLAY_OPAQUE, is_overlay_whiteout, overlay_xattr
 from cowstore.drivers.overlay.kernel import in_user_namespace
 from cowstore.host import fsutil
@@ -63,7 +63,9 @@ def upper_changes(upper: str | os.PathLike, parent_view: str | os.PathLike | Non
                         stack.append((path, False))
                     continue
                 new_path = short.path(upper_root, path)
-                if entry_modified(new_path, nst, old_path, ost):
+                # Every upper entry was copied up or replaced: a file Docker's rule calls
+                # unchanged is compared by content.
+                if entry_modified(new_path, nst, old_path, ost) or rewritten(new_path, nst, old_path, ost):
                     found["/" + path] = "C"
                 if not stat.S_ISDIR(nst.st_mode):
                     continue
