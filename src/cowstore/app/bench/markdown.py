@@ -84,8 +84,8 @@ def _header(data: Mapping[str, Any]) -> list[str]:
 def claims_table(data: Mapping[str, Any], link: str = "") -> list[str]:
     """One row per experiment's claim, one column per driver and peer: the verdict and its figure.
 
-    A subject with no verdict on a claim of the talk shows its verdicts on cowstore's own
-    targets instead: the command-line experiments (import, load, pull...) have only those.
+    A subject with no claim verdict shows its verdicts on cowstore's own targets instead:
+    the command-line experiments (import, load, pull...) have only those.
     """
     columns = [n for n, d in data.get("subjects", {}).items() if d["kind"] in ("driver", "peer")]
     lines = ["| claim | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
