@@ -11,8 +11,6 @@ import contextlib
 import os
 import pathlib
 import shutil
-import tempfile
-from collections.abc import Callable
 from typing import Any, BinaryIO
 
 from cowstore.digest import DigestingReader, DigestingWriter
@@ -21,6 +19,7 @@ from cowstore.dockerroot.devmapper import PoolDevices
 from cowstore.dockerroot.layout import BadObject, DockerContainer, DockerImage, DockerLayer, DockerRoot, Problem
 from cowstore.dockerroot.storage import Storage, open_storage
 from cowstore.errors import CowstoreError
+from cowstore.host import fsutil
 
 _COPY = 1024 * 1024
 
@@ -31,18 +30,6 @@ def _check(layer: DockerLayer, digest: str) -> None:
             f"layer {layer.diff_id} (storage id {layer.cache_id}) rebuilds to {digest}: "
             "its files were changed since Docker stored it"
         )
-
-
-def _spooled(write: Callable[[BinaryIO], None], tmp: pathlib.Path | None, prefix: str) -> BinaryIO:
-    """What `write` writes, in a temporary file positioned at 0 (closed if `write` fails)."""
-    out = tempfile.TemporaryFile(dir=tmp, prefix=prefix)
-    try:
-        write(out)
-        out.seek(0)
-        return out
-    except BaseException:
-        out.close()
-        raise
 
 
 class Source:
@@ -86,7 +73,7 @@ class Source:
                 shutil.copyfileobj(stream, digester, _COPY)
             _check(layer, digester.digest)
 
-        return _spooled(write, tmp, "droot-layer-")
+        return fsutil.spooled(write, tmp, "droot-layer-")
 
     def verify_layer(self, layer: DockerLayer) -> None:
         """Rebuild the layer's tar and check it against its diff id, keeping nothing."""
@@ -107,7 +94,9 @@ class Source:
     def container_changes(self, container: DockerContainer, tmp: pathlib.Path | None = None) -> BinaryIO:
         """The container's changes as an OCI changeset tar in a temporary file, positioned at 0."""
         base = self.container_base(container)
-        return _spooled(lambda out: self.storage.write_changes(container.mount_id, base, out), tmp, "droot-changes-")
+        return fsutil.spooled(
+            lambda out: self.storage.write_changes(container.mount_id, base, out), tmp, "droot-changes-"
+        )
 
     def container_size(self, container: DockerContainer) -> int:
         return self.storage.changes_size(container.mount_id, self.container_base(container))

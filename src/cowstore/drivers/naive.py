@@ -15,6 +15,7 @@ from typing import BinaryIO, cast
 from cowstore import archive
 from cowstore.archive.changes import Change
 from cowstore.drivers.driver import Driver
+from cowstore.host import fsutil
 
 _SPOOL_BYTES = 32 * 1024 * 1024
 
@@ -27,14 +28,7 @@ class NaiveDiffDriver(Driver):
 
     def _spooled(self, write: Callable[[BinaryIO], None]) -> BinaryIO:
         """A private spool file that `write` fills, rewound; removed if `write` raises."""
-        out = self._spool()
-        try:
-            write(out)
-        except BaseException:
-            out.close()
-            raise
-        out.seek(0)
-        return out
+        return fsutil.spooled(write, self.home, in_memory=_SPOOL_BYTES)
 
     def diff(self, id: str, parent: str | None = None) -> BinaryIO:
         return self._spooled(lambda out: self._write_diff(id, parent, None, out))

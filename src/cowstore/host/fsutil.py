@@ -12,8 +12,8 @@ import os
 import pathlib
 import resource
 import stat
-from collections.abc import Iterable, Iterator
-from typing import AnyStr
+from collections.abc import Callable, Iterable, Iterator
+from typing import AnyStr, BinaryIO
 
 from cowstore.host import mounts
 from cowstore.host.libc import LIBC, last_error
@@ -56,6 +56,31 @@ class _Statfs(ctypes.Structure):
         ("f_flags", ctypes.c_long),
         ("f_spare", ctypes.c_long * 4),
     ]
+
+
+def spooled(
+    write: Callable[[BinaryIO], None], tmp: str | os.PathLike | None, prefix: str = "spool-", in_memory: int = 0
+) -> BinaryIO:
+    """What `write` writes, in a private temporary file under `tmp`, read from its start.
+
+    The file is closed (and so gone) if `write` fails. With `in_memory`, up to that many
+    bytes stay in memory before the file is made.
+    """
+    import tempfile  # only the commands that spool pay for it
+
+    directory = os.fspath(tmp) if tmp is not None else None
+    out: BinaryIO
+    if in_memory:
+        out = tempfile.SpooledTemporaryFile(max_size=in_memory, dir=directory, prefix=prefix)  # type: ignore[assignment]
+    else:
+        out = tempfile.TemporaryFile(dir=directory, prefix=prefix)
+    try:
+        write(out)
+    except BaseException:
+        out.close()
+        raise
+    out.seek(0)
+    return out
 
 
 def statfs_magic(path: str | os.PathLike) -> int:

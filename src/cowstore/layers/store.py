@@ -289,9 +289,7 @@ class LayerStore:
 
     def tar_stream(self, chain: str) -> BinaryIO:
         """The layer's original tar, byte for byte, verified against its diff id (in a private file)."""
-        from cowstore.layers import tars
-
-        return tars.spooled(self.tmp, lambda out: self.write_tar(chain, out))
+        return fsutil.spooled(lambda out: self.write_tar(chain, out), self.tmp)
 
     def verify(self, chain: str) -> None:
         """Reassemble the layer's tar only to hash it: DigestMismatch (or a TarSplitError) if it changed."""

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import pathlib
-import tempfile
-from collections.abc import Callable
-from typing import BinaryIO
-
 from cowstore.digest import DigestingWriter, Writer
 from cowstore.drivers.driver import Driver
 from cowstore.errors import DigestMismatch
@@ -28,18 +23,6 @@ def assemble(driver: Driver, layer: Layer, split: bytes, out: Writer) -> None:
             f"could not verify layer data for: {layer.diff_id}. This may be because internal files in the "
             "layer store were modified. Re-pull or re-import the image to fix it."
         )
-
-
-def spooled(tmp: pathlib.Path, write: Callable[[BinaryIO], None]) -> BinaryIO:
-    """What `write` writes, in a private file under `tmp`, read from its start."""
-    out = tempfile.TemporaryFile(dir=tmp, prefix="spool-")
-    try:
-        write(out)
-    except BaseException:
-        out.close()
-        raise
-    out.seek(0)
-    return out
 
 
 class Discard:
