@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from cowstore.digest import Reader
 
 _NS_LIMIT = 2**63 - 1
+_DEFAULT_ACL = "system.posix_acl_default"
 _T = TypeVar("_T")
 WHITEOUT_MODES = ("oci", "overlay", "aufs")
 
@@ -50,6 +51,8 @@ def clean_name(name: str, entry: str) -> list[str]:
     Absolute names become relative to the root (as moby does); a `..` that climbs above
     the root is a breakout. Empty components and NUL bytes are refused.
     """
+    if name and name[0] not in "/." and "/." not in name and "//" not in name and name[-1] != "/" and "\0" not in name:
+        return name.split("/")  # nothing to resolve: the names of almost every entry
     if "\0" in name:
         raise ArchiveError("NUL byte in name", entry)
     parts: list[str] = []
@@ -77,7 +80,10 @@ class LayerApplier:
         self.unpacked: set[str] = set()
         self.dir_times: list[tuple[str, int]] = []
         self._dirs: dict[str, int] = {}
+        self._dir_facts: dict[str, tuple[int, bool]] = {}  # parent dir -> (gid, default ACL?)
         self.own = OwnEntries()
+        self._ids = (os.geteuid(), os.getegid())
+        self._inexact_modes = 0o7000 | _umask()  # mode bits a file cannot be created with as is
 
     def close(self) -> None:
         self._forget_dirs()
@@ -87,6 +93,7 @@ class LayerApplier:
         for fd in self._dirs.values():
             os.close(fd)
         self._dirs.clear()
+        self._dir_facts.clear()
 
     @overload
     def _parent(self, parts: list[str], create: Literal[True]) -> int: ...
@@ -171,7 +178,7 @@ class LayerApplier:
             self.dir_times.append((rel, _mtime_ns(entry)))
             return 0
         if entry.kind == tarstream.REGULAR:
-            return self._create(parts, lambda pfd: self._write_file(reader, entry, pfd, base))
+            return self._create(parts, lambda pfd: self._write_file(reader, entry, pfd, parts))
         if entry.kind == tarstream.SYMLINK:
             self._create(parts, lambda pfd: os.symlink(entry.linkname, base, dir_fd=pfd))
             pfd = self._parent(parts, create=True)
@@ -229,20 +236,50 @@ class LayerApplier:
             self._set_owner_xattrs_mode(fd, entry)
         finally:
             os.close(fd)
+        self._dir_facts.pop("/".join(parts), None)  # its group or ACL may have changed
 
-    def _write_file(self, reader: TarReader, entry: TarEntry, pfd: int, base: str) -> int:
-        fd = os.open(base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=pfd)
+    def _write_file(self, reader: TarReader, entry: TarEntry, pfd: int, parts: list[str]) -> int:
+        """Create and fill a regular file, skipping the chown and chmod it does not need.
+
+        A file is born with its final mode when the umask leaves that mode alone, it has
+        no setuid, setgid or sticky bit (those must follow the chown, which clears them)
+        and its directory has no default ACL (which would stand in for the umask). It is
+        born with its final owner when that is this process's uid and gid and its
+        directory's group is that gid too (with a setgid directory, or a filesystem
+        mounted `grpid`, a new file takes its directory's group).
+        """
+        gid, default_acl = self._facts(parts, pfd)
+        exact = not entry.mode & self._inexact_modes and not default_acl
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(parts[-1], flags, entry.mode if exact else 0o600, dir_fd=pfd)
         try:
             for chunk in reader.read_payload():
                 view = memoryview(chunk)
                 while view:
                     written = os.write(fd, view)
                     view = view[written:]
-            self._set_owner_xattrs_mode(fd, entry)
+            if (entry.uid, entry.gid) != self._ids or gid != self._ids[1]:
+                os.fchown(fd, entry.uid, entry.gid)
+            self._set_xattrs(fd, entry)
+            if not exact:
+                os.fchmod(fd, entry.mode)
             os.utime(fd, ns=(_mtime_ns(entry),) * 2)
         finally:
             os.close(fd)
         return entry.size
+
+    def _facts(self, parts: list[str], pfd: int) -> tuple[int, bool]:
+        """(group, whether it has a default ACL) of the directory `pfd` holding `parts`, looked up once."""
+        rel = "/".join(parts[:-1])
+        facts = self._dir_facts.get(rel)
+        if facts is None:
+            try:
+                os.getxattr(f"/proc/self/fd/{pfd}", _DEFAULT_ACL)
+                default_acl = True
+            except OSError as exc:
+                default_acl = exc.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP)
+            facts = self._dir_facts[rel] = (os.fstat(pfd).st_gid, default_acl)
+        return facts
 
     def _link(self, entry: TarEntry, pfd: int, base: str) -> None:
         target = clean_name(entry.linkname, entry.name)
@@ -367,6 +404,15 @@ class LayerApplier:
                 os.utime(fd, ns=(mtime_ns, mtime_ns))
             finally:
                 os.close(fd)
+
+
+def _umask() -> int:
+    """This process's umask, read without changing it (another thread may be creating files)."""
+    with open("/proc/self/status", "rb") as status:
+        for line in status:
+            if line.startswith(b"Umask:"):
+                return int(line.split()[1], 8)
+    return 0o777  # unknown: no mode is taken as exact
 
 
 def _lstat(name: str, dir_fd: int | None) -> os.stat_result | None:

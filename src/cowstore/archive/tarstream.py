@@ -79,11 +79,12 @@ class Header:
 
     __slots__ = ("devmajor", "devminor", "gid", "linkname", "mode", "mtime", "name", "size", "type", "uid")
 
-    def __init__(self, name: str, fields: tuple[bytes, ...], kind: bytes, linkname: str) -> None:
+    def __init__(self, name: str, kind: bytes, size: int) -> None:
         self.name = name
-        self.mode, self.uid, self.gid, self.size, self.mtime, self.devmajor, self.devminor = map(_octal, fields)
         self.type = kind
-        self.linkname = linkname
+        self.size = size
+        self.mode = self.uid = self.gid = self.mtime = self.devmajor = self.devminor = 0
+        self.linkname = ""
 
 
 _USTAR = struct.Struct("100s8s8s8s12s12s8s1s100s8x32x32x8s8s155s12x")
@@ -118,13 +119,17 @@ def _fast_header(raw: bytes) -> Header | None:
     if _octal(chksum) != 256 + sum(raw) - sum(chksum) or kind == tarfile.GNUTYPE_SPARSE:
         return None
     text = _decode(name.split(b"\0", 1)[0])
-    header = Header(text, (mode, uid, gid, size, mtime, major, minor), kind, _decode(link.split(b"\0", 1)[0]))
+    header = Header(text, kind, _octal(size))
+    header.mode, header.uid, header.gid, header.mtime = _octal(mode), _octal(uid), _octal(gid), _octal(mtime)
+    header.devmajor, header.devminor = _octal(major), _octal(minor)
+    if link[0]:
+        header.linkname = _decode(link.split(b"\0", 1)[0])
     if kind == tarfile.AREGTYPE and text.endswith("/"):
         header.type = tarfile.DIRTYPE
     if header.type == tarfile.DIRTYPE:
         header.name = text.rstrip("/")
-    before = _decode(prefix.split(b"\0", 1)[0])
-    if before and header.type not in tarfile.GNU_TYPES:
+    if prefix[0] and header.type not in tarfile.GNU_TYPES:
+        before = _decode(prefix.split(b"\0", 1)[0])
         header.name = f"{before}/{header.name}"
     return header
 

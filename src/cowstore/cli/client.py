@@ -34,7 +34,9 @@ from cowstore.host.paths import SERVICE_SOCKET, default_root, socket_address
 MAGIC = b"CWS1"
 MAX_REQUEST = 1 << 20
 # The first command word of every command the service may run; it decides exactly.
-_HOT = frozenset(("create", "mount", "umount", "rm", "images", "ps", "inspect", "container", "image"))
+_HOT = frozenset(("create", "mount", "umount", "rm", "images", "ps", "inspect", "container", "image", "import", "load"))
+# Commands that show a progress bar on a terminal: run here when the output is one.
+_BATCH = frozenset(("import", "load"))
 # Global options taking a value, by every spelling -> the one they are kept under.
 _GLOBAL_VALUES = {
     "--root": "--root",
@@ -94,6 +96,8 @@ def _request(argv: list[str]) -> tuple[str, bytes, bool] | None:
     if parsed is None or parsed[1][0] not in _HOT:
         return None
     options, words = parsed
+    if _BATCH.intersection(words[:2]) and os.isatty(1) and os.isatty(2):
+        return None
     try:
         cwd = os.getcwd()
     except OSError:  # a working directory since removed: the command runs here, as before

@@ -1,4 +1,5 @@
-"""The hot commands without a CLI framework: create, mount, umount, rm, images, ps, inspect.
+"""The hot commands without a CLI framework: create, mount, umount, rm, images, ps, inspect,
+and `import` and `load` of a file.
 
 A script that creates and mounts a thousand containers pays the CLI's start-up a
 thousand times; with click that start-up dwarfs the work (Docker's client answers in
@@ -7,6 +8,7 @@ parser that knows exactly their options, and run through the same bodies as thei
 click commands (`cowstore.cli.verbs`). Anything else — another command, help, an
 option or a spelling this parser does not know, a malformed value — is left to click
 (`try_fast` returns None before doing anything), which then behaves as it always did.
+So is `import` or `load` on a terminal, where click shows a progress bar, or from stdin.
 """
 
 from __future__ import annotations
@@ -56,12 +58,15 @@ class _Command:
         body: Callable[[Store, dict[str, Any]], None],
         choices: dict[str, tuple[str, ...]] | None = None,
         defaults: dict[str, Any] | None = None,
+        *,
+        batch: bool = False,
     ) -> None:
         self.options = options
         self.arity = arity  # "none", "one" or "many"
         self.body = body
         self.choices = choices or {}
         self.defaults = defaults or {}
+        self.batch = batch  # reads a file and runs long: never on a terminal (click's progress bar)
 
 
 _TABLE_OR_JSON: dict[str, tuple[str, ...]] = {"fmt": ("table", "json")}
@@ -108,6 +113,21 @@ _CONTAINER_INSPECT = _Command(
     {"size": True},
 )
 
+_IMPORT = _Command(
+    {"-m": ("message", "value"), "--message": ("message", "value")},
+    "some",
+    lambda store, a: verbs.import_rootfs(store, a["cwd"], a["args"][0], (a["args"][1:] or (None,))[0], a["message"]),
+    defaults={"message": ""},
+    batch=True,
+)
+_LOAD = _Command(
+    {"-i": ("source", "value"), "--input": ("source", "value"), **_QUIET},
+    "none",
+    lambda store, a: verbs.load(store, a["cwd"], a["source"], a.get("quiet", False)),
+    defaults={"source": "-"},
+    batch=True,
+)
+
 COMMANDS: dict[tuple[str, ...], _Command] = {
     ("create",): _CREATE,
     ("container", "create"): _CREATE,
@@ -124,6 +144,10 @@ COMMANDS: dict[tuple[str, ...], _Command] = {
     ("inspect",): _INSPECT,
     ("image", "inspect"): _IMAGE_INSPECT,
     ("container", "inspect"): _CONTAINER_INSPECT,
+    ("import",): _IMPORT,
+    ("image", "import"): _IMPORT,
+    ("load",): _LOAD,
+    ("image", "load"): _LOAD,
 }
 
 
@@ -173,6 +197,9 @@ def _parse(tokens: list[str], options: Options, stop_at_positional: bool) -> tup
 
 
 def _arity_ok(arity: str, count: int) -> bool:
+    """ "none", "one", "some" (one or two: a source and an optional reference) or "many"."""
+    if arity == "some":
+        return count in (1, 2)
     return count == 0 if arity == "none" else count == 1 if arity == "one" else count > 0
 
 
@@ -183,11 +210,14 @@ def _command(rest: list[str]) -> tuple[_Command, list[str]] | None:
     return None
 
 
-def plan(argv: list[str], environ: Mapping[str, str] = os.environ) -> tuple[App, _Command, dict[str, Any]] | None:
+def plan(
+    argv: list[str], environ: Mapping[str, str] = os.environ, cwd: str = "", interactive: bool | None = None
+) -> tuple[App, _Command, dict[str, Any]] | None:
     """What to run for `argv`, or None to leave the command line to click (nothing done yet).
 
-    `environ` holds the variables the options fall back on (the store service passes
-    its client's)."""
+    `environ` holds the variables the options fall back on, `cwd` the directory relative
+    paths are resolved against and `interactive` whether the output goes to a terminal
+    (the store service passes its client's; by default, this process's)."""
     parsed = _parse(argv, _GLOBAL, stop_at_positional=True)
     if parsed is None or not parsed[1]:
         return None
@@ -196,6 +226,8 @@ def plan(argv: list[str], environ: Mapping[str, str] = os.environ) -> tuple[App,
     if found is None:
         return None
     command, tail = found
+    if command.batch and (sys.stdout.isatty() and sys.stderr.isatty() if interactive is None else interactive):
+        return None
     parsed = _parse(tail, command.options, stop_at_positional=False)
     if parsed is None:
         return None
@@ -205,7 +237,9 @@ def plan(argv: list[str], environ: Mapping[str, str] = os.environ) -> tuple[App,
     for dest, allowed in command.choices.items():
         if dest in values and values[dest] not in allowed:
             return None
-    arguments = {**command.defaults, **values, "args": tuple(args)}
+    arguments = {**command.defaults, **values, "args": tuple(args), "cwd": cwd}
+    if command.batch and "-" in (*args[:1], arguments.get("source")):
+        return None  # from stdin: the service could not read it
     storage_opts = split_opts(arguments.pop("opts", []))
     driver_opts = split_opts(globals_.get("opts", []))
     limit_opts = split_opts(globals_.get("limits", []))

@@ -7,7 +7,10 @@ has the protocol); it is parsed by the fast path's own parser and run by the sam
 bodies (`cowstore.cli.fast`, `cowstore.cli.verbs`) with stdout and stderr captured, so
 what the client prints, and its exit code, are what the command run in-process gives.
 
-The service runs nothing else: a command line the fast path would leave to click, or
+`import` and `load` of a file run there too: the service opens the file, named relative to
+the client's directory, as the client would (it serves only its own uid); from stdin, or
+with a terminal to draw a progress bar on, they run in the client. The service runs nothing
+else: a command line the fast path would leave to click, or
 one naming another root, driver or options than the service's, is declined and the
 client runs it itself. Requests are read concurrently (a slow client holds up nobody)
 and run one at a time; other processes may use the same root meanwhile, as the store
@@ -234,7 +237,7 @@ class StoreService:
 
     def run(self, cwd: str, root: str, driver: str, argv: list[str]) -> bytes:
         """Run one command line as `cowstore` would in the client's place, or decline it."""
-        planned = fast.plan(argv, {"COWSTORE_ROOT": root, "COWSTORE_DRIVER": driver})
+        planned = fast.plan(argv, {"COWSTORE_ROOT": root, "COWSTORE_DRIVER": driver}, cwd, interactive=False)
         if planned is None:
             return _DECLINED
         request, command, arguments = planned

@@ -7,6 +7,7 @@ Each takes the open store and the parsed arguments and prints through
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -115,6 +116,33 @@ def remove(store: Store, containers: tuple[str, ...], force: bool) -> None:
     for ref in containers:
         store.containers.remove(ref, force=force)
         echo(ref)
+
+
+def import_rootfs(store: Store, cwd: str, source: str, reference: str | None, message: str) -> None:
+    """`import FILE [REF]`: prints the new image's id. `source` is relative to `cwd` (the
+    client's, when the store service runs the command)."""
+    import pathlib
+
+    from cowstore.images import import_rootfs as import_tar
+    from cowstore.images.sources import open_input
+
+    with open_input(os.path.join(cwd, source), shown=source) as handle:
+        image = import_tar(store.images, handle, pathlib.Path(source).name, tag=reference, message=message)
+    echo(image.id)
+
+
+def load(store: Store, cwd: str, source: str, quiet: bool) -> None:
+    """`load -i FILE`: a line per image loaded (its id with `quiet`), as `docker load` prints."""
+    from cowstore.images import load as load_images
+
+    for image in load_images(store.images, os.path.join(cwd, source), shown=source):
+        if quiet:
+            echo(image.id)
+            continue
+        for tag in image.tags:
+            echo(f"Loaded image: {tag}")
+        if not image.tags:
+            echo(f"Loaded image ID: {image.id}")
 
 
 def image_details(store: Store, ref: str) -> dict[str, Any]:

@@ -232,19 +232,25 @@ def opener(tree: TarTree | DirTree, name: str) -> Callable[[], BinaryIO]:
 
 @contextlib.contextmanager
 def open_tree(
-    source: str | os.PathLike | BinaryIO, spool_dir: pathlib.Path, limits: Limits | None = None
+    source: str | os.PathLike | BinaryIO,
+    spool_dir: pathlib.Path,
+    limits: Limits | None = None,
+    shown: str | None = None,
 ) -> Iterator[TarTree | DirTree]:
-    """A TarTree or DirTree for a path (directory or tar, `-` is stdin) or an open stream."""
+    """A TarTree or DirTree for a path (directory or tar, `-` is stdin) or an open stream.
+
+    Messages name the path as `shown` when given (the path as the user typed it)."""
     if hasattr(source, "read"):
         tree: TarTree | DirTree = TarTree(source, "input", spool_dir, limits)  # type: ignore[arg-type]
     else:
         path = pathlib.Path(source)
+        what = shown or str(path)
         if path.is_dir():
-            tree = DirTree(path, str(path))
+            tree = DirTree(path, what)
         else:
-            handle = open_input(path)
+            handle = open_input(path, shown=what)
             try:
-                tree = TarTree(handle, str(path), spool_dir, limits, own=True)
+                tree = TarTree(handle, what, spool_dir, limits, own=True)
             except BaseException:
                 handle.close()
                 raise
@@ -256,9 +262,10 @@ def open_tree(
         tree.close()
 
 
-def open_input(path: str | os.PathLike) -> BinaryIO:
-    """Open an archive file for reading; failure is a BadImageArchive naming the file."""
+def open_input(path: str | os.PathLike, shown: str | None = None) -> BinaryIO:
+    """Open an archive file for reading; failure is a BadImageArchive naming the file
+    (as `shown`, when given)."""
     try:
         return open(path, "rb")
     except OSError as exc:
-        raise BadImageArchive(f"cannot open {os.fspath(path)}: {exc.strerror}") from None
+        raise BadImageArchive(f"cannot open {shown or os.fspath(path)}: {exc.strerror}") from None

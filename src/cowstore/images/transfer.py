@@ -27,9 +27,15 @@ def _layout_name(source: str | os.PathLike | BinaryIO) -> str | None:
     return name if re.fullmatch(r"[a-z0-9]+(?:[._-][a-z0-9]+)*", name) else None
 
 
-def load(images: ImageStore, source: str | os.PathLike | BinaryIO, progress: Progress | None = None) -> list[Image]:
-    """Import every image of a docker-save archive or an OCI layout (directory or tar)."""
-    with space_errors("loading images"), open_tree(source, images.layers.tmp, images.layers.limits) as tree:
+def load(
+    images: ImageStore,
+    source: str | os.PathLike | BinaryIO,
+    progress: Progress | None = None,
+    shown: str | None = None,
+) -> list[Image]:
+    """Import every image of a docker-save archive or an OCI layout (directory or tar);
+    messages name a path `source` as `shown`, when given."""
+    with space_errors("loading images"), open_tree(source, images.layers.tmp, images.layers.limits, shown) as tree:
         if dockerarchive.is_docker_archive(tree):
             sources = dockerarchive.read_sources(tree)
         elif ocilayout.is_oci_layout(tree):

@@ -150,10 +150,8 @@ class LayerStore:
                 parent_cache = parent_layer.cache_id if parent_layer else None
                 self.driver.create(cache_id, parent_cache)
                 size, diff_id, split = extract(
-                    self.driver, cache_id, parent_cache, stream, self.limits, expected_diff_id
+                    self.driver, cache_id, parent_cache, stream, self.limits, expected_diff_id, durable=self.sync
                 )
-                if self.sync:
-                    fsutil.syncfs(self.driver.home)
                 fault("register:after-apply")
                 return self._publish(cache_id, chain_id(parent, diff_id), diff_id, parent_layer, size, split, lease)
             except BaseException:

@@ -13,21 +13,17 @@ their service.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from cowstore.app.bench.experiments.base import Context, Metric, Point, Result, Verdict
 from cowstore.app.bench.experiments.common import unique
 from cowstore.app.bench.experiments.edges import (
-    CAVEAT,
-    EDGE_DRIVERS,
     EdgeExperiment,
     Engine,
-    ServedDriver,
     versus_docker,
 )
 from cowstore.app.bench.scale import Scale
-from cowstore.app.bench.subjects import DriverSubject, Subject
+from cowstore.app.bench.subjects import Subject
 
 CREATE_MOUNT = "create --mount"
 TWO_CALLS = "create, then mount"
@@ -51,19 +47,11 @@ class CliRoundTrip(EdgeExperiment):
     def rounds(self, scale: Scale) -> int:
         return 3
 
-    def subjects(self, run: Sequence[Subject], ctx: Context) -> Sequence[Subject]:
-        """The run's subjects, and each edge driver once more through its store service."""
-        edge = [s for s in run if isinstance(s, DriverSubject) and s.driver_name in EDGE_DRIVERS]
-        return [*run, *(ServedDriver(s) for s in edge)]
+    served = True
 
     def caveat(self, subject: Subject) -> str | None:
-        if isinstance(subject, ServedDriver):
-            return (
-                "measured through the `cowstore` command with `cowstore system service` running on its root "
-                "(started before the samples): the hot commands go to the service through the thin client"
-            )
         if subject.kind == "driver":
-            return CAVEAT
+            return super().caveat(subject)
         if not subject.mountable:
             return "both create points are `docker create` alone (no mount command)"
         return "both create points are `create` then `mount` (no one-call form)"

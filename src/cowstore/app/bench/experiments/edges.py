@@ -27,6 +27,7 @@ import sysconfig
 import tarfile
 import tempfile
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from cowstore.app.bench.cli_peer import CliPeer
@@ -322,17 +323,34 @@ CAVEAT = (
 )
 
 
+SERVED_CAVEAT = (
+    "measured through the `cowstore` command with `cowstore system service` running on its root "
+    "(started before the samples): the command goes to the service through the thin client"
+)
+
+
 class EdgeExperiment(Experiment):
     """An experiment at the edges: the two images as points, overlay2 and the peers as
-    subjects, an :class:`Engine` as `state["engine"]`, closed at the end."""
+    subjects, an :class:`Engine` as `state["engine"]`, closed at the end. With `served`,
+    each edge driver is measured once more through its store service."""
+
+    served = False
 
     def points(self, scale: Scale) -> list[Point]:
         return [FAT, MANY]
+
+    def subjects(self, run: Sequence[Subject], ctx: Context) -> Sequence[Subject]:
+        if not self.served:
+            return run
+        edge = [s for s in run if isinstance(s, DriverSubject) and s.driver_name in EDGE_DRIVERS]
+        return [*run, *(ServedDriver(s) for s in edge)]
 
     def supports(self, subject: Subject) -> str | None:
         return supports_edge(subject)
 
     def caveat(self, subject: Subject) -> str | None:
+        if isinstance(subject, ServedDriver):
+            return SERVED_CAVEAT
         return CAVEAT if subject.kind == "driver" else None
 
     def finish(self, subject: Subject, state: Any) -> None:
