@@ -24,6 +24,8 @@ import pytest
 from cowstore.cli.client import MAGIC
 from cowstore.host.service import listening
 
+from ..support.tars import E, build
+
 IMAGE = "busybox-demo"
 # Run a command line through the console entry point; the modules it loaded go to $PROBE_OUT.
 _PROBE = """
@@ -51,18 +53,21 @@ class Cli:
         self.env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), PROBE_OUT=str(self.probe_out))
         self.env.pop("COWSTORE_HOST", None)
 
-    def __call__(self, *args: str, direct: bool = False) -> subprocess.CompletedProcess[str]:
+    def __call__(
+        self, *args: str, direct: bool = False, cwd: pathlib.Path | None = None, stdin: bytes | None = None
+    ) -> subprocess.CompletedProcess[str]:
         """One command; `direct` runs it in its own process (a socket no service listens on)."""
         host = ["--host", f"unix://{self.root}/none.sock"] if direct else []
         argv = [sys.executable, "-c", _PROBE, "--root", str(self.root), "--driver", "vfs", *host, *args]
-        return subprocess.run(argv, capture_output=True, text=True, env=self.env, check=False, timeout=60)
+        done = subprocess.run(argv, capture_output=True, input=stdin, env=self.env, check=False, timeout=60, cwd=cwd)
+        return subprocess.CompletedProcess(argv, done.returncode, done.stdout.decode(), done.stderr.decode())
 
     def modules(self) -> set[str]:
         return set(self.probe_out.read_text().split())
 
-    def served(self, *args: str) -> subprocess.CompletedProcess[str]:
+    def served(self, *args: str, cwd: pathlib.Path | None = None) -> subprocess.CompletedProcess[str]:
         """One command, asserting the service answered it (the client loaded no store)."""
-        done = self(*args)
+        done = self(*args, cwd=cwd)
         assert not self.modules() & set(_NOT_ON_CLIENT_PATH), args
         return done
 
@@ -164,6 +169,26 @@ def test_every_hot_command_prints_the_same_through_the_service(cli: Cli, service
         done = cli.served(*args)
         assert (done.returncode, done.stdout, done.stderr) == (0, f"{args[-1]}\n", ""), args
     assert cli.served("ps", "-aq").stdout == ""
+
+
+def test_import_and_load_of_a_file_run_in_the_service(cli: Cli, service: Service, tmp_path: pathlib.Path) -> None:
+    """Paths are the client's, relative to its directory; output and errors are as in-process."""
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "rootfs.tar").write_bytes(build(E("etc", "dir", mode=0o755), E("etc/motd", data=b"hello\n")))
+    assert cli("save", "-o", str(work / "saved.tar"), IMAGE, direct=True).returncode == 0
+    imported = cli.served("import", "rootfs.tar", "motd:1", cwd=work)
+    assert imported.returncode == 0 and imported.stdout.startswith("sha256:"), imported.stderr
+    again = cli.served("image", "import", "-m", "again", "rootfs.tar", "motd:2", cwd=work)
+    assert again.returncode == 0 and again.stdout.startswith("sha256:"), again.stderr
+    assert '"again"' in cli("image", "history", "--format", "json", "motd:2", direct=True).stdout
+    assert cli("rmi", IMAGE, direct=True).returncode == 0
+    loaded = cli.served("load", "-i", "saved.tar", cwd=work)
+    assert (loaded.returncode, loaded.stdout) == (0, f"Loaded image: {IMAGE}:latest\n"), loaded.stderr
+    for args in (("load", "-q", "--input", "saved.tar"), ("import", "missing.tar"), ("load", "-i", "missing.tar")):
+        _same(cli.served(*args, cwd=work), cli(*args, direct=True, cwd=work))
+    from_stdin = cli("import", "-", "motd:3", stdin=(work / "rootfs.tar").read_bytes())
+    assert from_stdin.returncode == 0 and "cowstore.store" in cli.modules()
 
 
 def test_what_the_service_declines_runs_in_the_client(cli: Cli, service: Service) -> None:
