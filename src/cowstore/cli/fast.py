@@ -62,7 +62,7 @@ class _Command:
         batch: bool = False,
     ) -> None:
         self.options = options
-        self.arity = arity  # "none", "one" or "many"
+        self.arity = arity  # "none", "one", "some" or "many": see _arity_ok
         self.body = body
         self.choices = choices or {}
         self.defaults = defaults or {}

@@ -90,14 +90,7 @@ def image_load(source: str, quiet: bool) -> None:
     store = app().store
     with progress("loading") as update:
         loaded = imagelib.load(store.images, _open_input(source), update)
-    for image in loaded:
-        if quiet:
-            click.echo(image.id)
-            continue
-        for tag in image.tags:
-            click.echo(f"Loaded image: {tag}")
-        if not image.tags:
-            click.echo(f"Loaded image ID: {image.id}")
+    verbs.report_loaded(loaded, quiet)
 
 
 @image_group.command("save")

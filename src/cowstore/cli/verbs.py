@@ -15,6 +15,7 @@ from cowstore.cli.render import ago, echo, emit_json, table
 from cowstore.units import human_size
 
 if TYPE_CHECKING:
+    from cowstore.images import Image
     from cowstore.store import Store
 
 
@@ -135,7 +136,12 @@ def load(store: Store, cwd: str, source: str, quiet: bool) -> None:
     """`load -i FILE`: a line per image loaded (its id with `quiet`), as `docker load` prints."""
     from cowstore.images import load as load_images
 
-    for image in load_images(store.images, os.path.join(cwd, source), shown=source):
+    report_loaded(load_images(store.images, os.path.join(cwd, source), shown=source), quiet)
+
+
+def report_loaded(loaded: list[Image], quiet: bool) -> None:
+    """What `load` prints: a line per tag (or the id of an untagged image), ids alone with `quiet`."""
+    for image in loaded:
         if quiet:
             echo(image.id)
             continue

@@ -52,7 +52,7 @@ class _VerifyAtEnd:
     extracted, so a blob whose digest does not match never reaches the driver.
     """
 
-    def __init__(self, plain: BinaryIO, raw: DigestingReader, expected: str | None, what: str) -> None:
+    def __init__(self, plain: BinaryIO, raw: DigestingReader, expected: str, what: str) -> None:
         self._plain = plain
         self._raw = raw
         self._expected = expected
@@ -60,7 +60,7 @@ class _VerifyAtEnd:
 
     def read(self, n: int = -1) -> bytes:
         data = self._plain.read(n)
-        if not data and self._expected is not None:
+        if not data:
             self._raw.drain()
             self._raw.verify(self._expected, self._what)
         return data
@@ -119,13 +119,14 @@ def import_image(
 
 
 def _register(layers: LayerStore, blob: LayerBlob, parent: str | None, diff_id: str, lease: str) -> Layer:
+    """Register one blob as a layer; a blob whose own digest is unknown (docker-save's
+    `<id>/layer.tar`) is checked by its diff id alone, so its bytes are hashed once."""
     with blob.open() as handle:
-        raw = DigestingReader(handle)
-        plain, _ = decompressed(raw, blob.what)
+        raw = DigestingReader(handle) if blob.digest is not None else None
+        plain, _ = decompressed(raw or handle, blob.what)
+        stream = _VerifyAtEnd(plain, raw, blob.digest, blob.what) if raw is not None else plain
         try:
-            return layers.register(
-                _VerifyAtEnd(plain, raw, blob.digest, blob.what), parent, expected_diff_id=diff_id, lease=lease
-            )
+            return layers.register(stream, parent, expected_diff_id=diff_id, lease=lease)
         except DigestMismatch as exc:
             raise DigestMismatch(f"{blob.what}: {exc}") from None
         finally:

@@ -123,7 +123,11 @@ class TarTree:
 
     def open(self, name: str) -> BinaryIO:
         member = self._resolve(name)
-        handle = self._tar.extractfile(member)
+        handle: IO[bytes] | _Window | None
+        if member.issparse():
+            handle = self._tar.extractfile(member)
+        else:
+            handle = _Window(self._spool.fileno(), member.offset_data, member.size)
         if handle is None:
             raise BadImageArchive(f"{self.what}: cannot read {name}")
         return _Checked(handle, member.size, f"{self.what}: {name}")  # type: ignore[return-value]
@@ -136,10 +140,36 @@ class TarTree:
             return handle.read()
 
 
+class _Window:
+    """A member's bytes read straight from the archive file with pread.
+
+    No file position is shared, so members can be read at the same time (the layers of
+    one image are), and no layer of tarfile's own buffering stands between the file and
+    the reader.
+    """
+
+    def __init__(self, fd: int, offset: int, size: int) -> None:
+        self._fd = fd
+        self._offset = offset
+        self._left = size
+
+    def read(self, n: int = -1) -> bytes:
+        n = self._left if n is None or n < 0 else min(n, self._left)
+        if n <= 0:
+            return b""
+        data = os.pread(self._fd, n, self._offset)
+        self._offset += len(data)
+        self._left -= len(data)
+        return data
+
+    def close(self) -> None:
+        """Nothing to release: the archive file is the tree's."""
+
+
 class _Checked:
     """A member stream whose short reads (a truncated archive) raise BadImageArchive."""
 
-    def __init__(self, handle: IO[bytes], size: int, what: str) -> None:
+    def __init__(self, handle: IO[bytes] | _Window, size: int, what: str) -> None:
         self._handle = handle
         self._left = size
         self._what = what
