@@ -15,6 +15,7 @@ import posixpath
 import stat
 import tarfile
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from typing import IO, BinaryIO, Self
 
@@ -55,6 +56,8 @@ class TarTree:
     ) -> None:
         self.what = what
         self.copied = True
+        # Member streams seek the one spool file before each read: a read must not interleave.
+        self._lock = threading.Lock()
         limits = limits or Limits()
         try:
             plain, kind = decompressed(stream, what)
@@ -122,11 +125,13 @@ class TarTree:
         raise BadImageArchive(f"{self.what}: too many levels of links at {name}")
 
     def open(self, name: str) -> BinaryIO:
+        """Member `name` as a stream; streams of one tree may be read in different threads."""
         member = self._resolve(name)
-        handle = self._tar.extractfile(member)
+        with self._lock:
+            handle = self._tar.extractfile(member)
         if handle is None:
             raise BadImageArchive(f"{self.what}: cannot read {name}")
-        return _Checked(handle, member.size, f"{self.what}: {name}")  # type: ignore[return-value]
+        return _Checked(handle, member.size, f"{self.what}: {name}", self._lock)  # type: ignore[return-value]
 
     def read(self, name: str, limit: int = MAX_JSON) -> bytes:
         member = self._resolve(name)
@@ -139,14 +144,16 @@ class TarTree:
 class _Checked:
     """A member stream whose short reads (a truncated archive) raise BadImageArchive."""
 
-    def __init__(self, handle: IO[bytes], size: int, what: str) -> None:
+    def __init__(self, handle: IO[bytes], size: int, what: str, lock: threading.Lock) -> None:
         self._handle = handle
         self._left = size
         self._what = what
+        self._lock = lock
 
     def read(self, n: int = -1) -> bytes:
         try:
-            data = self._handle.read(n)
+            with self._lock:
+                data = self._handle.read(n)
         except (tarfile.TarError, OSError, EOFError) as exc:
             raise BadImageArchive(f"{self._what}: archive is truncated or corrupt ({exc})") from None
         self._left -= len(data)

@@ -66,19 +66,31 @@ class Ingest(DigestingReader):
 
 
 def extract(
-    driver: Driver, id: str, parent: str | None, stream: Reader, limits: Limits, expected_diff_id: str | None
+    driver: Driver,
+    id: str,
+    parent: str | None,
+    stream: Reader,
+    limits: Limits,
+    expected_diff_id: str | None,
+    *,
+    detached: bool = False,
 ) -> tuple[int, str, bytes]:
     """Extract the layer tar `stream` into driver layer `id` in one pass: (size, diff id, tar-split).
 
     The tar is hashed, bounded and recorded (tar-split) as the driver reads it; a
     stream that does not hash to `expected_diff_id` raises DigestMismatch once read,
     also when its tar broke first (a corrupt blob is named as such). The caller
-    abandons the layer on any error.
+    abandons the layer on any error. `detached` runs only the driver's first phase
+    (`apply_detached`): the caller finishes the layer once its parent is complete.
     """
     source = Ingest(stream, limits, driver.home)
     recorder = Recorder()
     try:
-        size = driver.apply_diff(id, parent, Observed(source, recorder, limits))  # type: ignore[arg-type]
+        observed = Observed(source, recorder, limits)
+        if detached:
+            size = driver.apply_detached(id, observed)  # type: ignore[arg-type]
+        else:
+            size = driver.apply_diff(id, parent, observed)  # type: ignore[arg-type]
         source.finish()
     except ArchiveError:
         if expected_diff_id is not None:
