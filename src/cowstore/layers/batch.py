@@ -119,11 +119,12 @@ def register_chain(
             with concurrent.futures.ThreadPoolExecutor(WORKERS, thread_name_prefix="extract") as pool:
                 try:
                     futures = [pool.submit(_extract, store, slot, stop) for slot in slots]
-                    return _finish_in_order(store, slots, futures, base, lease, on_layer)
-                except BaseException:
-                    stop.set()
+                    done = _finish_in_order(store, slots, futures, base, lease, on_layer)
+                finally:
+                    stop.set()  # what still runs (after a failure, or a layer another import won) stops
                     pool.shutdown(wait=True, cancel_futures=True)
-                    raise
+            _drop_unpublished(store, slots)  # the layers above one another import won, if any
+            return done
         except BaseException:
             _abandon(store, slots, lease)
             raise
@@ -192,12 +193,15 @@ def _finish_in_order(
             if existing is not None:  # a concurrent import of the same layer won: the rest goes on top of it
                 slot.layer = existing
                 done.append(existing)
-                _drop_unpublished(store, slots[index:])
                 return done
             depth = (below.depth + 1) if below is not None else 1
             parent_chain = below.chain_id if below is not None else None
             store.records.publish(slot.cache_id, slot.chain, diff_id, size, depth, split, lease, parent_chain)
             slot.layer = store.get(slot.chain)
+        if slot.op is not None:  # published: no longer an operation a crash leaves half done
+            slot.op.release()
+            slot.op = None
+        fault("register-chain:after-publish")
         done.append(slot.layer)
         below = slot.layer
     return done
@@ -211,8 +215,7 @@ def _drop_unpublished(store: LayerStore, slots: Sequence[_Slot]) -> None:
                 if slot.made:
                     store.driver.remove(slot.cache_id)
                     slot.made = False
-                if slot.op is not None:
-                    store.records.delete_layer(slot.cache_id)
+                store.records.delete_layer(slot.cache_id)
 
 
 def _abandon(store: LayerStore, slots: list[_Slot], lease: str | None) -> None:
