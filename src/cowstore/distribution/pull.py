@@ -8,8 +8,8 @@ download never waits for the extraction of the layer below it, and the extractio
 waits for a whole blob. Where the driver applies detached, two layers extract at once
 and are published in order (`LayerStore.register_chain`); elsewhere one after another.
 A layer becomes visible only after the blob's size and digest and the layer's diff id
-are checked. Everything is taken under a lease:
-a failure or a kill leaves no layer and no image behind.
+are checked. Everything is taken under a lease: a failure or a kill leaves no layer and
+no image behind.
 """
 
 from __future__ import annotations
