@@ -30,6 +30,7 @@ from cowstore.errors import CowstoreError, MaxDepthExceeded, Unavailable, space_
 from cowstore.host import fsutil
 from cowstore.layers import ingest
 from cowstore.layers.faults import fault
+from cowstore.layers.store import MAX_DEPTH
 
 if TYPE_CHECKING:
     from cowstore.layers.lock import OperationLock
@@ -103,8 +104,6 @@ def register_chain(
             check_digest(item.diff_id)
         base = store.get(parent) if parent is not None else None
         depth = base.depth if base is not None else 0
-        from cowstore.layers.store import MAX_DEPTH
-
         if depth + len(pending) > MAX_DEPTH:
             raise MaxDepthExceeded()
         slots: list[_Slot] = []
