@@ -13,12 +13,11 @@ from cowstore.distribution.records import DistributionRecords
 from cowstore.errors import CowstoreError
 from cowstore.host import mounts
 from cowstore.images import load
-from cowstore.layers import LayerStore
 from cowstore.store import Store
 from tests.distribution.conftest import Recorder, image_files, settings
 from tests.images.imagearchives import docker_archive, sha
 from tests.support.registry import RegistryServer
-from tests.support.stores import store_or_skip
+from tests.support.stores import chain_batches, store_or_skip
 from tests.support.tars import E, build, layer_tar
 
 LAYERS = [
@@ -35,14 +34,7 @@ def test_pull_extracts_side_by_side(
     [image] = load(store.images, io.BytesIO(docker_archive([(LAYERS, ["side:1"])], "gzip")))
     ref = f"{plain_registry.host}/team/side:1"
     Pusher(store, settings()).push("side:1", ref)
-    batches: list[int] = []
-    real = LayerStore.register_chain
-
-    def spy(self: LayerStore, pending, *args, **kwargs):  # type: ignore[no-untyped-def]
-        batches.append(len(pending))
-        return real(self, pending, *args, **kwargs)
-
-    monkeypatch.setattr(LayerStore, "register_chain", spy)
+    batches = chain_batches(monkeypatch)
     with store_or_skip(tmp_path / "overlay2", "overlay2") as other:
         recorder = Recorder()
         [pulled] = Puller(other, settings(), recorder).pull(ref)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import pathlib
+import tarfile
 from collections.abc import Iterator
 
 import pytest
@@ -12,13 +14,13 @@ import pytest
 from cowstore.errors import CowstoreError, DigestMismatch
 from cowstore.host import mounts
 from cowstore.images import load
-from cowstore.layers import LayerStore
+from cowstore.layers import batch
 from cowstore.store import Store
 
-from ..support.stores import store_or_skip
+from ..support.stores import chain_batches, store_or_skip
 from ..support.tars import E, build, layer_tar
 from ..support.trees import dir_tree
-from .imagearchives import docker_archive, oci_layout, sha
+from .imagearchives import config_for, docker_archive, oci_layout, sha, tar_of
 
 LAYERS = [
     layer_tar({f"usr/lib/f{n}": bytes([n]) * 300 for n in range(60)}, ("usr", "usr/lib", "etc")),
@@ -32,22 +34,13 @@ LAYERS = [
 @pytest.fixture(params=["overlay2", "aufs"])
 def store(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Iterator[Store]:
     with store_or_skip(tmp_path / request.param, request.param) as s:
-        assert s.layers.registers_concurrently()
+        assert batch.applies(s.layers)
         yield s
 
 
 @pytest.fixture
 def batches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """How many layers each register_chain call was given."""
-    calls: list[int] = []
-    real = LayerStore.register_chain
-
-    def spy(self: LayerStore, pending, *args, **kwargs):  # type: ignore[no-untyped-def]
-        calls.append(len(pending))
-        return real(self, pending, *args, **kwargs)
-
-    monkeypatch.setattr(LayerStore, "register_chain", spy)
-    return calls
+    return chain_batches(monkeypatch)
 
 
 def _top_tree(store: Store, image_top: str) -> object:
@@ -113,20 +106,12 @@ def test_a_corrupt_middle_layer_leaves_nothing(store: Store, tmp_path: pathlib.P
 
 
 def _config_with_wrong(layers: list[bytes], index: int) -> bytes:
-    import json
-
-    from .imagearchives import config_for
-
     config = json.loads(config_for(layers))
     config["rootfs"]["diff_ids"][index] = sha(b"something else")
     return json.dumps(config).encode()
 
 
 def _truncated_member(archive: bytes, index: int) -> bytes:
-    import tarfile
-
-    from .imagearchives import tar_of
-
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         members = {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}  # type: ignore[union-attr]
     name = sorted(n for n in members if n.endswith("layer.tar") and members[n] == gzip.compress(LAYERS[index], mtime=0))

@@ -18,7 +18,7 @@ from cowstore.drivers import open_driver
 from cowstore.errors import DigestMismatch, NotSupported
 from cowstore.host import mounts
 from cowstore.layers import LayerStore
-from cowstore.layers.batch import PendingLayer
+from cowstore.layers.batch import PendingLayer, applies, register_chain
 
 from ..support.tars import E, build, layer_tar
 
@@ -46,7 +46,7 @@ def store(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Iterator[La
     except NotSupported as exc:
         pytest.skip(str(exc))
     try:
-        assert s.registers_concurrently()
+        assert applies(s)
         yield s
     finally:
         s.driver.cleanup()
@@ -62,7 +62,7 @@ def _state(store: LayerStore) -> tuple[object, ...]:
 def test_chain_is_the_sequential_chain(store: LayerStore) -> None:
     below = store.register(io.BytesIO(BELOW))
     seen: list[int] = []
-    layers = store.register_chain([_pending(t) for t in LAYERS], below.chain_id, on_layer=seen.append)
+    layers = register_chain(store, [_pending(t) for t in LAYERS], below.chain_id, on_layer=seen.append)
     assert seen == [0, 1, 2, 3]
     parent = below
     for layer, data in zip(layers, LAYERS, strict=True):
@@ -80,7 +80,7 @@ def test_a_corrupt_middle_layer_leaves_nothing(store: LayerStore) -> None:
     pending = [_pending(t) for t in LAYERS]
     pending[1] = _pending(LAYERS[1], sha256_bytes(b"something else"))
     with pytest.raises(DigestMismatch):
-        store.register_chain(pending, below.chain_id)
+        register_chain(store, pending, below.chain_id)
     assert _state(store) == before
     assert os.listdir(store.tmp) == []
     assert store.check(verify_content=True) == []
@@ -91,10 +91,10 @@ def test_a_concurrent_import_that_wins_a_layer_keeps_it(store: LayerStore) -> No
         if index == 1:  # another import publishes layer 1 while this one still extracts it
             store.register(io.BytesIO(LAYERS[1]), chain_id(None, sha256_bytes(LAYERS[0])))
 
-    layers = store.register_chain([_pending(t) for t in LAYERS], on_layer=other_import)
+    layers = register_chain(store, [_pending(t) for t in LAYERS], on_layer=other_import)
     assert len(layers) == 2
     assert layers[1].refcount == 2  # the winner's reference, and this call's
-    rest = store.register_chain([_pending(t) for t in LAYERS[2:]], layers[1].chain_id)
+    rest = register_chain(store, [_pending(t) for t in LAYERS[2:]], layers[1].chain_id)
     assert store.tar_stream(rest[-1].chain_id).read() == LAYERS[-1]
     assert sorted(store.driver.ids()) == sorted(layer.cache_id for layer in store.layers())
     assert store.check(verify_content=True) == []
@@ -105,13 +105,13 @@ import contextlib, io, os, sys
 from cowstore.digest import sha256_bytes
 from cowstore.drivers import open_driver
 from cowstore.layers import LayerStore
-from cowstore.layers.batch import PendingLayer
+from cowstore.layers.batch import PendingLayer, register_chain
 root, driver, below = sys.argv[1:4]
 store = LayerStore(root, open_driver(driver, os.path.join(root, driver)))
 tars = [bytes.fromhex(line) for line in sys.stdin.read().split()]
 pending = [PendingLayer(sha256_bytes(t), lambda t=t: contextlib.nullcontext(io.BytesIO(t))) for t in tars]
 with store.lease() as lease:
-    store.register_chain(pending, below, lease=lease)
+    register_chain(store, pending, below, lease=lease)
 """
 
 
@@ -137,7 +137,7 @@ def test_kill_mid_chain_leaves_only_what_was_stored(tmp_path: pathlib.Path, poin
         assert store.get(below.chain_id).refcount == 1
         assert sorted(store.driver.ids()) == [below.cache_id]
         assert store.tar_stream(below.chain_id).read() == BELOW
-        layers = store.register_chain([_pending(t) for t in LAYERS], below.chain_id)
+        layers = register_chain(store, [_pending(t) for t in LAYERS], below.chain_id)
         assert store.tar_stream(layers[-1].chain_id).read() == LAYERS[-1]
     finally:
         store.driver.cleanup()

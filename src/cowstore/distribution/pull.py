@@ -6,7 +6,7 @@ neither downloaded nor extracted again. The others download up to three at once 
 blob store while the layer store extracts them, each reading its blob as it arrives: a
 download never waits for the extraction of the layer below it, and the extraction never
 waits for a whole blob. Where the driver applies detached, two layers extract at once
-and are published in order (`LayerStore.register_chain`); elsewhere one after another.
+and are published in order (`cowstore.layers.batch`); elsewhere one after another.
 A layer becomes visible only after the blob's size and digest and the layer's diff id
 are checked. Everything is taken under a lease: a failure or a kill leaves no layer and
 no image behind.
@@ -35,8 +35,7 @@ from cowstore.images.compression import decompressed
 from cowstore.images.config import MAX_JSON, diff_ids, parse_config
 from cowstore.images.reference import Remote, parse_remote
 from cowstore.images.store import Image
-from cowstore.layers import Layer
-from cowstore.layers.batch import PendingLayer
+from cowstore.layers import Layer, batch
 from cowstore.store import Store
 
 DOWNLOADS = 3  # layers downloading at once, as Docker's max-concurrent-downloads
@@ -138,12 +137,14 @@ class Puller:
                     downloads.schedule(manifest.layers[index])
                 index = have + 1
                 while index < len(chains):
-                    if layers.registers_concurrently() and len(chains) - index > 1:
+                    if batch.applies(layers) and len(chains) - index > 1:
                         pending = [
-                            PendingLayer(ids[i], functools.partial(downloads.layer_tar, manifest.layers[i], ids[i]))
+                            batch.PendingLayer(
+                                ids[i], functools.partial(downloads.layer_tar, manifest.layers[i], ids[i])
+                            )
                             for i in range(index, len(chains))
                         ]
-                        stored = layers.register_chain(pending, top, lease=lease)
+                        stored = batch.register_chain(layers, pending, top, lease=lease)
                     else:
                         stored = [downloads.apply(manifest.layers[index], top, ids[index], lease)]
                     for layer in stored:

@@ -23,8 +23,7 @@ from cowstore.images.compression import decompressed
 from cowstore.images.config import diff_ids, parse_config
 from cowstore.images.errors import BadImageArchive
 from cowstore.images.store import Image, ImageStore
-from cowstore.layers import Layer, LayerStore
-from cowstore.layers.batch import PendingLayer
+from cowstore.layers import Layer, LayerStore, batch
 from cowstore.layers.faults import fault
 
 Progress = Callable[[str, int, int], None]  # (what, index, total)
@@ -100,7 +99,7 @@ def import_image(
     """Register the layers of `source` bottom to top and publish the image.
 
     Where the driver applies detached and the blobs open independently, the layers not
-    yet stored are extracted side by side and published in order (`LayerStore.register_chain`).
+    yet stored are extracted side by side and published in order (`cowstore.layers.batch`).
 
     The returned image carries the tags this import gave it (what `load` reports), not
     tags it already had. With `reuse_layers`, a layer whose chain id is stored already
@@ -111,25 +110,25 @@ def import_image(
     expected = diff_ids(parse_config(source.raw_config))
     layers = images.layers
     total = len(expected)
-    side_by_side = layers.registers_concurrently() and all(blob.independent for blob in source.layers)
+    side_by_side = batch.applies(layers) and all(blob.independent for blob in source.layers)
     top: str | None = None
     with layers.lease() as lease:
         index = 0
         while index < total:
             chain = chain_id(top, expected[index])
             if side_by_side and total - index > 1 and not _stored(layers, chain):
-                batch = _register_chain(layers, source.layers[index:], expected[index:], top, lease, progress, index)
+                stored = _register_chain(layers, source.layers[index:], expected[index:], top, lease, progress, index)
             else:
                 if progress:
                     progress(source.layers[index].what, index, total)
                 present = layers.retain_if_present(chain, lease) if reuse_layers else None
-                batch = [present or _register(layers, source.layers[index], top, expected[index], lease)]
-            for layer in batch:
+                stored = [present or _register(layers, source.layers[index], top, expected[index], lease)]
+            for layer in stored:
                 if top is not None:
                     layers.release(top, lease)  # the new child keeps its parent alive
                 top = layer.chain_id
                 fault("import:after-layer")
-            index += len(batch)
+            index += len(stored)
         if progress:
             progress("done", total, total)
         image = images.add(source.raw_config, top, tags, lease=lease)
@@ -180,10 +179,10 @@ def _register_chain(
             progress(blobs[offset].what, first + offset, total)
 
     pending = [
-        PendingLayer(diff_id, functools.partial(_layer_tar, blob))
+        batch.PendingLayer(diff_id, functools.partial(_layer_tar, blob))
         for blob, diff_id in zip(blobs, diff_ids, strict=True)
     ]
-    return layers.register_chain(pending, parent, lease=lease, on_layer=on_layer)
+    return batch.register_chain(layers, pending, parent, lease=lease, on_layer=on_layer)
 
 
 def import_all(

@@ -81,17 +81,22 @@ class _Slot:
     layer: Layer | None = None  # published (or a concurrent import's, retained)
 
 
+def applies(store: LayerStore) -> bool:
+    """Whether `register_chain` may extract layers of `store` side by side (its driver applies detached)."""
+    return store.driver.applies_detached()
+
+
 def register_chain(
     store: LayerStore,
     pending: Sequence[PendingLayer],
-    parent: str | None,
+    parent: str | None = None,
     *,
     lease: str | None = None,
     on_layer: Callable[[int], None] | None = None,
 ) -> list[Layer]:
     """Store `pending` as a chain on top of `parent`; each layer returned with one more reference.
 
-    The caller knows the driver applies detached (`LayerStore.registers_concurrently`).
+    Only for a store whose driver applies detached (`applies`).
     Returns the layers published, bottom first; fewer than asked when a concurrent
     import of the same chain published one of them first: that one is returned
     (retained), and the caller registers the rest on top of it. `on_layer(i)` is called

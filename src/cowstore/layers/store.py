@@ -13,7 +13,7 @@ import contextlib
 import os
 import pathlib
 import sqlite3
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, BinaryIO
 
 from cowstore.archive.limits import Limits
@@ -41,7 +41,6 @@ from cowstore.metadata.db import DATABASE_FILE, Database
 
 if TYPE_CHECKING:
     from cowstore.archive.changes import Change
-    from cowstore.layers.batch import PendingLayer
     from cowstore.layers.consistency import Problem
 
 MAX_DEPTH = 1000  # a sanity bound; drivers enforce their own (overlay2: 500 lowers)
@@ -162,26 +161,6 @@ class LayerStore:
                 raise
             finally:
                 op.release()
-
-    def registers_concurrently(self) -> bool:
-        """Whether `register_chain` may extract layers side by side (the driver applies detached)."""
-        return self.driver.applies_detached()
-
-    def register_chain(
-        self,
-        pending: Sequence[PendingLayer],
-        parent: str | None = None,
-        *,
-        lease: str | None = None,
-        on_layer: Callable[[int], None] | None = None,
-    ) -> list[Layer]:
-        """Register a chain of layers whose diff ids are all known, extracting them concurrently.
-
-        See `cowstore.layers.batch.register_chain`; only for a store that `registers_concurrently`.
-        """
-        from cowstore.layers import batch
-
-        return batch.register_chain(self, pending, parent, lease=lease, on_layer=on_layer)
 
     def announce(self, op_id: str, record: Callable[[], None]) -> OperationLock:
         """Take the operation lock of `op_id`, then `record` the operation in state `creating`.
