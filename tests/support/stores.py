@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import pathlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
 
 from cowstore.errors import NotSupported
 from cowstore.host import mounts
+from cowstore.layers import Layer, LayerStore, batch
 from cowstore.store import Store
 
 
@@ -26,3 +27,16 @@ def store_or_skip(tmp_path: pathlib.Path, driver: str, **kwargs: Any) -> Iterato
     finally:
         store.shutdown()
         assert mounts.mounts_under(tmp_path) == []
+
+
+def chain_batches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """From now on, how many layers each `batch.register_chain` call is given (side by side)."""
+    calls: list[int] = []
+    real = batch.register_chain
+
+    def spy(store: LayerStore, pending: Sequence[batch.PendingLayer], *args: Any, **kwargs: Any) -> list[Layer]:
+        calls.append(len(pending))
+        return real(store, pending, *args, **kwargs)
+
+    monkeypatch.setattr(batch, "register_chain", spy)
+    return calls

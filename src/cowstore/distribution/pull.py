@@ -3,21 +3,26 @@
 The manifest (through any index, for the requested platform) and the config come first;
 the config's diff ids give every layer's chain id, so layers the store already holds are
 neither downloaded nor extracted again. The others download up to three at once into the
-blob store while the layer store extracts them in order, each reading its blob as it
-arrives: a download never waits for the extraction of the layer below it, and the
-extraction never waits for a whole blob. A layer becomes visible only after the blob's
-size and digest and the layer's diff id are checked. Everything is taken under a lease:
-a failure or a kill leaves no layer and no image behind.
+blob store while the layer store extracts them, each reading its blob as it arrives: a
+download never waits for the extraction of the layer below it, and the extraction never
+waits for a whole blob. Where the driver applies detached, two layers extract at once
+and are published in order (`cowstore.layers.batch`); elsewhere one after another.
+A layer becomes visible only after the blob's size and digest and the layer's diff id
+are checked. Everything is taken under a lease: a failure or a kill leaves no layer and
+no image behind.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import functools
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from cowstore.digest import chain_id
+from cowstore.digest import Reader, chain_id
 from cowstore.distribution import manifests
 from cowstore.distribution.blobstore import BlobStore, Cancelled, CountingReader, Ingest
 from cowstore.distribution.client import Registry, Settings
@@ -30,6 +35,7 @@ from cowstore.images.compression import decompressed
 from cowstore.images.config import MAX_JSON, diff_ids, parse_config
 from cowstore.images.reference import Remote, parse_remote
 from cowstore.images.store import Image
+from cowstore.layers import Layer, batch
 from cowstore.store import Store
 
 DOWNLOADS = 3  # layers downloading at once, as Docker's max-concurrent-downloads
@@ -129,12 +135,23 @@ class Puller:
             with _Downloads(self, registry, remote.path) as downloads:
                 for index in todo:
                     downloads.schedule(manifest.layers[index])
-                for index in todo:
-                    descriptor = manifest.layers[index]
-                    downloads.apply(descriptor, top, ids[index], lease)
-                    if top is not None:
-                        layers.release(top, lease)  # the new child keeps its parent alive
-                    top = chains[index]
+                index = have + 1
+                while index < len(chains):
+                    if batch.applies(layers) and len(chains) - index > 1:
+                        pending = [
+                            batch.PendingLayer(
+                                ids[i], functools.partial(downloads.layer_tar, manifest.layers[i], ids[i])
+                            )
+                            for i in range(index, len(chains))
+                        ]
+                        stored = batch.register_chain(layers, pending, top, lease=lease)
+                    else:
+                        stored = [downloads.apply(manifest.layers[index], top, ids[index], lease)]
+                    for layer in stored:
+                        if top is not None:
+                            layers.release(top, lease)  # the new child keeps its parent alive
+                        top = layer.chain_id
+                    index += len(stored)
                 for digest, record in downloads.committed.items():
                     self.records.add_blob(BlobRecord(digest, record[0], record[1], record[2], kept=True))
             image = self.store.images.add(raw_config, top, tags, lease=lease)
@@ -199,10 +216,22 @@ class _Downloads:
             raise
         self.progress.status(key, "Download complete")
 
-    def apply(self, descriptor: Descriptor, parent: str | None, diff_id: str, lease: str) -> None:
-        """Extract one layer from its blob (arriving or kept) on top of `parent`, under `lease`."""
+    def apply(self, descriptor: Descriptor, parent: str | None, diff_id: str, lease: str) -> Layer:
+        """Extract one layer from its blob (arriving or kept) on top of `parent`, under `lease`.
+
+        Should the download fail after all, the lease's release removes the layer.
+        """
+        with self.layer_tar(descriptor, diff_id) as plain:
+            return self.puller.store.layers.register(plain, parent, expected_diff_id=diff_id, lease=lease)
+
+    @contextlib.contextmanager
+    def layer_tar(self, descriptor: Descriptor, diff_id: str) -> Iterator[Reader]:
+        """The layer's uncompressed tar from its blob, arriving or kept (any thread may read it).
+
+        When the block ends, the download itself must have checked out, even if the
+        extraction stopped before the blob's end: only then is the blob kept.
+        """
         key = short(descriptor.digest)
-        layers = self.puller.store.layers
         self.progress.begin(key, "extract", descriptor.size)
         ingest = self.ingests.get(descriptor.digest)
         source: Any
@@ -215,7 +244,7 @@ class _Downloads:
         what = f"layer {descriptor.digest}"
         try:
             plain, _ = decompressed(source, what)
-            layer = layers.register(plain, parent, expected_diff_id=diff_id, lease=lease)
+            yield plain
         except DigestMismatch as exc:
             raise DigestMismatch(f"{what}: {exc}") from None
         except Cancelled:
@@ -225,11 +254,7 @@ class _Downloads:
                 source.close()
         future = self.futures.get(descriptor.digest)
         if future is not None:
-            try:
-                future.result()  # the blob itself checked out, even if extraction stopped before its end
-            except BaseException:
-                layers.release(layer.chain_id, lease)
-                raise
+            future.result()
             self.committed[ingest.digest] = (diff_id, descriptor.media_type, descriptor.size)  # type: ignore[union-attr]
         self.progress.status(key, "Pull complete")
 

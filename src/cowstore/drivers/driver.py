@@ -148,6 +148,34 @@ class Driver(abc.ABC):
     def apply_diff(self, id: str, parent: str | None, stream: BinaryIO) -> int:
         """Extract an uncompressed layer tar into `id`; return the sum of its entry sizes."""
 
+    def applies_detached(self) -> bool:
+        """Whether this driver offers `apply_detached` and `finish_apply` (a two-phase apply_diff).
+
+        A driver that keeps each layer's own changes in a directory of its own can
+        extract a layer before its parent holds anything, so the layer store extracts
+        the layers of one image side by side and only the short, parent-dependent step
+        runs in order (Docker extracts them one after another). A driver that builds a
+        layer from a copy or snapshot of its parent (vfs, btrfs, devicemapper, overlay)
+        cannot, and keeps the default: no, and apply_diff alone.
+        """
+        return False
+
+    def apply_detached(self, id: str, stream: BinaryIO) -> int:
+        """The first phase of apply_diff: extract what layer `id` itself holds; return its size.
+
+        `id` was made by `create` on its parent, which may still be empty or being
+        extracted by another thread: this phase reads and writes only `id`'s storage.
+        """
+        raise NotSupported(f"{self.name} cannot extract a layer before its parent")
+
+    def finish_apply(self, id: str, parent: str | None) -> None:
+        """The second phase: what apply_diff does against the parent's complete tree.
+
+        Called once `parent` (the layer `id` was created on) is complete; the two
+        phases together leave `id` as `apply_diff(id, parent, stream)` would.
+        """
+        raise NotSupported(f"{self.name} cannot extract a layer before its parent")
+
     @abc.abstractmethod
     def diff_size(self, id: str, parent: str | None = None) -> int:
         """Bytes of the changes of `id` against `parent`."""

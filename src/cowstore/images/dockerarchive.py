@@ -69,6 +69,7 @@ def read_sources(tree: TarTree | DirTree) -> list[ImageSource]:
                 open=opener(tree, name),
                 what=f"{tree.what}: {name}",
                 digest=_digest_in_name(name) if "blobs/" in name else None,
+                independent=True,
             )
             for name in layers
         ]

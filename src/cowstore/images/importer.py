@@ -9,19 +9,21 @@ it was.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from cowstore.digest import DigestingReader, chain_id, check_digest
-from cowstore.errors import DigestMismatch, InvalidDigest
+from cowstore.digest import DigestingReader, Reader, chain_id, check_digest
+from cowstore.errors import DigestMismatch, InvalidDigest, LayerNotFound
 from cowstore.images import reference
 from cowstore.images.compression import decompressed
 from cowstore.images.config import diff_ids, parse_config
 from cowstore.images.errors import BadImageArchive
 from cowstore.images.store import Image, ImageStore
-from cowstore.layers import Layer, LayerStore
+from cowstore.layers import Layer, LayerStore, batch
 from cowstore.layers.faults import fault
 
 Progress = Callable[[str, int, int], None]  # (what, index, total)
@@ -34,6 +36,9 @@ class LayerBlob:
     open: Callable[[], BinaryIO]
     what: str
     digest: str | None = None  # of the blob as stored (compressed), when known
+    # `open` may run in another thread beside the other blobs' (files, an archive's members):
+    # their layers may then be extracted side by side.
+    independent: bool = False
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,9 @@ def import_image(
 ) -> Image:
     """Register the layers of `source` bottom to top and publish the image.
 
+    Where the driver applies detached and the blobs open independently, the layers not
+    yet stored are extracted side by side and published in order (`cowstore.layers.batch`).
+
     The returned image carries the tags this import gave it (what `load` reports), not
     tags it already had. With `reuse_layers`, a layer whose chain id is stored already
     is not read again (as `docker load` does): for sources whose blobs are costly to
@@ -101,36 +109,87 @@ def import_image(
     tags = validate(source, what)
     expected = diff_ids(parse_config(source.raw_config))
     layers = images.layers
+    total = len(expected)
+    side_by_side = batch.applies(layers) and all(blob.independent for blob in source.layers)
     top: str | None = None
     with layers.lease() as lease:
-        for index, (blob, diff_id) in enumerate(zip(source.layers, expected, strict=True)):
-            if progress:
-                progress(blob.what, index, len(expected))
-            present = layers.retain_if_present(chain_id(top, diff_id), lease) if reuse_layers else None
-            layer = present or _register(layers, blob, top, diff_id, lease)
-            if top is not None:
-                layers.release(top, lease)  # the new child keeps its parent alive
-            top = layer.chain_id
-            fault("import:after-layer")
+        index = 0
+        while index < total:
+            chain = chain_id(top, expected[index])
+            if side_by_side and total - index > 1 and not _stored(layers, chain):
+                stored = _register_chain(layers, source.layers[index:], expected[index:], top, lease, progress, index)
+            else:
+                if progress:
+                    progress(source.layers[index].what, index, total)
+                present = layers.retain_if_present(chain, lease) if reuse_layers else None
+                stored = [present or _register(layers, source.layers[index], top, expected[index], lease)]
+            for layer in stored:
+                if top is not None:
+                    layers.release(top, lease)  # the new child keeps its parent alive
+                top = layer.chain_id
+                fault("import:after-layer")
+            index += len(stored)
         if progress:
-            progress("done", len(expected), len(expected))
+            progress("done", total, total)
         image = images.add(source.raw_config, top, tags, lease=lease)
         return dataclasses.replace(image, tags=tuple(tags))
 
 
-def _register(layers: LayerStore, blob: LayerBlob, parent: str | None, diff_id: str, lease: str) -> Layer:
-    """Register one blob as a layer; a blob whose own digest is unknown (docker-save's
-    `<id>/layer.tar`) is checked by its diff id alone, so its bytes are hashed once."""
+@contextlib.contextmanager
+def _layer_tar(blob: LayerBlob) -> Iterator[Reader]:
+    """The blob's uncompressed tar, checked against the blob's digest at its end. A blob
+    whose own digest is unknown (docker-save's `<id>/layer.tar`) is checked by its diff id
+    alone, when the layer store extracts it: its bytes are hashed once."""
     with blob.open() as handle:
-        raw = DigestingReader(handle) if blob.digest is not None else None
-        plain, _ = decompressed(raw or handle, blob.what)
-        stream = _VerifyAtEnd(plain, raw, blob.digest, blob.what) if raw is not None else plain
+        if blob.digest is None:
+            plain, _ = decompressed(handle, blob.what)
+            stream: Reader = plain
+        else:
+            raw = DigestingReader(handle)
+            plain, _ = decompressed(raw, blob.what)
+            stream = _VerifyAtEnd(plain, raw, blob.digest, blob.what)
         try:
-            return layers.register(stream, parent, expected_diff_id=diff_id, lease=lease)
+            yield stream
         except DigestMismatch as exc:
             raise DigestMismatch(f"{blob.what}: {exc}") from None
         finally:
             plain.close()
+
+
+def _stored(layers: LayerStore, chain: str) -> bool:
+    try:
+        layers.get(chain)
+    except LayerNotFound:
+        return False
+    return True
+
+
+def _register(layers: LayerStore, blob: LayerBlob, parent: str | None, diff_id: str, lease: str) -> Layer:
+    with _layer_tar(blob) as stream:
+        return layers.register(stream, parent, expected_diff_id=diff_id, lease=lease)
+
+
+def _register_chain(
+    layers: LayerStore,
+    blobs: list[LayerBlob],
+    diff_ids: list[str],
+    parent: str | None,
+    lease: str,
+    progress: Progress | None,
+    first: int,
+) -> list[Layer]:
+    """The layers from `first` up, extracted side by side: a load's layers are not yet stored."""
+    total = first + len(blobs)
+
+    def on_layer(offset: int) -> None:
+        if progress:
+            progress(blobs[offset].what, first + offset, total)
+
+    pending = [
+        batch.PendingLayer(diff_id, functools.partial(_layer_tar, blob))
+        for blob, diff_id in zip(blobs, diff_ids, strict=True)
+    ]
+    return batch.register_chain(layers, pending, parent, lease=lease, on_layer=on_layer)
 
 
 def import_all(

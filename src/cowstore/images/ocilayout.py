@@ -154,7 +154,7 @@ def _image_source(tree: TarTree | DirTree, descriptor: dict, what: str, tags: li
             raise BadImageArchive(f"{what}: layer {number} has unsupported media type {media!r}")
         if not tree.exists(path):
             raise BadImageArchive(f"{what}: layer blob {digest} is missing from the layout")
-        blobs.append(LayerBlob(open=opener(tree, path), what=f"{tree.what}: {path}", digest=digest))
+        blobs.append(LayerBlob(open=opener(tree, path), what=f"{tree.what}: {path}", digest=digest, independent=True))
     return ImageSource(raw_config, blobs, tags)
 
 

@@ -15,6 +15,7 @@ import posixpath
 import stat
 import tarfile
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from typing import IO, BinaryIO, Self
 
@@ -55,6 +56,9 @@ class TarTree:
     ) -> None:
         self.what = what
         self.copied = True
+        # Sparse members are read through tarfile, which seeks the one spool file before
+        # each read: such reads must not interleave (other members are read with pread).
+        self._lock = threading.Lock()
         limits = limits or Limits()
         try:
             plain, kind = decompressed(stream, what)
@@ -122,15 +126,16 @@ class TarTree:
         raise BadImageArchive(f"{self.what}: too many levels of links at {name}")
 
     def open(self, name: str) -> BinaryIO:
+        """Member `name` as a stream; streams of one tree may be read in different threads."""
         member = self._resolve(name)
-        handle: IO[bytes] | _Window | None
-        if member.issparse():
+        if not member.issparse():
+            window = _Window(self._spool.fileno(), member.offset_data, member.size)
+            return _Checked(window, member.size, f"{self.what}: {name}")  # type: ignore[return-value]
+        with self._lock:
             handle = self._tar.extractfile(member)
-        else:
-            handle = _Window(self._spool.fileno(), member.offset_data, member.size)
         if handle is None:
             raise BadImageArchive(f"{self.what}: cannot read {name}")
-        return _Checked(handle, member.size, f"{self.what}: {name}")  # type: ignore[return-value]
+        return _Checked(handle, member.size, f"{self.what}: {name}", self._lock)  # type: ignore[return-value]
 
     def read(self, name: str, limit: int = MAX_JSON) -> bytes:
         member = self._resolve(name)
@@ -169,14 +174,19 @@ class _Window:
 class _Checked:
     """A member stream whose short reads (a truncated archive) raise BadImageArchive."""
 
-    def __init__(self, handle: IO[bytes] | _Window, size: int, what: str) -> None:
+    def __init__(self, handle: IO[bytes] | _Window, size: int, what: str, lock: threading.Lock | None = None) -> None:
         self._handle = handle
         self._left = size
         self._what = what
+        self._lock = lock
 
     def read(self, n: int = -1) -> bytes:
         try:
-            data = self._handle.read(n)
+            if self._lock is None:
+                data = self._handle.read(n)
+            else:
+                with self._lock:
+                    data = self._handle.read(n)
         except (tarfile.TarError, OSError, EOFError) as exc:
             raise BadImageArchive(f"{self._what}: archive is truncated or corrupt ({exc})") from None
         self._left -= len(data)

@@ -11,6 +11,7 @@ FAULT_POINTS = (
     "register:after-insert",
     "register:after-apply",
     "release:after-mark",
+    "register-chain:after-publish",  # a batch: its first layer published, the rest still creating
     "create-rw:after-insert",
     "create-rw:after-init",
     "remove-rw:after-mark",

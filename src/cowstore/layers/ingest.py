@@ -114,6 +114,7 @@ def extract(
     expected_diff_id: str | None,
     *,
     durable: bool,
+    detached: bool = False,
 ) -> tuple[int, str, bytes]:
     """Extract the layer tar `stream` into driver layer `id` in one pass: (size, diff id, tar-split).
 
@@ -122,13 +123,19 @@ def extract(
     also when its tar broke first (a corrupt blob is named as such). The caller
     abandons the layer on any error. With `durable`, the layer's files are on disk when
     this returns (the driver's filesystem is flushed, starting while they are written).
+    `detached` runs only the driver's first phase (`apply_detached`): the caller
+    finishes the layer once its parent is complete.
     """
     flush = EarlyFlush(driver.home) if durable else None
     source = Ingest(stream, limits, driver.home, flush)
     recorder = Recorder()
     try:
         try:
-            size = driver.apply_diff(id, parent, Observed(source, recorder, limits))  # type: ignore[arg-type]
+            observed = Observed(source, recorder, limits)
+            if detached:
+                size = driver.apply_detached(id, observed)  # type: ignore[arg-type]
+            else:
+                size = driver.apply_diff(id, parent, observed)  # type: ignore[arg-type]
             source.finish()
         except ArchiveError:
             if expected_diff_id is not None:

@@ -105,23 +105,39 @@ class LayerRecords:
         )
         return row[0]["users"] or 0
 
-    def add_layer(self, cache_id: str, parent: str | None) -> None:
+    def add_layer(self, cache_id: str, parent: str | None, depth: int = 1) -> None:
         """Record a layer being created: durably, before its storage exists, so that after a
-        power loss no storage is left that no record names."""
+        power loss no storage is left that no record names.
+
+        A layer registered in a batch above a layer of the same batch has no published
+        parent to name yet: it is recorded with none and its `depth`, so that recovery
+        still removes children before their parents, and gets its parent at `publish`.
+        """
         self.db.write(
-            "INSERT INTO layers (cache_id, parent, state, created) VALUES (?, ?, 'creating', ?)",
-            (cache_id, parent, time.time()),
+            "INSERT INTO layers (cache_id, parent, depth, state, created) VALUES (?, ?, ?, 'creating', ?)",
+            (cache_id, parent, depth, time.time()),
         )
 
     def publish(
-        self, cache_id: str, chain: str, diff_id: str, size: int, depth: int, split: bytes, lease: str | None
+        self,
+        cache_id: str,
+        chain: str,
+        diff_id: str,
+        size: int,
+        depth: int,
+        split: bytes,
+        lease: str | None,
+        parent: str | None = None,
     ) -> None:
-        """Make a created layer ready with its first reference (recorded with `lease`, if given)."""
+        """Make a created layer ready with its first reference (recorded with `lease`, if given).
+
+        `parent`, when given, is recorded now (a batch layer, added without one).
+        """
         with self.db.transaction() as tx:
             tx.execute(
                 "UPDATE layers SET chain_id = ?, diff_id = ?, size = ?, depth = ?, refcount = 1, tar_split = ?, "
-                "state = 'ready' WHERE cache_id = ?",
-                (chain, diff_id, size, depth, split, cache_id),
+                "parent = coalesce(?, parent), state = 'ready' WHERE cache_id = ?",
+                (chain, diff_id, size, depth, split, parent, cache_id),
             )
             if lease is not None:
                 self._lease(tx, lease, chain)

@@ -355,8 +355,18 @@ class AufsDriver(NaiveDiffDriver):
     def apply_diff(self, id: str, parent: str | None, stream: BinaryIO) -> int:
         if not self._native(id, parent):
             return super().apply_diff(id, parent, stream)
+        return self.apply_detached(id, stream)
+
+    def applies_detached(self) -> bool:
+        """Each layer is a branch directory of its own: extracting one never reads another."""
+        return True
+
+    def apply_detached(self, id: str, stream: BinaryIO) -> int:
         # A base layer is shown as its plain diff dir: there whiteouts must act, not stay.
-        return apply_layer(stream, self._diff(id), whiteouts="aufs" if parent is not None else "oci")
+        return apply_layer(stream, self._diff(id), whiteouts="aufs" if self._parents(id) else "oci")
+
+    def finish_apply(self, id: str, parent: str | None) -> None:
+        """Nothing: the union reads whiteouts against the branches below as it goes."""
 
     def diff_size(self, id: str, parent: str | None = None) -> int:
         if not self._native(id, parent):

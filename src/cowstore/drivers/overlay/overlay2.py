@@ -354,12 +354,25 @@ class Overlay2Driver(OverlayHome):
     def apply_diff(self, id: str, parent: str | None, stream: BinaryIO) -> int:
         if not self._native(id, parent):
             return super().apply_diff(id, parent, stream)
-        upper = self._upper(id)
-        if parent is None:
+        size = self.apply_detached(id, stream)
+        self.finish_apply(id, parent)
+        return size
+
+    def applies_detached(self) -> bool:
+        """An image layer's diff dir is its own: only the whiteout fix-ups need the parent."""
+        return self.native_diff
+
+    def apply_detached(self, id: str, stream: BinaryIO) -> int:
+        if not self._lowers(id):
             # A bottom layer has nothing below to hide, and its diff dir is what `get`
             # shows directly: whiteout markers there would appear as device nodes.
-            return archive.apply_layer(stream, upper, whiteouts="oci")
-        size = archive.apply_layer(stream, upper, whiteouts="overlay")
+            return archive.apply_layer(stream, self._upper(id), whiteouts="oci")
+        return archive.apply_layer(stream, self._upper(id), whiteouts="overlay")
+
+    def finish_apply(self, id: str, parent: str | None) -> None:
+        if parent is None:
+            return
+        upper = self._upper(id)
         view = self.get(parent)
         try:
             upperdir.drop_needless_whiteouts(upper, view)
@@ -367,7 +380,6 @@ class Overlay2Driver(OverlayHome):
                 upperdir.expand_root_opaque(upper, view)
         finally:
             self.put(parent)
-        return size
 
     def changes(self, id: str, parent: str | None = None) -> list[Change]:
         if not self._native(id, parent):
