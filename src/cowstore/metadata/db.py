@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import pathlib
 import sqlite3
+import threading
 from collections.abc import Iterator, Mapping
 
 from cowstore.errors import StoreCorrupt
@@ -139,6 +140,7 @@ class Database:
         self.path = path
         self.durable = durable
         self.reserve = Reserve(path.parent)
+        self._checked = threading.local()  # the connection is shared between threads
         self.reserve.guard()
         try:
             self.conn = self._connect(durable)
@@ -200,6 +202,27 @@ class Database:
                 self.conn.execute(f"PRAGMA user_version={index + 1}")
 
     @contextlib.contextmanager
+    def guarded(self) -> Iterator[None]:
+        """Check the free space once for all the statements of the block, not before each.
+
+        For a short run of statements that write a few KiB between them (a container
+        layer's records and directories): far less than the margin the check keeps
+        (see `Reserve.guard`). Never around work that may fill the disk (a copy, an
+        extraction): the statements after it need their own check.
+        """
+        self.reserve.guard()
+        depth = getattr(self._checked, "depth", 0)
+        self._checked.depth = depth + 1
+        try:
+            yield
+        finally:
+            self._checked.depth = depth
+
+    def _guard(self) -> None:
+        if not getattr(self._checked, "depth", 0):
+            self.reserve.guard()
+
+    @contextlib.contextmanager
     def transaction(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
         """One transaction; `durable=False` skips its fsync in a durable store.
 
@@ -209,7 +232,7 @@ class Database:
         created) or that mean nothing after a reboot (mount counts): on the path of every
         container create and mount, each fsync saved is a millisecond or more.
         """
-        self.reserve.guard()
+        self._guard()
         relaxed = self.durable and not durable
         with self._space():
             if relaxed:
@@ -228,7 +251,7 @@ class Database:
                     self.conn.execute("PRAGMA synchronous=FULL")
 
     def query(self, sql: str, params: tuple | Mapping[str, object] = ()) -> list[sqlite3.Row]:
-        self.reserve.guard()
+        self._guard()
         return self.conn.execute(sql, params).fetchall()
 
     def write(self, sql: str, params: tuple | Mapping[str, object] = (), *, durable: bool = True) -> None:
