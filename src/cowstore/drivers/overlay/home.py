@@ -67,7 +67,9 @@ class OverlayHome(NaiveDiffDriver):
         metadata, which on ext4 and xfs is on disk once the journal holding it is. An
         fsync of the home commits the journal up to the home's last change (the rename
         that put the layer in place, the last step of a create) with all made before it.
-        Only files with data need their own fsync first (legacy overlay's `lower-id`).
+        Only new files with data need their own fsync first (legacy overlay's `lower-id`),
+        not hard links to the files of an image layer (legacy overlay's `-init` trees),
+        which were on disk before the layer was stored.
         syncfs would also write back every other dirty page of the filesystem (the
         database's, other containers' files) and wait for it.
         """
@@ -79,7 +81,7 @@ class OverlayHome(NaiveDiffDriver):
                 for name in files:
                     path = os.path.join(top, name)
                     st = os.lstat(path)
-                    if stat.S_ISREG(st.st_mode) and st.st_size:
+                    if stat.S_ISREG(st.st_mode) and st.st_size and st.st_nlink == 1:
                         fsutil.fsync(path)
         fsutil.fsync(self.home)
 
