@@ -211,3 +211,24 @@ def test_open_removes_storage_that_a_dead_marker_names_and_no_record(tmp_path: p
     finally:
         store.driver.cleanup()
         store.close()
+
+
+def test_recovery_collects_a_layer_whose_finished_marker_survived(tmp_path: pathlib.Path) -> None:
+    """A power loss kept the marker of a finished register (its unlink was lost) and of the
+    lease that held the layer: releasing the lease collects the layer under the same id."""
+    store = open_store(tmp_path, "vfs")
+    try:
+        lease = OperationLock(store.tmp, "lease-dead")
+        layer = store.register(io.BytesIO(BASE), lease="lease-dead")
+        OperationLock(store.tmp, layer.cache_id).leave()
+        lease.leave()
+    finally:
+        store.close()
+    store = open_store(tmp_path, "vfs")
+    try:
+        assert store.layers() == []
+        assert not store.driver.exists(layer.cache_id)
+        assert list(store.tmp.glob("*.op")) == []
+        assert store.check() == []
+    finally:
+        store.close()
