@@ -141,6 +141,7 @@ class Database:
         self.durable = durable
         self.reserve = Reserve(path.parent)
         self._checked = threading.local()  # the connection is shared between threads
+        self._relaxed = False  # synchronous=NORMAL set for a commit that need not be durable
         self.reserve.guard()
         try:
             self.conn = self._connect(durable)
@@ -210,7 +211,7 @@ class Database:
         (see `Reserve.guard`). Never around work that may fill the disk (a copy, an
         extraction): the statements after it need their own check.
         """
-        self.reserve.guard()
+        self._guard()
         depth = getattr(self._checked, "depth", 0)
         self._checked.depth = depth + 1
         try:
@@ -233,22 +234,19 @@ class Database:
         container create and mount, each fsync saved is a millisecond or more.
         """
         self._guard()
-        relaxed = self.durable and not durable
         with self._space():
-            if relaxed:
-                self.conn.execute("PRAGMA synchronous=NORMAL")
+            if self.durable and durable == self._relaxed:
+                # The mode stays as the last commit needed it: a create and a mount alternate.
+                self.conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+                self._relaxed = not durable
+            self.conn.execute("BEGIN IMMEDIATE")
             try:
-                self.conn.execute("BEGIN IMMEDIATE")
-                try:
-                    yield self.conn
-                    self.conn.execute("COMMIT")
-                except BaseException:
-                    if self.conn.in_transaction:  # SQLite may have rolled back already (a full disk)
-                        self.conn.execute("ROLLBACK")
-                    raise
-            finally:
-                if relaxed:
-                    self.conn.execute("PRAGMA synchronous=FULL")
+                yield self.conn
+                self.conn.execute("COMMIT")
+            except BaseException:
+                if self.conn.in_transaction:  # SQLite may have rolled back already (a full disk)
+                    self.conn.execute("ROLLBACK")
+                raise
 
     def query(self, sql: str, params: tuple | Mapping[str, object] = ()) -> list[sqlite3.Row]:
         self._guard()
