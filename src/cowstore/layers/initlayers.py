@@ -47,15 +47,29 @@ def needs_making(store: LayerStore, name: str, init_id: str) -> bool:
 
 
 def make_shared(
-    store: LayerStore, init_id: str, parent_cache: str | None, init: Callable[[pathlib.Path], None]
+    store: LayerStore,
+    name: str,
+    op: OperationLock,
+    init_id: str,
+    parent_cache: str | None,
+    init: Callable[[pathlib.Path], None],
 ) -> None:
-    """Make `init_id` afresh (store lock held), over whatever a crash left by that name."""
-    store.driver.remove(init_id)
-    store.driver.create_rw(init_id, parent_cache)
+    """Make `init_id` afresh (store lock held), over whatever a crash left by that name.
+
+    On failure, container layer `name`, whose record came first, is gone: its record,
+    then its operation `op`.
+    """
     try:
-        store.driver.fill(init_id, init)
-    except BaseException:
         store.driver.remove(init_id)
+        store.driver.create_rw(init_id, parent_cache)
+        try:
+            store.driver.fill(init_id, init)
+        except BaseException:
+            store.driver.remove(init_id)
+            raise
+    except BaseException:
+        store.records.delete_mount(name)
+        op.release()
         raise
 
 

@@ -328,19 +328,9 @@ class LayerStore:
         layer, made by the first and removed with the last. That is where most of a
         container's cost went: its files, and the mount needed to write them.
         `on_ready(tx)` runs in the transaction that makes the layer ready (its owner's
-        record), so no crash can leave one without the other.
-
-        What a power loss may leave: the record (state creating) comes before the
-        storage, and turns ready only after the driver has put the storage on disk; that
-        is all the driver's sync is for: a ready record never names storage a power loss
-        can take back. The creating record itself need not reach the disk before the
-        storage where `_marker_orders_storage`: the operation's marker
-        (`tmp/<mount id>.op`) is linked before the storage is made, on the same
-        journaled filesystem, which writes metadata in the order it was made; storage
-        that outlives a power loss then always has its marker, and recovery removes
-        what a marker names and no record does. One fsync fewer per container. The
-        record is durable first where that does not hold, and when this container
-        makes its image's shared `-init` layer, which its marker does not name.
+        record), so no crash can leave one without the other. The record turns ready once
+        the driver's sync put the storage on disk; see `_marker_orders_storage` for when
+        the creating record may go without an fsync.
         """
         with space_errors(f"creating container layer {name}"):
             mount_id = random_id()
@@ -357,13 +347,8 @@ class LayerStore:
                 op = self.announce(
                     mount_id, lambda: self.records.add_mount(name, mount_id, init_id, parent, durable=durable)
                 )
-                if make_init and init is not None and init_id is not None:
-                    try:
-                        initlayers.make_shared(self, init_id, parent_cache, init)
-                    except BaseException:
-                        self.records.delete_mount(name)
-                        op.release()
-                        raise
+                if make_init and init and init_id:
+                    initlayers.make_shared(self, name, op, init_id, parent_cache, init)
             try:
                 fault("create-rw:after-insert")
                 if init is not None and init_id is not None and not shared:
@@ -373,9 +358,8 @@ class LayerStore:
                     parent_cache = init_id
                     fault("create-rw:after-init")
                 self.driver.create_rw(mount_id, parent_cache, storage_opts=storage_opts)
-                if self.sync:  # a container reported ready survives a power loss with its driver files
-                    made_init = init_id is not None and (make_init or not shared)
-                    self.driver.sync([init_id, mount_id] if made_init and init_id else [mount_id])
+                if self.sync:  # a container reported ready survives a power loss with its files (and -init's, if made)
+                    self.driver.sync([i for i in (init_id if make_init or not shared else None, mount_id) if i])
                 with self.lock.exclusive(), self.db.guarded():
                     self.records.set_mount_state(name, "ready", on_ready)
                     return self.get_rw(name)
@@ -487,7 +471,19 @@ _JOURNALED = ("extfs", "xfs", "btrfs")
 
 def _marker_orders_storage(tmp: pathlib.Path, driver: Driver) -> bool:
     """Whether an operation marker linked in `tmp` reaches the disk no later than the driver
-    storage made after it: both metadata of one journaled filesystem (see `create_rw`)."""
+    storage made after it: both metadata of one journaled filesystem, which writes metadata
+    to disk in the order it was made.
+
+    What a container layer's creation (`LayerStore.create_rw`) may then leave after a
+    power loss: its record (state creating) is written before the storage, and turns
+    ready only after the driver's sync has put the storage on disk; that is all the sync
+    is for: a ready record never names storage a power loss can take back. The creating
+    record need not reach the disk before the storage: the marker (`tmp/<mount id>.op`)
+    is linked before both, so storage that outlives a power loss always has its marker,
+    and recovery removes what a marker names and no record does. One fsync fewer per
+    container. Where this does not hold, and when the container makes its image's shared
+    `-init` layer (which its marker does not name), the record is durable first.
+    """
     if not driver.files_in_home or os.stat(tmp).st_dev != os.stat(driver.home).st_dev:
         return False
     return fsutil.backing_fs(tmp) in _JOURNALED
