@@ -114,7 +114,7 @@ class Driver(abc.ABC):
             self.put(id)
 
     def sync(self, layers: Sequence[str]) -> None:
-        """Put layers `layers`, just made by create or create_rw, on disk (before a record says they exist).
+        """Put `layers`, just made by create or create_rw, on disk (before a record says they exist).
 
         The default flushes the home's whole filesystem, which also raises the write-back
         errors that only show there (a full disk under a thin device).
