@@ -61,6 +61,8 @@ def _record(recorder: Recorder, driver: str, image: pathlib.Path) -> list[tuple[
             steps: list[tuple[tuple[str, ...], set[str]]] = [
                 (("load", "-i", str(image)), {"busybox-demo:latest"}),
                 (("create", "--name", "c1", "busybox-demo"), {"c1"}),
+                # a second container of an image: its record is durable only with its storage
+                (("create", "--name", "c3", "busybox-demo"), {"c3"}),
                 (("commit", "c1", "c1:1"), {"c1:1"}),
                 (("create", "--name", "c2", "c1:1"), {"c2"}),
                 (("rm", "-f", "c1"), set()),

@@ -15,10 +15,12 @@ import sys
 
 import pytest
 
+from cowstore.digest import random_id
 from cowstore.drivers import open_driver
 from cowstore.errors import NotSupported
 from cowstore.layers import LayerStore
 from cowstore.layers.faults import FAULT_POINTS
+from cowstore.layers.lock import OperationLock
 
 from ..support.tars import layer_tar
 
@@ -177,3 +179,56 @@ def test_kill_cli_operations(tmp_path: pathlib.Path, command: str, point: str) -
         redo = cowstore(*setup[command])
         assert redo.returncode == 0, redo.stderr.decode()
     assert cowstore("check", "--verify").returncode == 0
+
+
+@pytest.mark.parametrize("driver", ["vfs", "overlay2"])
+def test_open_removes_storage_that_a_dead_marker_names_and_no_record(tmp_path: pathlib.Path, driver: str) -> None:
+    """A power loss may keep a container layer's storage and lose its record, which was not
+    durable (LayerStore.create_rw): the operation's marker, linked before the storage,
+    makes the next opener remove it, `<id>-init` included; what records name stays."""
+    try:
+        store = open_store(tmp_path, driver)
+    except NotSupported as exc:
+        pytest.skip(str(exc))
+    try:
+        base = store.register(io.BytesIO(BASE))
+        store.create_rw("c", base.chain_id, init=lambda p: (p / ".cowstoreenv").touch())
+        lost = random_id()
+        marker = OperationLock(store.tmp, lost)
+        store.driver.create_rw(f"{lost}-init", base.cache_id)
+        store.driver.create_rw(lost, f"{lost}-init")
+        marker.leave()  # the process is gone: its marker stays, unlocked
+    finally:
+        store.driver.cleanup()
+        store.close()
+    store = open_store(tmp_path, driver)
+    try:
+        assert not store.driver.exists(lost) and not store.driver.exists(f"{lost}-init")
+        assert not (store.tmp / f"{lost}.op").exists()
+        assert [rw.name for rw in store.rw_layers()] == ["c"]
+        assert store.driver.exists(store.get_rw("c").mount_id)
+        assert store.check(verify_content=True) == []
+    finally:
+        store.driver.cleanup()
+        store.close()
+
+
+def test_recovery_collects_a_layer_whose_finished_marker_survived(tmp_path: pathlib.Path) -> None:
+    """A power loss kept the marker of a finished register (its unlink was lost) and of the
+    lease that held the layer: releasing the lease collects the layer under the same id."""
+    store = open_store(tmp_path, "vfs")
+    try:
+        lease = OperationLock(store.tmp, "lease-dead")
+        layer = store.register(io.BytesIO(BASE), lease="lease-dead")
+        OperationLock(store.tmp, layer.cache_id).leave()
+        lease.leave()
+    finally:
+        store.close()
+    store = open_store(tmp_path, "vfs")
+    try:
+        assert store.layers() == []
+        assert not store.driver.exists(layer.cache_id)
+        assert list(store.tmp.glob("*.op")) == []
+        assert store.check() == []
+    finally:
+        store.close()

@@ -23,7 +23,7 @@ from typing import BinaryIO
 
 from cowstore.archive.changes import Change
 from cowstore.errors import InvalidOption, NotSupported
-from cowstore.host import diskusage
+from cowstore.host import diskusage, fsutil
 
 LAYOUTS = ("compact", "docker")
 
@@ -65,6 +65,11 @@ class Driver(abc.ABC):
     """One storage driver instance, rooted at its home directory `<store root>/<name>`."""
 
     name: str = ""
+    # Every layer is plain files and directories on the home's filesystem (no block
+    # device, no image file of its own): made by metadata operations that a journaled
+    # filesystem writes to disk in the order they were made. The layer store orders its
+    # crash markers by that (LayerStore.create_rw).
+    files_in_home: bool = False
 
     def __init__(self, home: pathlib.Path, options: Mapping[str, str]) -> None:
         self.home = home
@@ -107,6 +112,14 @@ class Driver(abc.ABC):
             write(root)
         finally:
             self.put(id)
+
+    def sync(self, layers: Sequence[str]) -> None:
+        """Put `layers`, just made by create or create_rw, on disk (before a record says they exist).
+
+        The default flushes the home's whole filesystem, which also raises the write-back
+        errors that only show there (a full disk under a thin device).
+        """
+        fsutil.syncfs(self.home)
 
     @abc.abstractmethod
     def remove(self, id: str) -> None:

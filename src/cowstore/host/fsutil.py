@@ -147,6 +147,16 @@ def syncfs(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def fsync(path: str | os.PathLike) -> None:
+    """fsync a file or directory by its path (a directory: its entries, and on a journaled
+    filesystem the journal that holds them)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def backing_fs(path: str | os.PathLike) -> str:
     """Docker's name for the filesystem holding `path` (`extfs`, `xfs`, `<unknown>`, ...)."""
     return _FS_NAMES.get(statfs_magic(path), "<unknown>")

@@ -31,26 +31,45 @@ def shared_id(parent_cache: str | None) -> str:
     return f"{(parent_cache or 'scratch')[:32]}-init"
 
 
-def make_shared(
-    store: LayerStore, name: str, init_id: str, parent_cache: str | None, init: Callable[[pathlib.Path], None]
-) -> None:
-    """Make `init_id` for container layer `name`, unless it is there (store lock held).
+def needs_making(store: LayerStore, name: str, init_id: str) -> bool:
+    """Whether container layer `name` must make `init_id` (store lock held, before its record).
 
     It is complete when another container layer sits on it that is ready, or being
     made by a live process: those made it, or found it made, under the store lock.
     Anything else by that name is what a crash left half filled.
     """
     if store.records.init_used(init_id, other_than=name, state="ready"):
-        return
-    for mount_id in store.records.unready_init_users(init_id, other_than=name):
-        if not OperationLock.abandoned(store.tmp, mount_id):
-            return
-    store.driver.remove(init_id)
-    store.driver.create_rw(init_id, parent_cache)
+        return False
+    return all(
+        OperationLock.abandoned(store.tmp, mount_id)
+        for mount_id in store.records.unready_init_users(init_id, other_than=name)
+    )
+
+
+def make_shared(
+    store: LayerStore,
+    name: str,
+    op: OperationLock,
+    init_id: str,
+    parent_cache: str | None,
+    init: Callable[[pathlib.Path], None],
+) -> None:
+    """Make `init_id` afresh (store lock held), over whatever a crash left by that name.
+
+    On failure, container layer `name`, whose record came first, is gone: its record,
+    then its operation `op`.
+    """
     try:
-        store.driver.fill(init_id, init)
-    except BaseException:
         store.driver.remove(init_id)
+        store.driver.create_rw(init_id, parent_cache)
+        try:
+            store.driver.fill(init_id, init)
+        except BaseException:
+            store.driver.remove(init_id)
+            raise
+    except BaseException:
+        store.records.delete_mount(name)
+        op.release()
         raise
 
 

@@ -105,12 +105,30 @@ class OperationLock:
                 return
             try:
                 fcntl.flock(self._fd, fcntl.LOCK_EX)
-                os.link(f"/proc/self/fd/{self._fd}", self.path.name, dst_dir_fd=dir_fd, follow_symlinks=True)
+                self._link(dir_fd)
             except BaseException:
                 os.close(self._fd)
                 raise
         finally:
             os.close(dir_fd)
+
+    def _link(self, dir_fd: int) -> None:
+        """Name the locked file; a free marker already by that name is taken over.
+
+        A power loss can keep the marker of an operation that had finished (its unlink
+        never reached the disk), and recovery, under the store lock, may start a new
+        operation on the same id (a layer it collects) before it clears such markers:
+        the dead process's marker means nothing the records do not say.
+        """
+        source = f"/proc/self/fd/{self._fd}"
+        try:
+            os.link(source, self.path.name, dst_dir_fd=dir_fd, follow_symlinks=True)
+        except FileExistsError:
+            if not _free(self.path):
+                raise
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path.name, dir_fd=dir_fd)
+            os.link(source, self.path.name, dst_dir_fd=dir_fd, follow_symlinks=True)
 
     def _named(self, directory: pathlib.Path, id: str) -> None:
         """Where the filesystem has no O_TMPFILE: lock under a private name, then rename."""

@@ -181,11 +181,19 @@ class LayerRecords:
         """Whether a container layer of any state has this name."""
         return bool(self.db.query("SELECT 1 FROM mounts WHERE name = ?", (name,)))
 
-    def add_mount(self, name: str, mount_id: str, init_id: str | None, parent: str | None) -> None:
-        """Record a container layer being created: durably, before its storage exists (see `add_layer`)."""
+    def add_mount(
+        self, name: str, mount_id: str, init_id: str | None, parent: str | None, *, durable: bool = True
+    ) -> None:
+        """Record a container layer being created, before its storage exists.
+
+        `durable=False` when a power loss may take the row back: the layer store then
+        relies on the operation's marker to find storage that no record names (see
+        `LayerStore.create_rw`).
+        """
         self.db.write(
             "INSERT INTO mounts (name, mount_id, init_id, parent, state, created) VALUES (?, ?, ?, ?, 'creating', ?)",
             (name, mount_id, init_id, parent, time.time()),
+            durable=durable,
         )
 
     def set_mount_state(

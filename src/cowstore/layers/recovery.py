@@ -10,6 +10,7 @@ opener, and a store with no free lock file has nothing to recover.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 from cowstore.layers import initlayers
@@ -17,6 +18,9 @@ from cowstore.layers.lock import OperationLock
 
 if TYPE_CHECKING:
     from cowstore.layers.store import LayerStore
+
+# The ids `cowstore.digest.random_id` gives layers and operations (leases have a prefix).
+_STORAGE_ID = re.compile(r"[0-9a-f]{64}")
 
 
 def recover(store: LayerStore) -> list[str]:
@@ -44,7 +48,29 @@ def recover(store: LayerStore) -> list[str]:
             store.release_lease(lease_id)
             OperationLock.clear(store.tmp, lease_id)
             done.append(f"released the references of interrupted operation {lease_id}")
-    for op_id in OperationLock.interrupted(store.tmp):  # died before recording, or after finishing
+    leftover = OperationLock.interrupted(store.tmp)  # died before recording, or after finishing
+    if leftover:
+        done += _unrecorded_storage(store, leftover)
+    for op_id in leftover:
         OperationLock.clear(store.tmp, op_id)
     OperationLock.sweep_private(store.tmp)
+    return done
+
+
+def _unrecorded_storage(store: LayerStore, op_ids: list[str]) -> list[str]:
+    """Remove the storage that interrupted operations made and that no record names.
+
+    A power loss can keep a container layer's storage and lose the record made before
+    it, when that record was not durable (see `LayerStore.create_rw`): the marker,
+    linked before both, is what is left to tell. Storage goes as `<id>` and `<id>-init`.
+    """
+    named = store.records.storage_ids() | store.snapshots.records.ids()
+    done = []
+    for op_id in op_ids:
+        if not _STORAGE_ID.fullmatch(op_id):
+            continue  # a lease: it names no storage
+        for id in (op_id, f"{op_id}-init"):
+            if id not in named and store.driver.exists(id):
+                store.driver.remove(id)
+                done.append(f"removed storage {id} that an interrupted operation left without a record")
     return done

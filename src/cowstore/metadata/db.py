@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import pathlib
 import sqlite3
+import threading
 from collections.abc import Iterator, Mapping
 
 from cowstore.errors import StoreCorrupt
@@ -129,6 +130,12 @@ MIGRATIONS: list[str] = [
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
+# The write-ahead log is copied into the database (and starts again from its beginning)
+# once it holds this many pages, not SQLite's 1000: a durable commit into a log that
+# does not grow overwrites blocks the file has, and its fdatasync then writes the data
+# without a commit of the filesystem's journal, which a growing file needs (on ext4, a
+# millisecond or more on every container create). The copy is a few hundred KiB.
+WAL_PAGES = 100
 DATABASE_FILE = "cowstore.db"  # in the store root
 
 
@@ -139,6 +146,8 @@ class Database:
         self.path = path
         self.durable = durable
         self.reserve = Reserve(path.parent)
+        self._checked = threading.local()  # the connection is shared between threads
+        self._relaxed = False  # synchronous=NORMAL set for a commit that need not be durable
         self.reserve.guard()
         try:
             self.conn = self._connect(durable)
@@ -155,6 +164,7 @@ class Database:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            conn.execute(f"PRAGMA wal_autocheckpoint={WAL_PAGES}")
             conn.execute("PRAGMA user_version").fetchone()  # maps the shared-memory index now
         except BaseException:
             conn.close()
@@ -200,6 +210,27 @@ class Database:
                 self.conn.execute(f"PRAGMA user_version={index + 1}")
 
     @contextlib.contextmanager
+    def guarded(self) -> Iterator[None]:
+        """Check the free space once for all the statements of the block, not before each.
+
+        For a short run of statements that write a few KiB between them (a container
+        layer's records and directories): far less than the margin the check keeps
+        (see `Reserve.guard`). Never around work that may fill the disk (a copy, an
+        extraction): the statements after it need their own check.
+        """
+        self._guard()
+        depth = getattr(self._checked, "depth", 0)
+        self._checked.depth = depth + 1
+        try:
+            yield
+        finally:
+            self._checked.depth = depth
+
+    def _guard(self) -> None:
+        if not getattr(self._checked, "depth", 0):
+            self.reserve.guard()
+
+    @contextlib.contextmanager
     def transaction(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
         """One transaction; `durable=False` skips its fsync in a durable store.
 
@@ -209,26 +240,23 @@ class Database:
         created) or that mean nothing after a reboot (mount counts): on the path of every
         container create and mount, each fsync saved is a millisecond or more.
         """
-        self.reserve.guard()
-        relaxed = self.durable and not durable
+        self._guard()
         with self._space():
-            if relaxed:
-                self.conn.execute("PRAGMA synchronous=NORMAL")
+            if self.durable and durable == self._relaxed:
+                # The mode stays as the last commit needed it: a create and a mount alternate.
+                self.conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+                self._relaxed = not durable
+            self.conn.execute("BEGIN IMMEDIATE")
             try:
-                self.conn.execute("BEGIN IMMEDIATE")
-                try:
-                    yield self.conn
-                    self.conn.execute("COMMIT")
-                except BaseException:
-                    if self.conn.in_transaction:  # SQLite may have rolled back already (a full disk)
-                        self.conn.execute("ROLLBACK")
-                    raise
-            finally:
-                if relaxed:
-                    self.conn.execute("PRAGMA synchronous=FULL")
+                yield self.conn
+                self.conn.execute("COMMIT")
+            except BaseException:
+                if self.conn.in_transaction:  # SQLite may have rolled back already (a full disk)
+                    self.conn.execute("ROLLBACK")
+                raise
 
     def query(self, sql: str, params: tuple | Mapping[str, object] = ()) -> list[sqlite3.Row]:
-        self.reserve.guard()
+        self._guard()
         return self.conn.execute(sql, params).fetchall()
 
     def write(self, sql: str, params: tuple | Mapping[str, object] = (), *, durable: bool = True) -> None:

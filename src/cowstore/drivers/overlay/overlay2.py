@@ -116,9 +116,11 @@ class Overlay2Driver(OverlayHome):
         note = self.refs.note(id, "link")
         return note if note is not None else self._read(self._dir(id) / "link")
 
-    def _lowers(self, id: str) -> list[str]:
-        """The layer's ancestors as `l/<short>` paths relative to home, nearest first."""
-        parent_link = self.refs.note(id, "lower")
+    def _lowers(self, id: str, parent_link: str | None = None) -> list[str]:
+        """The layer's ancestors as `l/<short>` paths relative to home, nearest first
+        (`parent_link`: the layer's note of its parent's link, when the caller read it)."""
+        if parent_link is None:
+            parent_link = self.refs.note(id, "lower")
         if parent_link is not None:
             target = os.readlink(self.home / parent_link).split("/")
             return [parent_link, *self._lowers(target[1])]
@@ -239,23 +241,27 @@ class Overlay2Driver(OverlayHome):
 
     # ------------------------------------------------------------- get / put
 
-    def _mount_point(self, id: str) -> pathlib.Path:
-        return self.home / _MERGED_DIR / id if self._compact(id) else self._dir(id) / "merged"
+    def _mount_point(self, id: str, compact: bool | None = None) -> pathlib.Path:
+        """Where layer `id` is mounted (`compact`: whether it is, when the caller knows)."""
+        if compact is None:
+            compact = self._compact(id)
+        return self.home / _MERGED_DIR / id if compact else self._dir(id) / "merged"
 
     def get(self, id: str) -> pathlib.Path:
         layer = self._dir(id)
         with self.refs.locked(id) as ref:
             if not layer.is_dir():
                 raise LayerNotFound(f"layer {id} does not exist")
-            lowers = self._lowers(id)
+            parent_link = self.refs.note(id, "lower")  # read once: it also says whether the layer is compact
+            lowers = self._lowers(id, parent_link)
             if not lowers:
                 return layer / "diff"
-            merged = self._mount_point(id)
-            ovl.acquire_mount(ref, merged, lambda: self._spec(id, lowers), classic=self.classic)
+            compact = parent_link is not None
+            merged = self._mount_point(id, compact)
+            ovl.acquire_mount(ref, merged, lambda: self._spec(id, lowers, compact), classic=self.classic)
             return merged
 
-    def _spec(self, id: str, lowers: list[str]) -> ovl.OverlaySpec:
-        compact = self._compact(id)
+    def _spec(self, id: str, lowers: list[str], compact: bool) -> ovl.OverlaySpec:
         upper = id if compact else f"{id}/diff"
         if self.refs.note(id, "link") is not None if compact else (self._dir(id) / "committed").exists():
             # A layer with children must not change under them: mount it without upper.
@@ -270,7 +276,7 @@ class Overlay2Driver(OverlayHome):
             if not layer.is_dir():
                 raise LayerNotFound(f"layer {id} does not exist")
             if self._compact(id):
-                ovl.release_mount(ref, self._mount_point(id), holds_work=True)
+                ovl.release_mount(ref, self._mount_point(id, True), holds_work=True)
             elif (layer / "lower").exists():
                 ovl.release_mount(ref, layer / "merged")
 

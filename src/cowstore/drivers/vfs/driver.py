@@ -33,6 +33,7 @@ from cowstore.units import parse_size
 
 class VfsDriver(PlainDirectories, NaiveDiffDriver):
     name = "vfs"
+    files_in_home = True
 
     def __init__(self, home: pathlib.Path, options: Mapping[str, str]) -> None:
         super().__init__(home, options)
