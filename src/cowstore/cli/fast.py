@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from cowstore.cli import verbs
 from cowstore.cli.app import App, split_opts
+from cowstore.cli.render import echo
 from cowstore.errors import CowstoreError, InvalidOption
 
 if TYPE_CHECKING:
@@ -116,7 +117,9 @@ _CONTAINER_INSPECT = _Command(
 _IMPORT = _Command(
     {"-m": ("message", "value"), "--message": ("message", "value")},
     "some",
-    lambda store, a: verbs.import_rootfs(store, a["cwd"], a["args"][0], (a["args"][1:] or (None,))[0], a["message"]),
+    lambda store, a: echo(
+        verbs.import_file(store, a["cwd"], a["args"][0], (a["args"][1:] or (None,))[0], a["message"]).id
+    ),
     defaults={"message": ""},
     batch=True,
 )

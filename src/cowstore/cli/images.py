@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import pathlib
 import sys
 from typing import BinaryIO
 
@@ -16,7 +15,6 @@ from cowstore.cli.output import FORMATS, ago, emit_json, progress, table
 from cowstore.host.safefile import output_file
 from cowstore.images.config import parse_time
 from cowstore.images.errors import ArchiveToTerminal
-from cowstore.images.sources import open_input
 from cowstore.store import Store
 from cowstore.units import human_size
 
@@ -61,10 +59,7 @@ def image_import(source: str, reference: str | None, message: str, cmd: str | No
                 store.images, sys.stdin.buffer, "stdin", tag=reference, message=message, cmd=command
             )
         else:
-            with open_input(source) as handle:
-                image = imagelib.import_rootfs(
-                    store.images, handle, pathlib.Path(source).name, tag=reference, message=message, cmd=command
-                )
+            image = verbs.import_file(store, "", source, reference, message, command)
     click.echo(image.id)
 
 

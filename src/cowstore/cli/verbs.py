@@ -119,17 +119,18 @@ def remove(store: Store, containers: tuple[str, ...], force: bool) -> None:
         echo(ref)
 
 
-def import_rootfs(store: Store, cwd: str, source: str, reference: str | None, message: str) -> None:
-    """`import FILE [REF]`: prints the new image's id. `source` is relative to `cwd` (the
-    client's, when the store service runs the command)."""
+def import_file(
+    store: Store, cwd: str, source: str, reference: str | None, message: str, cmd: list[str] | None = None
+) -> Image:
+    """`import FILE [REF]`: the new one-layer image. `source` is relative to `cwd` (the
+    client's, when the store service runs the command); messages name it as given."""
     import pathlib
 
-    from cowstore.images import import_rootfs as import_tar
+    from cowstore.images import import_rootfs
     from cowstore.images.sources import open_input
 
     with open_input(os.path.join(cwd, source), shown=source) as handle:
-        image = import_tar(store.images, handle, pathlib.Path(source).name, tag=reference, message=message)
-    echo(image.id)
+        return import_rootfs(store.images, handle, pathlib.Path(source).name, tag=reference, message=message, cmd=cmd)
 
 
 def load(store: Store, cwd: str, source: str, quiet: bool) -> None:

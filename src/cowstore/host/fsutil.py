@@ -140,11 +140,17 @@ def syncfs(path: str | os.PathLike) -> None:
     """
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        if LIBC.syncfs(fd) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err), str(path))
+        syncfs_fd(fd, path)
     finally:
         os.close(fd)
+
+
+def syncfs_fd(fd: int, path: str | os.PathLike) -> None:
+    """syncfs through a descriptor held open (it reports the write-back errors met since it
+    was opened); `path` names the filesystem in the error."""
+    if LIBC.syncfs(fd) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), str(path))
 
 
 def fsync(path: str | os.PathLike) -> None:

@@ -11,11 +11,10 @@ pages the kernel wrote back on its own between two flushes.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import threading
 
-from cowstore.host.libc import LIBC
+from cowstore.host.fsutil import syncfs_fd
 
 
 class EarlyFlush:
@@ -28,9 +27,10 @@ class EarlyFlush:
         self._error: OSError | None = None
 
     def _syncfs(self) -> None:
-        if LIBC.syncfs(self._fd) != 0:
-            err = ctypes.get_errno()
-            self._error = self._error or OSError(err, os.strerror(err), self._path)
+        try:
+            syncfs_fd(self._fd, self._path)
+        except OSError as exc:
+            self._error = self._error or exc
 
     def kick(self) -> None:
         """Start write-back of what is dirty now, unless a flush is still running."""
