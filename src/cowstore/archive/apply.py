@@ -149,7 +149,7 @@ class LayerApplier:
         for key in entry.xattrs:
             if key.startswith(OVERLAY_XATTR_PREFIXES):
                 raise ArchiveError(f"overlay metadata xattr {key} in a layer", entry.name)
-        if any(part.startswith(META_PREFIX) for part in parts[:-1]):
+        if META_PREFIX in entry.name and any(part.startswith(META_PREFIX) for part in parts[:-1]):
             return 0  # inside aufs bookkeeping dirs (.wh..wh.plnk/...): never materialised
         base = parts[-1]
         self.own.check_parent(parts, entry.name)

@@ -22,6 +22,8 @@ class OwnEntries:
 
     def check_parent(self, parts: list[str], name: str) -> None:
         """Refuse an entry whose path passes through a symlink of this layer."""
+        if not self._links:
+            return
         prefix = ""
         for part in parts[:-1]:
             prefix = f"{prefix}/{part}" if prefix else part

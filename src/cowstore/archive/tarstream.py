@@ -15,7 +15,8 @@ from __future__ import annotations
 import math
 import struct
 import tarfile
-from collections.abc import Iterator
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -53,7 +54,7 @@ _TYPES = {
 _HEADER_ONLY = {DIRECTORY, SYMLINK, HARDLINK, CHARDEV, BLOCKDEV, FIFO}
 
 
-@dataclass
+@dataclass(slots=True)
 class TarEntry:
     """One member of a layer tar, after extended headers were applied."""
 
@@ -88,11 +89,38 @@ class Header:
 
 
 _USTAR = struct.Struct("100s8s8s8s12s12s8s1s100s8x32x32x8s8s155s12x")
+# Octal fields that repeat from header to header (mode, ids, device numbers), decoded once.
+_REPEATED: dict[bytes, int] = {}
+_REPEATED_MAX = 4096
 
 
 def _octal(field: bytes) -> int:
     """tarfile's `nti` for a plain octal field; anything else (base-256) raises ValueError."""
     return int(field.split(b"\0", 1)[0] or b"0", 8)
+
+
+def _repeated_octal(field: bytes) -> int:
+    value = _REPEATED.get(field)
+    if value is None:
+        value = _octal(field)
+        if len(_REPEATED) < _REPEATED_MAX:
+            _REPEATED[field] = value
+    return value
+
+
+def checksum_matches(raw: bytes, chksum: bytes) -> bool:
+    """Whether the header's checksum field holds the unsigned sum of its bytes, the field
+    counted as spaces.
+
+    Adding 512 bytes one by one is most of a header's decoding time. A header of ASCII
+    bytes sums to at most 512 * 127 = 65,024, below 65,521, the modulus of zlib's Adler-32,
+    whose low half is 1 + the sum modulo 65,521: for such a header that half gives the
+    sum exactly, and in C.
+    """
+    want = _octal(chksum) - 256 + sum(chksum)
+    if raw.isascii():
+        return zlib.adler32(raw) & 0xFFFF == want + 1
+    return sum(raw) == want
 
 
 def decode_header(raw: bytes) -> Header | tarfile.TarInfo:
@@ -116,12 +144,13 @@ def decode_header(raw: bytes) -> Header | tarfile.TarInfo:
 
 def _fast_header(raw: bytes) -> Header | None:
     name, mode, uid, gid, size, mtime, chksum, kind, link, major, minor, prefix = _USTAR.unpack(raw)
-    if _octal(chksum) != 256 + sum(raw) - sum(chksum) or kind == tarfile.GNUTYPE_SPARSE:
+    if not checksum_matches(raw, chksum) or kind == tarfile.GNUTYPE_SPARSE:
         return None
     text = _decode(name.split(b"\0", 1)[0])
     header = Header(text, kind, _octal(size))
-    header.mode, header.uid, header.gid, header.mtime = _octal(mode), _octal(uid), _octal(gid), _octal(mtime)
-    header.devmajor, header.devminor = _octal(major), _octal(minor)
+    header.mode, header.uid, header.gid = _repeated_octal(mode), _repeated_octal(uid), _repeated_octal(gid)
+    header.mtime = _octal(mtime)
+    header.devmajor, header.devminor = _repeated_octal(major), _repeated_octal(minor)
     if link[0]:
         header.linkname = _decode(link.split(b"\0", 1)[0])
     if kind == tarfile.AREGTYPE and text.endswith("/"):
@@ -172,8 +201,8 @@ class TarObserver:
     def entry(self, entry: TarEntry) -> None:
         """An entry whose payload (if any) follows."""
 
-    def payload(self, chunk: bytes) -> None:
-        """The next chunk of the current entry's payload."""
+    def payload(self, chunk: bytes | memoryview) -> None:
+        """The next chunk of the current entry's payload (bytes or a memoryview of bytes)."""
 
 
 class Observed:
@@ -210,6 +239,8 @@ class TarReader:
             limits = stream.limits or limits
             stream = stream.stream
         self._stream = stream
+        # A stream that can hand out payload without copying it (the layer store's) does so.
+        self._read_view: Callable[[int], bytes | memoryview] = getattr(stream, "read_view", stream.read)
         self.limits = limits or Limits()
         self.observer = observer
         self._pending_payload = 0
@@ -233,12 +264,15 @@ class TarReader:
         if self.observer is not None and raw:
             self.observer.segment(raw)
 
-    def read_payload(self, chunk_size: int = 1024 * 1024) -> Iterator[bytes]:
-        """Yield the current entry's payload; must be exhausted before the next entry."""
+    def read_payload(self, chunk_size: int = 1024 * 1024) -> Iterator[bytes | memoryview]:
+        """Yield the current entry's payload; must be exhausted before the next entry.
+
+        A chunk is bytes, or a memoryview of bytes where the stream offers `read_view`.
+        """
         observer = self.observer
         while self._pending_payload:
             want = min(chunk_size, self._pending_payload)
-            chunk = self._stream.read(want)
+            chunk = self._read_view(want)
             if not chunk:
                 raise ArchiveError("truncated archive in file data", self._current.name if self._current else None)
             self._pending_payload -= len(chunk)

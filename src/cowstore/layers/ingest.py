@@ -14,7 +14,7 @@ import pathlib
 
 from cowstore.archive.limits import Limits
 from cowstore.archive.tarstream import Observed
-from cowstore.digest import DigestingReader, Reader
+from cowstore.digest import BackgroundHash, Reader, verify_digest
 from cowstore.drivers.driver import Driver
 from cowstore.errors import ArchiveError, StagingSpaceExhausted
 from cowstore.host.writeback import EarlyFlush
@@ -34,17 +34,21 @@ class Ingest:
     The stream is read a chunk at a time and the tar reader's many small reads (a
     header, a padding) are served from that chunk: hashing, counting, the limit checks
     and the early flush happen once per chunk, not once per read. The limits are thus
-    checked on bytes at most one chunk ahead of what the driver has seen.
+    checked on bytes at most one chunk ahead of what the driver has seen. The chunks are
+    hashed by a thread of their own (BackgroundHash), beside the extraction.
     """
 
     def __init__(self, stream: Reader, limits: Limits, space_of: pathlib.Path, flush: EarlyFlush | None) -> None:
-        self._hashed = DigestingReader(stream)
+        self._stream = stream
+        self._hash = BackgroundHash()
+        self._count = 0
         self._limits = limits
         self._space_of = space_of
         self._next_check = 0
         self._flush = flush
         self._next_flush = _FLUSH_EVERY
         self._buffer = b""
+        self._view = memoryview(self._buffer)
         self._pos = 0
 
     def read(self, n: int = -1, /) -> bytes:
@@ -59,10 +63,26 @@ class Ingest:
         self._pos += len(data)
         return data
 
+    def read_view(self, n: int) -> bytes | memoryview:
+        """Like `read(n)`, without copying: a view into the current chunk (an immutable bytes
+        object the view keeps alive). The tar reader takes payload this way."""
+        if self._pos >= len(self._buffer) and not self._refill():
+            return b""
+        if self._pos == 0 and n >= len(self._buffer):
+            self._pos = len(self._buffer)
+            return self._buffer
+        start = self._pos
+        self._pos = min(start + n, len(self._buffer))
+        return self._view[start : self._pos]
+
     def _refill(self) -> bool:
         """Read, hash and check the next chunk; False at the end of the stream."""
-        self._buffer, self._pos = self._hashed.read(_CHUNK), 0
-        count = self._hashed.count
+        self._buffer, self._pos = self._stream.read(_CHUNK), 0
+        self._view = memoryview(self._buffer)
+        if self._buffer:
+            self._hash.update(self._buffer)
+            self._count += len(self._buffer)
+        count = self._count
         if count >= self._next_check and self._buffer:
             if count > self._limits.max_bytes + _SLACK:
                 raise ArchiveError(f"layer larger than the limit of {self._limits.max_bytes} bytes (--limit max-bytes)")
@@ -90,10 +110,14 @@ class Ingest:
     @property
     def digest(self) -> str:
         """The digest of the whole stream: valid once it was read to its end."""
-        return self._hashed.digest
+        return self._hash.digest
 
     def verify(self, expected: str, what: str) -> None:
-        self._hashed.verify(expected, what)
+        verify_digest(self.digest, expected, what)
+
+    def close(self) -> None:
+        """End the hashing thread (the digest, if taken, stays)."""
+        self._hash.close()
 
     def verify_rest(self, expected: str, what: str) -> None:
         """After the tar failed to parse: DigestMismatch if the whole stream does not hash to `expected`."""
@@ -147,5 +171,6 @@ def extract(
             flush.finish()
         return size, source.digest, recorder.result()
     finally:
+        source.close()
         if flush is not None:
             flush.close()

@@ -22,6 +22,7 @@ import struct
 import zlib
 from collections.abc import Callable, Iterator
 
+from isal import isal_zlib
 from isal.isal_zlib import crc32
 
 from cowstore.archive.apply import clean_name
@@ -32,6 +33,8 @@ from cowstore.host.safepath import Root
 
 _SEGMENT = b"S"
 _FILE = b"F"
+_SEGMENT_HEAD = struct.Struct("<cQ")  # tag, length of the raw bytes that follow
+_FILE_HEAD = struct.Struct("<cQQI")  # tag, body length, then the body's size and crc32 (the name follows)
 _CHUNK = 1024 * 1024
 
 
@@ -91,13 +94,13 @@ class Recorder(TarObserver):
         if entry.kind == REGULAR and entry.size:
             payload = _Payload(entry.name, "/".join(key), entry.size)
             self._items.append(payload)
-            if any(part.startswith(WHITEOUT_PREFIX) for part in key):
+            if WHITEOUT_PREFIX in entry.name and any(part.startswith(WHITEOUT_PREFIX) for part in key):
                 payload.inline = bytearray()
             else:
                 self._files[key] = payload
             self._current = payload
 
-    def payload(self, chunk: bytes) -> None:
+    def payload(self, chunk: bytes | memoryview) -> None:
         current = self._current
         if current is not None:
             current.crc = crc32(chunk, current.crc)
@@ -130,18 +133,19 @@ class Recorder(TarObserver):
         if self._pending:
             self._items.append(bytes(self._pending))
             self._pending.clear()
-        compressor = zlib.compressobj(1, zlib.DEFLATED, 31)  # a gzip stream; headers compress well even fast
+        # a gzip stream; ISA-L's fastest level compresses headers well, some five times faster than zlib's
+        compressor = isal_zlib.compressobj(1, zlib.DEFLATED, 31)
         out: list[bytes] = []
         batch: list[bytes] = []
         for item in self._items:
             if isinstance(item, bytes):
-                batch.append(_SEGMENT + struct.pack("<Q", len(item)) + item)
+                batch += (_SEGMENT_HEAD.pack(_SEGMENT, len(item)), item)
             elif item.inline is not None:
-                batch.append(_SEGMENT + struct.pack("<Q", len(item.inline)) + item.inline)
+                batch += (_SEGMENT_HEAD.pack(_SEGMENT, len(item.inline)), item.inline)
             else:
-                body = struct.pack("<QI", item.size, item.crc) + os.fsencode(item.name)
-                batch.append(_FILE + struct.pack("<Q", len(body)) + body)
-            if len(batch) >= 256:
+                name = os.fsencode(item.name)
+                batch += (_FILE_HEAD.pack(_FILE, 12 + len(name), item.size, item.crc), name)
+            if len(batch) >= 512:
                 out.append(compressor.compress(b"".join(batch)))
                 batch.clear()
         out.append(compressor.compress(b"".join(batch)))
