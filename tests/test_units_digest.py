@@ -1,10 +1,8 @@
 """Small pure helpers: Docker's size parser and printer, digests and chain ids."""
 
-import threading
-
 import pytest
 
-from cowstore.digest import EMPTY_LAYER_DIGEST, BackgroundHash, chain_id, check_digest, random_id, sha256_bytes
+from cowstore.digest import EMPTY_LAYER_DIGEST, chain_id, check_digest, random_id, sha256_bytes
 from cowstore.errors import InvalidDigest, InvalidOption
 from cowstore.units import human_size, parse_size
 
@@ -59,24 +57,3 @@ def test_random_id_never_numeric_prefix() -> None:
     for _ in range(200):
         value = random_id()
         assert len(value) == 64 and not value[:12].isdigit()
-
-
-def test_background_hash_is_the_digest_of_its_chunks_in_order() -> None:
-    chunks = [bytes([i]) * (1 + i * 4099) for i in range(40)]  # more chunks than the queue holds
-    background = BackgroundHash()
-    for chunk in chunks:
-        background.update(chunk)
-    assert background.digest == sha256_bytes(b"".join(chunks))
-    assert background.digest == sha256_bytes(b"".join(chunks))  # taken once, kept
-
-
-def test_background_hash_thread_ends_on_close_and_refuses_more() -> None:
-    before = threading.active_count()
-    background = BackgroundHash()
-    background.update(b"abc")
-    background.close()
-    background.close()
-    assert threading.active_count() == before
-    assert background.digest == sha256_bytes(b"abc")
-    with pytest.raises(ValueError):
-        background.update(b"more")

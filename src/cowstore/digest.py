@@ -7,10 +7,8 @@ or a key: only `sha256:` with 64 lowercase hex digits is accepted.
 from __future__ import annotations
 
 import hashlib
-import queue
 import re
 import secrets
-import threading
 from typing import Protocol
 
 from cowstore.errors import DigestMismatch, InvalidDigest
@@ -78,49 +76,6 @@ class DigestingReader:
 
     def verify(self, expected: str, what: str) -> None:
         verify_digest(self.digest, expected, what)
-
-
-class BackgroundHash:
-    """A sha256 computed by a thread of its own from the chunks `update` hands it.
-
-    hashlib lets go of the interpreter lock while it hashes a buffer of more than 2 KiB,
-    so a layer's chunks are hashed on another core while the reader extracts them; the
-    reader pays one queue put per chunk. The queue is bounded, so a reader faster than
-    the hash waits instead of holding the stream in memory. `digest` waits for the
-    chunks handed over so far; `close` ends the thread (idempotent).
-    """
-
-    _DEPTH = 8
-
-    def __init__(self) -> None:
-        self._hash = hashlib.sha256()
-        self._chunks: queue.Queue[bytes | None] = queue.Queue(self._DEPTH)
-        self._thread: threading.Thread | None = threading.Thread(target=self._run, name="sha256", daemon=True)
-        self._thread.start()
-        self._digest: str | None = None
-
-    def _run(self) -> None:
-        update = self._hash.update
-        while (chunk := self._chunks.get()) is not None:
-            update(chunk)
-
-    def update(self, chunk: bytes) -> None:
-        if self._thread is None:
-            raise ValueError("BackgroundHash updated after it was closed")
-        self._chunks.put(chunk)
-
-    @property
-    def digest(self) -> str:
-        if self._digest is None:
-            self.close()
-            self._digest = "sha256:" + self._hash.hexdigest()
-        return self._digest
-
-    def close(self) -> None:
-        if self._thread is not None:
-            self._chunks.put(None)
-            self._thread.join()
-            self._thread = None
 
 
 def verify_digest(digest: str, expected: str, what: str) -> None:

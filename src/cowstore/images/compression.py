@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import bz2
 import lzma
-import queue
-import threading
 import zlib
 from typing import BinaryIO, Protocol, cast
 
@@ -21,6 +19,7 @@ import zstandard
 from isal import igzip, isal_zlib
 
 from cowstore.digest import Reader
+from cowstore.host.readahead import ReadAhead
 from cowstore.images.errors import BadImageArchive
 
 _ISAL_ERROR = cast("type[Exception]", isal_zlib.error)
@@ -89,86 +88,10 @@ class _Decoding:
             raise BadImageArchive(f"{self._what}: corrupt or truncated {self._kind} data ({exc})") from None
 
 
-_CHUNK = 1024 * 1024
-_AHEAD = 4  # chunks decoded ahead of the reader: bounds the memory a layer's decoding takes
-
-
-class Threaded:
-    """Reads `reader` in a thread of its own, up to a few chunks ahead; close() stops it.
-
-    What the thread raises is raised to the reader, at the point of the stream where it
-    happened; the end of the stream stays the end.
-    """
-
-    def __init__(self, reader: _Reader, what: str) -> None:
-        self._reader = reader
-        self._queue: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=_AHEAD)
-        self._closed = threading.Event()
-        self._buffer = b""
-        self._pos = 0
-        self._end: bytes | BaseException | None = None
-        self._thread = threading.Thread(target=self._produce, name=f"decode {what}", daemon=True)
-        self._thread.start()
-
-    def _produce(self) -> None:
-        try:
-            while not self._closed.is_set():
-                chunk = self._reader.read(_CHUNK)
-                self._put(chunk)
-                if not chunk:
-                    return
-        except BaseException as exc:  # noqa: BLE001 - handed to the reader, which raises it
-            self._put(exc)
-
-    def _put(self, item: bytes | BaseException) -> None:
-        while not self._closed.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-
-    def _fill(self) -> bool:
-        """Take the next chunk from the thread; False at the end of the stream."""
-        if self._end is not None:
-            if isinstance(self._end, BaseException):
-                raise self._end
-            return False
-        item = self._queue.get()
-        if isinstance(item, BaseException) or not item:
-            self._end = item
-            return self._fill()
-        self._buffer, self._pos = item, 0
-        return True
-
-    def read(self, n: int = -1, /) -> bytes:
-        if n is None or n < 0:
-            parts = [self._buffer[self._pos :]]
-            self._buffer, self._pos = b"", 0
-            while self._fill():
-                parts.append(self._buffer)
-                self._buffer, self._pos = b"", 0
-            return b"".join(parts)
-        if self._pos >= len(self._buffer) and not self._fill():
-            return b""
-        data = self._buffer[self._pos : self._pos + n]
-        self._pos += len(data)
-        return data
-
-    def close(self) -> None:
-        self._closed.set()
-        while self._thread.is_alive():
-            try:
-                self._queue.get(timeout=0.1)
-            except queue.Empty:
-                continue
-        self._thread.join()
-
-
 def decompressed(stream: Reader, what: str) -> tuple[BinaryIO, str]:
     """Wrap `stream` so reads yield the uncompressed bytes; returns (stream, compression).
 
-    A compressed stream is decoded in a thread of its own (see Threaded): the caller
+    A compressed stream is decoded in a thread of its own (ReadAhead): the caller
     closes the stream it gets, which stops that thread.
     """
     head = b""
@@ -192,4 +115,4 @@ def decompressed(stream: Reader, what: str) -> tuple[BinaryIO, str]:
         reader = lzma.LZMAFile(source, mode="rb")
     else:
         reader = bz2.BZ2File(source, mode="rb")
-    return Threaded(_Decoding(reader, what, kind), what), kind  # type: ignore[return-value]
+    return ReadAhead(_Decoding(reader, what, kind), f"decode {what}"), kind  # type: ignore[return-value]

@@ -14,16 +14,16 @@ import pathlib
 
 from cowstore.archive.limits import Limits
 from cowstore.archive.tarstream import Observed
-from cowstore.digest import BackgroundHash, Reader, verify_digest
+from cowstore.digest import Reader, verify_digest
 from cowstore.drivers.driver import Driver
 from cowstore.errors import ArchiveError, StagingSpaceExhausted
+from cowstore.host.readahead import CHUNK, ReadAhead
 from cowstore.host.writeback import EarlyFlush
 from cowstore.layers.tarsplit import Recorder
 
 # A tar carries headers and padding besides its payload, which `max-bytes` bounds.
 _SLACK = 64 * 1024 * 1024
 _SPACE_CHECK_EVERY = 64 * 1024 * 1024
-_CHUNK = 1024 * 1024
 # Write-back of a durable layer starts in the background every this many bytes read.
 _FLUSH_EVERY = 16 * 1024 * 1024
 
@@ -35,12 +35,11 @@ class Ingest:
     header, a padding) are served from that chunk: hashing, counting, the limit checks
     and the early flush happen once per chunk, not once per read. The limits are thus
     checked on bytes at most one chunk ahead of what the driver has seen. The chunks are
-    hashed by a thread of their own (BackgroundHash), beside the extraction.
+    read and hashed by a thread of their own (ReadAhead), beside the extraction.
     """
 
     def __init__(self, stream: Reader, limits: Limits, space_of: pathlib.Path, flush: EarlyFlush | None) -> None:
-        self._stream = stream
-        self._hash = BackgroundHash()
+        self._source = ReadAhead(stream, "read layer", hashed=True)
         self._count = 0
         self._limits = limits
         self._space_of = space_of
@@ -77,11 +76,9 @@ class Ingest:
 
     def _refill(self) -> bool:
         """Read, hash and check the next chunk; False at the end of the stream."""
-        self._buffer, self._pos = self._stream.read(_CHUNK), 0
+        self._buffer, self._pos = self._source.read(CHUNK), 0
         self._view = memoryview(self._buffer)
-        if self._buffer:
-            self._hash.update(self._buffer)
-            self._count += len(self._buffer)
+        self._count += len(self._buffer)
         count = self._count
         if count >= self._next_check and self._buffer:
             if count > self._limits.max_bytes + _SLACK:
@@ -110,14 +107,14 @@ class Ingest:
     @property
     def digest(self) -> str:
         """The digest of the whole stream: valid once it was read to its end."""
-        return self._hash.digest
+        return self._source.digest
 
     def verify(self, expected: str, what: str) -> None:
         verify_digest(self.digest, expected, what)
 
     def close(self) -> None:
-        """End the hashing thread (the digest, if taken, stays)."""
-        self._hash.close()
+        """Stop reading ahead."""
+        self._source.close()
 
     def verify_rest(self, expected: str, what: str) -> None:
         """After the tar failed to parse: DigestMismatch if the whole stream does not hash to `expected`."""

@@ -136,7 +136,7 @@ class Recorder(TarObserver):
         # a gzip stream; ISA-L's fastest level compresses headers well, some five times faster than zlib's
         compressor = isal_zlib.compressobj(1, zlib.DEFLATED, 31)
         out: list[bytes] = []
-        batch: list[bytes] = []
+        batch: list[bytes | bytearray] = []
         for item in self._items:
             if isinstance(item, bytes):
                 batch += (_SEGMENT_HEAD.pack(_SEGMENT, len(item)), item)

@@ -134,7 +134,13 @@ class Engine:
             return out.read().decode().strip()
 
     def timed(self, *args: str, flush: bool = True) -> tuple[float, str]:
-        """(milliseconds, stdout) of one command, a syncfs of the storage included when `flush`."""
+        """(milliseconds, stdout) of one command, a syncfs of the storage included when `flush`.
+
+        With `flush`, the storage's filesystem is flushed first, untimed: the figure then
+        carries no write-back of what ran before it (an image removed, a tree deleted).
+        """
+        if flush:
+            syncfs(self.storage)
         start = time.perf_counter()
         out = self.run(*args)
         if flush:
@@ -261,9 +267,11 @@ def docker_archives(ctx: Context) -> dict[str, pathlib.Path]:
 
 
 def gnu_tar_ms(tar: pathlib.Path, ctx: Context) -> float:
-    """GNU `tar -x` of `tar` into a fresh directory on the same backing, then syncfs: the floor."""
+    """GNU `tar -x` of `tar` into a fresh directory on the same backing, then syncfs: the floor.
+    The backing is flushed first, untimed, as before each command of an Engine."""
     into = ctx.scratch.path("tar-x")
     try:
+        syncfs(into)
         start = time.perf_counter()
         subprocess.run(["tar", "-x", "-f", str(tar), "-C", str(into)], check=True, capture_output=True)
         syncfs(into)
