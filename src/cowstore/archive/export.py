@@ -13,7 +13,7 @@ import stat
 import tarfile
 import time
 from collections.abc import Iterable
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from cowstore.archive.changes import CAPABILITY_XATTR, Change
 from cowstore.archive.whiteouts import (
@@ -35,17 +35,60 @@ def _is_opaque(path: str) -> bool:
         return False
 
 
+_GATHER = 1024 * 1024  # writes smaller than this are gathered; file data goes in pieces this large
+
+
+class _Output:
+    """`out` as tarfile's plain mode wants it (a position to tell), with small writes gathered.
+
+    tarfile's stream mode would pass every byte through a buffer of its own in 10 KiB
+    slices; the plain mode writes headers and file data as they come, so file data goes
+    out in 1 MiB pieces and only headers and padding are gathered here.
+    """
+
+    def __init__(self, out: BinaryIO) -> None:
+        self._out = out
+        self._pending = bytearray()
+        self._written = 0
+
+    def write(self, data: bytes) -> int:
+        if len(data) >= _GATHER:
+            self.flush()
+            self._out.write(data)
+        else:
+            self._pending += data
+            if len(self._pending) >= _GATHER:
+                self.flush()
+        self._written += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self._written
+
+    def flush(self) -> None:
+        if self._pending:
+            self._out.write(self._pending)
+            self._pending.clear()
+
+
 class TarWriter:
     """Adds files of a directory tree to a tar, tracking hard-link groups."""
 
     def __init__(self, out: BinaryIO) -> None:
-        self._tar = tarfile.open(
-            fileobj=out, mode="w|", format=tarfile.PAX_FORMAT, encoding="utf-8", errors="surrogateescape"
+        self._out = _Output(out)
+        self._tar = tarfile.TarFile(
+            fileobj=cast(BinaryIO, self._out),
+            mode="w",
+            format=tarfile.PAX_FORMAT,
+            encoding="utf-8",
+            errors="surrogateescape",
+            copybufsize=_GATHER,
         )
         self._inodes: dict[tuple[int, int], str] = {}
 
     def close(self) -> None:
         self._tar.close()
+        self._out.flush()
 
     def add_whiteout(self, rel: str, mode: int = 0o600, uid: int = 0, gid: int = 0) -> None:
         """A `.wh.<name>` (or opaque marker) entry: an empty regular file."""

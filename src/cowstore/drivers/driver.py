@@ -197,7 +197,7 @@ class Driver(abc.ABC):
         """`diff`, once `check(changes, size)` has accepted the changes and their size (a commit).
 
         The layer store holds a commit's changes against its limits before any byte of
-        the tar is spooled; `check` raises to refuse them. This default asks `changes`,
+        the tar is written; `check` raises to refuse them. This default asks `changes`,
         `diff_size` and `diff` in turn; a driver that must mount to find changes
         overrides it to find them once and write the tar from the same mounts.
         """

@@ -8,9 +8,8 @@ paths are tested against; slow in proportion to the size of the whole tree.
 from __future__ import annotations
 
 import pathlib
-import tempfile
 from collections.abc import Callable
-from typing import BinaryIO, cast
+from typing import BinaryIO
 
 from cowstore import archive
 from cowstore.archive.changes import Change
@@ -22,9 +21,6 @@ _SPOOL_BYTES = 32 * 1024 * 1024
 
 class NaiveDiffDriver(Driver):
     """A Driver whose diff, changes, apply_diff and diff_size compare mounted trees."""
-
-    def _spool(self) -> BinaryIO:
-        return cast(BinaryIO, tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES, dir=str(self.home)))
 
     def _spooled(self, write: Callable[[BinaryIO], None]) -> BinaryIO:
         """A private spool file that `write` fills, rewound; removed if `write` raises."""

@@ -399,9 +399,10 @@ class LayerStore:
     def rw_diff(self, name: str) -> BinaryIO:
         """The container's changeset as a tar (what a commit registers).
 
-        The drivers spool the whole tar before the layer store reads a byte of it, and a
-        sparse file costs its full length there: so the changes' apparent size is held
-        against the limits first, and nothing is written when they refuse it.
+        A sparse file costs its full length in the tar and in the new layer (and in the
+        spool of a driver that finds changes by comparing trees): so the changes'
+        apparent size is held against the limits first, and nothing is written when they
+        refuse it.
         """
         rw = self.get_rw(name)
 

@@ -121,7 +121,7 @@ def test_compact_container_on_a_filled_init_tree(driver: OverlayDriver) -> None:
     # The upper dir is the changeset against the one lower: no mount to diff or commit.
     assert [(c.path, c.kind) for c in driver.changes("c", "init")] == [("/f", "C"), ("/hosts", "D")]
     assert mounts.mounts_under(driver.home) == []
-    with tarfile.open(fileobj=driver.diff("c", "init")) as tar:
+    with driver.diff("c", "init") as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
         assert sorted(tar.getnames()) == [".wh.hosts", "f"]
     assert driver.diff_size("c", "init") == len("changed")
     driver.remove("c")

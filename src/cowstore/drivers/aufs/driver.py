@@ -45,6 +45,7 @@ from cowstore.errors import (
     NotSupported,
 )
 from cowstore.host import fsutil, mounts
+from cowstore.host.pipestream import piped
 from cowstore.host.safepath import lstat_beneath
 
 # The union has no compile-time branch limit; this bounds argv and lookup cost.
@@ -347,10 +348,8 @@ class AufsDriver(NaiveDiffDriver):
     def diff(self, id: str, parent: str | None = None) -> BinaryIO:
         if not self._native(id, parent):
             return super().diff(id, parent)
-        out = self._spool()
-        tar_directory(self._diff(id), out, whiteouts="aufs")
-        out.seek(0)
-        return out
+        tree = self._diff(id)
+        return piped(lambda out: tar_directory(tree, out, whiteouts="aufs"), f"diff {id}")
 
     def apply_diff(self, id: str, parent: str | None, stream: BinaryIO) -> int:
         if not self._native(id, parent):

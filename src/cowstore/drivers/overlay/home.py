@@ -21,6 +21,7 @@ from cowstore.drivers.naive import NaiveDiffDriver
 from cowstore.drivers.overlay.kernel import unmount
 from cowstore.errors import InvalidOption, LayerNotFound, NotSupported
 from cowstore.host import fsutil
+from cowstore.host.pipestream import piped
 
 # Layer ids become directory names next to the driver's own bookkeeping entries.
 _RESERVED_IDS = {"l", "merged", "mountpoints"}
@@ -142,10 +143,8 @@ class OverlayHome(NaiveDiffDriver):
     def diff(self, id: str, parent: str | None = None) -> BinaryIO:
         if not self._native(id, parent):
             return super().diff(id, parent)
-        out = self._spool()
-        tar_directory(self._upper(id), out, whiteouts="overlay")
-        out.seek(0)
-        return out
+        tree = self._upper(id)
+        return piped(lambda out: tar_directory(tree, out, whiteouts="overlay"), f"diff {id}")
 
     def diff_size(self, id: str, parent: str | None = None) -> int:
         if not self._native(id, parent):
