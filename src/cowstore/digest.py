@@ -6,12 +6,14 @@ or a key: only `sha256:` with 64 lowercase hex digits is accepted.
 
 from __future__ import annotations
 
-import hashlib
+import os
 import re
-import secrets
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from cowstore.errors import DigestMismatch, InvalidDigest
+
+if TYPE_CHECKING:
+    import hashlib
 
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
@@ -25,8 +27,16 @@ def check_digest(value: object) -> str:
     return value
 
 
+def sha256(data: bytes = b"") -> hashlib._Hash:
+    """A new sha256 hash object. hashlib is imported on first use: loading OpenSSL would
+    cost each listing command, which never hashes, a few milliseconds of its start-up."""
+    import hashlib
+
+    return hashlib.sha256(data)
+
+
 def sha256_bytes(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
+    return "sha256:" + sha256(data).hexdigest()
 
 
 def chain_id(parent_chain: str | None, diff_id: str) -> str:
@@ -41,7 +51,7 @@ def chain_id(parent_chain: str | None, diff_id: str) -> str:
 def random_id() -> str:
     """A 64-hex id whose first 12 characters never read as a decimal number (moby's rule)."""
     while True:
-        value = secrets.token_hex(32)
+        value = os.urandom(32).hex()
         if not value[:12].isdigit():
             return value
 
@@ -57,7 +67,7 @@ class DigestingReader:
 
     def __init__(self, stream: Reader) -> None:
         self._stream = stream
-        self._hash = hashlib.sha256()
+        self._hash = sha256()
         self.count = 0
 
     def read(self, n: int = -1) -> bytes:
@@ -95,7 +105,7 @@ class DigestingWriter:
 
     def __init__(self, out: Writer) -> None:
         self._out = out
-        self._hash = hashlib.sha256()
+        self._hash = sha256()
 
     def write(self, data: bytes) -> None:
         self._hash.update(data)

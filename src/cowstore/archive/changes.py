@@ -13,8 +13,7 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from cowstore.host import fsutil
 from cowstore.host.longpath import ShortPaths
@@ -23,8 +22,7 @@ from cowstore.host.longpath import ShortPaths
 CAPABILITY_XATTR = "security.capability"
 
 
-@dataclass(frozen=True, order=True)
-class Change:
+class Change(NamedTuple):
     """One entry of a changeset, like `docker diff` prints it."""
 
     path: str  # absolute inside the layer, e.g. "/etc/hosts"

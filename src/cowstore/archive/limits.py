@@ -6,13 +6,12 @@ few need the reader.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from cowstore.errors import InvalidOption
 
 
-@dataclass(frozen=True)
-class Limits:
+class Limits(NamedTuple):
     """Bounds that keep a hostile layer from exhausting memory, disk or time."""
 
     max_entries: int = 2_000_000
@@ -31,8 +30,8 @@ class Limits:
         values = {}
         for key, value in items.items():
             name = key.replace("-", "_")
-            if name not in cls.__dataclass_fields__:
-                known = ", ".join(k.replace("_", "-") for k in cls.__dataclass_fields__)
+            if name not in cls._fields:
+                known = ", ".join(k.replace("_", "-") for k in cls._fields)
                 raise InvalidOption(f"unknown limit {key!r} (known: {known})")
             values[name] = parse_size(value)
         return cls(**values)

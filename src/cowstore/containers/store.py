@@ -12,13 +12,11 @@ import contextlib
 import datetime
 import os
 import pathlib
-import random
 import re
 import sqlite3
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 from cowstore.archive.changes import Change
 from cowstore.digest import random_id
@@ -48,6 +46,14 @@ _ADJECTIVES = ("brave", "calm", "eager", "fond", "gentle", "happy", "jolly", "ke
 _NOUNS = ("bell", "curie", "darwin", "euler", "gauss", "hopper", "knuth", "lovelace", "noether", "ritchie", "turing")
 
 
+def _random_name(suffix: bool = False) -> str:
+    """`adjective_noun` like Docker's, with a number after it when `suffix`. From os.urandom:
+    the `random` module is not worth its import to a `create` for two picks."""
+    a, n, number = (int.from_bytes(os.urandom(4), "big") for _ in range(3))
+    name = f"{_ADJECTIVES[a % len(_ADJECTIVES)]}_{_NOUNS[n % len(_NOUNS)]}"
+    return f"{name}{number % 10**6 + 1}" if suffix else name
+
+
 class ContainerNotFound(NotFound):
     """No container has this name, id or id prefix."""
 
@@ -60,8 +66,7 @@ class ContainerMounted(InUse):
     """The container is mounted and the operation was not forced."""
 
 
-@dataclass(frozen=True)
-class Container:
+class Container(NamedTuple):
     id: str
     name: str
     image_id: str
@@ -145,10 +150,10 @@ class ContainerStore:
     def _new_name(self) -> str:
         taken = {r["name"] for r in self.db.query("SELECT name FROM containers")}
         for _ in range(20):
-            name = f"{random.choice(_ADJECTIVES)}_{random.choice(_NOUNS)}"
+            name = _random_name()
             if name not in taken:
                 return name
-        return f"{random.choice(_ADJECTIVES)}_{random.choice(_NOUNS)}{random.randint(1, 10**6)}"
+        return _random_name(suffix=True)
 
     def create(
         self,

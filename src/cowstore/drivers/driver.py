@@ -18,8 +18,7 @@ import abc
 import os
 import pathlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from cowstore.archive.changes import Change
 from cowstore.errors import InvalidOption, NotSupported
@@ -28,8 +27,7 @@ from cowstore.host import diskusage, fsutil
 LAYOUTS = ("compact", "docker")
 
 
-@dataclass(frozen=True)
-class MountSpec:
+class MountSpec(NamedTuple):
     """One mount that another program performs itself (containerd's Mount: type, source, options)."""
 
     type: str
@@ -42,8 +40,7 @@ class MountSpec:
         return cls("bind", os.fspath(path), ("rbind", "ro" if readonly else "rw"))
 
 
-@dataclass(frozen=True)
-class DiskUsage:
+class DiskUsage(NamedTuple):
     """Bytes a driver's storage really occupies, each block counted once.
 
     `layers[id]` holds what only that layer (or a later one in the order asked)

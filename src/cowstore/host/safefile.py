@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import secrets
 import stat
 from collections.abc import Iterator
 from typing import BinaryIO
@@ -34,7 +33,7 @@ def create_exclusive(dir_fd: int, name: str, mode: int = 0o644) -> int:
 def create_temporary(dir_fd: int, prefix: str, mode: int = 0o644) -> tuple[int, str]:
     """A new uniquely named file in `dir_fd`: (descriptor, name); the name cannot be guessed."""
     for _ in range(100):
-        name = f"{prefix}{secrets.token_hex(8)}.partial"
+        name = f"{prefix}{os.urandom(8).hex()}.partial"
         try:
             return os.open(name, _CREATE, mode, dir_fd=dir_fd), name
         except FileExistsError:

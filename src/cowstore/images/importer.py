@@ -10,7 +10,6 @@ it was.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -132,7 +131,7 @@ def import_image(
         if progress:
             progress("done", total, total)
         image = images.add(source.raw_config, top, tags, lease=lease)
-        return dataclasses.replace(image, tags=tuple(tags))
+        return image._replace(tags=tuple(tags))
 
 
 @contextlib.contextmanager

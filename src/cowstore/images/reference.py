@@ -9,7 +9,7 @@ without one is on Docker Hub, whose API answers at registry-1.docker.io.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from cowstore.images.errors import InvalidReference
 
@@ -92,8 +92,7 @@ def normalize_digest_ref(ref: str) -> str:
     return remote.familiar_digest_ref
 
 
-@dataclass(frozen=True)
-class Remote:
+class Remote(NamedTuple):
     """A reference resolved against its registry: host, repository path, tag and/or digest."""
 
     domain: str  # as written, e.g. "127.0.0.1:5000"; "docker.io" for Docker Hub

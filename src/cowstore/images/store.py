@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from cowstore.digest import sha256_bytes
 from cowstore.images import reference
@@ -20,12 +20,11 @@ from cowstore.images.errors import ImageInUse, ImageNotFound, InvalidReference
 from cowstore.layers import LayerStore
 
 
-@dataclass(frozen=True)
-class Image:
+class Image(NamedTuple):
     """One stored image: its exact config bytes, top layer chain id and tags."""
 
     id: str
-    raw_config: bytes = field(repr=False)
+    raw_config: bytes
     top_layer: str | None
     created: float
     tags: tuple[str, ...]

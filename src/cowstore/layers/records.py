@@ -13,16 +13,14 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from cowstore.metadata.db import Database
 
 State = Literal["creating", "ready", "removing"]
 
 
-@dataclass(frozen=True)
-class Layer:
+class Layer(NamedTuple):
     """A registered read-only layer."""
 
     chain_id: str
@@ -35,8 +33,7 @@ class Layer:
     created: float
 
 
-@dataclass(frozen=True)
-class RWLayer:
+class RWLayer(NamedTuple):
     """A container's read-write layer and its `-init` layer."""
 
     name: str
@@ -47,8 +44,7 @@ class RWLayer:
     created: float
 
 
-@dataclass(frozen=True)
-class UnfinishedLayer:
+class UnfinishedLayer(NamedTuple):
     """A layer row left in state creating or removing: it has no chain id yet, or no longer matters."""
 
     cache_id: str

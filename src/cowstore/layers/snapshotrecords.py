@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from cowstore.metadata.db import Database
 
@@ -23,8 +22,7 @@ State = Literal["creating", "ready", "removing"]
 _SELECT = "SELECT s.*, p.key AS parent_key FROM snapshots s LEFT JOIN snapshots p ON p.id = s.parent"
 
 
-@dataclass(frozen=True)
-class Snapshot:
+class Snapshot(NamedTuple):
     """One snapshot layer; `key` is the name of a committed one."""
 
     id: str  # the driver's layer id
@@ -35,7 +33,7 @@ class Snapshot:
     kind: Kind
     created_ns: int
     updated_ns: int
-    labels: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str]
     size: int | None = None
     inodes: int | None = None
     state: State = "ready"

@@ -16,7 +16,6 @@ import functools
 import os
 import pathlib
 import re
-import secrets
 import subprocess
 from collections.abc import Iterator, Mapping, Sequence
 
@@ -178,7 +177,7 @@ class BtrfsDriver(PlainDirectories, NaiveDiffDriver):
         # Out of the way first, so a crash part-way leaves no half-deleted layer under
         # its id; leftovers are swept when the driver is opened again, unless their
         # lock (held here until the end) says a live process is still at it.
-        staged = self.removing / f"{id}-{secrets.token_hex(4)}"
+        staged = self.removing / f"{id}-{os.urandom(4).hex()}"
         os.rename(path, staged)
         try:
             self._delete(staged)

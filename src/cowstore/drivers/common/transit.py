@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import pathlib
-import secrets
 from collections.abc import Callable
 
 from cowstore.drivers.common import ids
@@ -28,7 +27,7 @@ def transit_path(directory: pathlib.Path, id: str, purpose: str) -> pathlib.Path
 
     Ids never start with a dot, so these names cannot collide with a layer's.
     """
-    return directory / f".{id}-{secrets.token_hex(4)}-{purpose}"
+    return directory / f".{id}-{os.urandom(4).hex()}-{purpose}"
 
 
 def transit_id(name: str) -> str | None:

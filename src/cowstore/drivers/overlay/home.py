@@ -14,7 +14,7 @@ import stat
 from collections.abc import Sequence
 from typing import BinaryIO
 
-from cowstore.archive import tar_directory
+from cowstore import archive
 from cowstore.drivers.common import ids, transit
 from cowstore.drivers.common.refcount import MountRefs
 from cowstore.drivers.naive import NaiveDiffDriver
@@ -144,7 +144,7 @@ class OverlayHome(NaiveDiffDriver):
         if not self._native(id, parent):
             return super().diff(id, parent)
         tree = self._upper(id)
-        return piped(lambda out: tar_directory(tree, out, whiteouts="overlay"), f"diff {id}")
+        return piped(lambda out: archive.tar_directory(tree, out, whiteouts="overlay"), f"diff {id}")
 
     def diff_size(self, id: str, parent: str | None = None) -> int:
         if not self._native(id, parent):

@@ -19,7 +19,7 @@ import functools
 import os
 import pathlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from cowstore.drivers.common.refcount import RefCount
 from cowstore.drivers.driver import MountSpec
@@ -158,8 +158,7 @@ def new_mount_api() -> bool:
         os.close(fsfd)
 
 
-@dataclass
-class OverlaySpec:
+class OverlaySpec(NamedTuple):
     """What to mount: layer paths relative to `base` (the driver home), nearest lower first.
 
     Without `upper` the mount is read-only (the kernel needs two lowers then).
@@ -169,7 +168,7 @@ class OverlaySpec:
     lowers: Sequence[str]
     upper: str | None = None
     work: str | None = None
-    options: list[tuple[str, str | None]] = field(default_factory=list)
+    options: Sequence[tuple[str, str | None]] = ()
 
 
 def _depth_error(spec: OverlaySpec, detail: str) -> MaxDepthExceeded:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
-import secrets
 from collections.abc import Callable, Mapping
 from typing import BinaryIO
 
@@ -203,7 +202,7 @@ class OverlayDriver(OverlayHome):
         """Turn mount layer `id` (lock held) into `<id>/root`: a hard-linked copy of its
         lower's root, then `write`; returns what `write` returns, or 0."""
         layer = self._dir(id)
-        staging = layer / f"tmproot-{secrets.token_hex(4)}"
+        staging = layer / f"tmproot-{os.urandom(4).hex()}"
         staging.mkdir(mode=0o755)
         try:
             copy_tree(self._dir(lower) / "root", staging, hardlink=True)

@@ -32,7 +32,6 @@ import contextlib
 import os
 import pathlib
 import re
-import secrets
 from collections.abc import Callable, Mapping
 from typing import BinaryIO
 
@@ -58,7 +57,7 @@ _LINK_NAME = re.compile(r"[A-Z2-7]{26}")
 
 def _new_link_id() -> str:
     """26 upper-case base32 characters, as Docker's short link names."""
-    return base64.b32encode(secrets.token_bytes(16)).decode().rstrip("=")
+    return base64.b32encode(os.urandom(16)).decode().rstrip("=")
 
 
 class Overlay2Driver(OverlayHome):
