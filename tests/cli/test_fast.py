@@ -82,12 +82,12 @@ def test_import_and_load_of_a_file_skip_the_cli_framework(root: pathlib.Path, tm
     tar = tmp_path / "rootfs.tar"
     tar.write_bytes(build(E("etc", "dir", mode=0o755), E("etc/motd", data=b"hi\n")))
     out, loaded = _cowstore(root, "import", str(tar), "motd:1")
-    assert out.startswith("sha256:") and not {"click", "rich"} & {m.split(".")[0] for m in loaded}
+    assert out.startswith("sha256:") and not {"click", "rich", "dataclasses"} & {m.split(".")[0] for m in loaded}
     saved = tmp_path / "saved.tar"
     ok(CliRunner().invoke(main, ["--root", str(root), "--driver", "vfs", "save", "-o", str(saved), "motd:1"]))
     ok(CliRunner().invoke(main, ["--root", str(root), "--driver", "vfs", "rmi", "motd:1"]))
     out, loaded = _cowstore(root, "load", "-i", str(saved))
-    assert out == "Loaded image: motd:1\n" and "click" not in loaded
+    assert out == "Loaded image: motd:1\n" and not {"click", "rich", "dataclasses"} & loaded
     slow = ok(CliRunner().invoke(main, ["--root", str(root), "--driver", "vfs", "load", "-i", str(saved)]))
     assert slow == out
 

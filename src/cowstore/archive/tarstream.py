@@ -17,8 +17,7 @@ import struct
 import tarfile
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from cowstore.archive.entrycheck import check_entry
 from cowstore.archive.limits import Limits
@@ -54,8 +53,7 @@ _TYPES = {
 _HEADER_ONLY = {DIRECTORY, SYMLINK, HARDLINK, CHARDEV, BLOCKDEV, FIFO}
 
 
-@dataclass(slots=True)
-class TarEntry:
+class TarEntry(NamedTuple):
     """One member of a layer tar, after extended headers were applied."""
 
     name: str  # as in the archive (str with surrogateescape for non-UTF-8 bytes)
@@ -65,10 +63,10 @@ class TarEntry:
     uid: int
     gid: int
     mtime: float
-    linkname: str = ""
-    devmajor: int = 0
-    devminor: int = 0
-    xattrs: dict[str, bytes] = field(default_factory=dict)
+    linkname: str
+    devmajor: int
+    devminor: int
+    xattrs: dict[str, bytes]
 
 
 def _decode(raw: bytes) -> str:

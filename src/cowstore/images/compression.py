@@ -5,24 +5,21 @@ thread of its own a few chunks ahead of the reader, so that inflating a layer ov
 extracting it (both decoders release the GIL while they work): ISA-L's inflate (isal)
 for gzip, zstandard's decoder for zstd. Every decoder failure becomes a BadImageArchive
 naming the blob, so a truncated or corrupt blob is reported instead of surfacing as a
-library exception.
+library exception. A decoder's module is imported when a blob needs it: importing a
+plain tar, as `import` and most `load`s do, pays for none of them.
 """
 
 from __future__ import annotations
 
-import bz2
-import lzma
 import zlib
 from typing import BinaryIO, Protocol, cast
-
-import zstandard
-from isal import igzip, isal_zlib
 
 from cowstore.digest import Reader
 from cowstore.host.readahead import ReadAhead
 from cowstore.images.errors import BadImageArchive
 
-_ISAL_ERROR = cast("type[Exception]", isal_zlib.error)
+# What any decoder may raise on bad data, besides its own error class.
+_DECODER_ERRORS: tuple[type[Exception], ...] = (OSError, EOFError, ValueError, zlib.error)
 _MAGIC = {
     b"\x1f\x8b": "gzip",
     b"\x28\xb5\x2f\xfd": "zstd",
@@ -76,16 +73,38 @@ class _Reader(Protocol):
 class _Decoding:
     """Reads the decompressed bytes and turns decoder errors into BadImageArchive."""
 
-    def __init__(self, reader: _Reader, what: str, kind: str) -> None:
+    def __init__(self, reader: _Reader, errors: tuple[type[Exception], ...], what: str, kind: str) -> None:
         self._reader = reader
+        self._errors = errors
         self._what = what
         self._kind = kind
 
     def read(self, n: int = -1) -> bytes:
         try:
             return self._reader.read(n)
-        except (OSError, EOFError, zlib.error, _ISAL_ERROR, lzma.LZMAError, zstandard.ZstdError, ValueError) as exc:
+        except self._errors as exc:
             raise BadImageArchive(f"{self._what}: corrupt or truncated {self._kind} data ({exc})") from None
+
+
+def _decoder(kind: str, source: BinaryIO) -> tuple[_Reader, tuple[type[Exception], ...]]:
+    """The decoder of `kind` over `source`, and every error it raises on bad data."""
+    if kind == "gzip":
+        from isal import igzip, isal_zlib
+
+        return igzip.IGzipFile(fileobj=source, mode="rb"), (*_DECODER_ERRORS, cast("type[Exception]", isal_zlib.error))
+    if kind == "zstd":
+        import zstandard
+
+        # A frame may declare a window of up to 2 GiB; cap decoder memory at zstd's default 128 MiB.
+        reader = zstandard.ZstdDecompressor(max_window_size=1 << 27).stream_reader(source, read_across_frames=True)
+        return reader, (*_DECODER_ERRORS, zstandard.ZstdError)
+    if kind == "xz":
+        import lzma
+
+        return lzma.LZMAFile(source, mode="rb"), (*_DECODER_ERRORS, lzma.LZMAError)
+    import bz2
+
+    return bz2.BZ2File(source, mode="rb"), _DECODER_ERRORS
 
 
 def decompressed(stream: Reader, what: str) -> tuple[BinaryIO, str]:
@@ -105,14 +124,5 @@ def decompressed(stream: Reader, what: str) -> tuple[BinaryIO, str]:
     if kind == "plain":
         return source, kind
     # The decoder is not a `with` block: it is handed to the caller, who reads and closes `stream`.
-    reader: _Reader
-    if kind == "gzip":
-        reader = igzip.IGzipFile(fileobj=source, mode="rb")
-    elif kind == "zstd":
-        # A frame may declare a window of up to 2 GiB; cap decoder memory at zstd's default 128 MiB.
-        reader = zstandard.ZstdDecompressor(max_window_size=1 << 27).stream_reader(source, read_across_frames=True)
-    elif kind == "xz":
-        reader = lzma.LZMAFile(source, mode="rb")
-    else:
-        reader = bz2.BZ2File(source, mode="rb")
-    return ReadAhead(_Decoding(reader, what, kind), f"decode {what}"), kind  # type: ignore[return-value]
+    reader, errors = _decoder(kind, source)
+    return ReadAhead(_Decoding(reader, errors, what, kind), f"decode {what}"), kind  # type: ignore[return-value]

@@ -12,8 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from cowstore.digest import DigestingReader, Reader, chain_id, check_digest
 from cowstore.errors import DigestMismatch, InvalidDigest, LayerNotFound
@@ -28,8 +27,7 @@ from cowstore.layers.faults import fault
 Progress = Callable[[str, int, int], None]  # (what, index, total)
 
 
-@dataclass(frozen=True)
-class LayerBlob:
+class LayerBlob(NamedTuple):
     """Where one layer's blob comes from and what it must hash to."""
 
     open: Callable[[], BinaryIO]
@@ -40,8 +38,7 @@ class LayerBlob:
     independent: bool = False
 
 
-@dataclass(frozen=True)
-class ImageSource:
+class ImageSource(NamedTuple):
     """One image found in an archive, ready to import."""
 
     raw_config: bytes

@@ -22,8 +22,7 @@ import concurrent.futures
 import contextlib
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from cowstore.digest import Reader, chain_id, check_digest, random_id
 from cowstore.errors import CowstoreError, MaxDepthExceeded, Unavailable, space_errors
@@ -40,8 +39,7 @@ if TYPE_CHECKING:
 WORKERS = 2  # extractions at once: decompression and hashing release the GIL, and so do file syscalls
 
 
-@dataclass(frozen=True)
-class PendingLayer:
+class PendingLayer(NamedTuple):
     """One layer of a batch: its diff id, and how to open its uncompressed tar (in a worker thread).
 
     `open` gives a context manager, so that the source can verify what it read (a
@@ -69,16 +67,18 @@ class _Stoppable:
         return self._stream.read(n)
 
 
-@dataclass
 class _Slot:
     """One layer of the batch as it goes: its storage id, its operation lock, its outcome."""
 
-    pending: PendingLayer
-    chain: str
-    cache_id: str
-    op: OperationLock | None = None
-    made: bool = False  # driver storage exists
-    layer: Layer | None = None  # published (or a concurrent import's, retained)
+    __slots__ = ("pending", "chain", "cache_id", "op", "made", "layer")
+
+    def __init__(self, pending: PendingLayer, chain: str, cache_id: str) -> None:
+        self.pending = pending
+        self.chain = chain
+        self.cache_id = cache_id
+        self.op: OperationLock | None = None
+        self.made = False  # driver storage exists
+        self.layer: Layer | None = None  # published (or a concurrent import's, retained)
 
 
 def applies(store: LayerStore) -> bool:
