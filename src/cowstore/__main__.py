@@ -1,3 +1,3 @@
-from cowstore.cli import run
+from cowstore.cli import console
 
-run()
+console()

@@ -9,7 +9,7 @@ durable (cowstore's `--sync`, the default, already does; the extra flush then co
 little). The test images are built here once per run: a fat one (busybox, one big
 file, 2,000 small files) and a real many-small-files tree (the Python standard
 library this bench runs on). A cowstore command is started as the `cowstore` console
-script starts it (`from cowstore.cli import run`); `overlay2+service` runs the same
+script starts it (`cowstore.cli.run`, then `leave`); `overlay2+service` runs the same
 commands with a store service (`cowstore system service`) listening on its root, so the
 hot ones go through the thin client.
 """
@@ -62,13 +62,14 @@ class CliError(Unavailable):
 # bench inherits the bench's high-water mark across exec, so every command would
 # report at least the bench's own size.
 _ENTRY_POINT = (
-    "import os, sys\n"
-    "from cowstore.cli import run\n"
+    "import os\n"
+    "from cowstore.cli import leave, run\n"
     "try:\n"
-    "    sys.exit(run())\n"
-    "finally:\n"
+    "    run()\n"
+    "except SystemExit as done:\n"
     "    with open('/proc/self/status') as s, open(os.environ['COWSTORE_BENCH_HWM'], 'w') as o:\n"
     "        o.write(next(line for line in s if line.startswith('VmHWM:')))\n"
+    "    leave(done)\n"
 )
 
 
