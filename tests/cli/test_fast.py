@@ -104,3 +104,19 @@ def test_the_drivers_of_hot_commands_import_nothing_heavy() -> None:
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True)
     loaded = set(eval(done.stdout))  # noqa: S307 - our own repr
     assert not [m for m in loaded if m.split(".")[0] in _HEAVY or m.startswith(_HEAVY)]
+
+
+def _leave_after(text: str, code: int, stdout: int | None) -> subprocess.CompletedProcess[bytes]:
+    """A process that buffers `text` on stdout, then leaves as after a hot command exiting `code`."""
+    probe = f"import sys\nfrom cowstore.cli import _RanHere, leave\nsys.stdout.write({text!r})\nleave(_RanHere({code}))"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    env.pop("PYTHONUNBUFFERED", None)  # the output must still be in the buffer at the end
+    return subprocess.run([sys.executable, "-c", probe], stdout=stdout, stderr=subprocess.PIPE, env=env, check=False)
+
+
+def test_leaving_without_teardown_flushes_the_output_first() -> None:
+    done = _leave_after("buffered\n", 3, subprocess.PIPE)
+    assert (done.returncode, done.stdout, done.stderr) == (3, b"buffered\n", b"")
+    with open("/dev/full", "wb") as full:
+        done = _leave_after("lost\n", 0, full.fileno())
+    assert done.returncode == 1 and done.stderr.decode().startswith("cowstore: [Errno 28]")

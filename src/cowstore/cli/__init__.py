@@ -100,12 +100,16 @@ def leave(done: SystemExit) -> NoReturn:
     """
     if not isinstance(done, _RanHere):
         raise done
+    code = done.code if isinstance(done.code, int) else 1
     try:
         sys.stdout.flush()
         sys.stderr.flush()
     except BrokenPipeError:
         pass
-    os._exit(done.code if isinstance(done.code, int) else 1)
+    except OSError as exc:  # output that could not be written (a full disk): say so
+        os.write(2, f"cowstore: {exc}\n".encode())
+        code = code or 1
+    os._exit(code)
 
 
 def __getattr__(name: str) -> object:  # typing's Any would cost the client path its import
