@@ -39,10 +39,18 @@ _HEAVY = (
 )
 
 
+def _env() -> dict[str, str]:
+    """The environment of a child Python that imports this checkout's cowstore."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+
+
+def _heavy(loaded: set[str]) -> list[str]:
+    return [m for m in loaded if m.split(".")[0] in _HEAVY or m.startswith(_HEAVY)]
+
+
 def _cowstore(root: pathlib.Path, *args: str) -> tuple[str, set[str]]:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     argv = [sys.executable, "-c", _PROBE, "--root", str(root), "--driver", "vfs", *args]
-    done = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+    done = subprocess.run(argv, capture_output=True, text=True, env=_env(), check=False)
     assert done.returncode == 0, done.stderr
     return done.stdout, set(eval(done.stderr.strip().splitlines()[-1]))  # noqa: S307 - our own repr
 
@@ -53,7 +61,7 @@ def test_hot_commands_import_only_what_they_need(root: pathlib.Path) -> None:
     assert len(container_id) == 64 and (pathlib.Path(mount_path) / "bin").is_dir()
     for args in (("images",), ("ps", "-a"), ("inspect", "web"), ("umount", "web"), ("mount", "web")):
         _, loaded = _cowstore(root, *args)
-        assert not [m for m in loaded if m.split(".")[0] in _HEAVY or m.startswith(_HEAVY)], args
+        assert not _heavy(loaded), args
     _cowstore(root, "umount", "web")
     _cowstore(root, "rm", "web")
 
@@ -100,16 +108,14 @@ def test_the_drivers_of_hot_commands_import_nothing_heavy() -> None:
         "cowstore.drivers.vfs",
     )
     probe = f"import sys\nfor m in {modules!r}: __import__(m)\nprint(repr(sorted(sys.modules)))"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True)
-    loaded = set(eval(done.stdout))  # noqa: S307 - our own repr
-    assert not [m for m in loaded if m.split(".")[0] in _HEAVY or m.startswith(_HEAVY)]
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=_env(), check=True)
+    assert not _heavy(set(eval(done.stdout)))  # noqa: S307 - our own repr
 
 
 def _leave_after(text: str, code: int, stdout: int | None) -> subprocess.CompletedProcess[bytes]:
     """A process that buffers `text` on stdout, then leaves as after a hot command exiting `code`."""
     probe = f"import sys\nfrom cowstore.cli import _RanHere, leave\nsys.stdout.write({text!r})\nleave(_RanHere({code}))"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    env = _env()
     env.pop("PYTHONUNBUFFERED", None)  # the output must still be in the buffer at the end
     return subprocess.run([sys.executable, "-c", probe], stdout=stdout, stderr=subprocess.PIPE, env=env, check=False)
 
