@@ -24,7 +24,7 @@ sys.exit(code)
 """
 # Never loaded by a hot command: the CLI framework, the bench, the archive applier, rich,
 # and the standard modules that cost a command milliseconds of its start-up for nothing
-# (dataclasses with inspect, tarfile, hashlib with OpenSSL, random).
+# (dataclasses with inspect, tarfile, hashlib with OpenSSL, random, base64, signal).
 _HEAVY = (
     "click",
     "rich",
@@ -36,6 +36,8 @@ _HEAVY = (
     "tarfile",
     "hashlib",
     "random",
+    "base64",
+    "signal",
 )
 
 
@@ -110,6 +112,16 @@ def test_the_drivers_of_hot_commands_import_nothing_heavy() -> None:
     probe = f"import sys\nfor m in {modules!r}: __import__(m)\nprint(repr(sorted(sys.modules)))"
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=_env(), check=True)
     assert not _heavy(set(eval(done.stdout)))  # noqa: S307 - our own repr
+
+
+def test_a_store_on_overlay2_never_loads_the_legacy_overlay_driver(tmp_path: pathlib.Path) -> None:
+    probe = (
+        "import sys\nfrom cowstore.store import Store\n"
+        f"Store({str(tmp_path)!r}, 'overlay2').close()\nprint(repr(sorted(sys.modules)))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=_env(), check=True)
+    assert "cowstore.drivers.overlay.overlay2" in done.stdout
+    assert "'cowstore.drivers.overlay.overlay'" not in done.stdout
 
 
 def _leave_after(text: str, code: int, stdout: int | None) -> subprocess.CompletedProcess[bytes]:

@@ -16,15 +16,17 @@ import re
 import sqlite3
 import time
 from collections.abc import Mapping
-from typing import Any, BinaryIO, NamedTuple
+from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 
-from cowstore.archive.changes import Change
 from cowstore.digest import random_id
 from cowstore.errors import AlreadyExists, InUse, InvalidOption, LayerNotFound, NotFound, space_errors
 from cowstore.images import Image, ImageNotFound, ImageStore
 from cowstore.images.config import committed_config, encode
 from cowstore.layers import LayerStore
 from cowstore.layers.faults import fault
+
+if TYPE_CHECKING:
+    from cowstore.archive.changes import Change
 
 ENV_FILE = "/.cowstoreenv"
 # What Docker's setupInitLayer creates (daemon/initlayer), with our own env marker file.

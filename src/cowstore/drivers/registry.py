@@ -18,9 +18,9 @@ from cowstore.errors import NotSupported
 # and class that implement each.
 _DRIVERS: dict[str, str] = {
     "btrfs": "cowstore.drivers.btrfs:BtrfsDriver",
-    "overlay2": "cowstore.drivers.overlay:Overlay2Driver",
+    "overlay2": "cowstore.drivers.overlay.overlay2:Overlay2Driver",
     "aufs": "cowstore.drivers.aufs:AufsDriver",
-    "overlay": "cowstore.drivers.overlay:OverlayDriver",
+    "overlay": "cowstore.drivers.overlay.overlay:OverlayDriver",
     "devicemapper": "cowstore.drivers.devicemapper:DeviceMapperDriver",
     "vfs": "cowstore.drivers.vfs:VfsDriver",
 }

@@ -13,11 +13,14 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Callable
-from typing import Literal, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from cowstore.metadata.db import Database
 
-State = Literal["creating", "ready", "removing"]
+if TYPE_CHECKING:  # a Literal at run time costs every command its construction
+    from typing import Literal
+
+    State = Literal["creating", "ready", "removing"]
 
 
 class Layer(NamedTuple):

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from typing import Literal, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from cowstore.metadata.db import Database
 
-Kind = Literal["view", "active", "committed"]
-State = Literal["creating", "ready", "removing"]
+if TYPE_CHECKING:  # a Literal at run time costs every command its construction
+    from typing import Literal
+
+    Kind = Literal["view", "active", "committed"]
+    State = Literal["creating", "ready", "removing"]
 
 _SELECT = "SELECT s.*, p.key AS parent_key FROM snapshots s LEFT JOIN snapshots p ON p.id = s.parent"
 

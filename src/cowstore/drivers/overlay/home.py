@@ -21,7 +21,6 @@ from cowstore.drivers.naive import NaiveDiffDriver
 from cowstore.drivers.overlay.kernel import unmount
 from cowstore.errors import InvalidOption, LayerNotFound, NotSupported
 from cowstore.host import fsutil
-from cowstore.host.pipestream import piped
 
 # Layer ids become directory names next to the driver's own bookkeeping entries.
 _RESERVED_IDS = {"l", "merged", "mountpoints"}
@@ -144,6 +143,8 @@ class OverlayHome(NaiveDiffDriver):
         if not self._native(id, parent):
             return super().diff(id, parent)
         tree = self._upper(id)
+        from cowstore.host.pipestream import piped  # a thread only a diff needs
+
         return piped(lambda out: archive.tar_directory(tree, out, whiteouts="overlay"), f"diff {id}")
 
     def diff_size(self, id: str, parent: str | None = None) -> int:
