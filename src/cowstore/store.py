@@ -10,10 +10,11 @@ database belong to it: opening the root with another driver is refused.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import pathlib
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from cowstore.archive.limits import Limits
@@ -105,15 +106,28 @@ class Store:
         *,
         sync: bool = True,
         limits: Limits | None = None,
+        lazy_driver: bool = False,
     ) -> None:
+        """Open the store at `root` (see the module docstring for the driver it uses).
+
+        With `lazy_driver`, a root that already records its driver opens it only when
+        something needs it: listings read the database alone, and opening some drivers
+        (a thin pool's server, a FUSE union) costs more than the listing itself.
+        """
         self.root = pathlib.Path(root) if root is not None else default_root()
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         recorded = recorded_driver(self.root)
-        self.driver = select_driver(self.root, driver, dict(storage_opts or {}), recorded)
+        options = dict(storage_opts or {})
+        chosen: Driver | Callable[[], Driver]
+        if lazy_driver and recorded is not None and driver in (None, recorded):
+            chosen = functools.partial(open_driver, recorded, self.root / recorded, options)
+        else:
+            chosen = select_driver(self.root, driver, options, recorded)
         try:
-            self.layers = LayerStore(self.root, self.driver, sync=sync, limits=limits)
+            self.layers = LayerStore(self.root, chosen, sync=sync, limits=limits)
         except BaseException:
-            self.driver.cleanup()
+            if isinstance(chosen, Driver):
+                chosen.cleanup()
             raise
         try:
             if recorded is None:
@@ -127,8 +141,17 @@ class Store:
                     self._reconcile_containers(repair=True)
         except BaseException:
             self.layers.close()
-            self.driver.cleanup()
+            self._release_driver()
             raise
+
+    @property
+    def driver(self) -> Driver:
+        return self.layers.driver
+
+    def _release_driver(self) -> None:
+        driver = self.layers.opened_driver
+        if driver is not None:
+            driver.cleanup()
 
     def close(self) -> None:
         self.layers.close()
@@ -154,7 +177,7 @@ class Store:
                     self.layers.unmount(rw.name)
             self.close()
         finally:
-            self.driver.cleanup()
+            self._release_driver()
 
     def __enter__(self) -> Store:
         return self

@@ -9,6 +9,7 @@ import pathlib
 import subprocess
 import sys
 
+from cowstore.store import Store
 from tests.cli.test_cli_commands import ok
 
 # Run one command line through the console entry point, then name the modules it loaded.
@@ -66,6 +67,24 @@ def test_hot_commands_import_only_what_they_need(root: pathlib.Path) -> None:
         assert not _heavy(loaded), args
     _cowstore(root, "umount", "web")
     _cowstore(root, "rm", "web")
+
+
+def test_listings_open_the_driver_only_when_they_need_it(root: pathlib.Path) -> None:
+    _cowstore(root, "create", "--name", "idle", "busybox-demo")
+    for args in (("images",), ("images", "-q"), ("ps", "-a", "-q"), ("ps", "-a", "--no-size")):
+        out, loaded = _cowstore(root, *args)
+        assert out and "cowstore.drivers.vfs" not in loaded, args
+    out, loaded = _cowstore(root, "ps", "-a")  # a container's size is measured by the driver
+    assert "idle" in out and "cowstore.drivers.vfs" in loaded
+    store = Store(root, lazy_driver=True)
+    try:
+        assert store.images.images() and store.layers.opened_driver is None
+        assert store.driver.name == "vfs" and store.layers.opened_driver is store.driver
+    finally:
+        store.close()
+    listing = [sys.executable, "-c", _PROBE, "--root", str(root), "--driver", "overlay2", "images"]
+    done = subprocess.run(listing, capture_output=True, text=True, env=_env(), check=False)
+    assert done.returncode == 1 and "was created with the vfs driver" in done.stderr
 
 
 def test_fast_and_click_print_the_same(root: pathlib.Path) -> None:

@@ -20,6 +20,7 @@ import pytest
 from cowstore.drivers import open_driver
 from cowstore.errors import NotSupported
 from cowstore.layers import LayerStore
+from cowstore.layers.store import _marker_orders_storage
 
 from ..support.tars import layer_tar
 
@@ -33,7 +34,7 @@ def store(tmp_path: pathlib.Path) -> Iterator[LayerStore]:
     except NotSupported as exc:
         pytest.skip(str(exc))
     s = LayerStore(tmp_path, driver)
-    if not s._marker_orders_storage:
+    if not _marker_orders_storage(s.tmp, driver):
         s.close()
         driver.cleanup()
         pytest.skip("the temp directory is not on a journaled filesystem")

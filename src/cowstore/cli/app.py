@@ -36,10 +36,16 @@ class App:
 
     @property
     def store(self) -> Store:
+        return self.open()
+
+    def open(self, *, lazy_driver: bool = False) -> Store:
+        """The store of this command, opened on first call (`lazy_driver`: see `Store`)."""
         if self._store is None:
             from cowstore.store import Store
 
-            self._store = Store(self.root, self.driver, self.storage_opts, sync=self.sync, limits=self.limits)
+            self._store = Store(
+                self.root, self.driver, self.storage_opts, sync=self.sync, limits=self.limits, lazy_driver=lazy_driver
+            )
         return self._store
 
     def close(self) -> None:

@@ -42,7 +42,7 @@ def container_create(image: str, name: str | None, opts: tuple[str, ...], mount:
 @click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
 def container_ls(quiet: bool, all_: bool, with_size: bool, fmt: str) -> None:
     """List containers with the bytes each wrote and its virtual size."""
-    verbs.list_containers(app().store, quiet, with_size, fmt)
+    verbs.list_containers(app().open(lazy_driver=True), quiet, with_size, fmt)
 
 
 @container_group.command("mount")

@@ -61,6 +61,7 @@ class _Command:
         defaults: dict[str, Any] | None = None,
         *,
         batch: bool = False,
+        listing: bool = False,
     ) -> None:
         self.options = options
         self.arity = arity  # "none", "one", "some" or "many": see _arity_ok
@@ -68,6 +69,7 @@ class _Command:
         self.choices = choices or {}
         self.defaults = defaults or {}
         self.batch = batch  # reads a file and runs long: never on a terminal (click's progress bar)
+        self.listing = listing  # reads the database alone: the driver is opened only if needed
 
 
 _TABLE_OR_JSON: dict[str, tuple[str, ...]] = {"fmt": ("table", "json")}
@@ -91,6 +93,7 @@ _IMAGES = _Command(
     lambda store, a: verbs.list_images(store, a.get("quiet", False), a["fmt"]),
     _TABLE_OR_JSON,
     {"fmt": "table"},
+    listing=True,
 )
 _PS = _Command(
     {**_QUIET, "-a": ("all", True), "--all": ("all", True), **_SIZE, **_FORMAT},
@@ -98,6 +101,7 @@ _PS = _Command(
     lambda store, a: verbs.list_containers(store, a.get("quiet", False), a["size"], a["fmt"]),
     _TABLE_OR_JSON,
     {"fmt": "table", "size": True},
+    listing=True,
 )
 _INSPECT = _Command(
     {"--type": ("kind", "value"), **_FORMAT},
@@ -274,7 +278,7 @@ def plan(
 def run_plan(state: App, command: _Command, arguments: dict[str, Any]) -> int:
     """Run a planned command on `state`'s store (left open); its exit code, errors on stderr."""
     try:
-        command.body(state.store, arguments)
+        command.body(state.open(lazy_driver=command.listing), arguments)
     except (CowstoreError, OSError, sqlite3.Error) as exc:
         if state.debug:
             raise

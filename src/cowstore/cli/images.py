@@ -33,7 +33,7 @@ def image_group() -> None:
 @click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
 def image_ls(quiet: bool, fmt: str) -> None:
     """List images."""
-    verbs.list_images(app().store, quiet, fmt)
+    verbs.list_images(app().open(lazy_driver=True), quiet, fmt)
 
 
 def _open_input(path: str) -> str | BinaryIO:

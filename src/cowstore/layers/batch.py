@@ -29,10 +29,10 @@ from cowstore.errors import CowstoreError, MaxDepthExceeded, Unavailable, space_
 from cowstore.host import fsutil
 from cowstore.layers import ingest
 from cowstore.layers.faults import fault
+from cowstore.layers.lock import OperationLock
 from cowstore.layers.store import MAX_DEPTH
 
 if TYPE_CHECKING:
-    from cowstore.layers.lock import OperationLock
     from cowstore.layers.records import Layer
     from cowstore.layers.store import LayerStore
 
@@ -144,8 +144,10 @@ def _announce(store: LayerStore, slots: list[_Slot], parent: str | None, depth: 
         if parent is not None:
             store.get(parent)  # still there, now under the lock
         for index, slot in enumerate(slots):
-            slot.op = store.announce(
-                slot.cache_id, _recorder(store, slot.cache_id, parent if index == 0 else None, depth + index + 1)
+            slot.op = OperationLock.announce(
+                store.tmp,
+                slot.cache_id,
+                _recorder(store, slot.cache_id, parent if index == 0 else None, depth + index + 1),
             )
     base_cache = store.get(parent).cache_id if parent is not None else None
     for index, slot in enumerate(slots):

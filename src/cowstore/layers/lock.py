@@ -16,7 +16,7 @@ import fcntl
 import os
 import pathlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from cowstore.errors import StoreLocked
 
@@ -91,6 +91,20 @@ class OperationLock:
     means an interrupted operation, and no `.op` file with a free lock means there is
     nothing to recover: that is the cheap marker every store open looks at.
     """
+
+    @classmethod
+    def announce(cls, directory: pathlib.Path, id: str, record: Callable[[], None]) -> OperationLock:
+        """Take the operation lock of `id`, then `record` the operation in state `creating`.
+
+        In that order: a record whose lock is free is what a dead process left behind.
+        """
+        op = cls(directory, id)
+        try:
+            record()
+        except BaseException:
+            op.release()
+            raise
+        return op
 
     def __init__(self, directory: pathlib.Path, id: str) -> None:
         self.path = directory / f"{id}{_SUFFIX}"

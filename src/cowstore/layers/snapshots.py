@@ -97,7 +97,8 @@ class SnapshotLayers:
             space = namespace if namespace is not None else (base.namespace if base else "")
             if self.records.taken(namespace, key):
                 raise SnapshotExists(f"snapshot {key} already exists")
-            op = self.store.announce(
+            op = OperationLock.announce(
+                self.store.tmp,
                 id,
                 lambda: self.records.add(id, space, key, base.id if base else None, kind, dict(labels), _now()),
             )

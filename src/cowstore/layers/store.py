@@ -13,6 +13,7 @@ import contextlib
 import os
 import pathlib
 import sqlite3
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -43,6 +44,9 @@ if TYPE_CHECKING:
     from cowstore.archive.changes import Change
     from cowstore.layers.consistency import Problem
 
+    # A store opened for listings passes an opener: the driver is opened on first use.
+    DriverOrOpener = Driver | Callable[[], Driver]
+
 MAX_DEPTH = 1000  # a sanity bound; drivers enforce their own (overlay2: 500 lowers)
 
 
@@ -50,7 +54,7 @@ class LayerStore:
     """Layers of one store root (`<root>/cowstore.db`) kept by one driver."""
 
     def __init__(
-        self, root: str | os.PathLike, driver: Driver, *, sync: bool = True, limits: Limits | None = None
+        self, root: str | os.PathLike, driver: DriverOrOpener, *, sync: bool = True, limits: Limits | None = None
     ) -> None:
         self.root = pathlib.Path(root)
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -58,7 +62,9 @@ class LayerStore:
         os.chmod(self.root, 0o700)
         self.tmp = self.root / "tmp"
         self.tmp.mkdir(mode=0o700, exist_ok=True)
-        self.driver = driver
+        self._driver = driver if isinstance(driver, Driver) else None
+        self._open_driver = (lambda: driver) if isinstance(driver, Driver) else driver
+        self._driver_lock = threading.Lock()
         self.sync = sync
         fsutil.raise_fd_limit()
         self.limits = limits or Limits()
@@ -66,7 +72,6 @@ class LayerStore:
         self.db = Database(self.root / DATABASE_FILE, durable=sync)
         self.records = LayerRecords(self.db)
         self.snapshots = SnapshotLayers(self)
-        self._marker_orders_storage = _marker_orders_storage(self.tmp, driver)
         if self.db.needs_migration():
             with self.lock.exclusive():
                 self.db.migrate()
@@ -74,6 +79,18 @@ class LayerStore:
         self.interrupted = OperationLock.interrupted(self.tmp)
         if self.interrupted:
             self.recover()
+
+    @property
+    def driver(self) -> Driver:
+        with self._driver_lock:  # threads of one service share the store: open it once
+            if self._driver is None:
+                self._driver = self._open_driver()
+            return self._driver
+
+    @property
+    def opened_driver(self) -> Driver | None:
+        """The driver if it was opened; None while a listing has not needed it."""
+        return self._driver
 
     def close(self) -> None:
         self.db.close()
@@ -145,7 +162,7 @@ class LayerStore:
             cache_id = random_id()
             with self.lock.exclusive():
                 parent_layer = self.get(parent) if parent is not None else None
-                op = self.announce(cache_id, lambda: self.records.add_layer(cache_id, parent))
+                op = OperationLock.announce(self.tmp, cache_id, lambda: self.records.add_layer(cache_id, parent))
             try:
                 fault("register:after-insert")
                 parent_cache = parent_layer.cache_id if parent_layer else None
@@ -160,19 +177,6 @@ class LayerStore:
                 raise
             finally:
                 op.release()
-
-    def announce(self, op_id: str, record: Callable[[], None]) -> OperationLock:
-        """Take the operation lock of `op_id`, then `record` the operation in state `creating`.
-
-        In that order: a record whose lock is free is what a dead process left behind.
-        """
-        op = OperationLock(self.tmp, op_id)
-        try:
-            record()
-        except BaseException:
-            op.release()
-            raise
-        return op
 
     def retain_if_present(self, chain: str, lease: str | None = None) -> Layer | None:
         """One more reference on `chain` (under `lease`, if given) if it is stored; else None.
@@ -341,9 +345,9 @@ class LayerStore:
                 if init is not None:
                     init_id = initlayers.shared_id(parent_cache) if shared else f"{mount_id}-init"
                 make_init = shared and init_id is not None and initlayers.needs_making(self, name, init_id)
-                durable = make_init or not self._marker_orders_storage
-                op = self.announce(
-                    mount_id, lambda: self.records.add_mount(name, mount_id, init_id, parent, durable=durable)
+                durable = make_init or not _marker_orders_storage(self.tmp, self.driver)
+                op = OperationLock.announce(
+                    self.tmp, mount_id, lambda: self.records.add_mount(name, mount_id, init_id, parent, durable=durable)
                 )
                 if make_init and init and init_id:
                     initlayers.make_shared(self, name, op, init_id, parent_cache, init)
