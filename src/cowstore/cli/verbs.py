@@ -127,7 +127,7 @@ def import_file(
     import pathlib
 
     from cowstore.images import import_rootfs
-    from cowstore.images.sources import open_input
+    from cowstore.images.compression import open_input
 
     with open_input(os.path.join(cwd, source), shown=source) as handle:
         return import_rootfs(store.images, handle, pathlib.Path(source).name, tag=reference, message=message, cmd=cmd)

@@ -6,11 +6,13 @@ extracting it (both decoders release the GIL while they work): ISA-L's inflate (
 for gzip, zstandard's decoder for zstd. Every decoder failure becomes a BadImageArchive
 naming the blob, so a truncated or corrupt blob is reported instead of surfacing as a
 library exception. A decoder's module is imported when a blob needs it: importing a
-plain tar, as `import` and most `load`s do, pays for none of them.
+plain tar, as `import` and most `load`s do, pays for none of them. The input file of
+`import` is opened here too, so that command never loads the archive readers of `load`.
 """
 
 from __future__ import annotations
 
+import os
 import zlib
 from typing import BinaryIO, Protocol, cast
 
@@ -126,3 +128,12 @@ def decompressed(stream: Reader, what: str) -> tuple[BinaryIO, str]:
     # The decoder is not a `with` block: it is handed to the caller, who reads and closes `stream`.
     reader, errors = _decoder(kind, source)
     return ReadAhead(_Decoding(reader, errors, what, kind), f"decode {what}"), kind  # type: ignore[return-value]
+
+
+def open_input(path: str | os.PathLike, shown: str | None = None) -> BinaryIO:
+    """Open an archive file for reading; failure is a BadImageArchive naming the file
+    (as `shown`, when given)."""
+    try:
+        return open(path, "rb")
+    except OSError as exc:
+        raise BadImageArchive(f"cannot open {shown or os.fspath(path)}: {exc.strerror}") from None

@@ -22,7 +22,7 @@ from typing import IO, BinaryIO, Self
 from cowstore.archive import Limits
 from cowstore.host.safepath import RESOLVE_BENEATH, RESOLVE_NO_MAGICLINKS, openat2
 from cowstore.images import outerlimits
-from cowstore.images.compression import decompressed
+from cowstore.images.compression import decompressed, open_input
 from cowstore.images.config import MAX_JSON
 from cowstore.images.errors import BadImageArchive
 
@@ -300,12 +300,3 @@ def open_tree(
         yield tree
     finally:
         tree.close()
-
-
-def open_input(path: str | os.PathLike, shown: str | None = None) -> BinaryIO:
-    """Open an archive file for reading; failure is a BadImageArchive naming the file
-    (as `shown`, when given)."""
-    try:
-        return open(path, "rb")
-    except OSError as exc:
-        raise BadImageArchive(f"cannot open {shown or os.fspath(path)}: {exc.strerror}") from None
