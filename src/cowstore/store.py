@@ -14,7 +14,7 @@ import functools
 import os
 import pathlib
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from cowstore.archive.limits import Limits
@@ -28,6 +28,7 @@ from cowstore.metadata import settings
 
 if TYPE_CHECKING:
     from cowstore.layers.consistency import Problem
+    from cowstore.layers.store import DriverOrOpener
 
 DEPRECATED = ("aufs", "devicemapper", "overlay")
 
@@ -118,7 +119,7 @@ class Store:
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         recorded = recorded_driver(self.root)
         options = dict(storage_opts or {})
-        chosen: Driver | Callable[[], Driver]
+        chosen: DriverOrOpener
         if lazy_driver and recorded is not None and driver in (None, recorded):
             chosen = functools.partial(open_driver, recorded, self.root / recorded, options)
         else:

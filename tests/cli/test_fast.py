@@ -51,6 +51,13 @@ def _heavy(loaded: set[str]) -> list[str]:
     return [m for m in loaded if m.split(".")[0] in _HEAVY or m.startswith(_HEAVY)]
 
 
+def _loaded_by(code: str) -> set[str]:
+    """The modules a child Python has loaded after running `code`."""
+    probe = f"import sys\n{code}\nprint(repr(sorted(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=_env(), check=True)
+    return set(eval(done.stdout))  # noqa: S307 - our own repr
+
+
 def _cowstore(root: pathlib.Path, *args: str) -> tuple[str, set[str]]:
     argv = [sys.executable, "-c", _PROBE, "--root", str(root), "--driver", "vfs", *args]
     done = subprocess.run(argv, capture_output=True, text=True, env=_env(), check=False)
@@ -128,19 +135,13 @@ def test_the_drivers_of_hot_commands_import_nothing_heavy() -> None:
         "cowstore.drivers.overlay.overlay",
         "cowstore.drivers.vfs",
     )
-    probe = f"import sys\nfor m in {modules!r}: __import__(m)\nprint(repr(sorted(sys.modules)))"
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=_env(), check=True)
-    assert not _heavy(set(eval(done.stdout)))  # noqa: S307 - our own repr
+    assert not _heavy(_loaded_by(f"for m in {modules!r}: __import__(m)"))
 
 
 def test_a_store_on_overlay2_never_loads_the_legacy_overlay_driver(tmp_path: pathlib.Path) -> None:
-    probe = (
-        "import sys\nfrom cowstore.store import Store\n"
-        f"Store({str(tmp_path)!r}, 'overlay2').close()\nprint(repr(sorted(sys.modules)))"
-    )
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=_env(), check=True)
-    assert "cowstore.drivers.overlay.overlay2" in done.stdout
-    assert "'cowstore.drivers.overlay.overlay'" not in done.stdout
+    loaded = _loaded_by(f"from cowstore.store import Store\nStore({str(tmp_path)!r}, 'overlay2').close()")
+    assert "cowstore.drivers.overlay.overlay2" in loaded
+    assert "cowstore.drivers.overlay.overlay" not in loaded
 
 
 def _leave_after(text: str, code: int, stdout: int | None) -> subprocess.CompletedProcess[bytes]:

@@ -82,6 +82,8 @@ class LayerStore:
 
     @property
     def driver(self) -> Driver:
+        if self._driver is not None:  # every operation asks: no lock once it is open
+            return self._driver
         with self._driver_lock:  # threads of one service share the store: open it once
             if self._driver is None:
                 self._driver = self._open_driver()
